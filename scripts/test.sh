@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the test suite on a Debian 12 machine: install the real servers the integration tests use
+# (when missing; needs root), create .venv if missing, install livesnap[dev], run pytest "$@".
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql)
+
+system_deps_present() {
+  [[ -x /usr/bin/ffmpeg && -x /usr/sbin/nginx && -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] &&
+    compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
+}
+
+if ! system_deps_present; then
+  if [[ $EUID -ne 0 ]]; then
+    echo "scripts/test.sh: missing Debian packages (need: ${PACKAGES[*]}); run as root or install them" >&2
+    exit 1
+  fi
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$(command -v python3.11 || command -v python3)" -m venv .venv
+fi
+stamp=.venv/.livesnap-dev-installed   # editable install: only pyproject.toml changes need a re-run
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
+
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,3 @@
+from livesnap.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""ICE wire shapes: domain objects to response bodies, and errors to the ICE envelope.
+
+Every response is a JSON object with ``RequestId``; errors are
+``{RequestId, HostId, Code, Message, Recommend}`` with the documented HTTP status (spec §3.12,
+§5.4). Field names and types follow the SDK models exactly; extra fields are livesnap
+extensions, which the SDK ignores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from livesnap import errors
+from livesnap.api.params import iso_from_ms
+from livesnap.jobs.models import Job, SnapshotFile, Template
+
+ERROR_TABLE: tuple[tuple[type[errors.LivesnapError], int, str], ...] = (
+    (errors.MissingParameter, 400, "MissingParameter"),
+    (errors.InvalidParameter, 400, "InvalidParameter"),
+    (errors.JobNotFound, 404, "JobNotFound"),
+    (errors.TemplateNotFound, 404, "TemplateNotFound"),
+    (errors.Forbidden, 403, "Forbidden"),
+    (errors.JobAlreadyStarted, 409, "JobAlreadyStarted"),
+    (errors.JobNotStarted, 409, "JobNotStarted"),
+    (errors.JobLimitExceeded, 400, "JobLimitExceeded"),
+    (errors.StreamNotFound, 400, "StreamNotFound"),
+    (errors.CaptureTimeout, 504, "CaptureTimeout"),
+    (errors.StoreError, 503, "ServiceUnavailable"),
+    (errors.OutputError, 502, "StorageError"),
+)
+INTERNAL_ERROR = (500, "InternalError",
+                  "The request processing has failed due to some unknown error.")
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def error_for(exc: errors.LivesnapError) -> tuple[int, str]:
+    """HTTP status and ICE code for a domain error (most specific class first)."""
+    for cls, status, code in ERROR_TABLE:
+        if isinstance(exc, cls):
+            return status, code
+    return INTERNAL_ERROR[0], INTERNAL_ERROR[1]
+
+
+def error_body(request_id: str, host_id: str, code: str, message: str) -> dict[str, Any]:
+    return {
+        "RequestId": request_id,
+        "HostId": host_id,
+        "Code": code,
+        "Message": message,
+        "Recommend": f"See docs/api.md#errors for {code} (request {request_id}).",
+    }
+
+
+def template_item(t: Template) -> dict[str, Any]:
+    """A ``TemplateList`` entry (no format fields, as in ICE)."""
+    return {
+        "TemplateId": t.id,
+        "TemplateName": t.name,
+        "Type": t.type.value,
+        "TimeInterval": t.interval_s,
+        "CreateTime": iso_from_ms(t.created_ms),
+    }
+
+
+def template_detail(t: Template) -> dict[str, Any]:
+    return {
+        **template_item(t),
+        "OverwriteFormat": t.overwrite_format or "",
+        "SequenceFormat": t.sequence_format or "",
+        "LastModified": iso_from_ms(t.modified_ms),
+    }
+
+
+def _output(job: Job) -> dict[str, Any]:
+    return {
+        "StorageType": job.storage.storage_type.value,
+        "Endpoint": job.storage.endpoint,
+        "Bucket": job.storage.bucket,
+    }
+
+
+def job_item(job: Job) -> dict[str, Any]:
+    """A ``JobList`` entry (no stream input, formats or callback, as in ICE)."""
+    return {
+        "JobId": job.id,
+        "JobName": job.name,
+        "Status": job.status.value,
+        "TemplateId": job.template_id,
+        "TemplateName": job.template_name,
+        "TimeInterval": job.interval_s,
+        "CreateTime": iso_from_ms(job.created_ms),
+        "SnapshotOutput": _output(job),
+        "StreamStatus": job.stream_status.value,
+    }
+
+
+def job_detail(job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        **job_item(job),
+        "StreamInput": {"Url": job.stream_url, "Type": job.stream_type},
+        "OverwriteFormat": job.overwrite_format or "",
+        "SequenceFormat": job.sequence_format or "",
+        "CallbackUrl": job.callback_url or "",
+        "LastModified": iso_from_ms(job.modified_ms),
+        # livesnap extensions
+        "SnapshotCount": job.snapshot_count,
+        "LastError": job.last_error,
+        "StatusReason": job.status_reason,
+    }
+    if job.last_snapshot_ms is not None:
+        body["LastSnapshotTime"] = iso_from_ms(job.last_snapshot_ms)
+        body["LastSnapshotTimestamp"] = job.last_snapshot_ms
+    if job.effective_interval_ms:
+        body["EffectiveInterval"] = round(job.effective_interval_ms / 1000, 3)
+    return body
+
+
+def file_item(f: SnapshotFile) -> dict[str, Any]:
+    return {
+        "OssEndpoint": f.endpoint,
+        "OssBucket": f.bucket,
+        "OssObject": f.object_key,
+        "CreateTime": iso_from_ms(f.create_ms),
+        "CreateTimestamp": f.create_ms,
+        "IsOverlay": f.is_overlay,
+        # livesnap extensions
+        "Width": f.width,
+        "Height": f.height,
+        "Size": f.size,
+    }

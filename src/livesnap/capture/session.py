@@ -1,0 +1,299 @@
+"""One job's capture session: connect → live → (drop) → reconnecting → live …
+
+The PyAV work happens in a ``StreamReader`` thread, one per connection. This asyncio task owns
+the lifecycle: it starts readers, receives their events through a small bounded queue, stores
+each JPEG through the sink, has the manager record it, and reconnects with capped exponential
+backoff and jitter. A stream that stays away for the whole outage window pauses the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from livesnap.capture.source import (
+    Captured,
+    CapturedFrame,
+    CaptureFailed,
+    Connected,
+    Disconnected,
+    ReaderEvent,
+    SourceOptions,
+    StreamReader,
+)
+from livesnap.clock import Clock
+from livesnap.errors import CaptureTimeout, InvalidParameter, OutputError, StreamNotFound
+from livesnap.jobs import naming
+from livesnap.jobs.models import Job, SnapshotFile, StreamStatus
+from livesnap.jobs.ports import CaptureReport, CaptureReports
+from livesnap.jobs.retry import Backoff
+from livesnap.jobs.schedule import TickSchedule
+from livesnap.outputs.base import ObjectMeta, SinkRouter
+
+logger = logging.getLogger(__name__)
+
+QUEUE_SIZE = 8
+FAILED_DECODES_BEFORE_RECONNECT = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionOptions:
+    source: SourceOptions = field(default_factory=SourceOptions)
+    backoff: Backoff = field(default_factory=Backoff)
+    outage_window_s: float = 1800.0
+    capture_timeout_s: float = 10.0
+
+
+class Session:
+    """Captures one job until stopped or until its stream stays away too long."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        reports: CaptureReports,
+        sinks: SinkRouter,
+        clock: Clock,
+        options: SessionOptions,
+        probe: bool = False,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.job = job
+        self._probe = probe
+        self._reports = reports
+        self._sinks = sinks
+        self._clock = clock
+        self._opts = options
+        self._rand = rand
+        self.schedule = TickSchedule(
+            interval_ms=job.interval_s * 1000, start_ms=int(clock.time() * 1000)
+        )
+        self._queue: asyncio.Queue[ReaderEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._stopping = asyncio.Event()
+        self._reader: StreamReader | None = None
+        self._stream_status: StreamStatus | None = None
+        self._last_create_ms = 0
+        self._waiters: list[asyncio.Future[SnapshotFile]] = []
+        self._reported_interval: int | None = None
+        self.first_live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.dropped_events = 0
+        self.captures = 0
+
+    # control ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the session to end; ``run`` returns once the reader thread has let go."""
+        self._stopping.set()
+        if self._reader is not None:
+            self._reader.stop()
+
+    async def capture_now(self) -> SnapshotFile:
+        """The next keyframe, stored and recorded, whatever the schedule says."""
+        if self._reader is None or self._stream_status is not StreamStatus.LIVE:
+            raise CaptureTimeout("The stream is not live right now.")
+        waiter: asyncio.Future[SnapshotFile] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._reader.request_capture()
+        try:
+            return await asyncio.wait_for(waiter, self._opts.capture_timeout_s)
+        except TimeoutError as exc:
+            raise CaptureTimeout() from exc
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    # main loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        attempt = 0
+        outage_since: float | None = None
+        await self._set_stream(StreamStatus.CONNECTING)
+        while not self._stopping.is_set():
+            was_live, reason = await self._one_connection()
+            if self._stopping.is_set():
+                break
+            if self._probe and not self.first_live.done():
+                # A probing start fails at once instead of retrying: the caller gets
+                # StreamNotFound and nothing keeps running.
+                self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
+                return
+            if was_live:
+                attempt, outage_since = 0, self._clock.monotonic()
+                self.schedule.reset_gaps()
+            outage_since = outage_since or self._clock.monotonic()
+            if self._clock.monotonic() - outage_since >= self._opts.outage_window_s:
+                await self._reports.stream_gone(
+                    self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}"
+                )
+                return
+            await self._set_stream(StreamStatus.RECONNECTING, error=reason)
+            await self._wait_backoff(attempt)
+            attempt += 1
+        if not self.first_live.done():
+            self.first_live.cancel()
+
+    async def _wait_backoff(self, attempt: int) -> None:
+        delay = self._opts.backoff.delay(attempt, self._rand())
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            return
+
+    async def _one_connection(self) -> tuple[bool, str]:
+        """Run one reader until it disconnects; (was it live, why it ended)."""
+        blocked = await self._blocked_reason()
+        if blocked:
+            return False, blocked
+        loop = asyncio.get_running_loop()
+        reader = StreamReader(
+            self.job.stream_url,
+            options=self._opts.source,
+            selector=self.schedule,
+            emit=lambda event: loop.call_soon_threadsafe(self._enqueue, event),
+            name=f"reader-{self.job.id[:8]}",
+        )
+        self._reader = reader
+        reader.start()
+        if self._stopping.is_set():
+            reader.stop()
+        try:
+            return await self._drain_events()
+        finally:
+            self._reader = None
+            await asyncio.to_thread(reader.join, self._opts.source.rw_timeout_s + 5)
+
+    async def _blocked_reason(self) -> str:
+        host = urlsplit(self.job.stream_url).hostname or ""
+        try:
+            await self._reports.check_host("StreamInput.Url", host)
+        except InvalidParameter as exc:
+            return exc.message
+        return ""
+
+    def _enqueue(self, event: ReaderEvent) -> None:
+        """On the loop: keep control events; if the queue is full, drop the oldest capture."""
+        if self._queue.full():
+            self._drop_one_capture()
+        self._queue.put_nowait(event)
+
+    def _drop_one_capture(self) -> None:
+        kept: list[ReaderEvent] = []
+        dropped = False
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not dropped and isinstance(item, Captured):
+                dropped = True
+                self.dropped_events += 1
+                continue
+            kept.append(item)
+        for item in kept[-(QUEUE_SIZE - 1):]:
+            self._queue.put_nowait(item)
+
+    async def _drain_events(self) -> tuple[bool, str]:
+        failed_in_row = 0
+        was_live = False
+        while True:
+            event = await self._queue.get()
+            if isinstance(event, Disconnected):
+                return was_live or event.was_live, event.reason
+            if isinstance(event, Connected):
+                was_live = True
+                await self._on_connected(event)
+            elif isinstance(event, Captured):
+                failed_in_row = 0
+                await self._on_captured(event.frame)
+            elif isinstance(event, CaptureFailed):
+                failed_in_row += 1
+                await self._on_capture_failed(event, failed_in_row)
+
+    async def _on_connected(self, event: Connected) -> None:
+        logger.info(
+            "stream live",
+            extra={"action": "stream_live", "job_id": self.job.id, "codec": event.codec,
+                   "width": event.width, "height": event.height},
+        )
+        await self._set_stream(StreamStatus.LIVE)
+        if not self.first_live.done():
+            self.first_live.set_result(None)
+
+    async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> None:
+        logger.warning("capture failed", extra={"action": "capture_failed",
+                                                "job_id": self.job.id, "reason": event.reason})
+        await self._reports.stream_changed(
+            self.job.id, StreamStatus.LIVE, error=f"capture failed: {event.reason}"
+        )
+        if failed_in_row >= FAILED_DECODES_BEFORE_RECONNECT and self._reader is not None:
+            self._reader.stop()  # a fresh connection picks up new codec parameters
+
+    async def _set_stream(self, status: StreamStatus, *, error: str = "") -> None:
+        if status is self._stream_status or self._stopping.is_set():
+            return
+        self._stream_status = status
+        await self._reports.stream_changed(self.job.id, status, error=error)
+
+    # storing ---------------------------------------------------------------------------------
+    async def _on_captured(self, frame: CapturedFrame) -> None:
+        try:
+            file = await self._store(frame)
+        except OutputError as exc:
+            logger.warning("snapshot not stored", extra={"action": "store_failed",
+                                                         "job_id": self.job.id,
+                                                         "reason": exc.message})
+            await self._reports.stream_changed(
+                self.job.id, StreamStatus.LIVE, error=f"storage: {exc.message}"
+            )
+            return
+        self.captures += 1
+        for waiter in self._waiters:
+            if file is not None and not waiter.done():
+                waiter.set_result(file)
+        await self._report_interval()
+
+    def _create_ms(self, frame: CapturedFrame) -> int:
+        # Strictly increasing: the file record is unique on (job, CreateTimestamp).
+        create_ms = max(int(frame.arrival_wall * 1000), self._last_create_ms + 1)
+        self._last_create_ms = create_ms
+        return create_ms
+
+    async def _store(self, frame: CapturedFrame) -> SnapshotFile | None:
+        job = self.job
+        create_ms = self._create_ms(frame)
+        sequence = await self._reports.next_sequence(job.id) if job.sequence_format else None
+        seq_key = self._key(job.sequence_format, create_ms, sequence)
+        over_key = self._key(job.overwrite_format, create_ms, None)
+        route = self._sinks.route(
+            job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
+        )
+        meta = self._metadata(frame, create_ms)
+        if seq_key:
+            await route.sink.put(seq_key, frame.image.data, meta=meta)
+        if over_key:
+            no_cache = ObjectMeta(cache_control="no-cache", metadata=meta.metadata)
+            await route.sink.put(over_key, frame.image.data, meta=no_cache)
+        stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
+        report = CaptureReport(
+            job_id=job.id, create_ms=create_ms, sequence=sequence, sequence_key=seq_key,
+            overwrite_key=over_key, width=frame.image.width, height=frame.image.height,
+            size=len(frame.image.data), stream_time_ms=stream_ms,
+            lag_ms=max(0, int((self._clock.time() - frame.arrival_wall) * 1000)),
+        )
+        return await self._reports.snapshot_stored(job, report)
+
+    def _key(self, fmt: str | None, create_ms: int, sequence: int | None) -> str | None:
+        if not fmt:
+            return None
+        return naming.render_key(fmt, job_id=self.job.id, create_ms=create_ms, sequence=sequence)
+
+    def _metadata(self, frame: CapturedFrame, create_ms: int) -> ObjectMeta:
+        meta = {"job-id": self.job.id, "capture-time-ms": str(create_ms)}
+        if frame.stream_time is not None:
+            meta["stream-time-ms"] = str(int(frame.stream_time * 1000))
+        return ObjectMeta(metadata=meta)
+
+    async def _report_interval(self) -> None:
+        effective = self.schedule.effective_interval_ms
+        if effective is not None and effective != self._reported_interval:
+            self._reported_interval = effective
+            await self._reports.effective_interval(self.job.id, effective)

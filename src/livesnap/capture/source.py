@@ -1,0 +1,461 @@
+"""One connection lifetime of one live stream, read by one thread.
+
+A :class:`StreamReader` owns a PyAV input container from ``av.open`` to
+``close``, entirely inside its own daemon thread; nothing else touches the
+container. It reports to its owner through ``emit`` (called in the reader
+thread), which is expected to hand the event to asyncio
+(``loop.call_soon_threadsafe``) and return at once.
+
+The read path is shaped by the measurements in infra.md §2 and §2b, where
+hundreds of streams share one process and two cores:
+
+* FFmpeg's own ``rw_timeout`` bounds every blocking read. PyAV's
+  ``timeout=`` would install a Python interrupt callback that FFmpeg calls,
+  with the GIL, on every I/O step: the most expensive thing per stream.
+* The demuxer discards non-key video packets and every other stream, so
+  Python sees about one packet per GOP instead of one per frame.
+* A keyframe is decoded only when the selector (or ``request_capture``)
+  wants it, by a decoder created for that one packet and dropped right after,
+  so an idle stream holds no decoder buffers (~7 MiB at 1080p).
+* After the keyframe the decoder is drained with ``decode(None)``: with
+  B-frames, an undrained decoder holds the keyframe back for two GOPs.
+
+Events, in order: at most one :class:`Connected` (on the first video packet,
+which proves the stream is live, not only that the socket opened), then any
+number of :class:`Captured` / :class:`CaptureFailed`, then exactly one
+:class:`Disconnected`, always last, also after :meth:`StreamReader.stop`.
+
+Timing (measured with nginx-rtmp, see tests/integration/test_capture_source.py):
+``av.open`` returns with the first keyframe (up to one GOP); a refused
+connection fails at once; an origin that accepts but never answers fails after
+``rw_timeout``; a publisher that stops or dies mid-stream is noticed after
+about twice ``rw_timeout`` (the RTMP layer times out once in the TCP read and
+once more above it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import av
+import av.error
+
+from livesnap.capture.encode import EncodedImage, encode_jpeg
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.packet import Packet
+    from av.video.stream import VideoStream
+
+__all__ = [
+    "CaptureFailed",
+    "Captured",
+    "CapturedFrame",
+    "Connected",
+    "Disconnected",
+    "KeyframeSelector",
+    "ReaderEvent",
+    "ReaderStats",
+    "SourceOptions",
+    "StreamReader",
+]
+
+logger = logging.getLogger(__name__)
+
+_MICROSECONDS = 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions:
+    """How a reader opens and reads its stream.
+
+    Attributes:
+        rw_timeout_s: FFmpeg ``rw_timeout`` (sent in microseconds). Bounds every
+            blocking network read, including the open; a stall in an
+            established RTMP session ends after up to about twice this.
+        probesize: bytes FFmpeg may read to find the streams.
+        analyzeduration_us: how much stream time FFmpeg may analyse; 0 means
+            "stop as soon as the codec parameters are known".
+        jpeg_quality: libjpeg quality, 1..100.
+    """
+
+    rw_timeout_s: float = 5.0
+    probesize: int = 32768
+    analyzeduration_us: int = 0
+    jpeg_quality: int = 85
+
+    def __post_init__(self) -> None:
+        if self.rw_timeout_s <= 0:
+            raise ValueError(f"rw_timeout_s must be positive, got {self.rw_timeout_s}")
+        if self.probesize < 32:
+            raise ValueError(f"probesize must be at least 32, got {self.probesize}")
+        if self.analyzeduration_us < 0:
+            raise ValueError(f"analyzeduration_us must be >= 0, got {self.analyzeduration_us}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be within 1..100, got {self.jpeg_quality}")
+
+    def container_options(self) -> dict[str, str]:
+        """The FFmpeg format/protocol options for ``av.open``.
+
+        ``fflags=nobuffer`` is deliberately absent: it makes the demuxer drop the
+        packets read while probing, which include the first keyframe, so the
+        first capture came one GOP later (measured: 3.8 s instead of 2.2 s).
+        """
+        return {
+            "rw_timeout": str(round(self.rw_timeout_s * _MICROSECONDS)),
+            "probesize": str(self.probesize),
+            "analyzeduration": str(self.analyzeduration_us),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class CapturedFrame:
+    """One keyframe as a JPEG, with its timing.
+
+    Attributes:
+        image: the JPEG.
+        stream_time: the keyframe's pts in seconds, or None without a pts.
+        arrival_wall: ``time.time()`` when the packet came out of the demuxer.
+        encoded_wall: ``time.time()`` when the JPEG was ready.
+    """
+
+    image: EncodedImage
+    stream_time: float | None
+    arrival_wall: float
+    encoded_wall: float
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The first video packet arrived: the stream is live."""
+
+    codec: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A keyframe was captured."""
+
+    frame: CapturedFrame
+
+
+@dataclass(frozen=True)
+class CaptureFailed:
+    """One keyframe could not be decoded or encoded; reading goes on."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The reader ended. Always its last event, exactly once.
+
+    Attributes:
+        reason: short human text ("stopped", "stream ended", "connection refused", ...).
+        was_live: whether a video packet had arrived on this connection.
+    """
+
+    reason: str
+    was_live: bool
+
+
+ReaderEvent = Connected | Captured | CaptureFailed | Disconnected
+
+
+class KeyframeSelector(Protocol):
+    """Decides which keyframes to capture; called in the reader thread."""
+
+    def on_keyframe(self, wall_time: float) -> bool:
+        """Return True to capture the keyframe that arrived at ``wall_time``."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaderStats:
+    """Counters of one reader, for metrics and tests.
+
+    Attributes:
+        packets: video packets that reached Python.
+        keyframes: of those, keyframes.
+        decoded: keyframes handed to a decoder.
+        captured: JPEGs emitted.
+        failed: captures that failed.
+    """
+
+    packets: int = 0
+    keyframes: int = 0
+    decoded: int = 0
+    captured: int = 0
+    failed: int = 0
+
+
+class _NoFrameError(Exception):
+    """The keyframe gave no picture (no frame out of the decoder, or no video decoder)."""
+
+
+class StreamReader:
+    """Reads one stream in a daemon thread and emits :data:`ReaderEvent` s.
+
+    A reader serves one connection: once it has emitted :class:`Disconnected`
+    it is finished, and the owner creates a new one to reconnect.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        options: SourceOptions,
+        selector: KeyframeSelector,
+        emit: Callable[[ReaderEvent], None],
+        name: str,
+    ) -> None:
+        self._url = url
+        self._options = options
+        self._selector = selector
+        self._emit = emit
+        self._name = name
+        self._stop = threading.Event()
+        self._capture_requested = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"livesnap-reader-{name}", daemon=True
+        )
+        self._live = False
+        # Written only by the reader thread; a reader of these from another
+        # thread sees a consistent-enough snapshot (plain ints under the GIL).
+        self._packets = 0
+        self._keyframes = 0
+        self._decoded = 0
+        self._captured = 0
+        self._failed = 0
+
+    @property
+    def name(self) -> str:
+        """The name given at construction (used in the thread name and logs)."""
+        return self._name
+
+    @property
+    def stats(self) -> ReaderStats:
+        """A snapshot of the counters."""
+        return ReaderStats(
+            packets=self._packets,
+            keyframes=self._keyframes,
+            decoded=self._decoded,
+            captured=self._captured,
+            failed=self._failed,
+        )
+
+    def start(self) -> None:
+        """Start the reader thread. A reader can be started once."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; returns at once.
+
+        The thread notices at the next packet reaching Python (about one per
+        GOP) or when ``rw_timeout`` ends a stalled read, then closes the
+        container and emits ``Disconnected("stopped")``.
+        """
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True if it has ended (or was never started)."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def request_capture(self) -> None:
+        """Capture the next keyframe whatever the selector says. Thread-safe."""
+        self._capture_requested.set()
+
+    # -- reader thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        # Nothing may escape this function: the owner learns about the end of
+        # the connection only from the Disconnected emitted in `finally`.
+        reason = "internal error"
+        try:
+            reason = self._read()
+        except av.error.FFmpegError as exc:
+            reason = _describe_error(exc)
+        except Exception:
+            logger.exception(
+                "reader crashed",
+                extra={"action": "capture.reader_crashed", "reader": self._name},
+            )
+        finally:
+            if self._stop.is_set():
+                reason = "stopped"
+            logger.info(
+                "reader disconnected: %s",
+                reason,
+                extra={"action": "capture.disconnected", "reader": self._name},
+            )
+            self._send(Disconnected(reason=reason, was_live=self._live))
+
+    def _read(self) -> str:
+        if self._stop.is_set():
+            return "stopped"
+        container = av.open(
+            self._url, container_options=self._options.container_options(), timeout=None
+        )
+        try:
+            video = _select_video(container)
+            if video is None:
+                return "no video stream"
+            extradata = video.codec_context.extradata
+            for packet in container.demux(video):
+                if self._stop.is_set():
+                    return "stopped"
+                if packet.size == 0:
+                    continue  # the flush packets PyAV appends at end of input
+                extradata = self._on_packet(video, packet, extradata)
+            return "stream ended"
+        finally:
+            container.close()
+
+    def _on_packet(
+        self, video: VideoStream, packet: Packet[VideoStream], extradata: bytes | None
+    ) -> bytes | None:
+        """Handle one demuxed video packet; returns the extradata now in force."""
+        arrival = time.time()
+        self._packets += 1
+        if not self._live:
+            self._live = True
+            ctx = video.codec_context
+            self._send(Connected(codec=ctx.name, width=ctx.width, height=ctx.height))
+        if packet.has_sidedata("new_extradata"):
+            # New SPS/PPS (e.g. the publisher restarted its encoder with another
+            # size). Since every capture uses a fresh decoder, adopting it here
+            # is all it takes to follow the change.
+            extradata = bytes(packet.get_sidedata("new_extradata"))
+            logger.info(
+                "stream parameters changed",
+                extra={"action": "capture.new_extradata", "reader": self._name},
+            )
+        # Packets buffered while probing are not filtered by the demuxer's
+        # discard setting, so the first few may be non-key.
+        if not packet.is_keyframe:
+            return extradata
+        self._keyframes += 1
+        wanted = self._selector.on_keyframe(arrival)
+        if self._capture_requested.is_set():
+            # A request that lands between is_set and clear is served by this
+            # same capture, which is what "the next keyframe" means anyway.
+            self._capture_requested.clear()
+            wanted = True
+        if wanted:
+            self._capture(video, packet, extradata, arrival)
+        return extradata
+
+    def _capture(
+        self,
+        video: VideoStream,
+        packet: Packet[VideoStream],
+        extradata: bytes | None,
+        arrival: float,
+    ) -> None:
+        try:
+            image = self._decode_and_encode(video.codec_context.name, packet, extradata)
+        except (av.error.FFmpegError, ValueError, _NoFrameError) as exc:
+            self._failed += 1
+            logger.warning(
+                "keyframe capture failed: %r",
+                exc,
+                extra={"action": "capture.failed", "reader": self._name},
+            )
+            self._send(CaptureFailed(reason=_describe_error(exc)))
+            return
+        self._captured += 1
+        frame = CapturedFrame(
+            image=image,
+            stream_time=_seconds(packet, video),
+            arrival_wall=arrival,
+            encoded_wall=time.time(),
+        )
+        self._send(Captured(frame=frame))
+
+    def _decode_and_encode(
+        self, codec_name: str, packet: Packet[VideoStream], extradata: bytes | None
+    ) -> EncodedImage:
+        self._decoded += 1
+        # A decoder per capture, dropped on return: an idle stream then holds
+        # no frame buffers, and a change of SPS/PPS needs no reset logic.
+        decoder = av.CodecContext.create(codec_name, "r")
+        if not isinstance(decoder, av.VideoCodecContext):
+            raise _NoFrameError(f"{codec_name} is not a video decoder")
+        decoder.extradata = extradata
+        decoder.thread_type = "NONE"
+        decoder.thread_count = 1  # hundreds of readers share the cores already
+        frames = decoder.decode(packet)
+        # Drain: with B-frames the keyframe would otherwise wait in the
+        # reorder buffer for frames this decoder will never be given.
+        frames += decoder.decode(None)
+        if not frames:
+            raise _NoFrameError("decoder returned no picture for the keyframe")
+        # The frame (and with it the decoder's buffer pool) is released when
+        # this function returns; only the JPEG bytes leave.
+        return encode_jpeg(frames[-1], quality=self._options.jpeg_quality)
+
+    def _send(self, event: ReaderEvent) -> None:
+        try:
+            self._emit(event)
+        except Exception:
+            # A broken owner callback must not kill the reader (or skip the
+            # final Disconnected); it is the owner's bug, so log it loudly.
+            logger.exception(
+                "reader event callback failed",
+                extra={"action": "capture.emit_failed", "reader": self._name},
+            )
+
+
+def _select_video(container: InputContainer) -> VideoStream | None:
+    """Pick the first video stream and make the demuxer drop everything else."""
+    videos = container.streams.video
+    video = videos[0] if videos else None
+    for stream in container.streams:
+        if stream is not video:
+            stream.discard = av.stream.Discard.all
+    if video is not None:
+        # Done inside libavformat, before Python sees a packet: the biggest
+        # CPU lever per stream after dropping PyAV's timeout callback.
+        video.discard = av.stream.Discard.nonkey
+    return video
+
+
+def _seconds(packet: Packet[VideoStream], video: VideoStream) -> float | None:
+    time_base = packet.time_base or video.time_base
+    if packet.pts is None or time_base is None:
+        return None
+    return float(packet.pts * time_base)
+
+
+_REASONS: dict[type[BaseException], str] = {
+    av.error.ConnectionRefusedError: "connection refused",
+    av.error.TimeoutError: "timed out",
+    av.error.EOFError: "stream ended",
+    av.error.InvalidDataError: "invalid data",
+    av.error.HTTPNotFoundError: "not found",
+    av.error.ProtocolNotFoundError: "unsupported protocol",
+    av.error.PermissionError: "permission denied",
+}
+
+
+def _describe_error(exc: BaseException) -> str:
+    """A short human reason for an error from PyAV or the encoder."""
+    for error_type, text in _REASONS.items():
+        if isinstance(exc, error_type):
+            return text
+    if isinstance(exc, av.error.OSError) and exc.errno == 5:
+        # What FFmpeg reports when rw_timeout expires, and for a lost session.
+        return "no data (I/O error or read timeout)"
+    if isinstance(exc, av.error.FFmpegError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,480 @@
+"""``JobManager``: the use cases, over the ports. The only async module of the domain.
+
+Rules it enforces (design.md §4): templates are account-scoped and the system template is
+read-only; jobs copy their template at submit; Submit probes the stream in the background;
+``start`` probes synchronously; ``stop`` pauses; ``restart`` = stop + start; limits per
+account and per node. It also implements ``CaptureReports`` for the capture engine: file
+records and status changes are written together with their callback events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from livesnap.clock import Clock
+from livesnap.errors import (
+    Forbidden,
+    InvalidParameter,
+    JobAlreadyStarted,
+    JobLimitExceeded,
+    JobNotFound,
+    JobNotStarted,
+    LivesnapError,
+    MissingParameter,
+    OutputError,
+    StreamNotFound,
+    TemplateNotFound,
+)
+from livesnap.jobs import naming, urls
+from livesnap.jobs.events import captured_event, status_event
+from livesnap.jobs.models import (
+    SYSTEM_TEMPLATE_ID,
+    DeleteResult,
+    FileQuery,
+    Job,
+    JobPatch,
+    JobQuery,
+    JobSpec,
+    JobStatus,
+    OutboxEvent,
+    Page,
+    SnapshotFile,
+    StreamStatus,
+    Template,
+    TemplateQuery,
+    TemplateSpec,
+    TemplateType,
+)
+from livesnap.jobs.ports import (
+    CaptureEngine,
+    CaptureReport,
+    ObjectRemover,
+    Resolver,
+    Store,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME_LEN = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Caps on running (``started``) jobs."""
+
+    jobs_per_account: int = 100
+    jobs_per_node: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    limits: Limits = field(default_factory=Limits)
+    blocked_networks: tuple[urls.Network, ...] = ()
+
+
+def system_template(now_ms: int) -> Template:
+    """The read-only template every account sees (5 s, both formats)."""
+    return Template(
+        id=SYSTEM_TEMPLATE_ID,
+        account=None,
+        name="System 5s overwrite + sequence",
+        type=TemplateType.SYSTEM,
+        interval_s=5,
+        overwrite_format="snapshot/{JobId}.jpg",
+        sequence_format="snapshot/{JobId}/{UnixTimestamp}.jpg",
+        created_ms=now_ms,
+        modified_ms=now_ms,
+    )
+
+
+def check_template_spec(spec: TemplateSpec) -> None:
+    """Raise ``InvalidParameter``/``MissingParameter`` unless the spec is valid."""
+    if not spec.name.strip():
+        raise MissingParameter("TemplateName is mandatory for this action.")
+    if len(spec.name) > MAX_NAME_LEN:
+        raise InvalidParameter(f"TemplateName must be at most {MAX_NAME_LEN} characters.")
+    if not 5 <= spec.interval_s <= 3600:
+        raise InvalidParameter("TimeInterval must be between 5 and 3600 seconds.")
+    if not spec.overwrite_format and not spec.sequence_format:
+        raise MissingParameter("At least one of OverwriteFormat and SequenceFormat is required.")
+    if spec.overwrite_format:
+        naming.check_overwrite_format(spec.overwrite_format)
+    if spec.sequence_format:
+        naming.check_sequence_format(spec.sequence_format)
+
+
+class JobManager:
+    """Use cases for templates, jobs and files; ``CaptureReports`` for the engine."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        policy: Policy | None = None,
+        resolver: Resolver | None = None,
+        remover: ObjectRemover | None = None,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy or Policy()
+        self._resolver = resolver
+        self._remover = remover
+        self._new_id = new_id
+        self._engine: CaptureEngine | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._probes: set[asyncio.Task[None]] = set()
+
+    def attach_engine(self, engine: CaptureEngine) -> None:
+        """The capture engine (it needs the manager too, so it is attached after both exist)."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> CaptureEngine:
+        if self._engine is None:
+            raise RuntimeError("no capture engine attached")
+        return self._engine
+
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Make sure the system template exists."""
+        await self._store.ensure_template(system_template(self._now_ms()))
+
+    async def resume(self) -> int:
+        """Restart capture for every job that was ``started`` (after a restart)."""
+        jobs = await self._store.jobs_with_status(JobStatus.STARTED)
+        for job in jobs:
+            await self.engine.start(job, probe=False)
+        logger.info("resumed started jobs", extra={"action": "resume", "count": len(jobs)})
+        return len(jobs)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel background probes and stop capture within ``timeout_s``."""
+        for task in list(self._probes):
+            task.cancel()
+        if self._probes:
+            await asyncio.wait(self._probes, timeout=timeout_s)
+        if self._engine is not None:
+            await self._engine.shutdown(timeout_s)
+
+    # templates -----------------------------------------------------------------------------
+    async def create_template(self, account: str, spec: TemplateSpec) -> Template:
+        check_template_spec(spec)
+        now = self._now_ms()
+        template = Template(
+            id=self._new_id(),
+            account=account,
+            name=spec.name,
+            type=TemplateType.CUSTOM,
+            interval_s=spec.interval_s,
+            overwrite_format=spec.overwrite_format or None,
+            sequence_format=spec.sequence_format or None,
+            created_ms=now,
+            modified_ms=now,
+        )
+        await self._store.create_template(template)
+        return template
+
+    async def get_template(self, account: str, template_id: str) -> Template:
+        template = await self._store.get_template(account, template_id)
+        if template is None:
+            raise TemplateNotFound()
+        return template
+
+    async def update_template(self, account: str, template_id: str, spec: TemplateSpec) -> None:
+        current = await self.get_template(account, template_id)
+        if current.type is TemplateType.SYSTEM:
+            raise Forbidden()
+        check_template_spec(spec)
+        updated = current.evolve(
+            name=spec.name,
+            interval_s=spec.interval_s,
+            overwrite_format=spec.overwrite_format or None,
+            sequence_format=spec.sequence_format or None,
+            modified_ms=self._now_ms(),
+        )
+        if not await self._store.update_template(updated):
+            raise TemplateNotFound()
+
+    async def delete_template(self, account: str, template_id: str) -> None:
+        current = await self.get_template(account, template_id)
+        if current.type is TemplateType.SYSTEM:
+            raise Forbidden()
+        if not await self._store.delete_template(account, template_id):
+            raise TemplateNotFound()
+
+    async def list_templates(self, account: str, query: TemplateQuery) -> Page[Template]:
+        return await self._store.list_templates(account, query)
+
+    # jobs ----------------------------------------------------------------------------------
+    async def submit_job(self, account: str, spec: JobSpec) -> Job:
+        """Store a new ``init`` job and probe its stream in the background."""
+        await self._check_spec(spec)
+        template = await self.get_template(account, spec.template_id)
+        now = self._now_ms()
+        job = Job(
+            id=self._new_id(),
+            account=account,
+            name=spec.name,
+            template_id=template.id,
+            template_name=template.name,
+            interval_s=template.interval_s,
+            overwrite_format=template.overwrite_format,
+            sequence_format=template.sequence_format,
+            stream_url=spec.stream_url,
+            stream_type=spec.stream_type,
+            storage=spec.storage,
+            callback_url=spec.callback_url,
+            status=JobStatus.INIT,
+            created_ms=now,
+            modified_ms=now,
+        )
+        await self._store.create_job(job)
+        task = asyncio.create_task(self._probe_at_submit(job), name=f"probe-{job.id}")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        return job
+
+    async def _check_spec(self, spec: JobSpec) -> None:
+        if not spec.name.strip():
+            raise MissingParameter("JobName is mandatory for this action.")
+        if len(spec.name) > MAX_NAME_LEN:
+            raise InvalidParameter(f"JobName must be at most {MAX_NAME_LEN} characters.")
+        stream_host = urls.check_stream_url(spec.stream_url)
+        await self.check_host("StreamInput.Url", stream_host)
+        if spec.callback_url:
+            callback_host = urls.check_callback_url(spec.callback_url)
+            await self.check_host("CallbackUrl", callback_host)
+
+    async def check_host(self, name: str, host: str) -> None:
+        """``InvalidParameter`` if ``host`` resolves into a blocked network."""
+        blocked = self._policy.blocked_networks
+        if not blocked:
+            return
+        addresses = [host]
+        if self._resolver is not None:
+            try:
+                addresses = await self._resolver.resolve(host)
+            except OSError:
+                return  # an unresolvable name is checked again when it is used
+        bad = urls.blocked_address(addresses, blocked)
+        if bad is not None:
+            raise InvalidParameter(f"{name} points to a blocked network address ({bad}).")
+
+    async def _probe_at_submit(self, job: Job) -> None:
+        async with self._lock(job.id):
+            current = await self._store.load_job(job.id)
+            if current is None or current.status is not JobStatus.INIT:
+                return
+            try:
+                await self._start_locked(current, reason="stream live at submit")
+            except (StreamNotFound, JobLimitExceeded) as exc:
+                await self._store.update_job(
+                    job.id, JobPatch(last_error=exc.message), now_ms=self._now_ms()
+                )
+                logger.info(
+                    "job left in init",
+                    extra={"action": "submit_probe", "job_id": job.id, "reason": exc.message},
+                )
+
+    async def get_job(self, account: str, job_id: str) -> Job:
+        job = await self._store.get_job(account, job_id)
+        if job is None:
+            raise JobNotFound()
+        return job
+
+    async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]:
+        return await self._store.list_jobs(account, query)
+
+    async def command(self, account: str, job_id: str, command: str) -> SnapshotFile | None:
+        """``start`` | ``stop`` | ``restart`` | ``capture`` (one snapshot now)."""
+        job = await self.get_job(account, job_id)
+        if command == "capture":
+            return await self._capture_now(job)
+        async with self._lock(job.id):
+            job = await self.get_job(account, job_id)
+            if command == "start":
+                if job.status is JobStatus.STARTED:
+                    raise JobAlreadyStarted()
+                await self._start_locked(job, reason="start command")
+            elif command == "stop":
+                await self._stop_locked(job, reason="stop command")
+            elif command == "restart":
+                job = await self._stop_locked(job, reason="restart command")
+                await self._start_locked(job, reason="restart command")
+            else:
+                raise InvalidParameter("Command must be one of: start, stop, restart, capture.")
+        return None
+
+    async def _start_locked(self, job: Job, *, reason: str) -> None:
+        await self._check_limits(job)
+        try:
+            await self.engine.start(job, probe=True)
+        except StreamNotFound:
+            await self._change(job.id, JobPatch(last_error="stream not live"), reason="")
+            raise
+        await self._change(
+            job.id,
+            JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
+            reason=reason,
+        )
+
+    async def _check_limits(self, job: Job) -> None:
+        limits = self._policy.limits
+        if self.engine.is_running(job.id):
+            return
+        if self.engine.running_count() >= limits.jobs_per_node:
+            raise JobLimitExceeded("Job limit exceeded: this node runs its maximum of jobs.")
+        started = await self._store.count_jobs(job.account, JobStatus.STARTED)
+        if started >= limits.jobs_per_account:
+            raise JobLimitExceeded(
+                f"Job limit exceeded: at most {limits.jobs_per_account} started jobs per account."
+            )
+
+    async def _stop_locked(self, job: Job, *, reason: str) -> Job:
+        await self.engine.stop(job.id)
+        patch = JobPatch(
+            status=JobStatus.PAUSED, stream_status=StreamStatus.OFFLINE, status_reason=reason
+        )
+        return await self._change(job.id, patch, reason=reason) or job
+
+    async def _capture_now(self, job: Job) -> SnapshotFile:
+        if job.status is not JobStatus.STARTED or not self.engine.is_running(job.id):
+            raise JobNotStarted()
+        result = await self.engine.capture_now(job)
+        return result.file
+
+    async def _change(self, job_id: str, patch: JobPatch, *, reason: str) -> Job | None:
+        """Apply a patch; a status change also enqueues its callback event, atomically."""
+        now = self._now_ms()
+        before = await self._store.load_job(job_id)
+        if before is None:
+            return None
+        after = _apply(before, patch)
+        changed = (before.status, before.stream_status) != (after.status, after.stream_status)
+        events: list[OutboxEvent] = []
+        if changed and before.callback_url:
+            events.append(status_event(self._new_id(), before, after, reason=reason, now_ms=now))
+        return await self._store.update_job(job_id, patch, now_ms=now, events=events)
+
+    # files ---------------------------------------------------------------------------------
+    async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]:
+        await self.get_job(account, query.job_id)
+        return await self._store.list_files(account, query)
+
+    async def delete_files(
+        self, account: str, job_id: str, create_ms: Sequence[int], *, delete_objects: bool
+    ) -> list[DeleteResult]:
+        job = await self.get_job(account, job_id)
+        wanted = list(dict.fromkeys(create_ms))
+        files = {f.create_ms: f for f in await self._store.get_files(job.id, wanted)}
+        failures: dict[int, str] = {}
+        if delete_objects:
+            for ms, file in files.items():
+                reason = await self._delete_object(job, file)
+                if reason:
+                    failures[ms] = reason
+        deletable = [ms for ms in files if ms not in failures]
+        deleted = set(await self._store.delete_files(job.id, deletable))
+        return [DeleteResult(create_ms=ms, result=_delete_result(ms, files, failures, deleted))
+                for ms in wanted]
+
+    async def _delete_object(self, job: Job, file: SnapshotFile) -> str:
+        if self._remover is None:
+            return "object storage is not configured on this node"
+        try:
+            await self._remover.delete(job.storage, file.object_key)
+        except OutputError as exc:
+            return exc.message
+        return ""
+
+    # CaptureReports --------------------------------------------------------------------------
+    async def next_sequence(self, job_id: str) -> int:
+        return await self._store.allocate_sequence(job_id)
+
+    async def snapshot_stored(self, job: Job, report: CaptureReport) -> SnapshotFile | None:
+        """Record one stored capture and its callback event; None if already recorded."""
+        is_overlay = report.sequence_key is None
+        key = report.sequence_key or report.overwrite_key or ""
+        file = SnapshotFile(
+            job_id=job.id,
+            account=job.account,
+            create_ms=report.create_ms,
+            endpoint=job.storage.endpoint,
+            bucket=job.storage.bucket,
+            object_key=key,
+            is_overlay=is_overlay,
+            overwrite_key=report.overwrite_key,
+            sequence=report.sequence,
+            width=report.width,
+            height=report.height,
+            size=report.size,
+            stream_time_ms=report.stream_time_ms,
+            lag_ms=report.lag_ms,
+        )
+        now = self._now_ms()
+        events = [captured_event(self._new_id(), job, file, now_ms=now)] if job.callback_url else []
+        if not await self._store.record_snapshot(file, events):
+            return None
+        return file
+
+    async def stream_changed(
+        self, job_id: str, stream_status: StreamStatus, *, error: str = ""
+    ) -> None:
+        patch = JobPatch(stream_status=stream_status, last_error=error)
+        reason = error or f"stream {stream_status.value}"
+        await self._change(job_id, patch, reason=reason)
+
+    async def stream_gone(self, job_id: str, reason: str) -> None:
+        async with self._lock(job_id):
+            job = await self._store.load_job(job_id)
+            if job is None or job.status is not JobStatus.STARTED:
+                return
+            await self.engine.stop(job_id)
+            patch = JobPatch(
+                status=JobStatus.PAUSED,
+                stream_status=StreamStatus.OFFLINE,
+                status_reason=reason,
+                last_error=reason,
+            )
+            await self._change(job_id, patch, reason=reason)
+
+    async def effective_interval(self, job_id: str, interval_ms: int) -> None:
+        await self._store.update_job(
+            job_id, JobPatch(effective_interval_ms=interval_ms), now_ms=self._now_ms()
+        )
+
+
+def _apply(job: Job, patch: JobPatch) -> Job:
+    changes: dict[str, object] = {}
+    for name in ("status", "stream_status", "status_reason", "last_error"):
+        value = getattr(patch, name)
+        if value is not None:
+            changes[name] = value
+    if patch.effective_interval_ms is not None:
+        changes["effective_interval_ms"] = patch.effective_interval_ms or None
+    return job.evolve(**changes)
+
+
+def _delete_result(
+    ms: int, files: dict[int, SnapshotFile], failures: dict[int, str], deleted: set[int]
+) -> str:
+    if ms in failures:
+        return failures[ms]
+    if ms not in files:
+        return "FileNotFound"
+    return "OK" if ms in deleted else "FileNotFound"
+
+
+__all__ = ["JobManager", "Limits", "LivesnapError", "Policy", "check_template_spec"]

@@ -1,0 +1,194 @@
+"""What the domain needs from the outside world: small protocols that adapters implement.
+
+``Store`` is implemented by ``livesnap.store`` (SQLite, PostgreSQL, memory);
+``CaptureEngine`` by ``livesnap.capture`` (and a stand-in for nodes without capture);
+``CaptureReports`` by ``JobManager``, for the capture engine to report back through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from livesnap.jobs.models import (
+    DeliveryAttempt,
+    FileQuery,
+    Job,
+    JobPatch,
+    JobQuery,
+    JobStatus,
+    OutboxEvent,
+    Page,
+    SnapshotFile,
+    StorageTarget,
+    StreamStatus,
+    Template,
+    TemplateQuery,
+)
+
+
+class Store(Protocol):
+    """Persistence. Every method is one transaction; account scoping is done here."""
+
+    async def close(self) -> None: ...
+
+    # templates ---------------------------------------------------------------------------
+    async def ensure_template(self, template: Template) -> None:
+        """Insert the template if no template with its id exists (the system template)."""
+
+    async def create_template(self, template: Template) -> None: ...
+
+    async def get_template(self, account: str, template_id: str) -> Template | None:
+        """The account's template, or a system template; None otherwise."""
+
+    async def update_template(self, template: Template) -> bool:
+        """Replace a custom template of ``template.account``; False if there is none."""
+
+    async def delete_template(self, account: str, template_id: str) -> bool: ...
+
+    async def list_templates(self, account: str, query: TemplateQuery) -> Page[Template]:
+        """The account's templates and the system templates, by creation time."""
+
+    # jobs --------------------------------------------------------------------------------
+    async def create_job(self, job: Job, events: Sequence[OutboxEvent] = ()) -> None: ...
+
+    async def get_job(self, account: str, job_id: str) -> Job | None: ...
+
+    async def load_job(self, job_id: str) -> Job | None:
+        """A job by id whatever its account (for the capture engine)."""
+
+    async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]: ...
+
+    async def jobs_with_status(self, status: JobStatus) -> list[Job]:
+        """Every job in that status, all accounts (used to resume after a restart)."""
+
+    async def count_jobs(self, account: str, status: JobStatus) -> int: ...
+
+    async def update_job(
+        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = ()
+    ) -> Job | None:
+        """Apply ``patch`` and enqueue ``events`` in one transaction; the job after, or None."""
+
+    async def allocate_sequence(self, job_id: str) -> int:
+        """The job's next ``{Sequence}`` value (1, 2, …); never hands out a value twice."""
+
+    # files -------------------------------------------------------------------------------
+    async def record_snapshot(
+        self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()
+    ) -> bool:
+        """Insert the file record, bump the job's count and last time, enqueue ``events``.
+
+        One transaction. False (and nothing written) if the job already has a file with
+        the same ``create_ms``: recording is idempotent.
+        """
+
+    async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]: ...
+
+    async def get_files(self, job_id: str, create_ms: Sequence[int]) -> list[SnapshotFile]: ...
+
+    async def delete_files(self, job_id: str, create_ms: Sequence[int]) -> list[int]:
+        """Delete these file records; the ``create_ms`` values that existed and are gone."""
+
+    # callback outbox ---------------------------------------------------------------------
+    async def due_events(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        """Undelivered, not failed events whose next attempt is due, oldest first."""
+
+    async def pending_events(self, job_id: str) -> list[OutboxEvent]:
+        """Undelivered, not failed events of a job, oldest first (per-job ordering)."""
+
+    async def record_attempt(
+        self,
+        attempt: DeliveryAttempt,
+        *,
+        delivered: bool,
+        failed: bool,
+        next_attempt_ms: int,
+    ) -> None:
+        """Log one delivery attempt and update its event."""
+
+    async def delivery_log(self, job_id: str, limit: int) -> list[DeliveryAttempt]: ...
+
+    async def get_events(self, job_id: str, *, failed_only: bool) -> list[OutboxEvent]: ...
+
+    async def requeue_events(self, job_id: str, now_ms: int) -> int:
+        """Mark a job's failed events undelivered and due now; how many (replay)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureResult:
+    """What a capture-now request produced."""
+
+    file: SnapshotFile
+
+
+class CaptureEngine(Protocol):
+    """Runs capture sessions. Commands are idempotent."""
+
+    async def start(self, job: Job, *, probe: bool) -> None:
+        """Start capturing ``job``.
+
+        With ``probe``, wait until the stream is live and raise ``StreamNotFound`` (leaving
+        nothing running) if it is not; without, start and keep reconnecting in the background.
+        """
+
+    async def stop(self, job_id: str) -> None: ...
+
+    async def capture_now(self, job: Job) -> CaptureResult:
+        """One snapshot of a started job now (the next keyframe)."""
+
+    def is_running(self, job_id: str) -> bool: ...
+
+    def running_count(self) -> int: ...
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop every session within ``timeout_s`` (jobs keep their status)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureReport:
+    """One JPEG the engine has stored; the manager records it."""
+
+    job_id: str
+    create_ms: int
+    sequence: int | None
+    sequence_key: str | None
+    overwrite_key: str | None
+    width: int
+    height: int
+    size: int
+    stream_time_ms: int | None
+    lag_ms: int | None
+
+
+class CaptureReports(Protocol):
+    """How the capture engine reports back (implemented by ``JobManager``)."""
+
+    async def snapshot_stored(self, job: Job, report: CaptureReport) -> SnapshotFile | None: ...
+
+    async def stream_changed(
+        self, job_id: str, stream_status: StreamStatus, *, error: str = ""
+    ) -> None: ...
+
+    async def stream_gone(self, job_id: str, reason: str) -> None:
+        """The outage window passed: the job goes to ``paused``."""
+
+    async def next_sequence(self, job_id: str) -> int: ...
+
+    async def effective_interval(self, job_id: str, interval_ms: int) -> None: ...
+
+    async def check_host(self, name: str, host: str) -> None:
+        """``InvalidParameter`` if ``host`` resolves into a blocked network (at connect time)."""
+
+
+class ObjectRemover(Protocol):
+    """Deletes stored snapshot objects (``DeleteOriginalFile=true``)."""
+
+    async def delete(self, target: StorageTarget, key: str) -> None:
+        """Delete one object; raise ``OutputError`` with a reason if it fails."""
+
+
+class Resolver(Protocol):
+    """Host name to addresses (for the blocked-network check)."""
+
+    async def resolve(self, host: str) -> list[str]: ...

@@ -1,0 +1,83 @@
+"""Untrusted URLs: stream inputs and callback targets (design.md §4 "Untrusted URLs").
+
+Pure checks. Resolving a host name is I/O, so callers pass the addresses in; the check runs
+at Submit and again when connecting or delivering (a name may re-resolve elsewhere).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from urllib.parse import SplitResult, urlsplit
+
+from livesnap.errors import InvalidParameter
+
+STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https"})
+CALLBACK_SCHEMES = frozenset({"http", "https"})
+MAX_URL_LEN = 255
+DEFAULT_BLOCKED_NETWORKS = (
+    "169.254.0.0/16",  # link-local, where cloud metadata services live (169.254.169.254)
+    "fe80::/10",  # IPv6 link-local
+    "fd00:ec2::254/128",  # AWS IMDS over IPv6
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings to networks; ``ValueError`` names the bad entry."""
+    nets: list[Network] = []
+    for spec in specs:
+        text = spec.strip()
+        if not text:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not a network: {text!r}") from exc
+    return tuple(nets)
+
+
+def _split(name: str, url: str, schemes: frozenset[str]) -> SplitResult:
+    if len(url) > MAX_URL_LEN:
+        raise InvalidParameter(f"{name} must be at most {MAX_URL_LEN} characters.")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise InvalidParameter(f"{name} must not contain spaces or control characters.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidParameter(f"{name} is not a valid URL.") from exc
+    if parts.scheme.lower() not in schemes:
+        allowed = ", ".join(sorted(schemes))
+        raise InvalidParameter(f"{name} must use one of the schemes: {allowed}.")
+    if not parts.hostname:
+        raise InvalidParameter(f"{name} must name a host.")
+    if port == 0:
+        raise InvalidParameter(f"{name} has an invalid port.")
+    return parts
+
+
+def check_stream_url(url: str) -> str:
+    """The stream URL's host, or ``InvalidParameter``."""
+    return _split("StreamInput.Url", url, STREAM_SCHEMES).hostname or ""
+
+
+def check_callback_url(url: str) -> str:
+    """The callback URL's host, or ``InvalidParameter``."""
+    return _split("CallbackUrl", url, CALLBACK_SCHEMES).hostname or ""
+
+
+def blocked_address(addresses: Sequence[str], blocked: Sequence[Network]) -> str | None:
+    """The first address that lies in a blocked network, else None."""
+    for text in addresses:
+        try:
+            addr = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            continue
+        mapped = getattr(addr, "ipv4_mapped", None)
+        candidates = [addr] if mapped is None else [addr, mapped]
+        if any(c in net for c in candidates for net in blocked if c.version == net.version):
+            return text
+    return None

@@ -1,0 +1,130 @@
+"""Composition root for ``livesnap serve``: builds the store, manager, engine and ASGI app.
+
+Part of the edge (with ``cli.py`` and ``config.py``): the only place that picks concrete
+adapters. Tests use ``build_service`` to run the whole thing in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from livesnap.api.app import ApiDeps, create_app
+from livesnap.api.signature import NonceCache
+from livesnap.capture.session import SessionOptions
+from livesnap.capture.source import SourceOptions
+from livesnap.capture.standin import NoCapture
+from livesnap.capture.supervisor import CaptureSupervisor
+from livesnap.clock import Clock, SystemClock
+from livesnap.config import KeyRing, Settings
+from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.jobs.models import StorageTarget
+from livesnap.jobs.ports import Store
+from livesnap.jobs.retry import Backoff
+from livesnap.outputs.router import LocalRouter
+from livesnap.store import open_sql_store
+
+logger = logging.getLogger(__name__)
+
+
+class SystemResolver:
+    """Host name → addresses through the OS resolver (off the event loop)."""
+
+    async def resolve(self, host: str) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        return sorted({str(info[4][0]) for info in infos})
+
+
+class RouterRemover:
+    """Deletes objects through the same routes the capture engine writes to."""
+
+    def __init__(self, router: LocalRouter) -> None:
+        self._router = router
+
+    async def delete(self, target: StorageTarget, key: str) -> None:
+        route = self._router.route(target.storage_type.value, target.endpoint, target.bucket)
+        await route.sink.delete(key)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    manager: JobManager
+    app: Starlette
+    router: LocalRouter
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        source=SourceOptions(rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality),
+        backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
+        outage_window_s=settings.outage_window_s,
+        capture_timeout_s=settings.probe_timeout_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def build_service(
+    settings: Settings, keys: KeyRing, *, clock: Clock | None = None
+) -> AsyncIterator[Service]:
+    """Open everything, resume started jobs, and close it all in order on exit."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_sql_store(settings.resolved_database_url())
+    router = LocalRouter(Path(settings.data_dir) / "storage")
+    policy = Policy(
+        limits=Limits(
+            jobs_per_account=settings.max_jobs_per_account,
+            jobs_per_node=settings.max_jobs_per_node,
+        ),
+        blocked_networks=settings.networks(),
+    )
+    manager = JobManager(
+        store=store, clock=clock, policy=policy, resolver=SystemResolver(),
+        remover=RouterRemover(router),
+    )
+    if settings.capture:
+        manager.attach_engine(CaptureSupervisor(
+            reports=manager, sinks=router, clock=clock, options=session_options(settings),
+            max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+        ))
+    else:
+        manager.attach_engine(NoCapture())
+    deps = ApiDeps(manager=manager, keys=keys, clock=clock, nonces=NonceCache(),
+                   host_id=settings.host_id)
+    app = create_app(deps)
+    try:
+        await manager.open()
+        await manager.resume()
+        yield Service(settings=settings, store=store, manager=manager, app=app, router=router)
+    finally:
+        await manager.close(settings.shutdown_timeout_s)
+        await store.close()
+
+
+async def serve(settings: Settings, keys: KeyRing) -> None:
+    """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
+    import uvicorn
+
+    async with build_service(settings, keys) as service:
+        config = uvicorn.Config(
+            service.app, host=settings.host, port=settings.port, log_config=None,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        logger.info("listening", extra={"action": "serve", "host": settings.host,
+                                        "port": settings.port})
+        await server.serve()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) != 0

@@ -1,0 +1,426 @@
+"""``Store`` over SQLAlchemy Core: SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+Every method is one transaction (``engine.begin()``). Write transactions start with their
+write statement, so that on SQLite the write lock is taken first (a read-then-write
+transaction could fail with SQLITE_BUSY instead of waiting out ``busy_timeout``).
+Database errors leave this module only as ``StoreError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    case,
+    delete,
+    event,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, RowMapping, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from livesnap.errors import JobNotFound, StoreError
+from livesnap.jobs.models import (
+    DeliveryAttempt,
+    FileQuery,
+    Job,
+    JobPatch,
+    JobQuery,
+    JobStatus,
+    OutboxEvent,
+    Page,
+    SnapshotFile,
+    Template,
+    TemplateQuery,
+    TemplateType,
+)
+from livesnap.store import rows
+from livesnap.store.migrate import migrate as apply_migrations
+from livesnap.store.tables import delivery_attempts, files, jobs, outbox_events, templates
+
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+_SQLITE_PRAGMAS = ("busy_timeout = 5000", "foreign_keys = ON", "journal_mode = WAL")
+
+
+class SqlStore:
+    """The SQL ``Store``. Build it with ``open_sql_store``; ``close()`` disposes the engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _tx(self, op: str) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise StoreError(f"{op}: duplicate id or unknown reference") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"{op}: the database failed ({type(exc).__name__})") from exc
+
+    def _insert_if_absent(self, table: Table, values: dict[str, Any], key: list[str]) -> Any:
+        """``INSERT … ON CONFLICT (key) DO NOTHING`` in this engine's dialect."""
+        dialect_insert = sqlite_insert if self._engine.dialect.name == "sqlite" else pg_insert
+        return dialect_insert(table).values(values).on_conflict_do_nothing(index_elements=key)
+
+    # templates ---------------------------------------------------------------------------
+    async def ensure_template(self, template: Template) -> None:
+        async with self._tx("ensure_template") as conn:
+            stmt = self._insert_if_absent(templates, rows.template_values(template), ["id"])
+            await conn.execute(stmt)
+
+    async def create_template(self, template: Template) -> None:
+        async with self._tx("create_template") as conn:
+            await conn.execute(insert(templates).values(rows.template_values(template)))
+
+    async def get_template(self, account: str, template_id: str) -> Template | None:
+        stmt = select(templates).where(templates.c.id == template_id, _visible_to(account))
+        async with self._tx("get_template") as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else rows.template_from_row(row)
+
+    async def update_template(self, template: Template) -> bool:
+        """Replace name, interval, formats and modified time; id, type and created stay."""
+        if template.account is None:
+            return False
+        changes = rows.template_values(template)
+        for kept in ("id", "account", "type", "created_ms"):
+            del changes[kept]
+        stmt = update(templates).where(*_custom_of(template.account, template.id))
+        async with self._tx("update_template") as conn:
+            result = await conn.execute(stmt.values(changes))
+        return result.rowcount > 0
+
+    async def delete_template(self, account: str, template_id: str) -> bool:
+        stmt = delete(templates).where(*_custom_of(account, template_id))
+        async with self._tx("delete_template") as conn:
+            result = await conn.execute(stmt)
+        return result.rowcount > 0
+
+    async def list_templates(self, account: str, query: TemplateQuery) -> Page[Template]:
+        where = [_visible_to(account), *_template_filters(query)]
+        order = (templates.c.created_ms, templates.c.id)
+        async with self._tx("list_templates") as conn:
+            found, total = await _page(conn, templates, where, order, query)
+        return Page(items=[rows.template_from_row(row) for row in found], total=total)
+
+    # jobs --------------------------------------------------------------------------------
+    async def create_job(self, job: Job, events: Sequence[OutboxEvent] = ()) -> None:
+        async with self._tx("create_job") as conn:
+            await conn.execute(insert(jobs).values(rows.job_values(job)))
+            await _insert_events(conn, events)
+
+    async def get_job(self, account: str, job_id: str) -> Job | None:
+        return await self._one_job(and_(jobs.c.id == job_id, jobs.c.account == account))
+
+    async def load_job(self, job_id: str) -> Job | None:
+        return await self._one_job(jobs.c.id == job_id)
+
+    async def _one_job(self, where: ColumnElement[bool]) -> Job | None:
+        async with self._tx("get_job") as conn:
+            row = (await conn.execute(select(jobs).where(where))).mappings().first()
+        return None if row is None else rows.job_from_row(row)
+
+    async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]:
+        where = [jobs.c.account == account, *_job_filters(query)]
+        async with self._tx("list_jobs") as conn:
+            found, total = await _page(conn, jobs, where, (jobs.c.created_ms, jobs.c.id), query)
+        return Page(items=[rows.job_from_row(row) for row in found], total=total)
+
+    async def jobs_with_status(self, status: JobStatus) -> list[Job]:
+        stmt = select(jobs).where(jobs.c.status == status.value)
+        stmt = stmt.order_by(jobs.c.created_ms, jobs.c.id)
+        async with self._tx("jobs_with_status") as conn:
+            found = (await conn.execute(stmt)).mappings().all()
+        return [rows.job_from_row(row) for row in found]
+
+    async def count_jobs(self, account: str, status: JobStatus) -> int:
+        stmt = select(func.count()).select_from(jobs)
+        stmt = stmt.where(jobs.c.account == account, jobs.c.status == status.value)
+        async with self._tx("count_jobs") as conn:
+            return int(await conn.scalar(stmt) or 0)
+
+    async def update_job(
+        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = ()
+    ) -> Job | None:
+        changes = {**rows.patch_values(patch), "modified_ms": now_ms}
+        stmt = update(jobs).where(jobs.c.id == job_id).values(changes).returning(*jobs.c)
+        async with self._tx("update_job") as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                return None
+            await _insert_events(conn, events)
+        return rows.job_from_row(row)
+
+    async def allocate_sequence(self, job_id: str) -> int:
+        # One UPDATE … RETURNING: the row lock (PostgreSQL) or the database write lock
+        # (SQLite) makes the increment atomic, so concurrent callers never share a value.
+        stmt = update(jobs).where(jobs.c.id == job_id)
+        stmt = stmt.values(last_sequence=jobs.c.last_sequence + 1)
+        async with self._tx("allocate_sequence") as conn:
+            value = await conn.scalar(stmt.returning(jobs.c.last_sequence))
+        if value is None:
+            raise JobNotFound(f"No such job: {job_id}")
+        return int(value)
+
+    # files -------------------------------------------------------------------------------
+    async def record_snapshot(self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()) -> bool:
+        key = ["job_id", "create_ms"]
+        stmt = self._insert_if_absent(files, rows.file_values(file), key).returning(files.c.id)
+        async with self._tx("record_snapshot") as conn:
+            if await conn.scalar(stmt) is None:
+                return False  # the same capture was recorded before: nothing to do
+            await conn.execute(_count_snapshot(file))
+            await _insert_events(conn, events)
+        return True
+
+    async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]:
+        order = files.c.create_ms.desc() if query.descending else files.c.create_ms.asc()
+        stmt = select(files).where(
+            files.c.job_id == query.job_id,
+            files.c.account == account,
+            files.c.create_ms.between(query.start_ms, query.end_ms),
+        )
+        stmt = stmt.order_by(order).limit(max(query.limit, 0))
+        async with self._tx("list_files") as conn:
+            found = (await conn.execute(stmt)).mappings().all()
+        return [rows.file_from_row(row) for row in found]
+
+    async def get_files(self, job_id: str, create_ms: Sequence[int]) -> list[SnapshotFile]:
+        if not create_ms:
+            return []
+        stmt = select(files).where(files.c.job_id == job_id, files.c.create_ms.in_(create_ms))
+        async with self._tx("get_files") as conn:
+            found = (await conn.execute(stmt.order_by(files.c.create_ms))).mappings().all()
+        return [rows.file_from_row(row) for row in found]
+
+    async def delete_files(self, job_id: str, create_ms: Sequence[int]) -> list[int]:
+        if not create_ms:
+            return []
+        stmt = delete(files).where(files.c.job_id == job_id, files.c.create_ms.in_(create_ms))
+        async with self._tx("delete_files") as conn:
+            gone = (await conn.execute(stmt.returning(files.c.create_ms))).scalars().all()
+        return sorted(int(value) for value in gone)
+
+    # callback outbox ---------------------------------------------------------------------
+    async def due_events(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        stmt = _undelivered().where(outbox_events.c.next_attempt_ms <= now_ms)
+        return await self._events("due_events", stmt.limit(max(limit, 0)))
+
+    async def pending_events(self, job_id: str) -> list[OutboxEvent]:
+        stmt = _undelivered().where(outbox_events.c.job_id == job_id)
+        return await self._events("pending_events", stmt)
+
+    async def get_events(self, job_id: str, *, failed_only: bool) -> list[OutboxEvent]:
+        stmt = _events_oldest_first().where(outbox_events.c.job_id == job_id)
+        if failed_only:
+            stmt = stmt.where(outbox_events.c.failed == true())
+        return await self._events("get_events", stmt)
+
+    async def _events(self, op: str, stmt: Select[Any]) -> list[OutboxEvent]:
+        async with self._tx(op) as conn:
+            found = (await conn.execute(stmt)).mappings().all()
+        return [rows.event_from_row(row) for row in found]
+
+    async def record_attempt(
+        self,
+        attempt: DeliveryAttempt,
+        *,
+        delivered: bool,
+        failed: bool,
+        next_attempt_ms: int,
+    ) -> None:
+        changes: dict[str, Any] = {
+            "attempts": outbox_events.c.attempts + 1,
+            "failed": failed,
+            "next_attempt_ms": next_attempt_ms,
+            "last_error": attempt.error,
+        }
+        if delivered:
+            changes["delivered_ms"] = attempt.at_ms
+        stmt = update(outbox_events).where(outbox_events.c.id == attempt.event_id)
+        async with self._tx("record_attempt") as conn:
+            await conn.execute(insert(delivery_attempts).values(rows.attempt_values(attempt)))
+            await conn.execute(stmt.values(changes))
+
+    async def delivery_log(self, job_id: str, limit: int) -> list[DeliveryAttempt]:
+        stmt = select(delivery_attempts).where(delivery_attempts.c.job_id == job_id)
+        stmt = stmt.order_by(delivery_attempts.c.at_ms.desc(), delivery_attempts.c.id.desc())
+        async with self._tx("delivery_log") as conn:
+            found = (await conn.execute(stmt.limit(max(limit, 0)))).mappings().all()
+        return [rows.attempt_from_row(row) for row in found]
+
+    async def requeue_events(self, job_id: str, now_ms: int) -> int:
+        """Failed events become undelivered, due at ``now_ms``, with a fresh attempt count."""
+        stmt = update(outbox_events).where(
+            outbox_events.c.job_id == job_id, outbox_events.c.failed == true()
+        )
+        stmt = stmt.values(failed=False, delivered_ms=None, next_attempt_ms=now_ms, attempts=0)
+        async with self._tx("requeue_events") as conn:
+            result = await conn.execute(stmt)
+        return result.rowcount
+
+
+# query pieces ----------------------------------------------------------------------------
+def _visible_to(account: str) -> ColumnElement[bool]:
+    """The account's own templates and the system ones (account NULL)."""
+    return or_(templates.c.account == account, templates.c.account.is_(None))
+
+
+def _custom_of(account: str, template_id: str) -> list[ColumnElement[bool]]:
+    return [
+        templates.c.id == template_id,
+        templates.c.account == account,
+        templates.c.type == TemplateType.CUSTOM.value,
+    ]
+
+
+def _id_or_name(table: Table, keyword: str) -> ColumnElement[bool]:
+    """Exact id, or the name containing the keyword case-insensitively (``%``/``_`` literal)."""
+    name = func.lower(table.c.name).contains(keyword.lower(), autoescape=True)
+    return or_(table.c.id == keyword, name)
+
+
+def _template_filters(query: TemplateQuery) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if query.keyword:
+        where.append(_id_or_name(templates, query.keyword))
+    elif query.ids:
+        where.append(templates.c.id.in_(list(query.ids)))
+    if query.type is not None:
+        where.append(templates.c.type == query.type.value)
+    return where
+
+
+def _job_filters(query: JobQuery) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [jobs.c.created_ms.between(query.start_ms, query.end_ms)]
+    if query.keyword:
+        where.append(_id_or_name(jobs, query.keyword))
+    if query.status is not None:
+        where.append(jobs.c.status == query.status.value)
+    return where
+
+
+async def _page(
+    conn: AsyncConnection,
+    table: Table,
+    where: list[ColumnElement[bool]],
+    order: tuple[Any, ...],
+    query: TemplateQuery | JobQuery,
+) -> tuple[Sequence[RowMapping], int]:
+    """One page of ``table`` rows ordered by ``order``, and the count before paging."""
+    total = await conn.scalar(select(func.count()).select_from(table).where(*where))
+    size = max(query.page_size, 0)
+    keys = [column.desc() if query.descending else column.asc() for column in order]
+    stmt = select(table).where(*where).order_by(*keys)
+    stmt = stmt.offset(max(query.page_no - 1, 0) * size).limit(size)
+    return (await conn.execute(stmt)).mappings().all(), int(total or 0)
+
+
+def _count_snapshot(file: SnapshotFile) -> Any:
+    """Bump the job's snapshot count and move its last snapshot time forward only."""
+    # A typed literal: asyncpg binds a bare int as INTEGER, too small for epoch ms.
+    new_ms = literal(file.create_ms, BigInteger())
+    last = jobs.c.last_snapshot_ms
+    newest = case((or_(last.is_(None), last < new_ms), new_ms), else_=last)
+    return (
+        update(jobs)
+        .where(jobs.c.id == file.job_id)
+        .values(snapshot_count=jobs.c.snapshot_count + 1, last_snapshot_ms=newest)
+    )
+
+
+def _events_oldest_first() -> Select[Any]:
+    return select(outbox_events).order_by(outbox_events.c.created_ms, outbox_events.c.seq)
+
+
+def _undelivered() -> Select[Any]:
+    return _events_oldest_first().where(
+        outbox_events.c.delivered_ms.is_(None), outbox_events.c.failed == false()
+    )
+
+
+async def _insert_events(conn: AsyncConnection, events: Sequence[OutboxEvent]) -> None:
+    if events:
+        await conn.execute(insert(outbox_events), [rows.event_values(e) for e in events])
+
+
+# engine ----------------------------------------------------------------------------------
+def _async_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as exc:
+        raise StoreError("the database URL is not valid") from exc
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise StoreError(f"unsupported database driver {parsed.drivername!r}")
+    return parsed.set(drivername=driver)
+
+
+def _sqlite_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite's own lower() folds ASCII only; use Python's, as MemoryStore does.
+    dbapi_connection.create_function("lower", 1, _sqlite_lower, deterministic=True)
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def create_store_engine(url: str) -> AsyncEngine:
+    """An async engine for a SQLite or PostgreSQL URL (the async driver is filled in)."""
+    parsed = _async_url(url)
+    try:
+        engine = create_async_engine(parsed)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot create a database engine: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    return engine
+
+
+async def open_sql_store(url: str, *, migrate: bool = True) -> SqlStore:
+    """Connect, bring the schema up to date (unless ``migrate=False``) and return the store."""
+    engine = create_store_engine(url)
+    if migrate:
+        try:
+            await apply_migrations(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+    return SqlStore(engine)

@@ -1,0 +1,144 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Times are epoch milliseconds in ``BigInteger`` columns; enums are stored as their string
+values. Migrations in ``migrations/versions`` build exactly this schema (a unit test checks).
+Surrogate keys are ``BIGINT`` on PostgreSQL and ``INTEGER`` on SQLite, where only an
+``INTEGER PRIMARY KEY`` is an auto-incrementing rowid alias.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+
+def surrogate_key() -> BigInteger:
+    """An auto-incrementing key type: BIGINT, but INTEGER (the rowid) on SQLite."""
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(), nullable=False),
+    Column("account", String(), nullable=True),  # NULL: a system template, seen by all
+    Column("name", Text(), nullable=False),
+    Column("type", String(), nullable=False),
+    Column("interval_s", Integer(), nullable=False),
+    Column("overwrite_format", Text(), nullable=True),
+    Column("sequence_format", Text(), nullable=True),
+    Column("created_ms", BigInteger(), nullable=False),
+    Column("modified_ms", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("id", name="pk_templates"),
+    Index("ix_templates_account_created", "account", "created_ms"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(), nullable=False),
+    Column("account", String(), nullable=False),
+    Column("name", Text(), nullable=False),
+    Column("template_id", String(), nullable=False),  # no FK: templates may be deleted
+    Column("template_name", Text(), nullable=False),
+    Column("interval_s", Integer(), nullable=False),
+    Column("overwrite_format", Text(), nullable=True),
+    Column("sequence_format", Text(), nullable=True),
+    Column("stream_url", Text(), nullable=False),
+    Column("stream_type", String(), nullable=False),
+    Column("storage_type", String(), nullable=False),
+    Column("storage_endpoint", Text(), nullable=False),
+    Column("storage_bucket", Text(), nullable=False),
+    Column("callback_url", Text(), nullable=True),
+    Column("status", String(), nullable=False),
+    Column("created_ms", BigInteger(), nullable=False),
+    Column("modified_ms", BigInteger(), nullable=False),
+    Column("stream_status", String(), nullable=False),
+    Column("status_reason", Text(), nullable=False),
+    Column("last_error", Text(), nullable=False),
+    Column("last_snapshot_ms", BigInteger(), nullable=True),
+    Column("snapshot_count", BigInteger(), nullable=False),
+    Column("last_sequence", BigInteger(), nullable=False),
+    Column("effective_interval_ms", BigInteger(), nullable=True),
+    PrimaryKeyConstraint("id", name="pk_jobs"),
+    Index("ix_jobs_account_created", "account", "created_ms"),
+    Index("ix_jobs_status", "status"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", surrogate_key(), autoincrement=True, nullable=False),
+    Column("job_id", String(), nullable=False),
+    Column("account", String(), nullable=False),
+    Column("create_ms", BigInteger(), nullable=False),
+    Column("endpoint", Text(), nullable=False),
+    Column("bucket", Text(), nullable=False),
+    Column("object_key", Text(), nullable=False),
+    Column("is_overlay", Boolean(), nullable=False),
+    Column("overwrite_key", Text(), nullable=True),
+    Column("sequence", BigInteger(), nullable=True),
+    Column("width", Integer(), nullable=False),
+    Column("height", Integer(), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("stream_time_ms", BigInteger(), nullable=True),
+    Column("lag_ms", BigInteger(), nullable=True),
+    PrimaryKeyConstraint("id", name="pk_files"),
+    ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_files_job", ondelete="CASCADE"),
+    # The idempotency key of record_snapshot; its index also serves list_files.
+    UniqueConstraint("job_id", "create_ms", name="uq_files_job_create"),
+)
+
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    # seq keeps insertion order among events created in the same millisecond.
+    Column("seq", surrogate_key(), autoincrement=True, nullable=False),
+    Column("id", String(), nullable=False),
+    Column("job_id", String(), nullable=False),  # no FK: events may outlive their job
+    Column("account", String(), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("type", String(), nullable=False),
+    Column("data", Text(), nullable=False),  # JSON
+    Column("created_ms", BigInteger(), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_ms", BigInteger(), nullable=False),
+    Column("delivered_ms", BigInteger(), nullable=True),
+    Column("failed", Boolean(), nullable=False),
+    Column("last_error", Text(), nullable=False),
+    PrimaryKeyConstraint("seq", name="pk_outbox_events"),
+    UniqueConstraint("id", name="uq_outbox_events_id"),
+    Index("ix_outbox_events_due", "delivered_ms", "failed", "next_attempt_ms"),
+    Index("ix_outbox_events_job_created", "job_id", "created_ms"),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", surrogate_key(), autoincrement=True, nullable=False),
+    Column("event_id", String(), nullable=False),
+    Column("job_id", String(), nullable=False),
+    Column("at_ms", BigInteger(), nullable=False),
+    Column("status_code", Integer(), nullable=True),
+    Column("latency_ms", BigInteger(), nullable=False),
+    Column("error", Text(), nullable=False),
+    PrimaryKeyConstraint("id", name="pk_delivery_attempts"),
+    ForeignKeyConstraint(
+        ["event_id"], ["outbox_events.id"], name="fk_delivery_attempts_event", ondelete="CASCADE"
+    ),
+    Index("ix_delivery_attempts_job_at", "job_id", "at_ms"),
+)

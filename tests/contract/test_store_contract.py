@@ -1,0 +1,574 @@
+"""One contract for ``livesnap.jobs.ports.Store``, run over memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from livesnap.errors import JobNotFound, StoreError
+from livesnap.jobs.models import (
+    SYSTEM_TEMPLATE_ID,
+    DeliveryAttempt,
+    EventType,
+    FileQuery,
+    Job,
+    JobPatch,
+    JobQuery,
+    JobStatus,
+    OutboxEvent,
+    SnapshotFile,
+    StorageTarget,
+    StorageType,
+    StreamStatus,
+    Template,
+    TemplateQuery,
+    TemplateType,
+)
+from livesnap.jobs.ports import Store
+from livesnap.store import MemoryStore, SqlStore, open_sql_store
+
+T0 = 1_700_000_000_000  # epoch ms, beyond 32 bits on purpose
+
+
+# fixtures --------------------------------------------------------------------------------
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    backend: Store = MemoryStore() if store_url is None else await open_sql_store(store_url)
+    yield backend
+    await backend.close()
+
+
+# factories -------------------------------------------------------------------------------
+def template(tid: str, account: str | None = "acct-a", **changes: Any) -> Template:
+    values: dict[str, Any] = {
+        "id": tid,
+        "account": account,
+        "name": f"name of {tid}",
+        "type": TemplateType.CUSTOM if account else TemplateType.SYSTEM,
+        "interval_s": 5,
+        "overwrite_format": "snapshot/{JobId}.jpg",
+        "sequence_format": "snapshot/{JobId}/{UnixTimestamp}.jpg",
+        "created_ms": T0,
+        "modified_ms": T0,
+    }
+    return Template(**(values | changes))
+
+
+def job(jid: str, account: str = "acct-a", **changes: Any) -> Job:
+    values: dict[str, Any] = {
+        "id": jid,
+        "account": account,
+        "name": f"job {jid}",
+        "template_id": "tpl",
+        "template_name": "tpl name",
+        "interval_s": 5,
+        "overwrite_format": "snapshot/{JobId}.jpg",
+        "sequence_format": None,
+        "stream_url": "rtmp://127.0.0.1/live/x",
+        "stream_type": "rtmp",
+        "storage": StorageTarget(
+            storage_type=StorageType.OSS, endpoint="oss-cn-shanghai.aliyuncs.com", bucket="b"
+        ),
+        "callback_url": "http://127.0.0.1:9/cb",
+        "status": JobStatus.INIT,
+        "created_ms": T0,
+        "modified_ms": T0,
+    }
+    return Job(**(values | changes))
+
+
+def snap(job_id: str, create_ms: int, account: str = "acct-a", **changes: Any) -> SnapshotFile:
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "account": account,
+        "create_ms": create_ms,
+        "endpoint": "oss-cn-shanghai.aliyuncs.com",
+        "bucket": "b",
+        "object_key": f"snapshot/{job_id}/{create_ms}.jpg",
+        "is_overlay": False,
+        "sequence": 1,
+        "width": 1280,
+        "height": 720,
+        "size": 12345,
+    }
+    return SnapshotFile(**(values | changes))
+
+
+def event(job_id: str, created_ms: int = T0, **changes: Any) -> OutboxEvent:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "job_id": job_id,
+        "account": "acct-a",
+        "url": "http://127.0.0.1:9/cb",
+        "type": EventType.CAPTURED,
+        "data": {"JobId": job_id, "n": created_ms, "名前": ["ü", {"x": None}]},
+        "created_ms": created_ms,
+    }
+    return OutboxEvent(**(values | changes))
+
+
+def attempt(ev: OutboxEvent, at_ms: int, error: str = "") -> DeliveryAttempt:
+    return DeliveryAttempt(
+        event_id=ev.id, job_id=ev.job_id, at_ms=at_ms, status_code=500, latency_ms=3, error=error
+    )
+
+
+def ids(items: list[Any]) -> list[str]:
+    return [item.id for item in items]
+
+
+# the port itself -------------------------------------------------------------------------
+STORE_METHODS = [name for name, value in vars(Store).items() if inspect.iscoroutinefunction(value)]
+
+
+@pytest.mark.parametrize("cls", [MemoryStore, SqlStore])
+@pytest.mark.parametrize("name", STORE_METHODS)
+def test_every_port_method_has_the_port_signature(cls: type, name: str) -> None:
+    expected = inspect.signature(getattr(Store, name))
+    actual = inspect.signature(getattr(cls, name))
+    assert list(actual.parameters.values()) == list(expected.parameters.values())
+    assert inspect.iscoroutinefunction(getattr(cls, name))
+
+
+# templates -------------------------------------------------------------------------------
+async def test_system_template_is_seen_by_every_account(store: Store) -> None:
+    system = template(SYSTEM_TEMPLATE_ID, account=None)
+    await store.ensure_template(system)
+    await store.ensure_template(system.evolve(name="changed"))  # insert-if-absent only
+    for account in ("acct-a", "acct-b"):
+        assert await store.get_template(account, SYSTEM_TEMPLATE_ID) == system
+        page = await store.list_templates(account, TemplateQuery())
+        assert ids(page.items) == [SYSTEM_TEMPLATE_ID]
+
+
+async def test_system_template_cannot_be_updated_or_deleted(store: Store) -> None:
+    system = template(SYSTEM_TEMPLATE_ID, account=None)
+    await store.ensure_template(system)
+    assert not await store.update_template(system.evolve(name="x"))
+    assert not await store.update_template(system.evolve(account="acct-a", name="x"))
+    assert not await store.delete_template("acct-a", SYSTEM_TEMPLATE_ID)
+    assert await store.get_template("acct-a", SYSTEM_TEMPLATE_ID) == system
+
+
+async def test_duplicate_template_id_is_a_store_error(store: Store) -> None:
+    await store.create_template(template("t1"))
+    with pytest.raises(StoreError):
+        await store.create_template(template("t1", account="acct-b"))
+    assert await store.get_template("acct-b", "t1") is None
+
+
+async def test_templates_are_private_to_their_account(store: Store) -> None:
+    mine = template("t1")
+    await store.create_template(mine)
+    assert await store.get_template("acct-b", "t1") is None
+    assert not await store.update_template(mine.evolve(account="acct-b", name="stolen"))
+    assert not await store.delete_template("acct-b", "t1")
+    assert (await store.list_templates("acct-b", TemplateQuery())).total == 0
+    assert await store.get_template("acct-a", "t1") == mine
+
+
+async def test_update_template_replaces_fields_and_keeps_creation(store: Store) -> None:
+    await store.create_template(template("t1"))
+    new = template(
+        "t1", name="renamed", interval_s=60, overwrite_format=None, created_ms=1, modified_ms=T0 + 9
+    )
+    assert await store.update_template(new)
+    assert await store.get_template("acct-a", "t1") == new.evolve(created_ms=T0)
+    assert not await store.update_template(template("missing"))
+
+
+async def test_delete_template(store: Store) -> None:
+    await store.create_template(template("t1"))
+    assert await store.delete_template("acct-a", "t1")
+    assert await store.get_template("acct-a", "t1") is None
+    assert not await store.delete_template("acct-a", "t1")
+
+
+async def _seed_templates(store: Store) -> None:
+    await store.ensure_template(template(SYSTEM_TEMPLATE_ID, account=None, created_ms=T0))
+    names = {"t1": "Alpha 100%", "t2": "beta_1", "t3": "ALPHA two", "t4": "gamma", "t5": "betax1"}
+    for n, (tid, name) in enumerate(names.items(), start=1):
+        await store.create_template(template(tid, name=name, created_ms=T0 + n // 2))
+    await store.create_template(template("other", account="acct-b", name="alpha"))
+
+
+async def test_list_templates_sorts_by_creation_then_id(store: Store) -> None:
+    await _seed_templates(store)
+    desc = await store.list_templates("acct-a", TemplateQuery(page_size=100))
+    assert ids(desc.items) == ["t5", "t4", "t3", "t2", "t1", SYSTEM_TEMPLATE_ID]
+    asc = await store.list_templates("acct-a", TemplateQuery(page_size=100, descending=False))
+    assert ids(asc.items) == list(reversed(ids(desc.items)))
+    assert desc.total == asc.total == 6
+
+
+async def test_list_templates_pages(store: Store) -> None:
+    await _seed_templates(store)
+    pages = [
+        await store.list_templates(
+            "acct-a", TemplateQuery(page_no=n, page_size=4, descending=False)
+        )
+        for n in (1, 2, 3)
+    ]
+    assert [ids(p.items) for p in pages] == [
+        [SYSTEM_TEMPLATE_ID, "t1", "t2", "t3"],
+        ["t4", "t5"],
+        [],
+    ]
+    assert {p.total for p in pages} == {6}
+
+
+@pytest.mark.parametrize(
+    ("keyword", "expected"),
+    [
+        ("t4", ["t4"]),  # exact id
+        ("alpha", ["t1", "t3"]),  # case-insensitive substring of the name
+        ("0%", ["t1"]),  # '%' is literal
+        ("a_1", ["t2"]),  # '_' is literal
+        ("TWO", ["t3"]),
+        ("t", [SYSTEM_TEMPLATE_ID, "t2", "t3", "t5"]),  # names with "t"; ids match only exactly
+        ("nothing", []),
+    ],
+)
+async def test_list_templates_keyword(store: Store, keyword: str, expected: list[str]) -> None:
+    await _seed_templates(store)
+    query = TemplateQuery(keyword=keyword, descending=False, ids=["t5"])  # ids ignored
+    page = await store.list_templates("acct-a", query)
+    assert (ids(page.items), page.total) == (expected, len(expected))
+
+
+async def test_list_templates_ids_and_type(store: Store) -> None:
+    await _seed_templates(store)
+    by_ids = TemplateQuery(ids=["t2", "t4", SYSTEM_TEMPLATE_ID, "other"], descending=False)
+    assert ids((await store.list_templates("acct-a", by_ids)).items) == [
+        SYSTEM_TEMPLATE_ID, "t2", "t4"
+    ]  # fmt: skip
+    system = await store.list_templates("acct-a", TemplateQuery(type=TemplateType.SYSTEM))
+    assert (ids(system.items), system.total) == ([SYSTEM_TEMPLATE_ID], 1)
+    custom = TemplateQuery(type=TemplateType.CUSTOM, ids=["t1", "t2", SYSTEM_TEMPLATE_ID])
+    assert ids((await store.list_templates("acct-a", custom)).items) == ["t2", "t1"]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    created=st.lists(st.integers(min_value=0, max_value=5), min_size=0, max_size=12),
+    page_size=st.integers(min_value=1, max_value=5),
+    descending=st.booleans(),
+)
+async def test_paging_returns_every_template_once(
+    store: Store, created: list[int], page_size: int, descending: bool
+) -> None:
+    account = f"acct-{uuid.uuid4().hex}"  # a fresh account per example: examples share a store
+    for n, offset in enumerate(created):
+        await store.create_template(template(f"{account}-{n}", account, created_ms=T0 + offset))
+    seen: list[str] = []
+    for page_no in range(1, len(created) // page_size + 2):
+        query = TemplateQuery(page_no=page_no, page_size=page_size, descending=descending)
+        page = await store.list_templates(account, query)
+        assert page.total == len(created)
+        seen += ids(page.items)
+    assert sorted(seen) == sorted(f"{account}-{n}" for n in range(len(created)))
+    assert len(seen) == len(set(seen))
+
+
+# jobs ------------------------------------------------------------------------------------
+async def test_create_get_and_load_job(store: Store) -> None:
+    created = job("j1", last_sequence=3, effective_interval_ms=4000, callback_url=None)
+    await store.create_job(created)
+    assert await store.get_job("acct-a", "j1") == created
+    assert await store.get_job("acct-b", "j1") is None
+    assert await store.load_job("j1") == created
+    assert await store.load_job("nope") is None
+    with pytest.raises(StoreError):
+        await store.create_job(job("j1", account="acct-b"))
+
+
+async def test_create_job_enqueues_its_events(store: Store) -> None:
+    first, second = event("j1", T0 + 1), event("j1", T0)
+    await store.create_job(job("j1"), [first, second])
+    assert await store.pending_events("j1") == [second, first]
+
+
+async def _seed_jobs(store: Store) -> None:
+    specs = [
+        ("j1", "Front door", JobStatus.STARTED, T0),
+        ("j2", "back DOOR", JobStatus.PAUSED, T0 + 10),
+        ("j3", "garden", JobStatus.STARTED, T0 + 10),
+        ("j4", "door_2", JobStatus.INIT, T0 + 20),
+        ("j5", "late", JobStatus.STARTED, T0 + 30),
+    ]
+    for jid, name, status, created in specs:
+        await store.create_job(job(jid, name=name, status=status, created_ms=created))
+    await store.create_job(job("x1", account="acct-b", name="door", created_ms=T0 + 10))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, ["j4", "j3", "j2", "j1"]),  # window bounds are inclusive; j5 is after it
+        ({"descending": False}, ["j1", "j2", "j3", "j4"]),
+        ({"start_ms": T0 + 10, "end_ms": T0 + 10}, ["j3", "j2"]),
+        ({"keyword": "door"}, ["j4", "j2", "j1"]),
+        ({"keyword": "j3"}, ["j3"]),
+        ({"keyword": "r_"}, ["j4"]),
+        ({"status": JobStatus.STARTED}, ["j3", "j1"]),
+        ({"keyword": "DOOR", "status": JobStatus.PAUSED}, ["j2"]),
+    ],
+)
+async def test_list_jobs_filters(
+    store: Store, changes: dict[str, Any], expected: list[str]
+) -> None:
+    await _seed_jobs(store)
+    query = JobQuery(**({"start_ms": T0, "end_ms": T0 + 20, "page_size": 100} | changes))
+    page = await store.list_jobs("acct-a", query)
+    assert (ids(page.items), page.total) == (expected, len(expected))
+
+
+async def test_list_jobs_pages(store: Store) -> None:
+    await _seed_jobs(store)
+    query = JobQuery(start_ms=0, end_ms=T0 * 2, page_size=2, page_no=2)
+    page = await store.list_jobs("acct-a", query)
+    assert (ids(page.items), page.total) == (["j3", "j2"], 5)
+    other = await store.list_jobs("acct-b", JobQuery(start_ms=0, end_ms=T0 * 2))
+    assert (ids(other.items), other.total) == (["x1"], 1)
+
+
+async def test_jobs_with_status_and_count_jobs(store: Store) -> None:
+    await _seed_jobs(store)
+    await store.create_job(job("x2", account="acct-b", status=JobStatus.STARTED, created_ms=1))
+    started = await store.jobs_with_status(JobStatus.STARTED)
+    assert ids(started) == ["x2", "j1", "j3", "j5"]
+    assert await store.count_jobs("acct-a", JobStatus.STARTED) == 3
+    assert await store.count_jobs("acct-b", JobStatus.STARTED) == 1
+    assert await store.count_jobs("acct-b", JobStatus.PAUSED) == 0
+
+
+async def test_update_job_applies_the_patch_and_enqueues_events(store: Store) -> None:
+    before = job("j1", status_reason="was", last_error="boom", effective_interval_ms=5000)
+    await store.create_job(before)
+    ev = event("j1", type=EventType.STATUS_CHANGED)
+    patch = JobPatch(status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error="")
+    after = await store.update_job("j1", patch, now_ms=T0 + 5, events=[ev])
+    expected = before.evolve(
+        status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error="", modified_ms=T0 + 5
+    )
+    assert after == expected  # status_reason and effective_interval_ms unchanged (None)
+    assert await store.load_job("j1") == expected
+    assert await store.pending_events("j1") == [ev]
+
+
+async def test_update_job_of_an_unknown_job_writes_nothing(store: Store) -> None:
+    patch = JobPatch(status=JobStatus.PAUSED)
+    assert await store.update_job("nope", patch, now_ms=T0, events=[event("nope")]) is None
+    assert await store.pending_events("nope") == []
+
+
+async def test_update_job_is_atomic(store: Store) -> None:
+    first = event("j1")
+    await store.create_job(job("j1"), [first])
+    patch = JobPatch(status=JobStatus.PAUSED, status_reason="stopped")
+    with pytest.raises(StoreError):  # the event id is taken: the whole update rolls back
+        await store.update_job("j1", patch, now_ms=T0 + 1, events=[event("j1", id=first.id)])
+    assert await store.load_job("j1") == job("j1")
+    assert await store.pending_events("j1") == [first]
+
+
+async def test_allocate_sequence_never_repeats_under_concurrency(store: Store) -> None:
+    await store.create_job(job("j1"))
+    await store.create_job(job("j2", last_sequence=7))
+    values = await asyncio.gather(*(store.allocate_sequence("j1") for _ in range(50)))
+    assert sorted(values) == list(range(1, 51))
+    assert await store.allocate_sequence("j2") == 8
+    loaded = await store.load_job("j1")
+    assert loaded is not None and loaded.last_sequence == 50
+    with pytest.raises(JobNotFound):
+        await store.allocate_sequence("nope")
+
+
+# files -----------------------------------------------------------------------------------
+async def test_record_snapshot_is_idempotent(store: Store) -> None:
+    await store.create_job(job("j1"))
+    first = event("j1", T0 + 100)
+    assert await store.record_snapshot(snap("j1", T0 + 100), [first])
+    assert not await store.record_snapshot(snap("j1", T0 + 100, size=1), [event("j1")])
+    loaded = await store.load_job("j1")
+    assert loaded is not None
+    assert (loaded.snapshot_count, loaded.last_snapshot_ms) == (1, T0 + 100)
+    assert await store.pending_events("j1") == [first]
+    assert await store.get_files("j1", [T0 + 100]) == [snap("j1", T0 + 100)]
+
+
+async def test_record_snapshot_keeps_the_latest_time(store: Store) -> None:
+    await store.create_job(job("j1"))
+    for ms in (T0 + 200, T0 + 100, T0 + 300):
+        assert await store.record_snapshot(snap("j1", ms))
+    loaded = await store.load_job("j1")
+    assert loaded is not None
+    assert (loaded.snapshot_count, loaded.last_snapshot_ms) == (3, T0 + 300)
+
+
+async def test_record_snapshot_is_atomic(store: Store) -> None:
+    taken = event("j1")
+    await store.create_job(job("j1"), [taken])
+    with pytest.raises(StoreError):
+        await store.record_snapshot(snap("j1", T0), [event("j1", id=taken.id)])
+    assert await store.get_files("j1", [T0]) == []
+    assert await store.load_job("j1") == job("j1")
+    with pytest.raises(StoreError):
+        await store.record_snapshot(snap("unknown-job", T0))
+
+
+async def test_files_round_trip_every_field(store: Store) -> None:
+    await store.create_job(job("j1"))
+    full = snap(
+        "j1", T0, is_overlay=True, overwrite_key="o.jpg", sequence=None, stream_time_ms=2**40
+    )
+    full = replace(full, lag_ms=17)
+    await store.record_snapshot(full)
+    query = FileQuery(job_id="j1", start_ms=T0, end_ms=T0)
+    assert await store.list_files("acct-a", query) == [full]
+
+
+async def _seed_files(store: Store) -> list[int]:
+    await store.create_job(job("j1"))
+    await store.create_job(job("j2"))
+    times = [T0 + n * 1000 for n in range(6)]
+    for ms in times:
+        await store.record_snapshot(snap("j1", ms))
+    await store.record_snapshot(snap("j2", T0 + 2000))
+    return times
+
+
+async def test_list_files_window_order_and_limit(store: Store) -> None:
+    times = await _seed_files(store)
+
+    async def listed(**changes: Any) -> list[int]:
+        query = FileQuery(**({"job_id": "j1", "start_ms": times[1], "end_ms": times[4]} | changes))
+        return [f.create_ms for f in await store.list_files("acct-a", query)]
+
+    assert await listed() == times[1:5]  # both bounds inclusive
+    assert await listed(limit=2) == times[1:3]
+    assert await listed(descending=True, limit=3) == [times[4], times[3], times[2]]
+    assert await listed(start_ms=times[1] + 1, end_ms=times[4] - 1) == times[2:4]
+    assert await listed(start_ms=times[5] + 1, end_ms=times[5] + 9) == []
+
+
+async def test_list_files_of_another_account_is_empty(store: Store) -> None:
+    times = await _seed_files(store)
+    query = FileQuery(job_id="j1", start_ms=times[0], end_ms=times[-1], limit=100)
+    assert await store.list_files("acct-b", query) == []
+    assert len(await store.list_files("acct-a", query)) == 6
+
+
+async def test_get_and_delete_files(store: Store) -> None:
+    times = await _seed_files(store)
+    wanted = [times[3], times[0], T0 - 1]
+    assert [f.create_ms for f in await store.get_files("j1", wanted)] == [times[0], times[3]]
+    assert await store.delete_files("j1", [*wanted, times[0]]) == [times[0], times[3]]
+    assert await store.delete_files("j1", wanted) == []
+    assert await store.get_files("j1", wanted) == []
+    assert await store.delete_files("j1", []) == []
+    assert [f.job_id for f in await store.get_files("j2", [T0 + 2000])] == ["j2"]
+
+
+# callback outbox -------------------------------------------------------------------------
+async def test_due_events_oldest_first_when_due(store: Store) -> None:
+    a, b = event("j1", T0 + 2), event("j2", T0 + 1)
+    later = event("j1", T0, next_attempt_ms=T0 + 500)
+    await store.create_job(job("j1"), [a, later])
+    await store.create_job(job("j2"), [b])
+    assert await store.due_events(T0 + 499, limit=10) == [b, a]
+    assert await store.due_events(T0 + 500, limit=10) == [later, b, a]
+    assert await store.due_events(T0 + 500, limit=2) == [later, b]
+
+
+async def test_record_attempt_outcomes(store: Store) -> None:
+    ok, retry, dead = event("j1", T0), event("j1", T0 + 1), event("j1", T0 + 2)
+    await store.create_job(job("j1"), [ok, retry, dead])
+    delivered = dict(delivered=True, failed=False, next_attempt_ms=0)
+    await store.record_attempt(attempt(ok, T0 + 10), **delivered)
+    await store.record_attempt(
+        attempt(retry, T0 + 11, "HTTP 500"), delivered=False, failed=False, next_attempt_ms=T0 + 99
+    )
+    await store.record_attempt(
+        attempt(dead, T0 + 12, "gave up"), delivered=False, failed=True, next_attempt_ms=0
+    )
+    assert await store.due_events(T0 + 98, limit=10) == []
+    expected = replace(retry, attempts=1, next_attempt_ms=T0 + 99, last_error="HTTP 500")
+    assert await store.due_events(T0 + 99, limit=10) == [expected]
+    events = {e.id: e for e in await store.get_events("j1", failed_only=False)}
+    assert (events[ok.id].delivered_ms, events[ok.id].attempts) == (T0 + 10, 1)
+    assert (events[dead.id].failed, events[dead.id].last_error) == (True, "gave up")
+    assert await store.get_events("j1", failed_only=True) == [events[dead.id]]
+
+
+async def test_record_attempt_of_an_unknown_event_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.record_attempt(
+            attempt(event("j1"), T0), delivered=True, failed=False, next_attempt_ms=0
+        )
+
+
+async def test_delivery_log_newest_first(store: Store) -> None:
+    e1, e2, other = event("j1"), event("j1"), event("j2")
+    await store.create_job(job("j1"), [e1, e2])
+    await store.create_job(job("j2"), [other])
+    retry = dict(delivered=False, failed=False, next_attempt_ms=T0)
+    for ev, at in ((e1, T0 + 1), (e2, T0 + 3), (e1, T0 + 2), (other, T0 + 9), (e2, T0 + 3)):
+        await store.record_attempt(attempt(ev, at, error=f"{ev.id}@{at}"), **retry)
+    log = await store.delivery_log("j1", limit=10)
+    assert [(a.event_id, a.at_ms) for a in log] == [
+        (e2.id, T0 + 3), (e2.id, T0 + 3), (e1.id, T0 + 2), (e1.id, T0 + 1)
+    ]  # fmt: skip
+    assert log[0] == attempt(e2, T0 + 3, error=f"{e2.id}@{T0 + 3}")
+    assert len(await store.delivery_log("j1", limit=2)) == 2
+    assert [a.event_id for a in await store.delivery_log("j2", limit=10)] == [other.id]
+
+
+async def test_pending_events_per_job_in_order(store: Store) -> None:
+    same_ms = [event("j1", T0) for _ in range(5)]  # ties keep insertion order
+    future = event("j1", T0 - 1, next_attempt_ms=T0 * 2)
+    await store.create_job(job("j1"), [*same_ms, future])
+    await store.create_job(job("j2"), [event("j2", T0 - 5)])
+    await store.record_attempt(
+        attempt(same_ms[2], T0), delivered=True, failed=False, next_attempt_ms=0
+    )
+    pending = await store.pending_events("j1")
+    assert ids(pending) == ids([future, *same_ms[:2], *same_ms[3:]])
+
+
+async def test_requeue_failed_events(store: Store) -> None:
+    dead, alive = event("j1", T0), event("j1", T0 + 1)
+    await store.create_job(job("j1"), [dead, alive])
+    await store.record_attempt(
+        attempt(dead, T0 + 5), delivered=False, failed=True, next_attempt_ms=0
+    )
+    assert await store.requeue_events("j1", T0 + 50) == 1
+    assert await store.requeue_events("j2", T0 + 50) == 0
+    assert await store.get_events("j1", failed_only=True) == []
+    due = await store.due_events(T0 + 50, limit=10)
+    assert ids(due) == [dead.id, alive.id]
+    assert (due[0].attempts, due[0].failed, due[0].next_attempt_ms) == (0, False, T0 + 50)
+    assert await store.requeue_events("j1", T0 + 60) == 0

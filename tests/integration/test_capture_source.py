@@ -1,0 +1,523 @@
+"""livesnap.capture.source.StreamReader against a real nginx-rtmp origin.
+
+The origin is Debian's nginx + libnginx-mod-rtmp (infra.md §1), fed by ffmpeg
+looping a small pre-encoded H.264 clip *with B-frames* (so a keyframe only
+comes out of an undrained decoder two GOPs late). GOP = 50 frames at 25 fps,
+so a keyframe every 2 s. Misbehaving origins are plain Python sockets.
+
+Self-contained on purpose (no tests/support helpers): every process started
+here is stopped in its fixture's teardown.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import av
+import pytest
+import simplejpeg
+
+from livesnap.capture.source import (
+    Captured,
+    CaptureFailed,
+    Connected,
+    Disconnected,
+    ReaderEvent,
+    SourceOptions,
+    StreamReader,
+)
+
+pytestmark = pytest.mark.integration
+
+RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+RW_TIMEOUT_S = 2.0
+OPTIONS = SourceOptions(rw_timeout_s=RW_TIMEOUT_S)
+GOP_S = 2.0
+WIDTH, HEIGHT = 640, 360
+
+E = TypeVar("E", bound=ReaderEvent)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class Recorder:
+    """The reader's ``emit``: keeps events with their arrival time."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, ReaderEvent]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ReaderEvent) -> None:
+        with self._lock:
+            self.events.append((time.monotonic(), event))
+
+    def of(self, kind: type[E]) -> list[E]:
+        with self._lock:
+            return [e for _, e in self.events if isinstance(e, kind)]
+
+    def wait_for(self, kind: type[ReaderEvent], count: int = 1, timeout: float = 10.0) -> bool:
+        return wait_until(lambda: len(self.of(kind)) >= count, timeout)
+
+
+class Selector:
+    """Always answers ``answer`` and counts the calls."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def on_keyframe(self, wall_time: float) -> bool:
+        self.calls += 1
+        return self.answer
+
+
+@dataclass
+class Run:
+    reader: StreamReader
+    recorder: Recorder
+    selector: Selector
+
+
+@pytest.fixture
+def run_reader() -> Iterator[Callable[..., Run]]:
+    """Start readers; every one is stopped and joined at teardown."""
+    runs: list[Run] = []
+
+    def start(url: str, *, answer: bool = True, emit: Callable[..., None] | None = None) -> Run:
+        recorder, selector = Recorder(), Selector(answer)
+        reader = StreamReader(
+            url, options=OPTIONS, selector=selector, emit=emit or recorder, name="test"
+        )
+        reader.start()
+        runs.append(Run(reader, recorder, selector))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.reader.stop()
+    for run in runs:
+        assert run.reader.join(2 * RW_TIMEOUT_S + 2), "reader thread did not end"
+
+
+def assert_disconnected_once_and_last(recorder: Recorder) -> Disconnected:
+    kinds = [type(e) for _, e in recorder.events]
+    assert kinds.count(Disconnected) == 1, kinds
+    assert kinds[-1] is Disconnected, kinds
+    last = recorder.events[-1][1]
+    assert isinstance(last, Disconnected)
+    return last
+
+
+# -- origins -----------------------------------------------------------------
+
+
+@dataclass
+class Origin:
+    port: int
+
+    def url(self, key: str) -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/{key}"
+
+
+NGINX_CONF = """\
+load_module {module};
+daemon on;
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log info;
+events {{ worker_connections 64; }}
+rtmp {{
+  access_log logs/rtmp-access.log;
+  server {{
+    listen 127.0.0.1:{port};
+    chunk_size 4096;
+    application live {{
+      live on;
+      record off;
+      allow publish 127.0.0.1;
+      deny publish all;
+      allow play all;
+    }}
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    missing = [t for t in ("nginx", "ffmpeg") if shutil.which(t) is None]
+    if missing or not RTMP_MODULE.exists():
+        pytest.skip(f"needs nginx + libnginx-mod-rtmp + ffmpeg (missing: {missing or RTMP_MODULE})")
+
+
+@pytest.fixture(scope="module")
+def origin(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
+    root = tmp_path_factory.mktemp("nginx")
+    (root / "logs").mkdir()
+    port = free_port()
+    (root / "nginx.conf").write_text(NGINX_CONF.format(module=RTMP_MODULE, port=port))
+    cmd = ["nginx", "-p", f"{root}/", "-c", "nginx.conf", "-e", "logs/error.log"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+    try:
+        assert wait_until(lambda: _accepts(port), 5), "nginx did not listen"
+        yield Origin(port)
+    finally:
+        subprocess.run([*cmd, "-s", "quit"], capture_output=True, timeout=10)
+        pid_file = root / "logs" / "nginx.pid"
+        if not wait_until(lambda: not pid_file.exists(), 5) and pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def clip(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 s of 640x360 x264 High with B-frames, GOP 2 s (1.7 s to encode)."""
+    path = tmp_path_factory.mktemp("clip") / "clip.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
+        + ["-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate=25", "-t", "6"]
+        + ["-c:v", "libx264", "-g", "50", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+        timeout=60,
+    )
+    return path
+
+
+def publish(clip: Path, url: str) -> subprocess.Popen[bytes]:
+    """Loop ``clip`` into the origin in real time (-c copy: ~0.015 core)."""
+    proc = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1"]
+        + ["-i", str(clip), "-c", "copy", "-f", "flv", url],
+        stdin=subprocess.DEVNULL,
+    )
+    if not wait_until(lambda: _playable(url), 15, step=0.2):
+        stop_process(proc)
+        pytest.fail(f"publisher never became playable at {url}")
+    return proc
+
+
+def _playable(url: str) -> bool:
+    opts = {"rw_timeout": "1000000", "analyzeduration": "0", "probesize": "32768"}
+    try:
+        with av.open(url, container_options=opts):
+            return True
+    except av.error.FFmpegError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def live_url(origin: Origin, clip: Path) -> Iterator[str]:
+    url = origin.url("test")
+    proc = publish(clip, url)
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture
+def serve_socket() -> Iterator[Callable[[Callable[[socket.socket], None]], int]]:
+    """A TCP server on a free port whose connections are handled by ``handler``."""
+    servers: list[socket.socket] = []
+    stop = threading.Event()
+
+    def start(handler: Callable[[socket.socket], None]) -> int:
+        server = socket.create_server(("127.0.0.1", 0))
+        server.settimeout(0.1)
+        servers.append(server)
+
+        def accept_loop() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                threading.Thread(target=_handle, args=(conn, handler), daemon=True).start()
+
+        threading.Thread(target=accept_loop, daemon=True).start()
+        port: int = server.getsockname()[1]
+        return port
+
+    def _handle(conn: socket.socket, handler: Callable[[socket.socket], None]) -> None:
+        with conn:
+            try:
+                handler(conn)
+                stop.wait(2 * RW_TIMEOUT_S + 5)  # hold the connection open, say nothing
+            except OSError:
+                pass
+
+    yield start
+    stop.set()
+    for server in servers:
+        server.close()
+
+
+def say_nothing(conn: socket.socket) -> None:
+    """Accept the TCP connection, never answer the RTMP handshake."""
+
+
+def say_garbage(conn: socket.socket) -> None:
+    """Answer the handshake with a plausible version byte, then noise."""
+    conn.recv(4096)
+    conn.sendall(b"\x03" + os.urandom(1536 * 2) + b"\xff" * 4096)
+
+
+# -- live stream -------------------------------------------------------------
+
+
+def test_captures_each_keyframe_as_a_jpeg_right_away(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    run = run_reader(live_url, answer=True)
+
+    assert run.recorder.wait_for(Captured, count=4, timeout=4 * GOP_S + 3)
+    run.reader.stop()
+    assert run.reader.join(RW_TIMEOUT_S + 1)
+
+    first = run.recorder.events[0][1]
+    assert first == Connected(codec="h264", width=WIDTH, height=HEIGHT)
+    frames = [e.frame for e in run.recorder.of(Captured)]
+    for frame in frames:
+        assert (frame.image.width, frame.image.height) == (WIDTH, HEIGHT)
+        assert simplejpeg.decode_jpeg(frame.image.data).shape == (HEIGHT, WIDTH, 3)
+        # The drain trick: the keyframe leaves the decoder at once, not 2 GOPs late.
+        assert 0 <= frame.encoded_wall - frame.arrival_wall < 1.0
+    with av.open(io.BytesIO(frames[-1].image.data)) as jpeg:
+        decoded = next(jpeg.decode(video=0))
+        assert (decoded.width, decoded.height) == (WIDTH, HEIGHT)
+    # Keyframes only: one capture per GOP, in wall time and in stream time.
+    # (The first keyframe came out of the probe buffer, so its arrival is the
+    # end of av.open rather than its own arrival: leave it out.)
+    for earlier, later in zip(frames[1:], frames[2:], strict=False):
+        assert later.arrival_wall - earlier.arrival_wall == pytest.approx(GOP_S, abs=0.5)
+        assert earlier.stream_time is not None and later.stream_time is not None
+        assert later.stream_time - earlier.stream_time == pytest.approx(GOP_S, abs=0.1)
+    assert not run.recorder.of(CaptureFailed)
+    assert_disconnected_once_and_last(run.recorder)
+
+
+def test_python_sees_only_keyframes(live_url: str, run_reader: Callable[..., Run]) -> None:
+    # The demuxer discards non-key packets before Python. Only the packets
+    # buffered while probing (a few dozen KB) may be non-key.
+    run = run_reader(live_url, answer=True)
+    assert run.recorder.wait_for(Captured, count=1, timeout=GOP_S + 5)
+    start = run.reader.stats
+    assert run.recorder.wait_for(Captured, count=3, timeout=2 * GOP_S + 3)
+    end = run.reader.stats
+
+    assert start.packets - start.keyframes < 20
+    assert end.keyframes - start.keyframes >= 2
+    assert end.packets - end.keyframes == start.packets - start.keyframes
+
+
+def test_selector_false_decodes_nothing(live_url: str, run_reader: Callable[..., Run]) -> None:
+    run = run_reader(live_url, answer=False)
+
+    assert wait_until(lambda: run.selector.calls >= 3, 3 * GOP_S + 5)
+    run.reader.stop()
+    assert run.reader.join(RW_TIMEOUT_S + 1)
+
+    stats = run.reader.stats
+    assert stats.keyframes == run.selector.calls >= 3
+    assert stats.decoded == 0
+    assert not run.recorder.of(Captured)
+    assert not run.recorder.of(CaptureFailed)
+
+
+def test_request_capture_takes_the_next_keyframe_once(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    run = run_reader(live_url, answer=False)
+    assert run.recorder.wait_for(Connected, timeout=GOP_S + 5)
+
+    run.reader.request_capture()
+    assert run.recorder.wait_for(Captured, timeout=GOP_S + 1)
+    calls = run.selector.calls
+    assert wait_until(lambda: run.selector.calls >= calls + 1, GOP_S + 1)
+
+    assert len(run.recorder.of(Captured)) == 1
+    assert run.reader.stats.decoded == 1
+
+
+def test_stop_ends_the_thread_with_one_last_disconnected(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    run = run_reader(live_url, answer=True)
+    assert run.recorder.wait_for(Captured, timeout=GOP_S + 5)
+
+    stopped_at = time.monotonic()
+    run.reader.stop()
+    assert run.reader.join(RW_TIMEOUT_S + 1)
+
+    assert time.monotonic() - stopped_at < RW_TIMEOUT_S + 1
+    assert assert_disconnected_once_and_last(run.recorder) == Disconnected("stopped", True)
+    assert not run.recorder.of(CaptureFailed)
+
+
+def test_failing_owner_callback_does_not_kill_the_reader(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    recorder = Recorder()
+
+    def flaky_emit(event: ReaderEvent) -> None:
+        recorder(event)
+        if isinstance(event, Connected):
+            raise RuntimeError("owner bug")
+
+    run = run_reader(live_url, answer=True, emit=flaky_emit)
+    assert recorder.wait_for(Captured, count=2, timeout=2 * GOP_S + 5)
+    run.reader.stop()
+    assert run.reader.join(RW_TIMEOUT_S + 1)
+    assert assert_disconnected_once_and_last(recorder).reason == "stopped"
+
+
+def test_publisher_killed_ends_the_reader(
+    origin: Origin, clip: Path, run_reader: Callable[..., Run]
+) -> None:
+    url = origin.url("dying")
+    publisher = publish(clip, url)
+    try:
+        run = run_reader(url, answer=False)
+        assert run.recorder.wait_for(Connected, timeout=GOP_S + 5)
+        publisher.kill()
+        killed_at = time.monotonic()
+        # nginx keeps the play session open, so rw_timeout has to notice; the
+        # RTMP layer takes about twice rw_timeout mid-stream (measured 2.1x).
+        assert run.recorder.wait_for(Disconnected, timeout=2 * RW_TIMEOUT_S + 3)
+    finally:
+        stop_process(publisher)
+
+    when, last = run.recorder.events[-1]
+    assert when - killed_at < 2 * RW_TIMEOUT_S + 3
+    assert isinstance(last, Disconnected)
+    assert last.was_live
+    assert last.reason != "stopped"
+    assert assert_disconnected_once_and_last(run.recorder) is last
+
+
+def test_unpublished_stream_is_not_live(origin: Origin, run_reader: Callable[..., Run]) -> None:
+    started = time.monotonic()
+    run = run_reader(origin.url("nobody"))
+
+    assert run.recorder.wait_for(Disconnected, timeout=RW_TIMEOUT_S + 2)
+    assert time.monotonic() - started < RW_TIMEOUT_S + 2
+    assert assert_disconnected_once_and_last(run.recorder).was_live is False
+
+
+# -- broken origins ----------------------------------------------------------
+
+
+def test_nothing_listening_fails_fast(run_reader: Callable[..., Run]) -> None:
+    started = time.monotonic()
+    run = run_reader(f"rtmp://127.0.0.1:{free_port()}/live/x")
+
+    assert run.recorder.wait_for(Disconnected, timeout=2)
+    assert time.monotonic() - started < 1.0
+    last = assert_disconnected_once_and_last(run.recorder)
+    assert last == Disconnected("connection refused", False)
+
+
+def test_silent_origin_times_out(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+) -> None:
+    port = serve_socket(say_nothing)
+    started = time.monotonic()
+    run = run_reader(f"rtmp://127.0.0.1:{port}/live/x")
+
+    assert run.recorder.wait_for(Disconnected, timeout=RW_TIMEOUT_S + 2)
+    assert time.monotonic() - started < RW_TIMEOUT_S + 2
+    last = assert_disconnected_once_and_last(run.recorder)
+    assert last.was_live is False
+    assert last.reason == "timed out"
+
+
+def test_stop_during_a_stalled_open(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+) -> None:
+    port = serve_socket(say_nothing)
+    run = run_reader(f"rtmp://127.0.0.1:{port}/live/x")
+    time.sleep(0.2)
+
+    run.reader.stop()
+
+    assert run.reader.join(RW_TIMEOUT_S + 1)
+    assert assert_disconnected_once_and_last(run.recorder) == Disconnected("stopped", False)
+
+
+def test_garbage_origin_disconnects_without_crashing(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+) -> None:
+    # An exception escaping the thread would fail this test too: pytest turns
+    # unhandled thread exceptions into warnings, and warnings are errors here.
+    port = serve_socket(say_garbage)
+    run = run_reader(f"rtmp://127.0.0.1:{port}/live/x")
+
+    assert run.recorder.wait_for(Disconnected, timeout=RW_TIMEOUT_S + 2)
+    assert run.reader.join(1)
+    last = assert_disconnected_once_and_last(run.recorder)
+    assert last.was_live is False
+    assert last.reason
+
+
+def test_stop_before_start_never_connects(run_reader: Callable[..., Run]) -> None:
+    recorder = Recorder()
+    reader = StreamReader(
+        f"rtmp://127.0.0.1:{free_port()}/live/x",
+        options=OPTIONS,
+        selector=Selector(True),
+        emit=recorder,
+        name="early",
+    )
+    assert reader.join(0)  # never started: nothing to wait for
+    reader.stop()
+    reader.start()
+    assert reader.join(1)
+    assert [e for _, e in recorder.events] == [Disconnected("stopped", False)]

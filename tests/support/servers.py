@@ -1,0 +1,656 @@
+"""Real servers for integration tests: nginx-rtmp origin, ffmpeg publishers, test clips, PostgreSQL.
+
+Plain Python on purpose (no pytest import): benchmarks and ad-hoc scripts use the same helpers.
+Recipes follow ``/work/shared/infra.md`` (sections 1 and 4). Everything listens on 127.0.0.1 only,
+keeps its files in a private temp directory, and works both as root and as an ordinary user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Self
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FFMPEG = "/usr/bin/ffmpeg"  # Debian's build: has libx264 and the rtmp protocol
+RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+
+CLIP_FPS = 25
+CLIP_GOP = 50  # frames: one keyframe every 2 s at 25 fps
+CLIP_BLACK_SECONDS = 4  # the black lead-in of the "black_then_picture" clip
+CLIP_RECIPE = "v1"  # bump when the encode recipe changes so cached clips are regenerated
+CLIP_SIZES: dict[str, tuple[int, int]] = {
+    "360p": (640, 360),
+    "720p": (1280, 720),
+    "1080p": (1920, 1080),
+    "portrait": (720, 1280),
+    "black_then_picture": (1280, 720),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small process / network helpers
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_binary(path_or_name: str, package: str) -> str:
+    """Return the binary's path, or raise RuntimeError naming the Debian package to install."""
+    found = path_or_name if os.path.isabs(path_or_name) else shutil.which(path_or_name)
+    if not found or not os.access(found, os.X_OK):
+        found = shutil.which(path_or_name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not found:
+        raise RuntimeError(
+            f"{path_or_name!r} not found: install the Debian package {package!r}"
+            " (scripts/test.sh does)"
+        )
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie.
+
+    Daemons re-parented to PID 1 may never be reaped in a container, so a zombie counts as gone.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _signal_zero(pid)
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def _signal_zero(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (e.g. the nginx workers of a master)."""
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat_file.parent.name))
+    return children
+
+
+def wait_pids_gone(pids: list[int], timeout: float) -> bool:
+    """Poll until none of ``pids`` is alive; return False if some still are after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _send(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return f"(no {path.name})"
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    """GET a loopback URL and return the body (raises on HTTP errors)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback http only
+        return bytes(resp.read())
+
+
+class _Managed:
+    """Context-manager plumbing: ``with X() as x`` calls ``start()`` and always ``stop()``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# nginx-rtmp origin
+# --------------------------------------------------------------------------------------------
+
+_NGINX_CONF = string.Template("""\
+load_module $module;
+daemon on;
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log info;
+events { worker_connections 256; }
+rtmp {
+  access_log logs/rtmp-access.log;
+  server {
+    listen 127.0.0.1:$rtmp_port;
+    chunk_size 4096;
+    application $app {
+      live on;
+      record off;
+      allow publish 127.0.0.1;
+      deny publish all;
+      allow play all;
+    }
+  }
+}
+http {
+  access_log off;
+  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fcgi;
+  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
+  server {
+    listen 127.0.0.1:$http_port;
+    location /stat    { rtmp_stat all; }
+    location /healthz { return 200 "ok\\n"; }
+  }
+}
+""")
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """One stream as reported by nginx-rtmp's ``/stat`` page."""
+
+    name: str
+    publishing: bool
+    active: bool
+    nclients: int
+    width: int | None
+    height: int | None
+
+
+class RtmpOrigin(_Managed):
+    """A private nginx + nginx-rtmp server on free loopback ports (application ``live``)."""
+
+    def __init__(self, *, app: str = "live", start_timeout: float = 10.0) -> None:
+        self.app = app
+        self.start_timeout = start_timeout
+        self.rtmp_port = 0
+        self.http_port = 0
+        self.pid: int | None = None
+        self.directory: Path | None = None
+
+    # -- addresses ----------------------------------------------------------------------------
+    @property
+    def rtmp_base(self) -> str:
+        """``rtmp://127.0.0.1:PORT/live``."""
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/{self.app}"
+
+    @property
+    def http_base(self) -> str:
+        """Base URL of the health/stat HTTP server."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def url(self, stream_key: str) -> str:
+        """Publish/play URL of one stream."""
+        return f"{self.rtmp_base}/{stream_key}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, attempts: int = 3) -> Self:
+        """Config-test and start nginx, wait for ``/healthz``; retries on a lost port race."""
+        nginx = require_binary("nginx", "nginx")
+        if not RTMP_MODULE.exists():
+            raise RuntimeError(f"{RTMP_MODULE} missing: install Debian's 'libnginx-mod-rtmp'")
+        for attempt in range(attempts):
+            self._prepare_dir()
+            try:
+                self._launch(nginx)
+                return self
+            except RuntimeError as exc:
+                self.stop()
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _prepare_dir(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="livesnap-rtmp-"))
+        for sub in ("logs", "tmp"):
+            (self.directory / sub).mkdir()
+        # As root the worker runs as nobody and must be able to traverse into the temp paths.
+        for path in (self.directory, self.directory / "tmp"):
+            path.chmod(0o755)
+        self.rtmp_port = free_port()
+        self.http_port = free_port()
+        while self.http_port == self.rtmp_port:
+            self.http_port = free_port()
+        conf = _NGINX_CONF.substitute(
+            module=RTMP_MODULE, rtmp_port=self.rtmp_port, http_port=self.http_port, app=self.app
+        )
+        (self.directory / "nginx.conf").write_text(conf)
+
+    def _nginx_cmd(self, nginx: str, *extra: str) -> list[str]:
+        assert self.directory is not None
+        prefix = f"{self.directory}/"
+        return [nginx, "-p", prefix, "-c", prefix + "nginx.conf", "-e", "logs/error.log", *extra]
+
+    def _launch(self, nginx: str) -> None:
+        test = subprocess.run(self._nginx_cmd(nginx, "-t"), capture_output=True, text=True)
+        if test.returncode != 0:
+            raise RuntimeError(f"nginx config test failed:\n{test.stderr}")
+        run = subprocess.run(self._nginx_cmd(nginx), capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"nginx failed to start:\n{run.stderr}\n{self.error_log()}")
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        assert self.directory is not None
+        pid_file = self.directory / "logs" / "nginx.pid"
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.pid is None and pid_file.exists():
+                with contextlib.suppress(ValueError):
+                    self.pid = int(pid_file.read_text().strip())
+            with contextlib.suppress(OSError):
+                if http_get(f"{self.http_base}/healthz") == b"ok\n":
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"no /healthz answer in {self.start_timeout}s:\n{self.error_log()}")
+
+    def error_log(self) -> str:
+        """The tail of nginx's error log (for failure messages)."""
+        if self.directory is None:
+            return "(not started)"
+        return _tail(self.directory / "logs" / "error.log")
+
+    def stop(self, quit_timeout: float = 1.0) -> None:
+        """Graceful quit; SIGTERM then SIGKILL if connections keep it up. Removes the temp dir."""
+        if self.pid is not None:
+            pids = [self.pid, *child_pids(self.pid)]
+            _send(self.pid, signal.SIGQUIT)
+            if not wait_pids_gone(pids, quit_timeout):
+                _send(self.pid, signal.SIGTERM)
+                if not wait_pids_gone(pids, 2.0):
+                    for pid in pids:
+                        _send(pid, signal.SIGKILL)
+                    wait_pids_gone(pids, 2.0)
+            self.pid = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    # -- /stat ---------------------------------------------------------------------------------
+    def stat_xml(self) -> str:
+        """Raw XML of nginx-rtmp's ``/stat`` page."""
+        return http_get(f"{self.http_base}/stat").decode()
+
+    def stream_status(self, stream_key: str) -> StreamStatus | None:
+        """Status of one stream of this origin's application, or None if nginx doesn't know it."""
+        root = ET.fromstring(self.stat_xml())
+        for app in root.iter("application"):
+            if app.findtext("name") != self.app:
+                continue
+            for stream in app.iter("stream"):
+                if stream.findtext("name") == stream_key:
+                    return _parse_stream(stream)
+        return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def _parse_stream(stream: ET.Element) -> StreamStatus:
+    return StreamStatus(
+        name=stream.findtext("name", ""),
+        publishing=stream.find("publishing") is not None,
+        active=stream.find("active") is not None,
+        nclients=int(stream.findtext("nclients", "0")),
+        width=_int_or_none(stream.findtext("meta/video/width")),
+        height=_int_or_none(stream.findtext("meta/video/height")),
+    )
+
+
+def wait_stream_live(origin: RtmpOrigin, key: str, timeout: float = 10.0) -> StreamStatus:
+    """Poll ``/stat`` until ``key`` has a publisher sending data; raise TimeoutError if not."""
+    deadline = time.monotonic() + timeout
+    status: StreamStatus | None = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status = origin.stream_status(key)
+            if status is not None and status.publishing and status.active:
+                return status
+        time.sleep(0.05)
+    raise TimeoutError(f"stream {key!r} not live on {origin.rtmp_base} after {timeout}s: {status}")
+
+
+def wait_stream_gone(origin: RtmpOrigin, key: str, timeout: float = 10.0) -> None:
+    """Poll ``/stat`` until ``key`` has no publisher any more; raise TimeoutError if it has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = origin.stream_status(key)
+        if status is None or not status.publishing:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"stream {key!r} still published on {origin.rtmp_base} after {timeout}s")
+
+
+# --------------------------------------------------------------------------------------------
+# test clips
+# --------------------------------------------------------------------------------------------
+
+
+def default_clip_cache() -> Path:
+    """``$LIVESNAP_TEST_CACHE`` or ``<repo>/.cache/clips``."""
+    env = os.environ.get("LIVESNAP_TEST_CACHE")
+    return Path(env) if env else REPO_ROOT / ".cache" / "clips"
+
+
+def clip_source(kind: str, seconds: int) -> str:
+    """The lavfi graph that renders ``seconds`` of clip ``kind`` (its output pad is ``out0``)."""
+    if kind not in CLIP_SIZES:
+        raise ValueError(f"unknown clip kind {kind!r}; known: {', '.join(CLIP_SIZES)}")
+    if seconds <= 0:
+        raise ValueError("seconds must be positive")
+    width, height = CLIP_SIZES[kind]
+    size = f"size={width}x{height}:rate={CLIP_FPS}"
+    if kind != "black_then_picture":
+        return f"testsrc2={size}:duration={seconds}"
+    if seconds <= CLIP_BLACK_SECONDS:
+        raise ValueError(f"black_then_picture needs more than {CLIP_BLACK_SECONDS} seconds")
+    return (
+        f"color=c=black:{size}:duration={CLIP_BLACK_SECONDS}[black];"
+        f"testsrc2={size}:duration={seconds - CLIP_BLACK_SECONDS}[pic];"
+        "[black][pic]concat=n=2:v=1:a=0[out0]"
+    )
+
+
+def make_clip(kind: str = "720p", *, seconds: int = 10, cache_dir: Path | None = None) -> Path:
+    """A cached, pre-encoded H.264 FLV clip (x264 defaults, so High profile with B-frames; GOP 2 s).
+
+    Encoded once with Debian's ffmpeg into a temp name and renamed into place, so parallel or
+    aborted runs never leave a half-written clip behind.
+    """
+    source = clip_source(kind, seconds)
+    cache = cache_dir if cache_dir is not None else default_clip_cache()
+    target = cache / f"{kind}-{seconds}s-{CLIP_RECIPE}.flv"
+    if target.exists():
+        return target
+    ffmpeg = require_binary(FFMPEG, "ffmpeg")
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.stem}.", suffix=".part")
+    os.close(fd)
+    cmd = [
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "lavfi", "-i", source,
+        "-c:v", "libx264", "-g", str(CLIP_GOP), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+        "-f", "flv", tmp_name,
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"encoding clip {kind!r} failed:\n{result.stderr}")
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the clip is not a secret
+        os.replace(tmp_name, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# ffmpeg publisher
+# --------------------------------------------------------------------------------------------
+
+
+class Publisher(_Managed):
+    """Loops a clip into an RTMP URL in real time with ``ffmpeg -re -stream_loop -1 -c copy``."""
+
+    def __init__(self, clip: Path, url: str) -> None:
+        self.clip = Path(clip)
+        self.url = url
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._old_errors = ""
+
+    def command(self) -> list[str]:
+        """The ffmpeg command line."""
+        return [
+            require_binary(FFMPEG, "ffmpeg"), "-hide_banner", "-loglevel", "error", "-nostdin",
+            "-re", "-stream_loop", "-1", "-i", str(self.clip), "-c", "copy", "-f", "flv", self.url,
+        ]  # fmt: skip
+
+    @property
+    def pid(self) -> int | None:
+        """PID (and process group id) of the running ffmpeg, if started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while ffmpeg is running."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def errors(self) -> str:
+        """Everything ffmpeg wrote to stderr so far (across restarts)."""
+        current = ""
+        if self._log is not None:
+            self._log.seek(0)
+            current = self._log.read().decode(errors="replace")
+        return self._old_errors + current
+
+    def start(self) -> Self:
+        """Start ffmpeg in its own process group (no-op if already running)."""
+        if self.alive:
+            return self
+        self._close()
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the process group, SIGKILL it if still there after ``timeout`` s; reap it."""
+        self._signal_and_reap(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crashing source); reap it."""
+        self._signal_and_reap(signal.SIGKILL, 5.0)
+
+    def restart(self) -> Self:
+        """Stop and start again (a source that reconnects)."""
+        self.stop()
+        return self.start()
+
+    def _signal_and_reap(self, sig: signal.Signals, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._log is not None:
+            self._old_errors = self.errors
+            self._log.close()
+            self._log = None
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = Path(path).parent.name
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def pg_bin_dir() -> Path:
+    """Newest ``/usr/lib/postgresql/<version>/bin`` that has ``initdb``."""
+    candidates = [p for p in glob.glob(PG_BIN_GLOB) if os.access(f"{p}/initdb", os.X_OK)]
+    if not candidates:
+        raise RuntimeError(
+            f"no PostgreSQL server binaries under {PG_BIN_GLOB}:"
+            " install the Debian package 'postgresql'"
+        )
+    return Path(max(candidates, key=_version_key))
+
+
+class PostgresServer(_Managed):
+    """A throw-away PostgreSQL cluster (trust auth, fsync off) on a free loopback port."""
+
+    def __init__(self, *, start_timeout: float = 30.0) -> None:
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.directory: Path | None = None
+        self.pid: int | None = None
+        self._bin: Path | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, attempts: int = 3) -> Self:
+        """initdb + ``pg_ctl start -w`` (via ``runuser -u postgres`` when root)."""
+        self._bin = pg_bin_dir()
+        for attempt in range(attempts):
+            self._init_cluster()
+            try:
+                self._pg_ctl_start()
+                return self
+            except RuntimeError as exc:
+                self.stop()
+                if "could not bind" not in str(exc) or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _as_pg_user(self, *cmd: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(cmd)
+        return [require_binary("runuser", "util-linux"), "-u", "postgres", "--", *cmd]
+
+    def _run(self, *cmd: str, what: str) -> None:
+        assert self.directory is not None
+        result = subprocess.run(
+            self._as_pg_user(*cmd), capture_output=True, text=True, cwd=self.directory
+        )
+        if result.returncode != 0:
+            log = _tail(self.directory / "server.log")
+            raise RuntimeError(f"{what} failed:\n{result.stdout}{result.stderr}\n{log}")
+
+    def _init_cluster(self) -> None:
+        assert self._bin is not None
+        self.directory = Path(tempfile.mkdtemp(prefix="livesnap-pg-"))
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("no 'postgres' user: install Debian's 'postgresql'") from None
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        self._run(
+            str(self._bin / "initdb"), "-D", str(self.directory / "data"), "-U", "postgres",
+            "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
+            what="initdb",
+        )  # fmt: skip
+
+    def _pg_ctl_start(self) -> None:
+        assert self._bin is not None and self.directory is not None
+        self.port = free_port()
+        options = (
+            f"-k {self.directory} -c listen_addresses=127.0.0.1 -p {self.port} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"),
+            "-l", str(self.directory / "server.log"), "-w", "-t", str(int(self.start_timeout)),
+            "start", "-o", options,
+            what="pg_ctl start",
+        )  # fmt: skip
+        pid_line = (self.directory / "data" / "postmaster.pid").read_text().split("\n", 1)[0]
+        self.pid = int(pid_line)
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``; SIGKILL the postmaster if that fails. Removes the temp dir."""
+        if self.pid is not None and self._bin is not None and self.directory is not None:
+            with contextlib.suppress(RuntimeError):
+                self._run(
+                    str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"),
+                    "-m", "fast", "-w", "-t", "10", "stop",
+                    what="pg_ctl stop",
+                )  # fmt: skip
+            if not wait_pids_gone([self.pid], 5.0):
+                _send(self.pid, signal.SIGKILL)
+                wait_pids_gone([self.pid], 5.0)
+            self.pid = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    # -- databases ------------------------------------------------------------------------------
+    def dsn(self, name: str = "postgres") -> str:
+        """libpq/asyncpg DSN of database ``name``."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def url(self, name: str = "postgres") -> str:
+        """SQLAlchemy async URL of database ``name``."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE ``name`` (via psql over TCP) and return its SQLAlchemy async URL."""
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
+        if self.pid is None or self._bin is None:
+            raise RuntimeError("PostgresServer is not started")
+        psql = str(self._bin / "psql")
+        cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(),
+               "-c", f'CREATE DATABASE "{name}"']  # fmt: skip
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "PGCONNECT_TIMEOUT": "10"}
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"CREATE DATABASE {name} failed:\n{result.stderr}")
+        return self.url(name)

@@ -1,0 +1,79 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from livesnap.jobs.schedule import TickSchedule, effective_interval, select
+
+
+def test_keyframe_before_tick_is_skipped():
+    chosen = select(next_tick_ms=5000, interval_ms=5000, keyframe_ms=4999)
+    assert not chosen.capture
+    assert chosen.next_tick_ms == 5000
+
+
+def test_first_keyframe_at_or_after_tick_is_captured():
+    chosen = select(next_tick_ms=5000, interval_ms=5000, keyframe_ms=5000)
+    assert chosen.capture
+    assert chosen.next_tick_ms == 10000
+
+
+def test_missed_ticks_are_not_captured_late():
+    # an outage of 17 s: one capture on return, next tick aligned to the original grid
+    chosen = select(next_tick_ms=5000, interval_ms=5000, keyframe_ms=22000)
+    assert chosen.capture
+    assert chosen.next_tick_ms == 25000
+
+
+def test_interval_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        select(next_tick_ms=0, interval_ms=0, keyframe_ms=1)
+
+
+def gop_run(interval_ms, gop_ms, seconds):
+    sched = TickSchedule(interval_ms=interval_ms, start_ms=0)
+    captured = []
+    t = 0
+    while t <= seconds * 1000:
+        if sched.on_keyframe(t / 1000):
+            captured.append(t)
+        t += gop_ms
+    return sched, captured
+
+
+def test_two_second_gop_five_second_interval():
+    sched, captured = gop_run(5000, 2000, 30)
+    # ticks at 0,5,10,...; keyframes at 0,2,4,6,...: captures at 0,6,10,16,20,26,30
+    assert captured == [0, 6000, 10000, 16000, 20000, 26000, 30000]
+    assert sched.effective_interval_ms is None
+
+
+def test_long_gop_captures_every_keyframe_and_reports_effective_interval():
+    sched, captured = gop_run(5000, 10000, 60)
+    assert captured == list(range(0, 60001, 10000))
+    assert sched.effective_interval_ms == 10000
+
+
+def test_reset_gaps_forgets_the_outage_gap():
+    sched = TickSchedule(interval_ms=5000, start_ms=0)
+    assert sched.on_keyframe(0.0)
+    assert sched.on_keyframe(60.0)
+    sched.reset_gaps()
+    assert sched.effective_interval_ms is None
+
+
+@given(
+    st.integers(min_value=1000, max_value=60_000),
+    st.lists(st.integers(min_value=0, max_value=3_600_000), min_size=1, max_size=200),
+)
+def test_captures_never_closer_than_interval_grid(interval, times):
+    sched = TickSchedule(interval_ms=interval, start_ms=0)
+    captured = [t for t in sorted(times) if sched.on_keyframe(t / 1000)]
+    # at most one capture per tick slot
+    slots = [t // interval for t in captured]
+    assert len(slots) == len(set(slots))
+
+
+def test_effective_interval_on_time_is_none():
+    assert effective_interval(interval_ms=5000, capture_gaps_ms=[6000, 4000, 6000]) is None
+    assert effective_interval(interval_ms=5000, capture_gaps_ms=[]) is None
+    assert effective_interval(interval_ms=5000, capture_gaps_ms=[8000, 8000, 8000]) == 8000
