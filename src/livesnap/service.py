@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
 from starlette.applications import Starlette
 
 from livesnap.api.app import ApiDeps, create_app
@@ -110,19 +112,42 @@ async def build_service(
         await store.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling.
+
+    uvicorn re-raises SIGTERM after ``serve()`` returns, which would kill the process before
+    the capture engine and the database are closed; livesnap handles the signals itself.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(settings: Settings, keys: KeyRing) -> None:
     """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
-    import uvicorn
-
     async with build_service(settings, keys) as service:
         config = uvicorn.Config(
             service.app, host=settings.host, port=settings.port, log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _request_exit, server, sig)
         logger.info("listening", extra={"action": "serve", "host": settings.host,
                                         "port": settings.port})
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    logger.info("stopped", extra={"action": "shutdown"})
+
+
+def _request_exit(server: uvicorn.Server, sig: signal.Signals) -> None:
+    logger.info("shutting down", extra={"action": "shutdown", "signal": sig.name})
+    server.should_exit = True
 
 
 def port_is_free(host: str, port: int) -> bool:

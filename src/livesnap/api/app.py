@@ -89,7 +89,7 @@ def _signed_request(request: Request, body: bytes) -> SignedRequest:
     for name, value in request.headers.items():
         key = name.lower()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
-    raw_query = request.scope.get("query_string", b"").decode("latin-1")
+    raw_query = request.scope.get("query_string", b"").decode("utf-8", "surrogateescape")
     return SignedRequest(
         method=request.method,
         path=request.url.path,

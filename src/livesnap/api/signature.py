@@ -52,6 +52,7 @@ import base64
 import hashlib
 import heapq
 import hmac
+import itertools
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -315,9 +316,9 @@ class NonceCache:
 
     Each entry is kept at least ``window_s`` seconds after it was added (longer when the
     caller passes a later ``expires_at``). Expired entries are evicted in expiry order on
-    every call. When ``max_entries`` live entries exist, the one closest to expiry is
-    dropped to make room, which bounds memory; only requests with a valid signature add
-    entries, so filling the cache requires a key holder. Thread-safe.
+    every call. When ``max_entries`` live entries exist, the one closest to expiry (the
+    oldest on ties) is dropped to make room, which bounds memory; only requests with a
+    valid signature add entries, so filling the cache requires a key holder. Thread-safe.
     """
 
     def __init__(self, *, window_s: float = 900.0, max_entries: int = 1_000_000) -> None:
@@ -328,7 +329,8 @@ class NonceCache:
         self.window_s = window_s
         self.max_entries = max_entries
         self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
+        self._heap: list[tuple[float, int, tuple[str, str]]] = []
+        self._sequence = itertools.count()  # FIFO among equal expiries
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -364,7 +366,7 @@ class NonceCache:
             while len(self._expiry) >= self.max_entries:
                 self._evict_first()
             self._expiry[key] = expiry
-            heapq.heappush(self._heap, (expiry, key))
+            heapq.heappush(self._heap, (expiry, next(self._sequence), key))
             return True
 
     def _evict_expired(self, now: float) -> None:
@@ -373,7 +375,7 @@ class NonceCache:
             self._evict_first()
 
     def _evict_first(self) -> None:
-        _, key = heapq.heappop(self._heap)
+        _, _, key = heapq.heappop(self._heap)
         del self._expiry[key]
 
 
