@@ -465,7 +465,8 @@ async def test_list_files_window_order_and_limit(store: Store) -> None:
     times = await _seed_files(store)
 
     async def listed(**changes: Any) -> list[int]:
-        query = FileQuery(**({"job_id": "j1", "start_ms": times[1], "end_ms": times[4]} | changes))
+        values: dict[str, Any] = {"job_id": "j1", "start_ms": times[1], "end_ms": times[4]}
+        query = FileQuery(**(values | changes))
         return [f.create_ms for f in await store.list_files("acct-a", query)]
 
     assert await listed() == times[1:5]  # both bounds inclusive
@@ -507,7 +508,7 @@ async def test_due_events_oldest_first_when_due(store: Store) -> None:
 async def test_record_attempt_outcomes(store: Store) -> None:
     ok, retry, dead = event("j1", T0), event("j1", T0 + 1), event("j1", T0 + 2)
     await store.create_job(job("j1"), [ok, retry, dead])
-    delivered = dict(delivered=True, failed=False, next_attempt_ms=0)
+    delivered: dict[str, Any] = {"delivered": True, "failed": False, "next_attempt_ms": 0}
     await store.record_attempt(attempt(ok, T0 + 10), **delivered)
     await store.record_attempt(
         attempt(retry, T0 + 11, "HTTP 500"), delivered=False, failed=False, next_attempt_ms=T0 + 99
@@ -535,7 +536,7 @@ async def test_delivery_log_newest_first(store: Store) -> None:
     e1, e2, other = event("j1"), event("j1"), event("j2")
     await store.create_job(job("j1"), [e1, e2])
     await store.create_job(job("j2"), [other])
-    retry = dict(delivered=False, failed=False, next_attempt_ms=T0)
+    retry: dict[str, Any] = {"delivered": False, "failed": False, "next_attempt_ms": T0}
     for ev, at in ((e1, T0 + 1), (e2, T0 + 3), (e1, T0 + 2), (other, T0 + 9), (e2, T0 + 3)):
         await store.record_attempt(attempt(ev, at, error=f"{ev.id}@{at}"), **retry)
     log = await store.delivery_log("j1", limit=10)

@@ -82,7 +82,7 @@ def publisher_factory(
         publisher.start()
         if wait:
             try:
-                wait_stream_live(rtmp_origin, stream_key)
+                wait_stream_live(rtmp_origin, stream_key, publisher=publisher)
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}; ffmpeg said: {publisher.errors!r}") from None
         return publisher

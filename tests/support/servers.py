@@ -342,11 +342,18 @@ def _parse_stream(stream: ET.Element) -> StreamStatus:
     )
 
 
-def wait_stream_live(origin: RtmpOrigin, key: str, timeout: float = 10.0) -> StreamStatus:
-    """Poll ``/stat`` until ``key`` has a publisher sending data; raise TimeoutError if not."""
+def wait_stream_live(
+    origin: RtmpOrigin, key: str, timeout: float = 10.0, *, publisher: Publisher | None = None
+) -> StreamStatus:
+    """Poll ``/stat`` until ``key`` has a publisher sending data; raise TimeoutError if not.
+
+    With ``publisher``, fail at once (RuntimeError with ffmpeg's stderr) if that process dies.
+    """
     deadline = time.monotonic() + timeout
     status: StreamStatus | None = None
     while time.monotonic() < deadline:
+        if publisher is not None and not publisher.alive:
+            raise RuntimeError(f"publisher to {publisher.url} exited: {publisher.errors}")
         with contextlib.suppress(OSError):
             status = origin.stream_status(key)
             if status is not None and status.publishing and status.active:
@@ -465,9 +472,9 @@ class Publisher(_Managed):
     def errors(self) -> str:
         """Everything ffmpeg wrote to stderr so far (across restarts)."""
         current = ""
-        if self._log is not None:
-            self._log.seek(0)
-            current = self._log.read().decode(errors="replace")
+        if self._log is not None:  # pread: ffmpeg shares this file offset, so never move it
+            fd = self._log.fileno()
+            current = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
         return self._old_errors + current
 
     def start(self) -> Self:

@@ -263,7 +263,7 @@ class JobManager:
         if not blocked:
             return
         addresses = [host]
-        if self._resolver is not None:
+        if self._resolver is not None and not urls.is_ip_literal(host):
             try:
                 addresses = await self._resolver.resolve(host)
             except OSError:

@@ -1,7 +1,7 @@
 """Domain objects: templates, jobs, snapshot files and callback events.
 
 Frozen, keyword-only value objects. Times are epoch milliseconds (``*_ms``) so that the
-same value can be a file's ``CreateTimestamp``, its ``{UnixTimestamp}`` and a database key.
+same value can be a file's creation time, its ``{UnixTimestamp}`` and a database key.
 Wire names (PascalCase) never appear here; ``livesnap.api`` maps them.
 """
 

@@ -69,6 +69,15 @@ def check_callback_url(url: str) -> str:
     return _split("CallbackUrl", url, CALLBACK_SCHEMES).hostname or ""
 
 
+def is_ip_literal(host: str) -> bool:
+    """True for ``10.0.0.1`` or ``fe80::1%eth0``: no resolution needed."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def blocked_address(addresses: Sequence[str], blocked: Sequence[Network]) -> str | None:
     """The first address that lies in a blocked network, else None."""
     for text in addresses:

@@ -1,0 +1,261 @@
+"""JobManager over the memory store with a scripted capture engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from livesnap.clock import ManualClock
+from livesnap.errors import (
+    Forbidden,
+    InvalidParameter,
+    JobAlreadyStarted,
+    JobLimitExceeded,
+    JobNotFound,
+    JobNotStarted,
+    OutputError,
+    StreamNotFound,
+)
+from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.jobs.models import (
+    EventType,
+    FileQuery,
+    JobSpec,
+    JobStatus,
+    StorageTarget,
+    StorageType,
+    StreamStatus,
+    TemplateSpec,
+)
+from livesnap.jobs.ports import CaptureReport, CaptureResult
+from livesnap.jobs.urls import parse_networks
+from livesnap.store import MemoryStore
+
+
+class FakeEngine:
+    def __init__(self, live=True):
+        self.live = live
+        self.running: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    async def start(self, job, *, probe):
+        self.calls.append(("start", job.id))
+        if probe and not self.live:
+            raise StreamNotFound()
+        self.running.add(job.id)
+
+    async def stop(self, job_id):
+        self.calls.append(("stop", job_id))
+        self.running.discard(job_id)
+
+    async def capture_now(self, job):
+        raise AssertionError("not used")
+
+    def is_running(self, job_id):
+        return job_id in self.running
+
+    def running_count(self):
+        return len(self.running)
+
+    async def shutdown(self, timeout_s):
+        self.running.clear()
+
+
+class FakeRemover:
+    def __init__(self):
+        self.deleted = []
+        self.fail_keys = set()
+
+    async def delete(self, target, key):
+        if key in self.fail_keys:
+            raise OutputError("access denied")
+        self.deleted.append(key)
+
+
+def spec(**kw):
+    base = dict(
+        name="cam", template_id="system", stream_url="rtmp://127.0.0.1/live/a", stream_type="rtmp",
+        storage=StorageTarget(storage_type=StorageType.OSS, endpoint="oss-cn-x.aliyuncs.com", bucket="bkt"),
+        callback_url="http://127.0.0.1:9/hook",
+    )
+    base.update(kw)
+    return JobSpec(**base)
+
+
+@pytest.fixture
+async def env():
+    store = MemoryStore()
+    clock = ManualClock()
+    engine = FakeEngine()
+    remover = FakeRemover()
+    manager = JobManager(store=store, clock=clock, remover=remover,
+                         policy=Policy(limits=Limits(jobs_per_account=2, jobs_per_node=3)))
+    manager.attach_engine(engine)
+    await manager.open()
+    yield manager, store, engine, clock, remover
+    await manager.close(1)
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_submit_starts_in_background_when_live(env):
+    manager, store, engine, _, _ = env
+    job = await manager.submit_job("a", spec())
+    assert job.status is JobStatus.INIT
+    await settle()
+    job = await manager.get_job("a", job.id)
+    assert job.status is JobStatus.STARTED
+    events = await store.pending_events(job.id)
+    assert [e.type for e in events] == [EventType.STATUS_CHANGED]
+    assert events[0].data["old_status"] == "init" and events[0].data["new_status"] == "started"
+
+
+async def test_submit_stays_init_when_not_live_and_start_says_stream_not_found(env):
+    manager, _, engine, _, _ = env
+    engine.live = False
+    job = await manager.submit_job("a", spec())
+    await settle()
+    assert (await manager.get_job("a", job.id)).status is JobStatus.INIT
+    with pytest.raises(StreamNotFound):
+        await manager.command("a", job.id, "start")
+    assert (await manager.get_job("a", job.id)).last_error == "stream not live"
+
+
+async def test_commands(env):
+    manager, _, engine, _, _ = env
+    job = await manager.submit_job("a", spec())
+    await settle()
+    with pytest.raises(JobAlreadyStarted):
+        await manager.command("a", job.id, "start")
+    await manager.command("a", job.id, "stop")
+    stopped = await manager.get_job("a", job.id)
+    assert stopped.status is JobStatus.PAUSED and stopped.stream_status is StreamStatus.OFFLINE
+    assert not engine.is_running(job.id)
+    await manager.command("a", job.id, "restart")
+    assert (await manager.get_job("a", job.id)).status is JobStatus.STARTED
+    with pytest.raises(JobNotFound):
+        await manager.command("b", job.id, "stop")
+    with pytest.raises(InvalidParameter):
+        await manager.command("a", job.id, "explode")
+
+
+async def test_capture_now_needs_a_started_job(env):
+    manager, _, engine, _, _ = env
+    engine.live = False
+    job = await manager.submit_job("a", spec())
+    await settle()
+    with pytest.raises(JobNotStarted):
+        await manager.command("a", job.id, "capture")
+
+
+async def test_account_limit(env):
+    manager, _, _, _, _ = env
+    jobs = [await manager.submit_job("a", spec(name=f"j{i}")) for i in range(3)]
+    await settle()
+    statuses = [(await manager.get_job("a", j.id)).status for j in jobs]
+    assert statuses.count(JobStatus.STARTED) == 2
+    third = next(j for j, s in zip(jobs, statuses, strict=True) if s is JobStatus.INIT)
+    assert "at most 2" in (await manager.get_job("a", third.id)).last_error
+    with pytest.raises(JobLimitExceeded):
+        await manager.command("a", third.id, "start")
+
+
+async def test_node_limit(env):
+    manager, _, engine, _, _ = env
+    engine.running.update({"x", "y", "z"})
+    job = await manager.submit_job("b", spec())
+    await settle()
+    with pytest.raises(JobLimitExceeded, match="node"):
+        await manager.command("b", job.id, "start")
+
+
+async def test_system_template_is_forbidden_and_custom_is_scoped(env):
+    manager, _, _, _, _ = env
+    with pytest.raises(Forbidden):
+        await manager.update_template("a", "system", TemplateSpec(
+            name="x", interval_s=5, overwrite_format="a.jpg", sequence_format=None))
+    t = await manager.create_template("a", TemplateSpec(
+        name="x", interval_s=5, overwrite_format="a.jpg", sequence_format=None))
+    job = await manager.submit_job("a", spec(template_id=t.id))
+    await manager.update_template("a", t.id, TemplateSpec(
+        name="y", interval_s=60, overwrite_format="b.jpg", sequence_format=None))
+    kept = await manager.get_job("a", job.id)
+    assert (kept.interval_s, kept.overwrite_format, kept.template_name) == (5, "a.jpg", "x")
+    await manager.delete_template("a", t.id)
+    assert (await manager.get_job("a", job.id)).template_id == t.id
+
+
+async def test_snapshot_recorded_once_with_its_event(env):
+    manager, store, _, clock, _ = env
+    job = await manager.submit_job("a", spec())
+    await settle()
+    report = CaptureReport(job_id=job.id, create_ms=1_700_000_000_123, sequence=1,
+                           sequence_key=f"s/{job.id}/1.jpg", overwrite_key=f"o/{job.id}.jpg",
+                           width=640, height=360, size=1000, stream_time_ms=40, lag_ms=12)
+    first = await manager.snapshot_stored(job, report)
+    again = await manager.snapshot_stored(job, report)
+    assert first is not None and again is None
+    assert first.object_key == f"s/{job.id}/1.jpg" and not first.is_overlay
+    job = await manager.get_job("a", job.id)
+    assert job.snapshot_count == 1 and job.last_snapshot_ms == report.create_ms
+    captured = [e for e in await store.pending_events(job.id) if e.type is EventType.CAPTURED]
+    assert len(captured) == 1 and captured[0].data["object_key"] == first.object_key
+
+
+async def test_overwrite_only_record_is_overlay(env):
+    manager, _, _, _, _ = env
+    job = await manager.submit_job("a", spec(callback_url=None))
+    report = CaptureReport(job_id=job.id, create_ms=5, sequence=None, sequence_key=None,
+                           overwrite_key="o.jpg", width=1, height=1, size=1,
+                           stream_time_ms=None, lag_ms=None)
+    file = await manager.snapshot_stored(job, report)
+    assert file is not None and file.is_overlay and file.object_key == "o.jpg"
+
+
+async def test_delete_files_reports_each_result(env):
+    manager, _, _, _, remover = env
+    job = await manager.submit_job("a", spec())
+    for ms in (10, 20, 30):
+        await manager.snapshot_stored(job, CaptureReport(
+            job_id=job.id, create_ms=ms, sequence=ms, sequence_key=f"k{ms}.jpg", overwrite_key=None,
+            width=1, height=1, size=1, stream_time_ms=None, lag_ms=None))
+    remover.fail_keys.add("k20.jpg")
+    results = await manager.delete_files("a", job.id, [10, 20, 99, 10], delete_objects=True)
+    assert [(r.create_ms, r.result) for r in results] == [
+        (10, "OK"), (20, "access denied"), (99, "FileNotFound")]
+    left = await manager.list_files("a", FileQuery(job_id=job.id, start_ms=0, end_ms=100, limit=10))
+    assert [f.create_ms for f in left] == [20, 30]
+    assert remover.deleted == ["k10.jpg"]
+
+
+async def test_stream_gone_pauses_with_reason(env):
+    manager, _, engine, _, _ = env
+    job = await manager.submit_job("a", spec())
+    await settle()
+    await manager.stream_gone(job.id, "stream offline for 1800 s")
+    job = await manager.get_job("a", job.id)
+    assert job.status is JobStatus.PAUSED and "1800" in job.status_reason
+    assert ("stop", job.id) in engine.calls
+
+
+async def test_blocked_callback_and_stream_hosts():
+    store = MemoryStore()
+    policy = Policy(blocked_networks=parse_networks(["169.254.0.0/16", "10.0.0.0/8"]))
+
+    class Resolver:
+        async def resolve(self, host):
+            return {"metadata.internal": ["169.254.169.254"]}.get(host, ["93.184.216.34"])
+
+    manager = JobManager(store=store, clock=ManualClock(), policy=policy, resolver=Resolver())
+    manager.attach_engine(FakeEngine())
+    await manager.open()
+    with pytest.raises(InvalidParameter, match="CallbackUrl.*169.254.169.254"):
+        await manager.submit_job("a", spec(callback_url="http://metadata.internal/x"))
+    with pytest.raises(InvalidParameter, match="StreamInput.Url"):
+        await manager.submit_job("a", spec(stream_url="rtmp://10.1.2.3/live/x"))
+    assert (await manager.submit_job("a", spec(stream_url="rtmp://example.com/l/x"))).id
+    await manager.close(1)
