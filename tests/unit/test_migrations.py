@@ -76,6 +76,7 @@ def _reflected_table(conn: Connection, name: str) -> dict[str, Any]:
         "indexes": sorted(
             (i["name"], tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
             for i in inspector.get_indexes(name)
+            if not i.get("duplicates_constraint")  # PostgreSQL lists a unique's own index
         ),
         "foreign_keys": sorted(
             (
