@@ -2,7 +2,8 @@
 
 Secrets are masked in ``repr``. Access keys come from ``LIVESNAP_ACCESS_KEYS`` as
 ``id:secret:account`` entries separated by commas; without any, the CLI generates one pair in
-the data directory on first start.
+the data directory on first start. Object-storage credentials come from
+``LIVESNAP_STORAGE_CONFIG`` (a TOML or JSON file, or the JSON itself; see docs/storage.md).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livesnap.jobs.urls import DEFAULT_BLOCKED_NETWORKS, Network, parse_networks
@@ -82,6 +87,147 @@ def load_or_create_keys(data_dir: Path) -> tuple[list[AccessKey], bool]:
     return [key], True
 
 
+def parse_callback_keys(text: str) -> dict[str, str]:
+    """``account:key,…`` (the key may contain ``:``); ``ValueError`` with a one-line reason."""
+    keys: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        account, sep, key = entry.strip().partition(":")
+        if not sep or not account.strip() or not key.strip():
+            raise ValueError(f"LIVESNAP_CALLBACK_KEYS entry {number} must look like account:key")
+        keys[account.strip()] = key.strip()
+    return keys
+
+
+STORAGE_TYPES = ("oss", "s3")
+_STORAGE_KEYS = frozenset({
+    "storage_type", "endpoint", "bucket", "access_key_id", "access_key_id_env",
+    "access_key_secret", "access_key_secret_env", "region", "endpoint_url", "path_style",
+})
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageCredential:
+    """Credentials and addressing for one OSS/S3 endpoint and bucket (``bucket="*"``: any).
+
+    ``endpoint`` is compared with a job's ``SnapshotOutput.Endpoint``; ``endpoint_url``,
+    ``region`` and ``path_style`` override what livesnap derives from it.
+    """
+
+    storage_type: str
+    endpoint: str
+    bucket: str
+    access_key_id: str
+    access_key_secret: str = field(repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None
+    path_style: bool | None = None
+
+    def __repr__(self) -> str:
+        return (f"StorageCredential({self.storage_type} {self.endpoint} bucket={self.bucket!r}, "
+                f"access_key_id={self.access_key_id!r}, access_key_secret='***')")
+
+    def matches(self, storage_type: str, endpoint: str, bucket: str) -> bool:
+        """True if this entry covers the target (the bucket exactly, or ``*``)."""
+        return (
+            self.storage_type == storage_type
+            and normalize_endpoint(self.endpoint) == normalize_endpoint(endpoint)
+            and self.bucket in ("*", bucket)
+        )
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """Endpoints compare without case and without a trailing slash."""
+    return endpoint.strip().rstrip("/").lower()
+
+
+def load_storage_config(
+    value: str, environ: Mapping[str, str] | None = None
+) -> list[StorageCredential]:
+    """``LIVESNAP_STORAGE_CONFIG``: inline JSON, or a ``.toml`` / ``.json`` file path.
+
+    ``ValueError`` with a one-line reason (never the secret) on bad input.
+    """
+    text = value.strip()
+    if not text:
+        return []
+    if text[0] in "[{":
+        return parse_storage_config(text, toml=False, environ=environ)
+    path = Path(text).expanduser()
+    try:
+        content = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read storage config {path}: {exc.strerror or exc}") from exc
+    return parse_storage_config(content, toml=path.suffix == ".toml", environ=environ)
+
+
+def parse_storage_config(
+    text: str, *, toml: bool, environ: Mapping[str, str] | None = None
+) -> list[StorageCredential]:
+    """Entries from TOML (``[[storage]]`` tables) or JSON (a list, or ``{"storage": [...]}``)."""
+    try:
+        raw: Any = tomllib.loads(text) if toml else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"storage config is not valid {'TOML' if toml else 'JSON'}: {exc}") from exc
+    entries = raw.get("storage", []) if isinstance(raw, dict) else raw
+    if not isinstance(entries, list):
+        raise ValueError("storage config must be a list of entries (TOML: [[storage]] tables)")
+    env = os.environ if environ is None else environ
+    return [_storage_entry(entry, number, env) for number, entry in enumerate(entries, start=1)]
+
+
+def _storage_entry(entry: object, number: int, env: Mapping[str, str]) -> StorageCredential:
+    where = f"storage config entry {number}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be a table/object")
+    unknown = sorted(set(entry) - _STORAGE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    storage_type = _text(entry, "storage_type", where)
+    if storage_type not in STORAGE_TYPES:
+        raise ValueError(f"{where}: storage_type must be one of {', '.join(STORAGE_TYPES)}")
+    endpoint_url = _optional_text(entry, "endpoint_url", where)
+    if endpoint_url is not None and urlsplit(endpoint_url).scheme not in ("http", "https"):
+        raise ValueError(f"{where}: endpoint_url must be an http:// or https:// URL")
+    path_style = entry.get("path_style")
+    if path_style is not None and not isinstance(path_style, bool):
+        raise ValueError(f"{where}: path_style must be true or false")
+    return StorageCredential(
+        storage_type=storage_type,
+        endpoint=_text(entry, "endpoint", where),
+        bucket=_text(entry, "bucket", where),
+        access_key_id=_secret(entry, "access_key_id", where, env),
+        access_key_secret=_secret(entry, "access_key_secret", where, env),
+        region=_optional_text(entry, "region", where),
+        endpoint_url=endpoint_url,
+        path_style=path_style,
+    )
+
+
+def _text(entry: dict[str, Any], name: str, where: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: {name} is required (a non-empty string)")
+    return value.strip()
+
+
+def _optional_text(entry: dict[str, Any], name: str, where: str) -> str | None:
+    return _text(entry, name, where) if entry.get(name) is not None else None
+
+
+def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]) -> str:
+    """``name`` itself, or the environment variable that ``name_env`` names."""
+    env_name = entry.get(f"{name}_env")
+    if env_name is None:
+        return _text(entry, name, where)
+    if name in entry:
+        raise ValueError(f"{where}: give {name} or {name}_env, not both")
+    if not isinstance(env_name, str) or not env.get(env_name, "").strip():
+        raise ValueError(f"{where}: {name}_env names an unset environment variable")
+    return env[env_name].strip()
+
+
 class Settings(BaseSettings):
     """Every setting, with its ``LIVESNAP_`` environment name (see docs/configuration.md)."""
 
@@ -105,12 +251,58 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     log_json: bool = False
     log_level: str = "INFO"
+    # object storage (docs/storage.md)
+    storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
+    storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk
+    storage_retry_max_s: float = Field(default=30.0, gt=0)
+    spool_max_mb: int = Field(default=1024, ge=1)
+    spool_max_age_s: float = Field(default=86400.0, gt=0)
+    # callbacks (docs/callbacks.md)
+    callback_keys: SecretStr | None = None  # account:key,…; other accounts get a generated key
+    callback_connect_timeout_s: float = Field(default=2.0, gt=0)
+    callback_read_timeout_s: float = Field(default=5.0, gt=0)
+    callback_backoff_base_s: float = Field(default=1.0, gt=0)
+    callback_backoff_max_s: float = Field(default=300.0, gt=0)
+    callback_max_age_s: float = Field(default=86_400.0, gt=0)
+    callback_concurrency: int = Field(default=16, ge=1, le=1024)
 
     @field_validator("blocked_networks")
     @classmethod
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value.split(","))
         return value
+
+    @field_validator("callback_keys")
+    @classmethod
+    def _callback_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_callback_keys(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _callback_backoff_order(self) -> Settings:
+        if self.callback_backoff_max_s < self.callback_backoff_base_s:
+            raise ValueError("callback_backoff_max_s must be at least callback_backoff_base_s")
+        return self
+
+    def configured_callback_keys(self) -> dict[str, str]:
+        """Account → callback key from ``LIVESNAP_CALLBACK_KEYS`` (empty if unset)."""
+        if self.callback_keys is None:
+            return {}
+        return parse_callback_keys(self.callback_keys.get_secret_value())
+
+    @field_validator("storage_config")
+    @classmethod
+    def _storage_config_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            load_storage_config(value.get_secret_value())  # fail fast at start
+        return value
+
+    def storage_credentials(self) -> list[StorageCredential]:
+        """The configured object-storage credentials (none: every target falls back)."""
+        if self.storage_config is None:
+            return []
+        return load_storage_config(self.storage_config.get_secret_value())
 
     def networks(self) -> tuple[Network, ...]:
         return parse_networks(self.blocked_networks.split(","))

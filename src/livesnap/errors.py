@@ -17,7 +17,9 @@ message. Only ``livesnap.api`` turns these into ICE ``Code`` / ``Message`` / HTT
     ├── StreamNotFound            the input stream cannot be opened (not live)
     ├── CaptureTimeout            a capture-now request got no keyframe in time
     ├── StoreError                the database failed (not the caller's fault)
-    └── OutputError               object storage failed
+    └── OutputError               object storage failed (``retryable`` is False)
+        └── OutputUnavailable     the store is unreachable or failing (``retryable``: a later
+                                  attempt may succeed, so the capture is spooled)
 """
 
 from __future__ import annotations
@@ -85,3 +87,12 @@ class StoreError(LivesnapError):
 
 class OutputError(LivesnapError):
     """Object storage failed."""
+
+    #: Whether the same write may succeed later (the spool keeps such captures).
+    retryable: bool = False
+
+
+class OutputUnavailable(OutputError):
+    """Object storage is unreachable."""
+
+    retryable = True

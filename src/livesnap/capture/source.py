@@ -333,8 +333,9 @@ class StreamReader:
             self._send(Connected(codec=ctx.name, width=ctx.width, height=ctx.height))
         if packet.has_sidedata("new_extradata"):
             # New SPS/PPS (e.g. the publisher restarted its encoder with another
-            # size). Since every capture uses a fresh decoder, adopting it here
-            # is all it takes to follow the change.
+            # size), attached to this packet only. Keep it even if this keyframe
+            # is not captured: every capture starts a fresh decoder from
+            # `extradata`, and that is all it takes to follow the change.
             extradata = bytes(packet.get_sidedata("new_extradata"))
             logger.info(
                 "stream parameters changed",
