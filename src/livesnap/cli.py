@@ -21,6 +21,18 @@ app = typer.Typer(
 )
 
 
+HOST_HELP = "Address to listen on (env LIVESNAP_HOST; default 127.0.0.1)."
+PORT_HELP = "Port to listen on (env LIVESNAP_PORT; default 8080)."
+DATA_DIR_HELP = (
+    "Data directory: database, keys, local storage "
+    "(env LIVESNAP_DATA_DIR; default ./livesnap-data)."
+)
+DATABASE_URL_HELP = (
+    "SQLAlchemy URL, e.g. postgresql+asyncpg://… "
+    "(env LIVESNAP_DATABASE_URL; default SQLite in the data dir)."
+)
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"livesnap: {message}", err=True)
     return typer.Exit(code=2)
@@ -56,16 +68,17 @@ def _keys(settings: Settings) -> KeyRing:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [env LIVESNAP_HOST; default 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [env LIVESNAP_PORT; default 8080].")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory: database, keys, local storage [env LIVESNAP_DATA_DIR; default ./livesnap-data].")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+asyncpg://… [env LIVESNAP_DATABASE_URL; default SQLite in the data dir].")] = None,
+    host: Annotated[str | None, typer.Option(help=HOST_HELP)] = None,
+    port: Annotated[int | None, typer.Option(help=PORT_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
 ) -> None:
     """Run the API server and capture engine (embedded defaults: SQLite, local disk)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
     setup_logging(level=settings.log_level, json_lines=settings.log_json)
     keys = _keys(settings)
-    from livesnap.service import port_is_free, serve as run
+    from livesnap.service import port_is_free
+    from livesnap.service import serve as run
 
     if settings.port and not port_is_free(settings.host, settings.port):
         raise _fail(f"port {settings.port} on {settings.host} is already in use")
@@ -74,8 +87,8 @@ def serve(
 
 @app.command()
 def migrate(
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory [env LIVESNAP_DATA_DIR].")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL [env LIVESNAP_DATABASE_URL].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
 ) -> None:
     """Apply database migrations and exit (serve also does this on start)."""
     settings = _settings(data_dir=data_dir, database_url=database_url)

@@ -20,6 +20,9 @@ from starlette.applications import Starlette
 
 from livesnap.api.app import ApiDeps, create_app
 from livesnap.api.signature import NonceCache
+from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.keys import CallbackKeys
+from livesnap.callbacks.policy import DeliveryPolicy
 from livesnap.capture.session import SessionOptions
 from livesnap.capture.source import SourceOptions
 from livesnap.capture.standin import NoCapture
@@ -62,14 +65,35 @@ class Service:
     manager: JobManager
     app: Starlette
     router: LocalRouter
+    dispatcher: CallbackDispatcher | None = None
 
 
 def session_options(settings: Settings) -> SessionOptions:
     return SessionOptions(
-        source=SourceOptions(rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality),
+        source=SourceOptions(
+            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality
+        ),
         backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
         outage_window_s=settings.outage_window_s,
         capture_timeout_s=settings.probe_timeout_s,
+    )
+
+
+CALLBACK_CLOSE_S = 3.0  # at shutdown; an unfinished delivery is made again after restart
+
+
+def callback_policy(settings: Settings) -> DeliveryPolicy:
+    return DeliveryPolicy(
+        backoff=Backoff(
+            base_s=settings.callback_backoff_base_s, factor=2.0,
+            cap_s=settings.callback_backoff_max_s, jitter=0.5,
+        ),
+        max_age_s=settings.callback_max_age_s,
+        connect_timeout_s=settings.callback_connect_timeout_s,
+        read_timeout_s=settings.callback_read_timeout_s,
+        total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,
+        concurrency=settings.callback_concurrency,
+        blocked_networks=settings.networks(),
     )
 
 
@@ -103,12 +127,23 @@ async def build_service(
     deps = ApiDeps(manager=manager, keys=keys, clock=clock, nonces=NonceCache(),
                    host_id=settings.host_id)
     app = create_app(deps)
+    delivery = callback_policy(settings)
+    client = callback_client(delivery)
+    dispatcher = CallbackDispatcher(
+        store=store, client=client, clock=clock, policy=delivery,
+        keys=CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys()),
+    )
+    manager.on_events_written(dispatcher.notify)
     try:
         await manager.open()
         await manager.resume()
-        yield Service(settings=settings, store=store, manager=manager, app=app, router=router)
+        dispatcher.start()
+        yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
+                      dispatcher=dispatcher)
     finally:
+        await dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
         await manager.close(settings.shutdown_timeout_s)
+        await client.aclose()
         await store.close()
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.signing import rpc_query
 
 from livesnap.api.app import ApiDeps, create_app
 from livesnap.api.signature import NonceCache
@@ -17,7 +18,6 @@ from livesnap.clock import SystemClock
 from livesnap.config import AccessKey, KeyRing
 from livesnap.jobs.manager import JobManager
 from livesnap.store import MemoryStore
-from tests.support.signing import rpc_query
 
 KEYS = KeyRing([AccessKey("testid", "testsecret", "acct-a"), AccessKey("otherid", "othersecret", "acct-b")])
 OUTPUT = json.dumps({"StorageType": "oss", "Endpoint": "oss-cn-shanghai.aliyuncs.com", "Bucket": "bucket-1"})

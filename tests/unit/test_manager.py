@@ -28,7 +28,7 @@ from livesnap.jobs.models import (
     StreamStatus,
     TemplateSpec,
 )
-from livesnap.jobs.ports import CaptureReport, CaptureResult
+from livesnap.jobs.ports import CaptureReport
 from livesnap.jobs.urls import parse_networks
 from livesnap.store import MemoryStore
 
@@ -103,7 +103,7 @@ async def settle():
 
 
 async def test_submit_starts_in_background_when_live(env):
-    manager, store, engine, _, _ = env
+    manager, store, _, _, _ = env
     job = await manager.submit_job("a", spec())
     assert job.status is JobStatus.INIT
     await settle()
@@ -190,7 +190,7 @@ async def test_system_template_is_forbidden_and_custom_is_scoped(env):
 
 
 async def test_snapshot_recorded_once_with_its_event(env):
-    manager, store, _, clock, _ = env
+    manager, store, _, _, _ = env
     job = await manager.submit_job("a", spec())
     await settle()
     report = CaptureReport(job_id=job.id, create_ms=1_700_000_000_123, sequence=1,
@@ -253,9 +253,9 @@ async def test_blocked_callback_and_stream_hosts():
     manager = JobManager(store=store, clock=ManualClock(), policy=policy, resolver=Resolver())
     manager.attach_engine(FakeEngine())
     await manager.open()
-    with pytest.raises(InvalidParameter, match="CallbackUrl.*169.254.169.254"):
+    with pytest.raises(InvalidParameter, match=r"CallbackUrl.*169\.254\.169\.254"):
         await manager.submit_job("a", spec(callback_url="http://metadata.internal/x"))
-    with pytest.raises(InvalidParameter, match="StreamInput.Url"):
+    with pytest.raises(InvalidParameter, match=r"StreamInput\.Url"):
         await manager.submit_job("a", spec(stream_url="rtmp://10.1.2.3/live/x"))
     assert (await manager.submit_job("a", spec(stream_url="rtmp://example.com/l/x"))).id
     await manager.close(1)

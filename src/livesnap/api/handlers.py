@@ -40,9 +40,9 @@ Handler = Callable[[Context, Params], Awaitable[dict[str, Any]]]
 def _template_spec(p: Params) -> TemplateSpec:
     return TemplateSpec(
         name=p.required("TemplateName", max_len=128),
-        interval_s=p.int("TimeInterval", required=True, low=5, high=3600) or 0,
-        overwrite_format=p.str("OverwriteFormat", max_len=255),
-        sequence_format=p.str("SequenceFormat", max_len=255),
+        interval_s=p.integer("TimeInterval", required=True, low=5, high=3600) or 0,
+        overwrite_format=p.text("OverwriteFormat", max_len=255),
+        sequence_format=p.text("SequenceFormat", max_len=255),
     )
 
 
@@ -68,8 +68,8 @@ async def get_template(ctx: Context, p: Params) -> dict[str, Any]:
 
 
 def _paging(p: Params) -> tuple[int, int, str]:
-    page_no = p.int("PageNo", default=1, low=1, high=1_000_000) or 1
-    page_size = p.int("PageSize", default=10, low=1, high=100) or 10
+    page_no = p.integer("PageNo", default=1, low=1, high=1_000_000) or 1
+    page_size = p.integer("PageSize", default=10, low=1, high=100) or 10
     sort = p.choice("SortBy", SORT, default="desc") or "desc"
     return page_no, page_size, sort
 
@@ -81,7 +81,7 @@ async def list_templates(ctx: Context, p: Params) -> dict[str, Any]:
         page_no=page_no,
         page_size=page_size,
         descending=sort == "desc",
-        keyword=p.str("SearchKeyWord", max_len=128),
+        keyword=p.text("SearchKeyWord", max_len=128),
         ids=p.flat_list("TemplateIds", max_items=200),
         type=TemplateType(kind) if kind else None,
     )
@@ -135,7 +135,7 @@ async def submit_job(ctx: Context, p: Params) -> dict[str, Any]:
         stream_url=url,
         stream_type=kind,
         storage=_snapshot_output(p),
-        callback_url=p.str("CallbackUrl", max_len=255),
+        callback_url=p.text("CallbackUrl", max_len=255),
     )
     job = await ctx.manager.submit_job(ctx.account, spec)
     return {"JobId": job.id}
@@ -158,7 +158,7 @@ async def list_jobs(ctx: Context, p: Params) -> dict[str, Any]:
         page_no=page_no,
         page_size=page_size,
         descending=sort == "desc",
-        keyword=p.str("SearchKeyWord", max_len=128),
+        keyword=p.text("SearchKeyWord", max_len=128),
         status=JobStatus(status) if status else None,
     )
     page = await ctx.manager.list_jobs(ctx.account, query)
@@ -198,7 +198,7 @@ async def list_files(ctx: Context, p: Params) -> dict[str, Any]:
     start = p.time_ms("StartTime", required=True) or 0
     end = p.time_ms("EndTime", required=True) or 0
     _check_window(start, end, DAY_MS, "1 day")
-    limit = p.int("Limit", default=10, low=1, high=100) or 10
+    limit = p.integer("Limit", default=10, low=1, high=100) or 10
     sort = p.choice("SortBy", SORT, default="asc") or "asc"
     query = FileQuery(
         job_id=job_id, start_ms=start, end_ms=end, limit=limit + 1, descending=sort == "desc"
@@ -223,13 +223,37 @@ async def delete_files(ctx: Context, p: Params) -> dict[str, Any]:
     if len(stamps) > 200:
         raise InvalidParameter("CreateTimestampList accepts at most 200 entries.")
     results = await ctx.manager.delete_files(
-        ctx.account, job_id, stamps, delete_objects=p.bool("DeleteOriginalFile", default=False)
+        ctx.account, job_id, stamps, delete_objects=p.boolean("DeleteOriginalFile", default=False)
     )
     return {
         "DeleteFileResultList": [
             {"CreateTimestamp": r.create_ms, "Result": r.result} for r in results
         ]
     }
+
+
+# livesnap extensions: the callback delivery log and replay (docs/callbacks.md) -------------
+async def list_callback_attempts(ctx: Context, p: Params) -> dict[str, Any]:
+    job_id = p.required("JobId", max_len=128)
+    limit = p.integer("Limit", default=20, low=1, high=100) or 20
+    attempts = await ctx.manager.delivery_log(ctx.account, job_id, limit)
+    return {
+        "AttemptList": [
+            {
+                "EventId": a.event_id,
+                "Time": iso_from_ms(a.at_ms, millis=True),
+                "StatusCode": a.status_code,
+                "LatencyMs": a.latency_ms,
+                "Error": a.error,
+            }
+            for a in attempts
+        ]
+    }
+
+
+async def replay_callbacks(ctx: Context, p: Params) -> dict[str, Any]:
+    job_id = p.required("JobId", max_len=128)
+    return {"Requeued": await ctx.manager.replay_failed(ctx.account, job_id)}
 
 
 ACTIONS: dict[str, Handler] = {
@@ -244,4 +268,7 @@ ACTIONS: dict[str, Handler] = {
     "SendLiveSnapshotJobCommand": send_command,
     "ListLiveSnapshotFiles": list_files,
     "DeleteLiveSnapshotFiles": delete_files,
+    # livesnap extensions
+    "ListLiveSnapshotCallbackAttempts": list_callback_attempts,
+    "ReplayLiveSnapshotCallbacks": replay_callbacks,
 }

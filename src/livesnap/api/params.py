@@ -34,8 +34,8 @@ class Params:
     def raw(self, name: str) -> str | None:
         return self._values.get(name)
 
-    def str(self, name: str, *, required: bool = False, max_len: int = 255) -> str | None:
-        value = self._values.get(name)
+    def text(self, name: str, *, required: bool = False, max_len: int = 255) -> str | None:
+        value: str | None = self._values.get(name)
         if value is None or value == "":
             if required:
                 raise MissingParameter(f'The input parameter "{name}" that is mandatory for '
@@ -48,16 +48,16 @@ class Params:
         return value
 
     def required(self, name: str, *, max_len: int = 255) -> str:
-        value = self.str(name, required=True, max_len=max_len)
+        value = self.text(name, required=True, max_len=max_len)
         if value is None:  # pragma: no cover - str() raised already
             raise MissingParameter(name)
         return value
 
-    def int(
+    def integer(
         self, name: str, *, default: int | None = None, low: int | None = None,
         high: int | None = None, required: bool = False,
     ) -> int | None:
-        text = self.str(name, required=required, max_len=32)
+        text = self.text(name, required=required, max_len=32)
         if text is None:
             return default
         if not _INT.match(text.strip()):
@@ -67,8 +67,8 @@ class Params:
             raise InvalidParameter(f"The parameter {name} must be between {low} and {high}.")
         return value
 
-    def bool(self, name: str, *, default: bool) -> bool:
-        text = self.str(name, max_len=8)
+    def boolean(self, name: str, *, default: bool) -> bool:
+        text = self.text(name, max_len=8)
         if text is None:
             return default
         lowered = text.lower()
@@ -77,7 +77,7 @@ class Params:
         return lowered == "true"
 
     def choice(self, name: str, options: tuple[str, ...], *, default: str | None) -> str | None:
-        text = self.str(name, max_len=64)
+        text = self.text(name, max_len=64)
         if text is None:
             return default
         if text not in options:
@@ -85,11 +85,11 @@ class Params:
         return text
 
     def time_ms(self, name: str, *, required: bool = False) -> int | None:
-        text = self.str(name, required=required, max_len=40)
+        text = self.text(name, required=required, max_len=40)
         return None if text is None else parse_iso_ms(name, text)
 
     def json(self, name: str, *, required: bool = False) -> Any:
-        text = self.str(name, required=required, max_len=MAX_VALUE_LEN)
+        text = self.text(name, required=required, max_len=MAX_VALUE_LEN)
         if text is None:
             return None
         try:
@@ -125,7 +125,8 @@ def parse_iso_ms(name: str, text: str) -> int:
             f"The parameter {name} must be an ISO 8601 UTC time like 2024-01-01T00:00:00Z."
         )
     try:
-        when = datetime(*(int(g) for g in match.groups()[:6]), tzinfo=UTC)
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        when = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as exc:
         raise InvalidParameter(f"The parameter {name} is not a valid date and time.") from exc
     fraction = match.group(7)

@@ -147,11 +147,15 @@ class Session:
         if blocked:
             return False, blocked
         loop = asyncio.get_running_loop()
+
+        def emit(event: ReaderEvent) -> None:  # called on the reader thread
+            loop.call_soon_threadsafe(self._enqueue, event)
+
         reader = StreamReader(
             self.job.stream_url,
             options=self._opts.source,
             selector=self.schedule,
-            emit=lambda event: loop.call_soon_threadsafe(self._enqueue, event),
+            emit=emit,
             name=f"reader-{self.job.id[:8]}",
         )
         self._reader = reader

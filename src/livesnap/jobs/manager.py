@@ -34,6 +34,7 @@ from livesnap.jobs.events import captured_event, status_event
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
     DeleteResult,
+    DeliveryAttempt,
     FileQuery,
     Job,
     JobPatch,
@@ -129,6 +130,7 @@ class JobManager:
         self._engine: CaptureEngine | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._probes: set[asyncio.Task[None]] = set()
+        self._events_hook: Callable[[], None] | None = None
 
     def attach_engine(self, engine: CaptureEngine) -> None:
         """The capture engine (it needs the manager too, so it is attached after both exist)."""
@@ -366,7 +368,10 @@ class JobManager:
         events: list[OutboxEvent] = []
         if changed and before.callback_url:
             events.append(status_event(self._new_id(), before, after, reason=reason, now_ms=now))
-        return await self._store.update_job(job_id, patch, now_ms=now, events=events)
+        updated = await self._store.update_job(job_id, patch, now_ms=now, events=events)
+        if events:
+            self._events_written()
+        return updated
 
     # files ---------------------------------------------------------------------------------
     async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]:
@@ -399,6 +404,30 @@ class JobManager:
             return exc.message
         return ""
 
+    # callbacks -------------------------------------------------------------------------------
+    def on_events_written(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` after each write that enqueued callback events (wakes the dispatcher)."""
+        self._events_hook = hook
+
+    def _events_written(self) -> None:
+        if self._events_hook is not None:
+            self._events_hook()
+
+    async def delivery_log(self, account: str, job_id: str, limit: int) -> list[DeliveryAttempt]:
+        """The job's most recent callback delivery attempts, newest first."""
+        job = await self.get_job(account, job_id)
+        return await self._store.delivery_log(job.id, limit)
+
+    async def replay_failed(self, account: str, job_id: str) -> int:
+        """Queue the job's failed callback events again, due now; how many."""
+        job = await self.get_job(account, job_id)
+        count = await self._store.requeue_events(job.id, self._now_ms())
+        if count:
+            self._events_written()
+        logger.info("callbacks replayed",
+                    extra={"action": "replay_callbacks", "job_id": job.id, "count": count})
+        return count
+
     # CaptureReports --------------------------------------------------------------------------
     async def next_sequence(self, job_id: str) -> int:
         return await self._store.allocate_sequence(job_id)
@@ -427,6 +456,8 @@ class JobManager:
         events = [captured_event(self._new_id(), job, file, now_ms=now)] if job.callback_url else []
         if not await self._store.record_snapshot(file, events):
             return None
+        if events:
+            self._events_written()
         return file
 
     async def stream_changed(

@@ -1,8 +1,14 @@
-"""The snapshot sink: a one-method protocol, and the router that picks a sink per target."""
+"""The snapshot sink protocol, the upload queue in front of it, and the router per target.
+
+The capture session never waits for object storage: it hands each capture to the route's
+``UploadQueue`` (an ``Upload``: the JPEG, its object keys, and what to call once it is stored)
+and goes on. The queue writes the objects, retries and spools while the store is away, and
+calls ``on_stored`` (which writes the file record) only after every object is stored.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,10 +31,42 @@ class SnapshotSink(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PendingObject:
+    """One object of a capture: its key and headers (the bytes are the capture's)."""
+
+    key: str
+    meta: ObjectMeta
+
+
+@dataclass(frozen=True, kw_only=True)
+class Upload:
+    """One capture on its way to storage: the same JPEG under one or two keys.
+
+    ``on_stored`` runs once every object is stored (it records the file); ``on_trouble`` runs
+    with a message while the capture waits for an unreachable store (``lost=False``) or when
+    it is given up (``lost=True``: dropped from a full spool, or refused by the store).
+    """
+
+    job_id: str
+    data: bytes
+    objects: tuple[PendingObject, ...]
+    on_stored: Callable[[], Awaitable[None]]
+    on_trouble: Callable[[str, bool], Awaitable[None]]
+
+
+class UploadQueue(Protocol):
+    """Takes captures for one target and stores them in order, in the background."""
+
+    async def submit(self, upload: Upload) -> None:
+        """Queue ``upload``; returns without waiting for the store (at most a local write)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Route:
     """Where a target's objects really go (``fallback`` = local disk standing in)."""
 
     sink: SnapshotSink
+    uploads: UploadQueue
     description: str
     fallback: bool = False
 

@@ -210,6 +210,15 @@ class MemoryStore:
             due = self._select_events(lambda e: _undelivered(e) and e.next_attempt_ms <= now_ms)
         return due[: max(limit, 0)]
 
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+        async with self._lock:
+            heads: dict[str, OutboxEvent] = {}
+            for e in self._select_events(_undelivered):
+                heads.setdefault(e.job_id, e)
+        due = [e for e in heads.values() if e.next_attempt_ms <= now_ms]
+        return due[: max(limit, 0)]
+
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         async with self._lock:
             return self._select_events(lambda e: _undelivered(e) and e.job_id == job_id)

@@ -253,6 +253,24 @@ class SqlStore:
         stmt = _undelivered().where(outbox_events.c.next_attempt_ms <= now_ms)
         return await self._events("due_events", stmt.limit(max(limit, 0)))
 
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+        c = outbox_events.c
+        rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
+        pending = (
+            select(outbox_events, rank.label("job_rank"))
+            .where(c.delivered_ms.is_(None), c.failed == false())
+            .subquery()
+        )
+        p = pending.c
+        stmt = (
+            select(*(p[col.name] for col in outbox_events.c))
+            .where(p.job_rank == 1, p.next_attempt_ms <= now_ms)
+            .order_by(p.created_ms, p.seq)
+            .limit(max(limit, 0))
+        )
+        return await self._events("due_heads", stmt)
+
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         stmt = _undelivered().where(outbox_events.c.job_id == job_id)
         return await self._events("pending_events", stmt)

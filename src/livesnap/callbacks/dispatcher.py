@@ -1,0 +1,389 @@
+"""The outbox dispatcher: POSTs each event to its CallbackUrl, signed, retried, at least once.
+
+One poll loop (``run``) asks the store for each job's oldest undelivered event that is due
+(``due_heads``) and delivers it in a task of its own: at most ``concurrency`` at once, and
+never two of the same job, so a job's events arrive in order while other jobs go on. Every
+attempt is written back (``record_attempt``) before the job's next event can be picked, so
+the store always holds the truth: after a restart delivery resumes where it stopped, and an
+attempt that was in flight at a crash is simply made again with the same ``EventId``.
+
+The dispatcher shares nothing with capture but the event loop and the store; a receiver
+that hangs costs one delivery slot for at most ``total_timeout_s``.
+
+Untrusted URLs: at every attempt the callback host is resolved again (in a thread pool of
+the dispatcher's own) and refused if any address lies in a blocked network. The request
+then goes to the checked address itself, with the original ``Host`` header and TLS server
+name, so a name that re-resolves between the check and the connection (DNS rebinding)
+cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from livesnap.callbacks import payload, signing
+from livesnap.callbacks.policy import DeliveryPolicy, Outcome, decide
+from livesnap.clock import Clock
+from livesnap.errors import LivesnapError
+from livesnap.jobs.models import DeliveryAttempt, OutboxEvent
+from livesnap.jobs.ports import Resolver
+from livesnap.jobs.urls import CALLBACK_SCHEMES, blocked_address
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_LEN = 300
+MAX_ADDRESSES = 3  # addresses tried, in resolver order, when a connection is refused
+
+
+class Outbox(Protocol):
+    """What the dispatcher needs from the store (``SqlStore`` and ``MemoryStore`` have it)."""
+
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+
+    async def record_attempt(
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+    ) -> None: ...
+
+
+class KeySource(Protocol):
+    def key_for(self, account: str) -> str: ...
+
+
+class _Refused(Exception):
+    """The attempt was not made (bad URL, unresolvable or blocked host, no key)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Target:
+    urls: list[httpx.URL]  # the callback URL with its host replaced by each checked address
+    host_header: str
+    sni_hostname: str | None
+
+
+class PoolResolver:
+    """``getaddrinfo`` in a small thread pool owned by the dispatcher.
+
+    Not ``loop.getaddrinfo``: that runs in the loop's default executor, which capture's file
+    writes share, and a hanging DNS server must not slow capture down.
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="callback-dns")
+
+    async def resolve(self, host: str) -> list[str]:
+        lookup = functools.partial(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().run_in_executor(self._pool, lookup)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def callback_client(policy: DeliveryPolicy) -> httpx.AsyncClient:
+    """The httpx client the dispatcher is meant to use in production.
+
+    No keep-alive: requests go to a pinned address, and a TLS connection verified for one
+    host name must never be reused for another name served from the same address. No
+    redirects (a redirect target would skip the network check) and no proxy from the
+    environment.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            connect=policy.connect_timeout_s,
+            read=policy.read_timeout_s,
+            write=policy.read_timeout_s,
+            pool=policy.connect_timeout_s,
+        ),
+        limits=httpx.Limits(max_connections=policy.concurrency, max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class CallbackDispatcher:
+    """Delivers outbox events. ``start()``/``stop()``/``close()``, or drive ``run()`` yourself."""
+
+    def __init__(
+        self,
+        *,
+        store: Outbox,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        keys: KeySource,
+        policy: DeliveryPolicy,
+        resolver: Resolver | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._keys = keys
+        self._policy = policy
+        self._pool_resolver: PoolResolver | None = None
+        if resolver is None:
+            resolver = self._pool_resolver = PoolResolver()
+        self._resolver = resolver
+        self._rand = rand
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # job id -> its delivery
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the poll loop in a background task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="callback-dispatcher")
+            self._task.add_done_callback(_report_crash)
+
+    def notify(self) -> None:
+        """New events were written: poll now instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; deliveries in flight go on until ``close``."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll and deliver until ``stop()``; cancelling ``run`` stops it the same way."""
+        logger.info("callback dispatcher running", extra={"action": "callbacks_start"})
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()  # before polling, so a notify during the poll is kept
+                await self._poll()
+                await self._sleep()
+        except asyncio.CancelledError:
+            self.stop()
+            raise
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop, give deliveries in flight up to ``timeout_s``, then cancel what is left.
+
+        A cancelled delivery is not recorded, so it is made again after the next start.
+        """
+        self.stop()
+        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+            logger.warning(
+                "callback deliveries cancelled at shutdown",
+                extra={"action": "callbacks_close", "count": len(pending)},
+            )
+        if self._pool_resolver is not None:
+            self._pool_resolver.close()
+
+    async def dispatch_once(self) -> int:
+        """Start every due delivery (within the concurrency) and wait for all in flight."""
+        started = await self._launch_due()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()))
+        return started
+
+    # polling -------------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    async def _poll(self) -> None:
+        try:
+            await self._launch_due()
+        except LivesnapError as exc:  # StoreError: the database is away; try again later
+            logger.warning("cannot read the outbox: %s", exc.message,
+                           extra={"action": "callbacks_poll"})
+
+    async def _sleep(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._policy.poll_interval_s):
+                await self._wake.wait()
+
+    async def _launch_due(self) -> int:
+        free = self._policy.concurrency - len(self._inflight)
+        if free <= 0 or self._stopping.is_set():
+            return 0
+        heads = await self._store.due_heads(self._now_ms(), free + len(self._inflight))
+        if self._stopping.is_set():
+            return 0  # close() may already have collected the tasks to wait for
+        fresh = [e for e in heads if e.job_id not in self._inflight][:free]
+        for event in fresh:
+            task = asyncio.create_task(self._deliver(event), name=f"callback-{event.id}")
+            self._inflight[event.job_id] = task
+            task.add_done_callback(functools.partial(self._finished, event.job_id))
+        return len(fresh)
+
+    def _finished(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(job_id, None)
+        self._wake.set()  # the job's next event may be due now
+        _report_crash(task)
+
+    # one attempt ---------------------------------------------------------------------------
+    async def _deliver(self, event: OutboxEvent) -> None:
+        at_ms = self._now_ms()
+        started = self._clock.monotonic()
+        status, error = await self._attempt(event)
+        latency_ms = max(round((self._clock.monotonic() - started) * 1000), 0)
+        ok = status is not None and 200 <= status < 300
+        outcome = decide(self._policy, event, now_ms=self._now_ms(), ok=ok, rand=self._rand())
+        attempt = DeliveryAttempt(
+            event_id=event.id, job_id=event.job_id, at_ms=at_ms, status_code=status,
+            latency_ms=latency_ms, error=error[:MAX_ERROR_LEN],
+        )
+        try:
+            await self._store.record_attempt(
+                attempt, delivered=outcome.delivered, failed=outcome.failed,
+                next_attempt_ms=outcome.next_attempt_ms,
+            )
+        except LivesnapError as exc:  # the event stays due and is sent again (same EventId)
+            logger.warning("cannot record a callback attempt: %s", exc.message,
+                           extra={"action": "callback_record", "job_id": event.job_id})
+            return
+        _log_attempt(event, attempt, outcome)
+
+    async def _attempt(self, event: OutboxEvent) -> tuple[int | None, str]:
+        """HTTP status (None if no response) and an error text ("" on a 2xx)."""
+        try:
+            target = await self._target(event.url)
+            key = self._key(event.account)
+        except _Refused as exc:
+            return None, str(exc)
+        body = payload.render(event)
+        headers = signing.headers(
+            key=key, event_id=event.id, event_type=event.type.value,
+            timestamp=int(self._clock.time()), body=body, attempt=event.attempts + 1,
+        )
+        headers["Host"] = target.host_header
+        return await self._post(target, body, headers)
+
+    def _key(self, account: str) -> str:
+        try:
+            return self._keys.key_for(account)
+        except (OSError, ValueError) as exc:
+            raise _Refused(f"no callback key for the account: {exc}") from exc
+
+    async def _target(self, raw_url: str) -> _Target:
+        try:
+            url = httpx.URL(raw_url)
+        except httpx.InvalidURL as exc:
+            raise _Refused(f"invalid callback URL: {exc}") from exc
+        if url.scheme not in CALLBACK_SCHEMES or not url.host:
+            raise _Refused("the callback URL must be http or https and name a host")
+        addresses = await self._resolve(url.host)
+        bad = blocked_address(addresses, self._policy.blocked_networks)
+        if bad is not None:
+            raise _Refused(
+                f"refused: {url.host} resolves to {bad}, which is in a blocked network "
+                "(LIVESNAP_BLOCKED_NETWORKS); nothing was sent"
+            )
+        pinned = [url.copy_with(host=a) for a in addresses if _plain_ip(a)][:MAX_ADDRESSES]
+        if not pinned:
+            raise _Refused(f"cannot connect to {url.host}: no usable address in {addresses}")
+        sni = url.host if url.scheme == "https" else None
+        return _Target(urls=pinned, host_header=url.netloc.decode("ascii"), sni_hostname=sni)
+
+    async def _resolve(self, host: str) -> list[str]:
+        try:
+            async with asyncio.timeout(self._policy.resolve_timeout_s):
+                addresses = await self._resolver.resolve(host)
+        except TimeoutError as exc:
+            raise _Refused(f"cannot resolve {host}: timed out") from exc
+        except OSError as exc:
+            raise _Refused(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise _Refused(f"cannot resolve {host}: no addresses")
+        return addresses
+
+    async def _post(
+        self, target: _Target, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, str]:
+        total = self._policy.total_timeout_s
+        try:
+            async with asyncio.timeout(total):
+                status = await self._post_any(target, body, headers)
+        except TimeoutError:
+            return None, f"timeout: no response within {total:g} s"
+        except httpx.TimeoutException as exc:
+            return None, f"timeout: {_describe(exc)}"
+        except httpx.HTTPError as exc:
+            return None, _describe(exc)
+        return status, "" if 200 <= status < 300 else f"HTTP {status}"
+
+    async def _post_any(self, target: _Target, body: bytes, headers: dict[str, str]) -> int:
+        """Try the checked addresses in order while connections are refused."""
+        *others, last = target.urls
+        for url in others:
+            try:
+                return await self._post_one(url, body, headers, target.sni_hostname)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                logger.debug("address failed, trying the next: %s", _describe(exc),
+                             extra={"action": "callback_connect", "address": url.host})
+        return await self._post_one(last, body, headers, target.sni_hostname)
+
+    async def _post_one(
+        self, url: httpx.URL, body: bytes, headers: dict[str, str], sni: str | None
+    ) -> int:
+        extensions = {"sni_hostname": sni} if sni else None
+        # Only the status line and headers are read: a receiver cannot make us download
+        # a large or endless body.
+        request = self._client.stream(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        )
+        async with request as response:
+            return response.status_code
+
+
+def _plain_ip(address: str) -> bool:
+    """An address the URL can carry (IPv6 zone ids such as ``fe80::1%eth0`` cannot)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _log_attempt(event: OutboxEvent, attempt: DeliveryAttempt, outcome: Outcome) -> None:
+    extra = {
+        "action": "callback_deliver",
+        "job_id": event.job_id,
+        "event_id": event.id,
+        "attempt": event.attempts + 1,
+        "status_code": attempt.status_code,
+        "latency_ms": attempt.latency_ms,
+    }
+    if outcome.delivered:
+        logger.debug("callback delivered", extra=extra)
+    elif outcome.failed:
+        logger.error("callback given up: %s", attempt.error, extra=extra)
+    else:
+        extra["next_attempt_ms"] = outcome.next_attempt_ms
+        logger.warning("callback attempt failed: %s", attempt.error, extra=extra)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("callback task crashed", exc_info=task.exception(),
+                     extra={"action": "callbacks_crash", "task": task.get_name()})
+
+
+__all__ = ["CallbackDispatcher", "KeySource", "Outbox", "PoolResolver", "callback_client"]
