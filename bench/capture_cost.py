@@ -171,6 +171,13 @@ def playable(url: str) -> bool:
 # -- the two contenders --------------------------------------------------------
 
 
+class Never:
+    """Capture nothing: what reading alone costs (the in-process floor)."""
+
+    def on_keyframe(self, wall_time: float) -> bool:
+        return False
+
+
 class EveryInterval:
     """Capture the first keyframe at or after each tick of a fixed interval."""
 
@@ -235,7 +242,9 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
-def measure_livesnap(url: str, args: argparse.Namespace, origin: psutil.Process) -> Result:
+def measure_livesnap(
+    url: str, args: argparse.Namespace, origin: psutil.Process, *, capture: bool = True
+) -> Result:
     me = psutil.Process()
     rss_before = me.memory_info().rss
     tally = Tally()
@@ -244,7 +253,11 @@ def measure_livesnap(url: str, args: argparse.Namespace, origin: psutil.Process)
         StreamReader(
             url,
             options=options,
-            selector=EveryInterval(args.interval, phase=i * args.interval / args.streams),
+            selector=(
+                EveryInterval(args.interval, phase=i * args.interval / args.streams)
+                if capture
+                else Never()
+            ),
             emit=tally,
             name=f"bench-{i}",
         )
@@ -267,7 +280,7 @@ def measure_livesnap(url: str, args: argparse.Namespace, origin: psutil.Process)
             reader.join(10)
     lags = sorted(tally.lags_ms(since=t0))
     captures = len(lags)
-    expected = args.streams * args.window / args.interval
+    expected = args.streams * args.window / args.interval if capture else 0
     p50 = statistics.median(lags) if lags else float("nan")
     p99 = lags[min(len(lags) - 1, round(0.99 * (len(lags) - 1)))] if lags else float("nan")
     notes = (
@@ -275,8 +288,12 @@ def measure_livesnap(url: str, args: argparse.Namespace, origin: psutil.Process)
         f"failed {tally.count(CaptureFailed)}, disconnects before the end {_early(tally, t1)}; "
         f"lag p50 {p50:.1f} ms p99 {p99:.1f} ms; origin {(origin1 - origin0) / (t1 - t0):.3f} core"
     )
+    if not capture:
+        notes += "; RSS understated (memory kept from the capture phase is reused)"
     return Result(
-        "livesnap StreamReader (threads, one process)",
+        "livesnap StreamReader (threads, one process)"
+        if capture
+        else "floor: same readers, selector never captures",
         cpu1 - cpu0,
         t1 - t0,
         args.streams,
@@ -337,6 +354,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured")
     parser.add_argument("--clip-seconds", type=int, default=60, help="length of the 1080p clip")
     parser.add_argument("--skip-ffmpeg", action="store_true", help="only measure livesnap")
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure readers that never capture"
+    )
     return parser.parse_args(argv)
 
 
@@ -358,6 +378,8 @@ def main(argv: list[str]) -> int:
             with running(publisher):
                 wait_for(lambda: playable(url), 20, "the stream to be playable")
                 results = [measure_livesnap(url, args, origin)]
+                if args.floor:
+                    results.append(measure_livesnap(url, args, origin, capture=False))
                 if not args.skip_ffmpeg:
                     results.append(measure_ffmpeg(url, args, workdir))
     report(results, args)
@@ -377,8 +399,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"RSS {r.rss_per_stream_mib:.1f} MiB/stream\n"
             f"    {r.notes}"
         )
-    if len(results) == 2:
-        ratio = results[1].per_stream_minute / results[0].per_stream_minute
+    if not args.skip_ffmpeg:
+        ratio = results[-1].per_stream_minute / results[0].per_stream_minute
         print(f"  ffmpeg / livesnap CPU ratio: {ratio:.2f}x")
 
 

@@ -215,12 +215,15 @@ class StreamReader:
         selector: KeyframeSelector,
         emit: Callable[[ReaderEvent], None],
         name: str,
+        job_id: str | None = None,
     ) -> None:
         self._url = url
         self._options = options
         self._selector = selector
         self._emit = emit
         self._name = name
+        # carried on every log line of this reader (``job_id`` when the owner has one)
+        self._log_ids = {"reader": name, **({"job_id": job_id} if job_id else {})}
         self._stop = threading.Event()
         self._capture_requested = threading.Event()
         self._thread = threading.Thread(
@@ -288,7 +291,7 @@ class StreamReader:
         except Exception:
             logger.exception(
                 "reader crashed",
-                extra={"action": "capture.reader_crashed", "reader": self._name},
+                extra={"action": "capture.reader_crashed", **self._log_ids},
             )
         finally:
             if self._stop.is_set():
@@ -296,7 +299,7 @@ class StreamReader:
             logger.info(
                 "reader disconnected: %s",
                 reason,
-                extra={"action": "capture.disconnected", "reader": self._name},
+                extra={"action": "capture.disconnected", **self._log_ids},
             )
             self._send(Disconnected(reason=reason, was_live=self._live))
 
@@ -339,7 +342,7 @@ class StreamReader:
             extradata = bytes(packet.get_sidedata("new_extradata"))
             logger.info(
                 "stream parameters changed",
-                extra={"action": "capture.new_extradata", "reader": self._name},
+                extra={"action": "capture.new_extradata", **self._log_ids},
             )
         # Packets buffered while probing are not filtered by the demuxer's
         # discard setting, so the first few may be non-key.
@@ -370,7 +373,7 @@ class StreamReader:
             logger.warning(
                 "keyframe capture failed: %r",
                 exc,
-                extra={"action": "capture.failed", "reader": self._name},
+                extra={"action": "capture.failed", **self._log_ids},
             )
             self._send(CaptureFailed(reason=_describe_error(exc)))
             return
@@ -413,7 +416,7 @@ class StreamReader:
             # final Disconnected); it is the owner's bug, so log it loudly.
             logger.exception(
                 "reader event callback failed",
-                extra={"action": "capture.emit_failed", "reader": self._name},
+                extra={"action": "capture.emit_failed", **self._log_ids},
             )
 
 
