@@ -15,6 +15,9 @@ from tests.support.servers import free_port
 
 KEYS = "testid:testsecret:acct-a,otherid:othersecret:acct-b"
 
+# Every server started during the current test; conftest attaches their logs to a failure report.
+STARTED: list[LivesnapServer] = []
+
 
 class LivesnapServer:
     """One ``livesnap serve`` process on a free port with its own data directory."""
@@ -33,6 +36,8 @@ class LivesnapServer:
     def start(self, timeout: float = 30.0) -> LivesnapServer:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update({"LIVESNAP_ACCESS_KEYS": KEYS, "LIVESNAP_LOG_LEVEL": "INFO", **self.extra_env})
+        if self not in STARTED:
+            STARTED.append(self)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "livesnap", "serve", "--port", str(self.port),
