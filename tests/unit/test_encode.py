@@ -56,6 +56,16 @@ def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
     return rows[:, : plane.width]
 
 
+def full_range_planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    """What the JPEG's planes should hold: limited-range levels expanded exactly (the oracle)."""
+    planes = [plane_array(p).astype(np.float64) for p in frame.planes]
+    if frame.format.name.startswith("yuvj") or frame.format.name == "gray":
+        return planes  # full range already (gray: unspecified range means full in FFmpeg)
+    luma = np.clip((planes[0] - 16) * 255 / 219, 0, 255)
+    chroma = [np.clip((p - 128) * 255 / 224 + 128, 0, 255) for p in planes[1:3]]
+    return [luma, *chroma, *planes[3:]]
+
+
 def decode_planes(jpeg: bytes) -> tuple[str, list[np.ndarray]]:
     """Decode a JPEG with FFmpeg's mjpeg decoder, which returns its Y/Cb/Cr planes."""
     with av.open(io.BytesIO(jpeg)) as container:
@@ -88,12 +98,12 @@ def test_planes_survive_the_round_trip(pix_fmt: str, width: int, height: int) ->
 
     decoded_fmt, planes_out = decode_planes(encode_jpeg(frame, quality=98).data)
 
-    planes_in = [plane_array(p) for p in frame.planes]
+    planes_in = full_range_planes(frame)  # limited-range input comes out full range
     assert decoded_fmt in {"yuvj420p", "yuvj422p", "yuvj444p", "gray"}
     assert len(planes_out) == len(planes_in)
     for plane_in, plane_out in zip(planes_in, planes_out, strict=True):
         assert plane_out.shape == plane_in.shape
-        diff = np.abs(plane_in.astype(np.int16) - plane_out.astype(np.int16))
+        diff = np.abs(plane_in - plane_out)
         assert diff.mean() < 1.5
         assert diff.max() < 40
 
@@ -115,8 +125,8 @@ def test_bottom_up_frame_is_not_upside_down() -> None:
 
     _, planes_out = decode_planes(encode_jpeg(flipped, quality=98).data)
 
-    expected = plane_array(frame.planes[0])[::-1]
-    diff = np.abs(expected.astype(np.int16) - planes_out[0].astype(np.int16))
+    expected = full_range_planes(frame)[0][::-1]
+    diff = np.abs(expected - planes_out[0])
     assert diff.mean() < 1.5
 
 
@@ -141,3 +151,78 @@ def test_encoded_image_is_frozen() -> None:
     image = encode_jpeg(make_frame(8, 8, "yuv420p"))
     with pytest.raises(AttributeError):
         image.width = 1  # type: ignore[misc]
+
+
+# -- range: limited-range video becomes full-range JPEG ------------------------------------
+
+
+def flat_frame(pix_fmt: str, luma: int, chroma: int = 128, color_range: int = 0) -> av.VideoFrame:
+    """A 64x32 frame of one colour, written straight into its planes (no swscale)."""
+    frame = av.VideoFrame(64, 32, pix_fmt)
+    for index, plane in enumerate(frame.planes):  # whole buffers: nv12 interleaves Cb and Cr
+        np.frombuffer(memoryview(plane), dtype=np.uint8)[:] = luma if index == 0 else chroma
+    frame.color_range = color_range
+    return frame
+
+
+@pytest.mark.parametrize("color_range", [0, 1])  # unspecified (limited by convention), MPEG
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv444p", "nv12"])
+def test_limited_range_black_and_white_come_out_full_range(pix_fmt: str, color_range: int) -> None:
+    black = simplejpeg.decode_jpeg(encode_jpeg(flat_frame(pix_fmt, 16, 128, color_range)).data)
+    white = simplejpeg.decode_jpeg(encode_jpeg(flat_frame(pix_fmt, 235, 128, color_range)).data)
+    grey = simplejpeg.decode_jpeg(encode_jpeg(flat_frame(pix_fmt, 126, 128, color_range)).data)
+
+    assert int(black.max()) <= 1
+    assert int(white.min()) >= 254
+    assert np.abs(grey.astype(int) - 128).max() <= 1  # mid grey stays grey, no colour cast
+
+
+def test_limited_range_chroma_is_expanded_too() -> None:
+    # Saturated limited-range blue (Y 41, Cb 240, Cr 110) must reach full-range blue.
+    frame = av.VideoFrame(64, 32, "yuv444p")
+    for plane, value in zip(frame.planes, (41, 240, 110), strict=True):
+        plane_array(plane)[:] = value
+
+    _, planes = decode_planes(encode_jpeg(frame, quality=100).data)
+
+    assert abs(int(planes[1].mean()) - 255) <= 1  # Cb 240 -> 255
+    assert abs(planes[2].mean() - ((110 - 128) * 255 / 224 + 128)) <= 1
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuvj420p", "gray"])
+def test_full_range_formats_keep_their_levels(pix_fmt: str) -> None:
+    data = encode_jpeg(flat_frame(pix_fmt, 16)).data
+    assert abs(int(simplejpeg.decode_jpeg(data).mean()) - 16) <= 1
+
+
+def test_frame_marked_full_range_keeps_its_levels() -> None:
+    data = encode_jpeg(flat_frame("yuv420p", 16, color_range=2)).data
+    assert abs(int(simplejpeg.decode_jpeg(data).mean()) - 16) <= 1
+
+
+def test_full_range_false_keeps_the_decoder_levels() -> None:
+    data = encode_jpeg(flat_frame("yuv420p", 16), full_range=False).data
+    assert abs(int(simplejpeg.decode_jpeg(data).mean()) - 16) <= 1
+
+
+def test_expansion_matches_the_exact_formula_for_every_level() -> None:
+    # Every 8-bit level in the luma plane and both chroma planes of one 256x2 frame.
+    frame = av.VideoFrame(256, 2, "yuv444p")
+    for plane in frame.planes:
+        plane_array(plane)[:] = np.arange(256, dtype=np.uint8)
+
+    _, planes = decode_planes(encode_jpeg(frame, quality=100).data)
+
+    expected = full_range_planes(frame)
+    for got, want in zip(planes, expected, strict=True):
+        assert np.abs(got - want).max() <= 2  # <= 1 from the arithmetic, <= 1 from JPEG q100
+
+
+def test_encoding_does_not_change_the_frame() -> None:
+    frame = make_frame(64, 32, "yuv420p")
+    before = [plane_array(p).copy() for p in frame.planes]
+
+    encode_jpeg(frame)
+
+    for plane, old in zip(frame.planes, before, strict=True):
+        assert np.array_equal(plane_array(plane), old)
