@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import av
+import numpy as np
 import pytest
 import simplejpeg
 
@@ -122,10 +123,16 @@ def run_reader() -> Iterator[Callable[..., Run]]:
     """Start readers; every one is stopped and joined at teardown."""
     runs: list[Run] = []
 
-    def start(url: str, *, answer: bool = True, emit: Callable[..., None] | None = None) -> Run:
+    def start(
+        url: str,
+        *,
+        answer: bool = True,
+        emit: Callable[..., None] | None = None,
+        options: SourceOptions = OPTIONS,
+    ) -> Run:
         recorder, selector = Recorder(), Selector(answer)
         reader = StreamReader(
-            url, options=OPTIONS, selector=selector, emit=emit or recorder, name="test"
+            url, options=options, selector=selector, emit=emit or recorder, name="test"
         )
         reader.start()
         runs.append(Run(reader, recorder, selector))
@@ -359,6 +366,40 @@ def test_captures_each_keyframe_as_a_jpeg_right_away(
     assert (
         before_stop.packets - before_stop.keyframes == after_first.packets - after_first.keyframes
     )
+
+
+def jpeg_luma(data: bytes) -> np.ndarray:
+    """The JPEG's Y plane, as FFmpeg's mjpeg decoder gives it (full range)."""
+    with av.open(io.BytesIO(data)) as jpeg:
+        plane = next(jpeg.decode(video=0)).planes[0]
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        return rows[:, : plane.width].copy()
+
+
+def test_captured_jpeg_is_full_range(live_url: str, run_reader: Callable[..., Run]) -> None:
+    # The clip is limited-range yuv420p and testsrc2's black is luma 15 or 16 in every
+    # frame. In the JPEG it must be expanded to about 0, not kept as a washed-out grey.
+    run = run_reader(live_url, answer=True)
+
+    assert run.recorder.wait_for(Captured, count=1, timeout=GOP_S + 5)
+
+    luma = jpeg_luma(run.recorder.of(Captured)[0].frame.image.data)
+    assert int(luma.min()) <= 4
+
+
+def test_skip_loop_filter_option_still_captures(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    options = SourceOptions(rw_timeout_s=RW_TIMEOUT_S, skip_loop_filter=True)
+    run = run_reader(live_url, answer=True, options=options)
+
+    assert run.recorder.wait_for(Captured, count=2, timeout=2 * GOP_S + 5)
+
+    for captured in run.recorder.of(Captured):
+        image = captured.frame.image
+        assert (image.width, image.height) == (WIDTH, HEIGHT)
+        assert jpeg_luma(image.data).shape == (HEIGHT, WIDTH)
+    assert not run.recorder.of(CaptureFailed)
 
 
 def test_selector_false_decodes_nothing(live_url: str, run_reader: Callable[..., Run]) -> None:

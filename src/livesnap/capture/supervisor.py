@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from livesnap.capture.metrics import CaptureMetrics
 from livesnap.capture.session import Session, SessionOptions
 from livesnap.clock import Clock
 from livesnap.errors import JobLimitExceeded, JobNotStarted, StreamNotFound
@@ -39,6 +40,7 @@ class CaptureSupervisor:
         options: SessionOptions,
         max_sessions: int = 500,
         probe_timeout_s: float = 10.0,
+        metrics: CaptureMetrics | None = None,
     ) -> None:
         self._reports = reports
         self._sinks = sinks
@@ -47,6 +49,7 @@ class CaptureSupervisor:
         self._max = max_sessions
         self._probe_timeout_s = probe_timeout_s
         self._running: dict[str, _Running] = {}
+        self._metrics = metrics
 
     def is_running(self, job_id: str) -> bool:
         entry = self._running.get(job_id)
@@ -69,7 +72,7 @@ class CaptureSupervisor:
             raise JobLimitExceeded("Job limit exceeded: this node runs its maximum of jobs.")
         session = Session(
             job, reports=self._reports, sinks=self._sinks, clock=self._clock,
-            options=self._options, probe=probe,
+            options=self._options, probe=probe, metrics=self._metrics,
         )
         task = asyncio.create_task(self._run(session), name=f"session-{job.id}")
         self._running[job.id] = _Running(session=session, task=task)
