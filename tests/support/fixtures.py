@@ -13,6 +13,7 @@ from typing import Protocol
 
 import pytest
 
+from tests.support.seaweed import SeaweedServer
 from tests.support.servers import (
     PostgresServer,
     Publisher,
@@ -103,3 +104,13 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """SQLAlchemy async URL (``postgresql+asyncpg://…``) of a fresh, empty database."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One SeaweedFS S3 server for the session (auth on, loopback, bucket ``snapshots``).
+
+    Tests that stop the store start their own ``SeaweedServer`` instead of stopping this one.
+    """
+    with SeaweedServer() as server:
+        yield server

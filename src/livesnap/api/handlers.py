@@ -143,7 +143,7 @@ async def submit_job(ctx: Context, p: Params) -> dict[str, Any]:
 
 async def get_job(ctx: Context, p: Params) -> dict[str, Any]:
     job = await ctx.manager.get_job(ctx.account, p.required("JobId", max_len=128))
-    return protocol.job_detail(job)
+    return protocol.job_detail(job, storage=ctx.manager.storage_info(job))
 
 
 async def list_jobs(ctx: Context, p: Params) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from livesnap import errors
 from livesnap.api.params import iso_from_ms
 from livesnap.jobs.models import Job, SnapshotFile, Template
+from livesnap.jobs.ports import StorageInfo
 
 ERROR_TABLE: tuple[tuple[type[errors.LivesnapError], int, str], ...] = (
     (errors.MissingParameter, 400, "MissingParameter"),
@@ -98,7 +99,8 @@ def job_item(job: Job) -> dict[str, Any]:
     }
 
 
-def job_detail(job: Job) -> dict[str, Any]:
+def job_detail(job: Job, *, storage: StorageInfo | None = None) -> dict[str, Any]:
+    """``GetLiveSnapshotJob``; ``storage`` adds where its snapshots really go (extension)."""
     body: dict[str, Any] = {
         **job_item(job),
         "StreamInput": {"Url": job.stream_url, "Type": job.stream_type},
@@ -111,6 +113,9 @@ def job_detail(job: Job) -> dict[str, Any]:
         "LastError": job.last_error,
         "StatusReason": job.status_reason,
     }
+    if storage is not None:
+        body["StorageFallback"] = storage.fallback
+        body["StorageDescription"] = storage.description
     if job.last_snapshot_ms is not None:
         body["LastSnapshotTime"] = iso_from_ms(job.last_snapshot_ms)
         body["LastSnapshotTimestamp"] = job.last_snapshot_ms
@@ -131,4 +136,5 @@ def file_item(f: SnapshotFile) -> dict[str, Any]:
         "Width": f.width,
         "Height": f.height,
         "Size": f.size,
+        "CaptureLag": f.lag_ms,  # ms from keyframe arrival to the JPEG handed to storage
     }

@@ -1,20 +1,23 @@
 """One job's capture session: connect → live → (drop) → reconnecting → live …
 
 The PyAV work happens in a ``StreamReader`` thread, one per connection. This asyncio task owns
-the lifecycle: it starts readers, receives their events through a small bounded queue, stores
-each JPEG through the sink, has the manager record it, and reconnects with capped exponential
+the lifecycle: it starts readers, receives their events through a small bounded queue, hands
+each JPEG to the route's upload queue (which stores it in the background, spooling while the
+store is away, and only then has the manager record it), and reconnects with capped exponential
 backoff and jitter. A stream that stays away for the whole outage window pauses the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from livesnap.capture.metrics import CaptureMetrics, NoCaptureMetrics
 from livesnap.capture.source import (
     Captured,
     CapturedFrame,
@@ -32,7 +35,7 @@ from livesnap.jobs.models import Job, SnapshotFile, StreamStatus
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.schedule import TickSchedule
-from livesnap.outputs.base import ObjectMeta, SinkRouter
+from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +64,10 @@ class Session:
         options: SessionOptions,
         probe: bool = False,
         rand: Callable[[], float] = random.random,
+        metrics: CaptureMetrics | None = None,
     ) -> None:
         self.job = job
+        self._metrics = metrics or NoCaptureMetrics()
         self._probe = probe
         self._reports = reports
         self._sinks = sinks
@@ -82,6 +87,7 @@ class Session:
         self.first_live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.dropped_events = 0
         self.captures = 0
+        self._storage_error = ""  # the storage trouble LastError shows now ("" = none)
 
     # control ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -129,6 +135,7 @@ class Session:
                 )
                 return
             await self._set_stream(StreamStatus.RECONNECTING, error=reason)
+            self._metrics.reconnect()
             await self._wait_backoff(attempt)
             attempt += 1
         if not self.first_live.done():
@@ -157,6 +164,7 @@ class Session:
             selector=self.schedule,
             emit=emit,
             name=f"reader-{self.job.id[:8]}",
+            job_id=self.job.id,
         )
         self._reader = reader
         reader.start()
@@ -223,6 +231,7 @@ class Session:
             self.first_live.set_result(None)
 
     async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> None:
+        self._metrics.capture_failed("decode")
         logger.warning("capture failed", extra={"action": "capture_failed",
                                                 "job_id": self.job.id, "reason": event.reason})
         await self._reports.stream_changed(
@@ -240,20 +249,36 @@ class Session:
     # storing ---------------------------------------------------------------------------------
     async def _on_captured(self, frame: CapturedFrame) -> None:
         try:
-            file = await self._store(frame)
+            await self._store(frame)
         except OutputError as exc:
-            logger.warning("snapshot not stored", extra={"action": "store_failed",
-                                                         "job_id": self.job.id,
-                                                         "reason": exc.message})
-            await self._reports.stream_changed(
-                self.job.id, StreamStatus.LIVE, error=f"storage: {exc.message}"
-            )
+            await self._storage_trouble(f"snapshot not stored: {exc.message}", True)
             return
         self.captures += 1
-        for waiter in self._waiters:
+        await self._report_interval()
+
+    async def _recorded(
+        self, report: CaptureReport, waiters: list[asyncio.Future[SnapshotFile]]
+    ) -> None:
+        """Every object of a capture is stored: record it (the upload queue calls this)."""
+        file = await self._reports.snapshot_stored(self.job, report)
+        self._metrics.snapshot_stored((report.lag_ms or 0) / 1000)
+        for waiter in waiters:
             if file is not None and not waiter.done():
                 waiter.set_result(file)
-        await self._report_interval()
+        if self._storage_error:
+            self._storage_error = ""
+            await self._reports.storage_changed(self.job.id, "")
+
+    async def _storage_trouble(self, message: str, lost: bool) -> None:
+        """A capture waits for an unreachable store, or is lost: ``LastError`` says so."""
+        if lost:
+            self._metrics.capture_failed("store")
+            logger.warning("snapshot not stored", extra={"action": "store_failed",
+                                                         "job_id": self.job.id,
+                                                         "reason": message})
+        if message != self._storage_error:
+            self._storage_error = message
+            await self._reports.storage_changed(self.job.id, message)
 
     def _create_ms(self, frame: CapturedFrame) -> int:
         # Strictly increasing: the file record is unique on (job, CreateTimestamp).
@@ -261,7 +286,8 @@ class Session:
         self._last_create_ms = create_ms
         return create_ms
 
-    async def _store(self, frame: CapturedFrame) -> SnapshotFile | None:
+    async def _store(self, frame: CapturedFrame) -> None:
+        """Hand the capture to its route's upload queue; the record is written after upload."""
         job = self.job
         create_ms = self._create_ms(frame)
         sequence = await self._reports.next_sequence(job.id) if job.sequence_format else None
@@ -271,11 +297,12 @@ class Session:
             job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
         )
         meta = self._metadata(frame, create_ms)
+        objects: list[PendingObject] = []
         if seq_key:
-            await route.sink.put(seq_key, frame.image.data, meta=meta)
+            objects.append(PendingObject(key=seq_key, meta=meta))
         if over_key:
             no_cache = ObjectMeta(cache_control="no-cache", metadata=meta.metadata)
-            await route.sink.put(over_key, frame.image.data, meta=no_cache)
+            objects.append(PendingObject(key=over_key, meta=no_cache))
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
         report = CaptureReport(
             job_id=job.id, create_ms=create_ms, sequence=sequence, sequence_key=seq_key,
@@ -283,7 +310,12 @@ class Session:
             size=len(frame.image.data), stream_time_ms=stream_ms,
             lag_ms=max(0, int((self._clock.time() - frame.arrival_wall) * 1000)),
         )
-        return await self._reports.snapshot_stored(job, report)
+        waiters = [w for w in self._waiters if not w.done()]  # capture-now waits for this one
+        await route.uploads.submit(Upload(
+            job_id=job.id, data=frame.image.data, objects=tuple(objects),
+            on_stored=functools.partial(self._recorded, report, waiters),
+            on_trouble=self._storage_trouble,
+        ))
 
     def _key(self, fmt: str | None, create_ms: int, sequence: int | None) -> str | None:
         if not fmt:

@@ -55,12 +55,15 @@ from livesnap.jobs.ports import (
     CaptureReport,
     ObjectRemover,
     Resolver,
+    StorageInfo,
+    StorageRouting,
     Store,
 )
 
 logger = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 128
+STORAGE_ERROR_PREFIX = "storage: "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +122,7 @@ class JobManager:
         policy: Policy | None = None,
         resolver: Resolver | None = None,
         remover: ObjectRemover | None = None,
+        storage: StorageRouting | None = None,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._store = store
@@ -126,6 +130,7 @@ class JobManager:
         self._policy = policy or Policy()
         self._resolver = resolver
         self._remover = remover
+        self._storage = storage
         self._new_id = new_id
         self._engine: CaptureEngine | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -253,6 +258,10 @@ class JobManager:
             raise MissingParameter("JobName is mandatory for this action.")
         if len(spec.name) > MAX_NAME_LEN:
             raise InvalidParameter(f"JobName must be at most {MAX_NAME_LEN} characters.")
+        if self._storage is not None:
+            info = self._storage.describe(spec.storage)
+            if not info.writable:
+                raise InvalidParameter(info.description)
         stream_host = urls.check_stream_url(spec.stream_url)
         await self.check_host("StreamInput.Url", stream_host)
         if spec.callback_url:
@@ -295,6 +304,10 @@ class JobManager:
         if job is None:
             raise JobNotFound()
         return job
+
+    def storage_info(self, job: Job) -> StorageInfo | None:
+        """Where the job's snapshots go (None when no router is attached)."""
+        return None if self._storage is None else self._storage.describe(job.storage)
 
     async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]:
         return await self._store.list_jobs(account, query)
@@ -485,6 +498,15 @@ class JobManager:
         await self._store.update_job(
             job_id, JobPatch(effective_interval_ms=interval_ms), now_ms=self._now_ms()
         )
+
+    async def storage_changed(self, job_id: str, error: str) -> None:
+        """``LastError`` shows a storage problem; clearing it leaves other errors alone."""
+        if not error:
+            job = await self._store.load_job(job_id)
+            if job is None or not job.last_error.startswith(STORAGE_ERROR_PREFIX):
+                return
+        text = STORAGE_ERROR_PREFIX + error if error else ""
+        await self._store.update_job(job_id, JobPatch(last_error=text), now_ms=self._now_ms())
 
 
 def _apply(job: Job, patch: JobPatch) -> Job:

@@ -2,7 +2,8 @@
 
 ``Store`` is implemented by ``livesnap.store`` (SQLite, PostgreSQL, memory);
 ``CaptureEngine`` by ``livesnap.capture`` (and a stand-in for nodes without capture);
-``CaptureReports`` by ``JobManager``, for the capture engine to report back through.
+``CaptureReports`` by ``JobManager``, for the capture engine to report back through;
+``ObjectRemover`` and ``StorageRouting`` by the storage router (``livesnap.outputs``).
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ class CaptureReports(Protocol):
 
     async def effective_interval(self, job_id: str, interval_ms: int) -> None: ...
 
+    async def storage_changed(self, job_id: str, error: str) -> None:
+        """The job's snapshots cannot be stored (``error``), or can again (``""``)."""
+
     async def check_host(self, name: str, host: str) -> None:
         """``InvalidParameter`` if ``host`` resolves into a blocked network (at connect time)."""
 
@@ -186,6 +190,22 @@ class ObjectRemover(Protocol):
 
     async def delete(self, target: StorageTarget, key: str) -> None:
         """Delete one object; raise ``OutputError`` with a reason if it fails."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageInfo:
+    """Where a storage target's objects really go (``GetLiveSnapshotJob`` shows it)."""
+
+    writable: bool  # False: no route at all (not configured, and the fallback is off)
+    fallback: bool  # local disk stands in for an unconfigured OSS/S3 target
+    description: str
+
+
+class StorageRouting(Protocol):
+    """Storage routing as the use cases see it (design.md §4 "Storage routing")."""
+
+    def describe(self, target: StorageTarget) -> StorageInfo:
+        """How ``target`` is written; an unwritable one says why in ``description``."""
 
 
 class Resolver(Protocol):

@@ -1,30 +1,161 @@
 """Routing of storage targets to sinks (design.md §4 "Storage routing").
 
-This first version has the local-disk store only: ``local`` targets are written under
-``<data>/storage/<Endpoint>/<Bucket>/``, and OSS/S3 targets fall back to the same place (the
-embedded default), which the route says so that jobs and logs can show it.
+``local`` targets are written under ``<root>/<Endpoint>/<Bucket>/``. An ``oss``/``s3`` target
+with a matching entry in the storage config (exact bucket first, then ``*``) goes to that bucket
+through obstore. Any other ``oss``/``s3`` target falls back to local disk, the embedded default,
+and the route says so (``Route.fallback``, and one log line per target) — unless the fallback
+is off, in which case it has no route at all and ``check`` says why.
+
+Every route has its own ``TargetUploader`` in front of its sink; all of them share one bounded
+spool directory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from livesnap.outputs.base import Route
+from livesnap.config import StorageCredential
+from livesnap.errors import OutputError
+from livesnap.outputs.base import Route, SnapshotSink
 from livesnap.outputs.local import LocalSink, safe_segment
+from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
+from livesnap.outputs.spool import Spool, SpoolCounts, SpoolLimits, TargetUploader
+
+logger = logging.getLogger(__name__)
+
+SinkFactory = Callable[[StorageCredential, str, str], SnapshotSink]
+OBJECT_STORE_TYPES = ("oss", "s3")
 
 
-class LocalRouter:
-    def __init__(self, root: Path) -> None:
+def find_credential(
+    credentials: Sequence[StorageCredential], storage_type: str, endpoint: str, bucket: str
+) -> StorageCredential | None:
+    """The config entry for a target: the one naming the bucket, else a ``*`` entry."""
+    for wanted in (bucket, "*"):
+        for cred in credentials:
+            if cred.bucket == wanted and cred.matches(storage_type, endpoint, bucket):
+                return cred
+    return None
+
+
+class StorageRouter:
+    """``SinkRouter`` over local disk and obstore buckets, with a shared spool."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        spool_dir: Path | None = None,
+        credentials: Sequence[StorageCredential] = (),
+        fallback: bool = True,
+        limits: SpoolLimits | None = None,
+        timeouts: Timeouts | None = None,
+        sink_factory: SinkFactory | None = None,
+    ) -> None:
         self.root = root
+        self.fallback = fallback
+        self._credentials = tuple(credentials)
+        self._timeouts = timeouts or Timeouts()
+        self._sink_factory = sink_factory or self._object_sink
+        self.spool = Spool(spool_dir or root.parent / "spool", limits or SpoolLimits())
         self._routes: dict[tuple[str, str, str], Route] = {}
+        self._uploaders: list[TargetUploader] = []
+        left = self.spool.clear_leftovers()
+        if left:
+            logger.warning(
+                "removed snapshots spooled by an earlier run (never stored, no record)",
+                extra={"action": "spool_leftovers", "count": left,
+                       "directory": str(self.spool.directory)},
+            )
+
+    @property
+    def counts(self) -> SpoolCounts:
+        """Uploaded / spooled / dropped / failed captures since start (for metrics)."""
+        return self.spool.counts
+
+    @property
+    def pending(self) -> int:
+        """Captures waiting for storage, over all targets."""
+        return sum(u.pending for u in self._uploaders)
+
+    @property
+    def outages(self) -> list[str]:
+        """Targets whose store is unreachable now, each with the reason."""
+        return [f"{u.name}: {u.outage}" for u in self._uploaders if u.outage is not None]
+
+    def check(self, storage_type: str, endpoint: str, bucket: str) -> str:
+        """Why this target cannot be written ("" if it can)."""
+        if storage_type not in OBJECT_STORE_TYPES or self.fallback:
+            return ""
+        if find_credential(self._credentials, storage_type, endpoint, bucket) is not None:
+            return ""
+        return (
+            f"No storage is configured for SnapshotOutput {storage_type} endpoint {endpoint} "
+            f"bucket {bucket}, and the local-disk fallback is off."
+        )
 
     def route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
+        """The target's route (made once); ``OutputError`` if it has none (fallback off)."""
         key = (storage_type, endpoint, bucket)
-        if key not in self._routes:
-            directory = self.root / safe_segment(endpoint) / safe_segment(bucket)
-            self._routes[key] = Route(
-                sink=LocalSink(directory),
-                description=f"local disk {directory}",
-                fallback=storage_type != "local",
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._make_route(storage_type, endpoint, bucket)
+        return route
+
+    async def close(self, timeout_s: float) -> None:
+        """Let every queue finish within ``timeout_s`` (captures left are counted as dropped)."""
+        await asyncio.gather(*(uploader.close(timeout_s) for uploader in self._uploaders))
+
+    def _make_route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
+        reason = self.check(storage_type, endpoint, bucket)
+        if reason:
+            raise OutputError(reason)
+        cred = None
+        if storage_type in OBJECT_STORE_TYPES:
+            cred = find_credential(self._credentials, storage_type, endpoint, bucket)
+        if cred is None:
+            return self._local_route(storage_type, endpoint, bucket)
+        sink = self._sink_factory(cred, endpoint, bucket)
+        label = getattr(sink, "label", None)
+        description = label if isinstance(label, str) else f"{storage_type} {endpoint}/{bucket}"
+        return self._with_uploader(sink, description=description,
+                                   name=f"{storage_type}:{endpoint}/{bucket}", fallback=False)
+
+    def _local_route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
+        directory = self.root / safe_segment(endpoint) / safe_segment(bucket)
+        fallback = storage_type != "local"
+        description = f"local disk {directory}"
+        if fallback:
+            description += f" (no storage configured for {storage_type} {endpoint}/{bucket})"
+            logger.warning(
+                "no storage configured for this target: writing to local disk instead",
+                extra={"action": "storage_fallback", "storage_type": storage_type,
+                       "endpoint": endpoint, "bucket": bucket, "directory": str(directory)},
             )
-        return self._routes[key]
+        return self._with_uploader(LocalSink(directory), description=description,
+                                   name=f"{storage_type}:{endpoint}/{bucket}", fallback=fallback)
+
+    def _with_uploader(
+        self, sink: SnapshotSink, *, description: str, name: str, fallback: bool
+    ) -> Route:
+        uploader = TargetUploader(sink, spool=self.spool, name=name)
+        self._uploaders.append(uploader)
+        return Route(sink=sink, uploads=uploader, description=description, fallback=fallback)
+
+    def _object_sink(self, cred: StorageCredential, endpoint: str, bucket: str) -> SnapshotSink:
+        try:
+            return ObjectStoreSink.for_target(cred, endpoint, bucket, timeouts=self._timeouts)
+        except Exception as exc:  # obstore rejects a configuration at construction
+            raise OutputError(
+                f"cannot open {cred.storage_type} bucket {bucket} at {endpoint}: {exc}"
+            ) from exc
+
+
+class LocalRouter(StorageRouter):
+    """Every target on local disk (no credentials configured): the embedded default."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root=root)

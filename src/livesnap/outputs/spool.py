@@ -1,0 +1,433 @@
+"""Background uploads, in order, with a bounded on-disk spool for store outages.
+
+Each target (endpoint + bucket) has one ``TargetUploader``: the capture session hands it an
+``Upload`` and goes on. The uploader stores the capture's objects in the background, then calls
+``on_stored`` (which writes the file record), so a record exists only for stored objects.
+Several jobs upload at once, but one job's captures are stored and recorded in capture order.
+
+While the store answers, pending captures stay in memory (a few per target). When a write fails
+with a retryable error (``OutputUnavailable``) the target is *in outage*: every pending capture
+moves to the spool directory, new ones go straight there, one probe upload at a time is retried
+with capped exponential backoff, and the jobs' ``on_trouble`` is told once. When the store
+answers again the spool drains in order at full concurrency. The ``Spool`` directory is shared
+by every target and bounded by size and age: the oldest capture is dropped first, counted, and
+its job told. Errors that a retry cannot fix (refused credentials, a missing bucket) drop the
+capture at once, counted as failed.
+
+The spool lives for one process: on start, files left by an earlier run (which has no record of
+what they were) are removed and counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livesnap.errors import LivesnapError, OutputError
+from livesnap.outputs.base import SnapshotSink, Upload
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+IDLE_CHECK_S = 30.0  # how often an idle uploader looks for spooled captures that got too old
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpoolLimits:
+    """Bounds and pacing of the upload queues and the spool directory."""
+
+    max_bytes: int = 1024 * MIB  # spool directory, all targets together
+    max_age_s: float = 86_400.0  # a spooled capture older than this is dropped
+    memory_entries: int = 16  # per target, while the store answers; more go to disk
+    concurrency: int = 4  # uploads in flight per target (never two of one job)
+    retry_base_s: float = 1.0
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_age_s <= 0 or self.concurrency < 1:
+            raise ValueError("need max_bytes > 0, max_age_s > 0 and concurrency >= 1")
+        if not 0 < self.retry_base_s <= self.retry_max_s:
+            raise ValueError("need 0 < retry_base_s <= retry_max_s")
+
+    def retry_delay(self, attempt: int, rand: float) -> float:
+        """Seconds before retry ``attempt`` (1-based), with up to 50 % jitter downwards."""
+        ceiling = min(self.retry_max_s, self.retry_base_s * 2.0 ** min(attempt - 1, 32))
+        return ceiling * (1 - 0.5 * rand)
+
+
+@dataclass
+class SpoolCounts:
+    """Running totals, in captures (the metrics endpoint reads these)."""
+
+    uploaded: int = 0  # every object stored and ``on_stored`` called
+    spooled: int = 0  # written to the spool directory (outage, or a backlog)
+    dropped: int = 0  # given up unstored: spool limits, shutdown, leftovers of an earlier run
+    failed: int = 0  # refused by the store (an error a retry cannot fix)
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One capture in a queue: its bytes in memory, or in the spool file ``path``."""
+
+    seq: int
+    upload: Upload
+    owner: TargetUploader
+    created: float  # wall-clock seconds
+    size: int
+    data: bytes | None
+    path: Path | None = None
+    stored_keys: set[str] = field(default_factory=set)
+    in_flight: bool = False
+    finished: bool = False
+
+
+class Spool:
+    """The spool directory shared by every target's uploader, bounded by size and age."""
+
+    def __init__(
+        self, directory: Path, limits: SpoolLimits, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.directory = directory
+        self.limits = limits
+        self.counts = SpoolCounts()
+        self.now = now
+        self._entries: dict[int, _Entry] = {}
+        self._oldest: list[int] = []  # heap of sequence numbers (stale ones skipped lazily)
+        self._bytes = 0
+        self._next_seq = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of spooled captures on disk now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def next_seq(self) -> int:
+        """A number that orders captures across all targets (oldest first)."""
+        self._next_seq += 1
+        return self._next_seq
+
+    def clear_leftovers(self) -> int:
+        """Remove files an earlier process left (nothing says what they were); how many."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for path in self.directory.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        self.counts.dropped += removed
+        return removed
+
+    async def add(self, entry: _Entry) -> None:
+        """Move ``entry``'s bytes to disk (``OSError`` if that fails), then apply the limits."""
+        if entry.data is None:
+            return
+        path = self.directory / f"{entry.seq:012d}.jpg"
+        await asyncio.to_thread(_write_file, path, entry.data)
+        if entry.finished:  # stored while the file was being written
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            return
+        entry.path, entry.data = path, None
+        self._entries[entry.seq] = entry
+        heapq.heappush(self._oldest, entry.seq)
+        self._bytes += entry.size
+        self.counts.spooled += 1
+        await self.enforce_limits()
+
+    async def read(self, entry: _Entry) -> bytes:
+        """The capture's bytes, from memory or from its spool file."""
+        data = entry.data
+        if data is not None:
+            return data
+        if entry.path is None:
+            raise OutputError("spooled capture has neither bytes nor a file")
+        try:
+            return await asyncio.to_thread(entry.path.read_bytes)
+        except OSError as exc:
+            raise OutputError(f"spool file unreadable: {exc.strerror or exc}") from exc
+
+    def release(self, entry: _Entry) -> None:
+        """Forget ``entry`` and remove its spool file (it was stored or given up)."""
+        entry.finished = True
+        if self._entries.pop(entry.seq, None) is not None:
+            self._bytes -= entry.size
+        if entry.path is not None:
+            with contextlib.suppress(OSError):
+                entry.path.unlink(missing_ok=True)
+
+    async def enforce_limits(self) -> None:
+        """Drop the oldest spooled captures while the spool is too big or they are too old."""
+        while True:
+            victim = self._oldest_idle()
+            if victim is None:
+                return
+            too_old = self.now() - victim.created > self.limits.max_age_s
+            if not too_old and self._bytes <= self.limits.max_bytes:
+                return
+            reason = (
+                f"waited longer than {self.limits.max_age_s:.0f} s" if too_old
+                else f"spool over {self.limits.max_bytes // MIB} MiB"
+            )
+            await victim.owner.drop(victim, f"snapshot dropped from the spool ({reason})")
+
+    def _oldest_idle(self) -> _Entry | None:
+        """The oldest spooled capture not being uploaded right now (amortised O(log n))."""
+        in_flight: list[int] = []
+        found: _Entry | None = None
+        while self._oldest:
+            entry = self._entries.get(self._oldest[0])
+            if entry is None:
+                heapq.heappop(self._oldest)  # released earlier
+            elif entry.in_flight:
+                in_flight.append(heapq.heappop(self._oldest))
+            else:
+                found = entry
+                break
+        for seq in in_flight:
+            heapq.heappush(self._oldest, seq)
+        return found
+
+
+class TargetUploader:
+    """The ``UploadQueue`` of one target: background uploads, spooled while the store is away."""
+
+    def __init__(
+        self,
+        sink: SnapshotSink,
+        *,
+        spool: Spool,
+        name: str,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.sink = sink
+        self.name = name
+        self._spool = spool
+        self._limits = spool.limits
+        self._rand = rand
+        self._queue: deque[_Entry] = deque()
+        self._busy_jobs: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self.outage: str | None = None  # why the store is unreachable, while it is
+        self._attempt = 0
+        self._retry_at = 0.0
+        self._age_checked = 0.0
+
+    @property
+    def pending(self) -> int:
+        """Captures waiting here (in memory or spooled), including those in flight."""
+        return len(self._queue)
+
+    # UploadQueue ---------------------------------------------------------------------------
+    async def submit(self, upload: Upload) -> None:
+        """Queue ``upload``; when the store is away (or the backlog is long) spool it first."""
+        if self._closing:
+            await upload.on_trouble("snapshot not stored: the service is shutting down", True)
+            self._spool.counts.dropped += 1
+            return
+        entry = _Entry(seq=self._spool.next_seq(), upload=_without_data(upload), owner=self,
+                       created=self._spool.now(), size=len(upload.data), data=upload.data)
+        self._queue.append(entry)
+        self._ensure_runner()
+        if self.outage is not None or self._in_memory() > self._limits.memory_entries:
+            await self._spill(entry)
+        if self.outage is not None and not entry.finished:
+            await _safely(upload.on_trouble(self.outage, False), "on_trouble", entry)
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def close(self, timeout_s: float) -> int:
+        """Finish what is queued within ``timeout_s``; give up the rest. How many were left."""
+        self._closing = True
+        self._wake.set()
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._runner), timeout_s)
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        left = list(self._queue)
+        if left:
+            logger.warning("snapshots not stored before shutdown", extra={
+                "action": "upload_dropped", "target": self.name, "count": len(left)})
+        for entry in left:
+            await self.drop(entry, "snapshot not stored before shutdown", quiet=True)
+        return len(left)
+
+    async def drop(
+        self, entry: _Entry, message: str, *, failed: bool = False, quiet: bool = False
+    ) -> None:
+        """Give ``entry`` up: forget it, count it, tell its job."""
+        if entry.finished:
+            return
+        with contextlib.suppress(ValueError):
+            self._queue.remove(entry)
+        self._spool.release(entry)
+        if failed:
+            self._spool.counts.failed += 1
+        else:
+            self._spool.counts.dropped += 1
+        if not quiet:
+            logger.warning(message, extra={"action": "upload_dropped", "target": self.name,
+                                           "job_id": entry.upload.job_id})
+        await _safely(entry.upload.on_trouble(message, True), "on_trouble", entry)
+        self._wake.set()
+
+    # the runner ----------------------------------------------------------------------------
+    def _ensure_runner(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name=f"uploads-{self.name}")
+        self._wake.set()
+
+    async def _run(self) -> None:
+        """Start uploads while the rules allow; sleep until something changes."""
+        while not (self._closing and not self._queue and not self._tasks):
+            self._wake.clear()
+            entry = self._next_entry() if self._may_start() else None
+            if entry is not None:
+                self._start(entry)
+                continue
+            await self._sleep()
+            await self._check_age()
+
+    async def _check_age(self) -> None:
+        """Now and then, drop spooled captures that waited too long (even with no new ones)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._age_checked >= IDLE_CHECK_S:
+            self._age_checked = now
+            await self._spool.enforce_limits()
+
+    def _may_start(self) -> bool:
+        if self.outage is None:
+            return len(self._tasks) < self._limits.concurrency
+        now = asyncio.get_running_loop().time()
+        return not self._tasks and now >= self._retry_at  # one probe at a time
+
+    def _next_entry(self) -> _Entry | None:
+        """The oldest capture whose job has nothing in flight (keeps each job in order)."""
+        for entry in self._queue:
+            if not entry.in_flight and entry.upload.job_id not in self._busy_jobs:
+                return entry
+        return None
+
+    async def _sleep(self) -> None:
+        timeout = IDLE_CHECK_S
+        if self.outage is not None:
+            timeout = max(0.0, self._retry_at - asyncio.get_running_loop().time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start(self, entry: _Entry) -> None:
+        entry.in_flight = True
+        self._busy_jobs.add(entry.upload.job_id)
+        task = asyncio.create_task(self._upload(entry), name=f"upload-{entry.seq}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    # one upload ----------------------------------------------------------------------------
+    async def _upload(self, entry: _Entry) -> None:
+        try:
+            await self._put_objects(entry)
+        except OutputError as exc:
+            if exc.retryable and not entry.finished:
+                await self._delay(exc)
+            else:
+                await self.drop(entry, f"snapshot not stored: {exc.message}", failed=True)
+        except Exception:  # a sink bug: never retry it in a tight loop
+            logger.exception("sink raised", extra={"action": "upload_failed", "target": self.name})
+            await self.drop(entry, "snapshot not stored: internal error", failed=True)
+        else:
+            await self._stored(entry)
+        finally:
+            entry.in_flight = False
+            self._busy_jobs.discard(entry.upload.job_id)
+
+    async def _put_objects(self, entry: _Entry) -> None:
+        data = await self._spool.read(entry)
+        for obj in entry.upload.objects:
+            if obj.key not in entry.stored_keys:  # a retry skips what is already stored
+                await self.sink.put(obj.key, data, meta=obj.meta)
+                entry.stored_keys.add(obj.key)
+
+    async def _stored(self, entry: _Entry) -> None:
+        with contextlib.suppress(ValueError):
+            self._queue.remove(entry)
+        self._spool.release(entry)
+        self._spool.counts.uploaded += 1
+        if self.outage is not None:
+            logger.info("object store reachable again", extra={
+                "action": "storage_back", "target": self.name, "pending": len(self._queue)})
+            self.outage, self._attempt = None, 0
+        await _safely(entry.upload.on_stored(), "on_stored", entry)
+
+    async def _delay(self, exc: OutputError) -> None:
+        """A retryable failure: (enter the) outage, spool everything, retry after a backoff."""
+        if self.outage is None:
+            self._attempt = 1
+        elif len(self._tasks) <= 1:  # the lone probe failed (not its siblings at outage start)
+            self._attempt += 1
+        delay = self._limits.retry_delay(self._attempt, self._rand())
+        self._retry_at = asyncio.get_running_loop().time() + delay
+        if self.outage is not None:
+            return
+        self.outage = f"spooling snapshots until the store answers again: {exc.message}"
+        logger.warning(self.outage, extra={"action": "storage_outage", "target": self.name,
+                                           "pending": len(self._queue)})
+        told: set[str] = set()
+        for entry in list(self._queue):
+            await self._spill(entry)
+            job_id = entry.upload.job_id
+            if job_id not in told and not entry.finished:
+                told.add(job_id)
+                await _safely(entry.upload.on_trouble(self.outage, False), "on_trouble", entry)
+
+    async def _spill(self, entry: _Entry) -> None:
+        try:
+            await self._spool.add(entry)
+        except OSError as exc:
+            await self.drop(entry, f"snapshot dropped: cannot write the spool ({exc.strerror})")
+
+    def _in_memory(self) -> int:
+        return sum(1 for entry in self._queue if entry.data is not None)
+
+
+def _without_data(upload: Upload) -> Upload:
+    """The upload's description without its bytes (the entry holds them, or the spool file)."""
+    return Upload(job_id=upload.job_id, data=b"", objects=upload.objects,
+                  on_stored=upload.on_stored, on_trouble=upload.on_trouble)
+
+
+async def _safely(call: Awaitable[None], what: str, entry: _Entry) -> None:
+    """Await a job callback; its failure is logged, never allowed to stop the uploads."""
+    try:
+        await call
+    except LivesnapError as exc:
+        logger.warning("%s failed: %s", what, exc.message,
+                       extra={"action": "upload_callback_failed", "job_id": entry.upload.job_id})
+    except Exception:
+        logger.exception("%s raised", what, extra={"action": "upload_callback_failed",
+                                                   "job_id": entry.upload.job_id})
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
