@@ -176,7 +176,7 @@ class CallbackDispatcher:
         A cancelled delivery is not recorded, so it is made again after the next start.
         """
         self.stop()
-        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._running()) if t is not None]
         pending: set[asyncio.Task[None]] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -194,8 +194,9 @@ class CallbackDispatcher:
     async def dispatch_once(self) -> int:
         """Start every due delivery (within the concurrency) and wait for all in flight."""
         started = await self._launch_due()
-        if self._inflight:
-            await asyncio.wait(list(self._inflight.values()))
+        running = self._running()
+        if running:
+            await asyncio.wait(running)
         return started
 
     # polling -------------------------------------------------------------------------------
@@ -215,6 +216,9 @@ class CallbackDispatcher:
                 await self._wake.wait()
 
     async def _launch_due(self) -> int:
+        # A job leaves _inflight only here, before the query: a delivery that finishes while
+        # the query runs keeps its job blocked, because the query may predate its record.
+        self._inflight = {j: t for j, t in self._inflight.items() if not t.done()}
         free = self._policy.concurrency - len(self._inflight)
         if free <= 0 or self._stopping.is_set():
             return 0
@@ -225,13 +229,15 @@ class CallbackDispatcher:
         for event in fresh:
             task = asyncio.create_task(self._deliver(event), name=f"callback-{event.id}")
             self._inflight[event.job_id] = task
-            task.add_done_callback(functools.partial(self._finished, event.job_id))
+            task.add_done_callback(self._finished)
         return len(fresh)
 
-    def _finished(self, job_id: str, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(job_id, None)
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._wake.set()  # the job's next event may be due now
         _report_crash(task)
+
+    def _running(self) -> list[asyncio.Task[None]]:
+        return [t for t in self._inflight.values() if not t.done()]
 
     # one attempt ---------------------------------------------------------------------------
     async def _deliver(self, event: OutboxEvent) -> None:

@@ -65,9 +65,4 @@ def decide(
     return Outcome(delivered=False, failed=False, next_attempt_ms=next_ms)
 
 
-def schedule(policy: DeliveryPolicy, attempts: int, *, rand: float = 0.0) -> list[float]:
-    """Seconds between the first ``attempts`` attempts (for docs and tests)."""
-    return [policy.backoff.delay(n, rand) for n in range(max(attempts - 1, 0))]
-
-
-__all__ = ["DEFAULT_BACKOFF", "DeliveryPolicy", "Outcome", "decide", "schedule"]
+__all__ = ["DEFAULT_BACKOFF", "DeliveryPolicy", "Outcome", "decide"]

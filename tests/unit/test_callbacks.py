@@ -1,0 +1,674 @@
+"""Callbacks: payload bytes, signatures, the retry schedule and the dispatcher (no network).
+
+The dispatcher runs over the memory store and over SQLite (the ordering query is SQL), with
+``httpx.MockTransport`` as the receiver, a fake resolver and a ``ManualClock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from livesnap.api.handlers import ACTIONS, Context
+from livesnap.api.params import Params
+from livesnap.callbacks import payload, signing
+from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.keys import CallbackKeys
+from livesnap.callbacks.policy import DeliveryPolicy, decide
+from livesnap.clock import ManualClock
+from livesnap.config import Settings, parse_callback_keys
+from livesnap.errors import JobNotFound, StoreError
+from livesnap.jobs.events import captured_event, status_event
+from livesnap.jobs.manager import JobManager
+from livesnap.jobs.models import (
+    EventType,
+    Job,
+    JobStatus,
+    OutboxEvent,
+    SnapshotFile,
+    StorageTarget,
+    StorageType,
+    StreamStatus,
+)
+from livesnap.jobs.ports import CaptureReport
+from livesnap.jobs.retry import Backoff
+from livesnap.jobs.urls import DEFAULT_BLOCKED_NETWORKS, parse_networks
+from livesnap.store import MemoryStore, open_sql_store
+
+T0 = 1_767_268_800_000  # 2026-01-01T12:00:00Z
+KEY = "test-callback-key"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "callbacks.md"
+BLOCKED = parse_networks(DEFAULT_BLOCKED_NETWORKS)
+
+
+def make_job(job_id: str = "job-1", *, account: str = "acct", url: str = "http://hooks.test/cb") -> Job:
+    return Job(
+        id=job_id, account=account, name="lobby-cam", template_id="system", template_name="System",
+        interval_s=5, overwrite_format="snapshot/{JobId}.jpg",
+        sequence_format="snapshot/{JobId}/{UnixTimestamp}.jpg", stream_url="rtmp://o/live/a",
+        stream_type="rtmp",
+        storage=StorageTarget(storage_type=StorageType.OSS, endpoint="oss-cn-shanghai.aliyuncs.com",
+                              bucket="bkt"),
+        callback_url=url, status=JobStatus.STARTED, stream_status=StreamStatus.LIVE,
+        created_ms=T0, modified_ms=T0,
+    )
+
+
+def make_file(job: Job, create_ms: int = T0 + 123, **kw) -> SnapshotFile:
+    base = dict(
+        job_id=job.id, account=job.account, create_ms=create_ms, endpoint=job.storage.endpoint,
+        bucket=job.storage.bucket, object_key=f"snapshot/{job.id}/{create_ms}.jpg",
+        is_overlay=False, overwrite_key=f"snapshot/{job.id}.jpg", sequence=42, width=1280,
+        height=720, size=183422, stream_time_ms=210000, lag_ms=38,
+    )
+    base.update(kw)
+    return SnapshotFile(**base)
+
+
+def captured(job: Job, n: int, *, at_ms: int | None = None) -> OutboxEvent:
+    created = T0 + 1000 * n if at_ms is None else at_ms
+    return captured_event(f"{job.id}-ev{n}", job, make_file(job, created - 50), now_ms=created)
+
+
+# payload -----------------------------------------------------------------------------------
+def test_captured_payload_bytes():
+    job = make_job("7a0b7cbe")
+    event = captured_event("ev-1", job, make_file(job), now_ms=T0 + 161)
+    assert payload.render(event) == (
+        b'{"EventId":"ev-1","EventType":"LiveSnapshotCaptured",'
+        b'"EventTime":"2026-01-01T12:00:00.161Z","JobId":"7a0b7cbe","JobName":"lobby-cam",'
+        b'"Endpoint":"oss-cn-shanghai.aliyuncs.com","Bucket":"bkt",'
+        b'"ObjectKey":"snapshot/7a0b7cbe/1767268800123.jpg","OverwriteKey":"snapshot/7a0b7cbe.jpg",'
+        b'"IsOverlay":false,"CreateTime":"2026-01-01T12:00:00Z","CreateTimestamp":1767268800123,'
+        b'"Sequence":42,"Width":1280,"Height":720,"Size":183422,"StreamTimestamp":210000,'
+        b'"CaptureLag":38}'
+    )
+    assert tuple(payload.body(event)) == payload.CAPTURED_FIELDS
+
+
+def test_status_payload_bytes():
+    before = make_job()
+    after = before.evolve(stream_status=StreamStatus.RECONNECTING)
+    event = status_event("ev-2", before, after, reason="stream reconnecting", now_ms=T0 + 5250)
+    assert payload.render(event) == (
+        b'{"EventId":"ev-2","EventType":"LiveSnapshotJobStatusChanged",'
+        b'"EventTime":"2026-01-01T12:00:05.250Z","JobId":"job-1","JobName":"lobby-cam",'
+        b'"OldStatus":"started","NewStatus":"started","OldStreamStatus":"live",'
+        b'"NewStreamStatus":"reconnecting","Reason":"stream reconnecting"}'
+    )
+    assert tuple(payload.body(event)) == payload.STATUS_FIELDS
+
+
+def test_payload_unknowns_are_null_and_text_is_utf8():
+    job = make_job().evolve(name="カメラ 1")
+    file = make_file(job, overwrite_key=None, sequence=None, stream_time_ms=None, lag_ms=None)
+    body = payload.render(captured_event("e", job, file, now_ms=T0))
+    decoded = json.loads(body)
+    assert decoded["JobName"] == "カメラ 1" and "カメラ".encode() in body
+    assert [decoded[k] for k in ("OverwriteKey", "Sequence", "StreamTimestamp", "CaptureLag")] == [
+        None, None, None, None]
+
+
+async def test_payload_bytes_survive_the_sql_store(tmp_path):
+    store = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        job = make_job().evolve(name="名前 \"quoted\"")
+        event = captured(job, 1)
+        await store.create_job(job, [event])
+        [stored] = await store.pending_events(job.id)
+        assert payload.render(stored) == payload.render(event)
+    finally:
+        await store.close()
+
+
+# signing -----------------------------------------------------------------------------------
+def test_signature_is_hmac_sha256_over_timestamp_dot_body():
+    body = b'{"EventId":"e"}'
+    expected = hmac.new(b"k", b"1767268800." + body, hashlib.sha256).hexdigest()
+    assert signing.signature("k", 1767268800, body) == "sha256=" + expected
+    headers = signing.headers(key="k", event_id="e", event_type="LiveSnapshotCaptured",
+                              timestamp=1767268800, body=body, attempt=3)
+    assert headers == {
+        "Content-Type": "application/json",
+        "User-Agent": "livesnap-callbacks/1",
+        "X-Livesnap-Event-Id": "e",
+        "X-Livesnap-Event-Type": "LiveSnapshotCaptured",
+        "X-Livesnap-Timestamp": "1767268800",
+        "X-Livesnap-Signature": "sha256=" + expected,
+        "X-Livesnap-Attempt": "3",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "timestamp", "key", "now", "ok"),
+    [
+        (b'{"a":1}', "1767268800", "k", 1767268800, True),
+        (b'{"a":1}', "1767268800", "k", 1767268800 + 299, True),
+        (b'{"a":2}', "1767268800", "k", 1767268800, False),  # tampered body
+        (b'{"a":1}', "1767268801", "k", 1767268800, False),  # tampered timestamp
+        (b'{"a":1}', "1767268800", "other", 1767268800, False),  # wrong key
+        (b'{"a":1}', "1767268800", "k", 1767268800 + 301, False),  # too old: a replay
+        (b'{"a":1}', "1767268800", "k", 1767268800 - 301, False),  # from the future
+        (b'{"a":1}', "", "k", 1767268800, False),
+        (b'{"a":1}', "-1767268800", "k", 1767268800, False),
+    ],
+)
+def test_verify_signature(body, timestamp, key, now, ok):
+    sent = signing.signature("k", 1767268800, b'{"a":1}')
+    assert signing.verify_signature(key, body, timestamp, sent, now=now) is ok
+
+
+def test_verify_signature_refuses_garbage_without_raising():
+    for bad in ("", "sha256=", "sha1=abc", "sha256=ünïcode", "sha256=" + "0" * 64):
+        assert not signing.verify_signature("k", b"{}", "1767268800", bad, now=1767268800)
+
+
+def documented_verify():
+    text = DOCS.read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block, "docs/callbacks.md has no python example"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 10
+    namespace: dict = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    return namespace["verify"]
+
+
+def test_the_documented_verification_snippet_works():
+    verify = documented_verify()
+    body = payload.render(captured(make_job(), 1))
+    now = int(time.time())
+    headers = signing.headers(key=KEY, event_id="e", event_type="t", timestamp=now, body=body,
+                              attempt=1)
+    stamp, sig = headers["X-Livesnap-Timestamp"], headers["X-Livesnap-Signature"]
+    assert verify(KEY, body, stamp, sig)
+    assert not verify(KEY, body + b" ", stamp, sig)
+    assert not verify(KEY, body, str(now + 1), sig)
+    assert not verify("other", body, stamp, sig)
+    assert not verify(KEY, body, str(now - 1000), signing.signature(KEY, now - 1000, body))
+    assert not verify(KEY, body, stamp, "sha256=ü")
+
+
+# keys --------------------------------------------------------------------------------------
+def test_configured_keys_win_and_others_are_generated_once_and_kept(tmp_path):
+    keys = CallbackKeys.in_data_dir(tmp_path, {"a": "configured"})
+    assert keys.key_for("a") == "configured"
+    generated = keys.key_for("b")
+    assert len(generated) >= 40 and keys.key_for("b") == generated
+    path = tmp_path / "callback-keys.json"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"b": generated}
+    again = CallbackKeys.in_data_dir(tmp_path, {})
+    assert again.key_for("b") == generated and again.generated() == {"b": generated}
+    assert "configured" not in repr(keys) and generated not in repr(keys)
+
+
+def test_two_instances_sharing_a_data_dir_agree(tmp_path):
+    first, second = CallbackKeys.in_data_dir(tmp_path, {}), CallbackKeys.in_data_dir(tmp_path, {})
+    assert first.key_for("x") == second.key_for("x")
+
+
+def test_a_corrupt_key_file_fails_at_start(tmp_path):
+    (tmp_path / "callback-keys.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must map account names to keys"):
+        CallbackKeys.in_data_dir(tmp_path, {})
+
+
+def test_callback_settings(monkeypatch):
+    assert parse_callback_keys(" a:k1 , b:k:with:colons,") == {"a": "k1", "b": "k:with:colons"}
+    for bad in ("a", "a:", ":k"):
+        with pytest.raises(ValueError, match="entry 1 must look like account:key"):
+            parse_callback_keys(bad)
+    monkeypatch.setenv("LIVESNAP_CALLBACK_KEYS", "acct:secret-key")
+    monkeypatch.setenv("LIVESNAP_CALLBACK_BACKOFF_MAX_S", "2")
+    settings = Settings()
+    assert settings.configured_callback_keys() == {"acct": "secret-key"}
+    assert "secret-key" not in repr(settings)
+    assert (settings.callback_backoff_max_s, settings.callback_max_age_s) == (2.0, 86400.0)
+    monkeypatch.setenv("LIVESNAP_CALLBACK_BACKOFF_MAX_S", "0.5")
+    with pytest.raises(ValueError, match="callback_backoff_max_s"):
+        Settings()
+
+
+# retry policy (pure) -----------------------------------------------------------------------
+def test_failed_attempts_wait_longer_each_time_up_to_the_cap():
+    policy = DeliveryPolicy(backoff=Backoff(base_s=1, factor=2, cap_s=20, jitter=0.5))
+    event = captured(make_job(), 0, at_ms=T0)
+    waits = []
+    for attempts in range(8):
+        out = decide(policy, replace(event, attempts=attempts), now_ms=T0, ok=False, rand=0.0)
+        assert not out.failed and not out.delivered
+        waits.append(out.next_attempt_ms - T0)
+    assert waits == [1000, 2000, 4000, 8000, 16000, 20000, 20000, 20000]
+    jittered = decide(policy, event, now_ms=T0, ok=False, rand=0.999).next_attempt_ms - T0
+    assert 500 <= jittered < 1000
+    assert decide(policy, event, now_ms=T0, ok=True, rand=0.0).delivered
+
+
+def test_an_event_past_max_age_fails_but_only_after_min_attempts():
+    policy = DeliveryPolicy(backoff=Backoff(base_s=1, cap_s=1, jitter=0), max_age_s=60,
+                            min_attempts=3)
+    old = captured(make_job(), 0, at_ms=T0)
+    late = T0 + 120_000
+    first = decide(policy, old, now_ms=late, ok=False, rand=0)
+    assert not first.failed  # a day-old event still gets its tries (livesnap was down)
+    third = replace(old, attempts=2)
+    assert decide(policy, third, now_ms=late, ok=False, rand=0).failed
+    young = replace(old, attempts=50)
+    assert not decide(policy, young, now_ms=T0 + 58_000, ok=False, rand=0).failed
+
+
+# dispatcher --------------------------------------------------------------------------------
+class Receiver:
+    """A scripted ``MockTransport`` handler: answers from ``script`` (then 200), records all."""
+
+    def __init__(self, *script: int | Exception | str):
+        self.script = list(script)
+        self.requests: list[httpx.Request] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.script.pop(0) if self.script else 200
+        if step == "hang":
+            await asyncio.sleep(3600)
+        if isinstance(step, Exception):
+            raise step
+        return httpx.Response(int(step))
+
+    def event_ids(self) -> list[str]:
+        return [r.headers["X-Livesnap-Event-Id"] for r in self.requests]
+
+
+class FakeResolver:
+    def __init__(self, answers: dict[str, list[list[str]]] | None = None):
+        # host -> successive answers (the last one repeats)
+        self.answers = answers or {}
+        self.calls: list[str] = []
+
+    async def resolve(self, host: str) -> list[str]:
+        self.calls.append(host)
+        answers = self.answers.get(host, [["203.0.113.7"]])
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    yield sql
+    await sql.close()
+
+
+POLICY = DeliveryPolicy(
+    backoff=Backoff(base_s=1, factor=2, cap_s=60, jitter=0.5), blocked_networks=BLOCKED,
+    total_timeout_s=0.1,
+)
+
+
+def dispatcher(store, receiver, clock, *, policy=POLICY, resolver=None, keys=None):
+    client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
+    return CallbackDispatcher(
+        store=store, client=client, clock=clock, policy=policy, rand=lambda: 0.0,
+        keys=keys or CallbackKeys({"acct": KEY}), resolver=resolver or FakeResolver(),
+    )
+
+
+async def event_state(store, job_id: str) -> dict[str, OutboxEvent]:
+    return {e.id: e for e in await store.get_events(job_id, failed_only=False)}
+
+
+async def test_500s_then_200_delivers_after_growing_waits(store):
+    clock, receiver = ManualClock(T0 / 1000), Receiver(500, 500, 503, 200)
+    job = make_job()
+    event = captured(job, 0, at_ms=T0)
+    await store.create_job(job, [event])
+    d = dispatcher(store, receiver, clock)
+    waits = []
+    for _ in range(4):
+        assert await d.dispatch_once() == 1
+        state = (await event_state(store, job.id))[event.id]
+        if state.delivered_ms is not None:
+            break
+        waits.append(state.next_attempt_ms - int(clock.time() * 1000))
+        clock.advance(waits[-1] / 1000 - 0.001)
+        assert await d.dispatch_once() == 0  # not before its time
+        clock.advance(0.001)
+    assert waits == [1000, 2000, 4000]
+    assert state.delivered_ms == int(clock.time() * 1000) and state.attempts == 4
+    bodies = {r.content for r in receiver.requests}
+    assert bodies == {payload.render(event)}  # the same bytes on every attempt
+    assert [r.headers["X-Livesnap-Attempt"] for r in receiver.requests] == ["1", "2", "3", "4"]
+    for request in receiver.requests:
+        assert signing.verify_signature(
+            KEY, request.content, request.headers["X-Livesnap-Timestamp"],
+            request.headers["X-Livesnap-Signature"], now=clock.time())
+        assert request.headers["X-Livesnap-Event-Id"] == event.id
+        assert request.headers["Host"] == "hooks.test"
+        assert request.url.host == "203.0.113.7"  # pinned to the checked address
+    log = await store.delivery_log(job.id, 10)
+    assert [(a.status_code, a.error) for a in reversed(log)] == [
+        (500, "HTTP 500"), (500, "HTTP 500"), (503, "HTTP 503"), (200, "")]
+
+
+async def test_timeouts_and_connection_errors_are_retried(store):
+    clock = ManualClock(T0 / 1000)
+    receiver = Receiver(httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), "hang", 200)
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d = dispatcher(store, receiver, clock)
+    for _ in range(4):
+        await d.dispatch_once()
+        clock.advance(60)
+    log = [(a.status_code, a.error) for a in reversed(await store.delivery_log(job.id, 10))]
+    assert log == [
+        (None, "ConnectError: refused"),
+        (None, "timeout: ReadTimeout: slow"),
+        (None, "timeout: no response within 0.1 s"),
+        (200, ""),
+    ]
+
+
+async def test_the_next_checked_address_is_tried_when_one_refuses(store):
+    clock = ManualClock(T0 / 1000)
+    receiver = Receiver(httpx.ConnectError("refused"), 200)
+    resolver = FakeResolver({"hooks.test": [["2001:db8::1", "203.0.113.9"]]})
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    await dispatcher(store, receiver, clock, resolver=resolver).dispatch_once()
+    assert [r.url.host for r in receiver.requests] == ["2001:db8::1", "203.0.113.9"]
+    assert [a.status_code for a in await store.delivery_log(job.id, 10)] == [200]
+
+
+async def test_max_age_marks_the_event_failed_and_later_events_go_on(store):
+    clock, receiver = ManualClock(T0 / 1000), Receiver(*[500] * 50)
+    policy = DeliveryPolicy(backoff=Backoff(base_s=4, cap_s=4, jitter=0), max_age_s=10,
+                            min_attempts=2, blocked_networks=BLOCKED)
+    job = make_job()
+    first, second = captured(job, 0, at_ms=T0), captured(job, 1, at_ms=T0 + 1)
+    await store.create_job(job, [first, second])
+    d = dispatcher(store, receiver, clock, policy=policy)
+    for _ in range(3):  # at +0 s, +4 s, +8 s; the next would be past 10 s
+        await d.dispatch_once()
+        clock.advance(4)
+    state = await event_state(store, job.id)
+    assert state[first.id].failed and state[first.id].attempts == 3
+    assert receiver.event_ids() == [first.id] * 3
+    assert not state[second.id].failed  # no longer held back by the given-up one
+    await d.dispatch_once()
+    assert receiver.event_ids()[-1] == second.id
+    assert [e.id for e in await store.get_events(job.id, failed_only=True)] == [first.id]
+
+
+async def test_a_job_sends_its_events_in_order_while_other_jobs_go_on(store):
+    clock = ManualClock(T0 / 1000)
+    job_a, job_b = make_job("a"), make_job("b")
+    a1, a2, b1 = captured(job_a, 1), captured(job_a, 2), captured(job_b, 3)
+    await store.create_job(job_a, [a1, a2])
+    await store.create_job(job_b, [b1])
+    receiver = Receiver(500)  # a1's first attempt fails
+    clock.advance(10)  # every event is due
+    d = dispatcher(store, receiver, clock)
+    assert await d.dispatch_once() == 2
+    assert sorted(receiver.event_ids()) == sorted([a1.id, b1.id])  # a2 waits behind a1
+    assert await d.dispatch_once() == 0  # a1 backs off; a2 still may not overtake it
+    clock.advance(1)
+    await d.dispatch_once()
+    await d.dispatch_once()
+    assert receiver.event_ids()[2:] == [a1.id, a2.id]
+    assert all(e.delivered_ms for e in (await event_state(store, "a")).values())
+
+
+async def test_a_backlog_of_one_job_does_not_starve_the_others(store):
+    clock = ManualClock(T0 / 1000)
+    job_a, job_b = make_job("a"), make_job("b")
+    backlog = [captured(job_a, n) for n in range(40)]
+    await store.create_job(job_a, backlog)
+    await store.create_job(job_b, [captured(job_b, 100)])
+    clock.advance(200)
+    one = DeliveryPolicy(concurrency=1, blocked_networks=BLOCKED, total_timeout_s=1.0)
+    await dispatcher(store, Receiver(500), clock, policy=one).dispatch_once()
+    # a's head failed and backs off; its 39 other events are due behind it, and older than b's
+    receiver = Receiver()
+    two = DeliveryPolicy(concurrency=2, blocked_networks=BLOCKED, total_timeout_s=1.0)
+    await dispatcher(store, receiver, clock, policy=two).dispatch_once()
+    assert receiver.event_ids() == ["b-ev100"]
+
+
+async def test_a_blocked_address_is_a_failed_attempt_and_nothing_is_sent(store):
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    # DNS rebinding: the name was fine at Submit, now it points at the metadata service
+    resolver = FakeResolver({"hooks.test": [["169.254.169.254"], ["203.0.113.7"]]})
+    job = make_job()
+    event = captured(job, 0, at_ms=T0)
+    await store.create_job(job, [event])
+    d = dispatcher(store, receiver, clock, resolver=resolver)
+    await d.dispatch_once()
+    assert receiver.requests == []
+    [attempt] = await store.delivery_log(job.id, 10)
+    assert attempt.status_code is None
+    assert attempt.error == (
+        "refused: hooks.test resolves to 169.254.169.254, which is in a blocked network "
+        "(LIVESNAP_BLOCKED_NETWORKS); nothing was sent"
+    )
+    state = (await event_state(store, job.id))[event.id]
+    assert not state.failed and state.next_attempt_ms > T0  # retried later, like any failure
+    clock.advance(1)
+    await d.dispatch_once()
+    assert [r.url.host for r in receiver.requests] == ["203.0.113.7"]
+
+
+async def test_a_mixed_answer_with_one_blocked_address_is_refused(store):
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    resolver = FakeResolver({"hooks.test": [["203.0.113.7", "fe80::1"]]})
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    await dispatcher(store, receiver, clock, resolver=resolver).dispatch_once()
+    assert receiver.requests == []
+    assert "fe80::1" in (await store.delivery_log(job.id, 1))[0].error
+
+
+async def test_unresolvable_hosts_and_bad_urls_are_failed_attempts(store):
+    class Failing:
+        async def resolve(self, host):
+            raise OSError("Name or service not known")
+
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    job = make_job()
+    bad_url = make_job("bad", url="ftp://hooks.test/x")
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    await store.create_job(bad_url, [captured(bad_url, 1, at_ms=T0)])
+    await dispatcher(store, receiver, clock, resolver=Failing()).dispatch_once()
+    assert receiver.requests == []
+    [attempt] = await store.delivery_log(job.id, 1)
+    assert attempt.error == "cannot resolve hooks.test: Name or service not known"
+    [attempt] = await store.delivery_log("bad", 1)
+    assert attempt.error == "the callback URL must be http or https and name a host"
+
+
+async def test_https_keeps_the_tls_name_of_the_url():
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    store = MemoryStore()
+    job = make_job(url="https://hooks.test:8443/cb?x=1")
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    await dispatcher(store, receiver, clock).dispatch_once()
+    [request] = receiver.requests
+    assert str(request.url) == "https://203.0.113.7:8443/cb?x=1"
+    assert request.headers["Host"] == "hooks.test:8443"
+    assert request.extensions["sni_hostname"] == "hooks.test"
+
+
+async def test_replay_requeues_failed_events_through_the_api():
+    clock, store = ManualClock(T0 / 1000), MemoryStore()
+    manager = JobManager(store=store, clock=clock)
+    job = make_job()
+    event = captured(job, 0, at_ms=T0)
+    await store.create_job(job, [event])
+    policy = DeliveryPolicy(backoff=Backoff(base_s=1, cap_s=1, jitter=0), max_age_s=0.5,
+                            min_attempts=1, blocked_networks=BLOCKED)
+    receiver = Receiver(500)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    manager.on_events_written(d.notify)
+    await d.dispatch_once()
+    assert (await event_state(store, job.id))[event.id].failed
+    ctx = Context(manager=manager, account="acct", now_ms=int(clock.time() * 1000))
+    log = await ACTIONS["ListLiveSnapshotCallbackAttempts"](ctx, Params([("JobId", job.id)]))
+    assert log == {"AttemptList": [{"EventId": event.id, "Time": "2026-01-01T12:00:00.000Z",
+                                    "StatusCode": 500, "LatencyMs": 0, "Error": "HTTP 500"}]}
+    answer = await ACTIONS["ReplayLiveSnapshotCallbacks"](ctx, Params([("JobId", job.id)]))
+    assert answer == {"Requeued": 1}
+    assert d._wake.is_set()  # the dispatcher was told
+    clock.advance(3600)  # long past max age: a replayed event still gets its attempts
+    await d.dispatch_once()
+    state = (await event_state(store, job.id))[event.id]
+    assert state.delivered_ms is not None and receiver.event_ids() == [event.id, event.id]
+    assert await manager.replay_failed("acct", job.id) == 0
+    other = Context(manager=manager, account="someone-else", now_ms=0)
+    with pytest.raises(JobNotFound):
+        await ACTIONS["ReplayLiveSnapshotCallbacks"](other, Params([("JobId", job.id)]))
+    with pytest.raises(JobNotFound):
+        await manager.delivery_log("someone-else", job.id, 10)
+
+
+async def test_the_manager_wakes_the_dispatcher_when_it_writes_events():
+    store, clock = MemoryStore(), ManualClock(T0 / 1000)
+    manager = JobManager(store=store, clock=clock)
+    woken = []
+    manager.on_events_written(lambda: woken.append(1))
+    job = make_job()
+    await store.create_job(job)
+    report = CaptureReport(job_id=job.id, create_ms=T0, sequence=1, sequence_key="k/1.jpg",
+                           overwrite_key=None, width=1, height=1, size=1, stream_time_ms=None,
+                           lag_ms=None)
+    await manager.snapshot_stored(job, report)
+    assert woken == [1]
+    await manager.stream_changed(job.id, StreamStatus.RECONNECTING, error="eof")
+    assert woken == [1, 1]
+    types = [e.type for e in await store.pending_events(job.id)]
+    assert types == [EventType.CAPTURED, EventType.STATUS_CHANGED]
+    await manager.snapshot_stored(job.evolve(callback_url=None), replace(report, create_ms=T0 + 5))
+    assert woken == [1, 1]  # no callback URL, no event, no wake-up
+
+
+# lifecycle ---------------------------------------------------------------------------------
+async def until(predicate, seconds: float = 2.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_run_delivers_on_notify_and_stops_promptly():
+    clock, store, receiver = ManualClock(T0 / 1000), MemoryStore(), Receiver()
+    policy = DeliveryPolicy(poll_interval_s=30, blocked_networks=BLOCKED)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    d.start()
+    await asyncio.sleep(0.05)
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d.notify()  # without it the next poll would be 30 s away
+    await until(lambda: receiver.requests)
+    assert len(receiver.requests) == 1
+    started = time.monotonic()
+    await d.close(5)
+    assert time.monotonic() - started < 0.5
+
+
+async def test_close_abandons_a_hanging_delivery_within_its_timeout_and_records_nothing():
+    clock, store, receiver = ManualClock(T0 / 1000), MemoryStore(), Receiver("hang")
+    policy = DeliveryPolicy(total_timeout_s=60, blocked_networks=BLOCKED)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d.start()
+    await until(lambda: receiver.requests)
+    started = time.monotonic()
+    await d.close(0.2)
+    assert time.monotonic() - started < 1.5
+    assert await store.delivery_log(job.id, 10) == []  # made again after the next start
+    assert len(await store.pending_events(job.id)) == 1
+
+
+async def test_cancelling_run_stops_the_loop():
+    d = dispatcher(MemoryStore(), Receiver(), ManualClock())
+    task = asyncio.create_task(d.run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert d._stopping.is_set()
+    await d.close(1)
+
+
+async def test_a_store_outage_does_not_kill_the_loop():
+    class FlakyStore(MemoryStore):
+        fails = 2
+
+        async def due_heads(self, now_ms, limit):
+            if self.fails:
+                self.fails -= 1
+                raise StoreError("database is locked")
+            return await super().due_heads(now_ms, limit)
+
+    store, receiver = FlakyStore(), Receiver()
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d = dispatcher(store, receiver, ManualClock(T0 / 1000),
+                   policy=DeliveryPolicy(poll_interval_s=0.01, blocked_networks=BLOCKED))
+    d.start()
+    await until(lambda: receiver.requests)
+    await d.close(1)
+    assert len(receiver.requests) == 1
+
+
+async def test_a_delivery_that_ends_during_a_poll_is_not_sent_again_from_its_stale_answer():
+    release = asyncio.Event()
+
+    class SlowStore(MemoryStore):
+        slow = False
+
+        async def due_heads(self, now_ms, limit):
+            stale = await super().due_heads(now_ms, limit)
+            if self.slow:  # the delivery in flight finishes and records while we "query"
+                release.set()
+                await asyncio.sleep(0.05)
+            return stale
+
+    class Gated(Receiver):
+        async def __call__(self, request):
+            self.requests.append(request)
+            await release.wait()
+            return httpx.Response(200)
+
+    store, receiver = SlowStore(), Gated()
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d = dispatcher(store, receiver, ManualClock(T0 / 1000),
+                   policy=DeliveryPolicy(poll_interval_s=0.01, blocked_networks=BLOCKED))
+    d.start()
+    await until(lambda: receiver.requests)
+    store.slow = True
+    await asyncio.sleep(0.3)
+    await d.close(1)
+    assert len(receiver.requests) == 1
+    assert len(await store.delivery_log(job.id, 10)) == 1
+
+
+def test_the_production_client_has_no_keepalive_no_redirects_and_no_proxy():
+    client = callback_client(DeliveryPolicy(connect_timeout_s=2, read_timeout_s=5))
+    assert client.follow_redirects is False and client.trust_env is False
+    assert client.timeout == httpx.Timeout(connect=2, read=5, write=5, pool=2)
+    pool = client._transport._pool  # private, but the only way to see the limits
+    assert pool._max_keepalive_connections == 0
