@@ -141,7 +141,9 @@ async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str,
     action = _action(signed, params)
     account = deps.keys.account_for(caller.access_key_id) or ""
     ctx = Context(manager=deps.manager, account=account, now_ms=int(deps.clock.time() * 1000))
-    logger.debug("api call", extra={"action": action, "request_id": request_id})
+    job_id = (params.raw("JobId") or "")[:128]
+    logger.debug("api call", extra={"action": action, "request_id": request_id,
+                                    **({"job_id": job_id} if job_id else {})})
     return await ACTIONS[action](ctx, params)
 
 

@@ -1,0 +1,253 @@
+"""Prometheus metrics, ``/metrics`` and ``/readyz`` (``/healthz`` is in ``livesnap.api``).
+
+One :class:`Metrics` per service, in a registry of its own (never the process-global one, so
+two services in one test process do not share counters). Components get it as a keyword and
+call its hooks: the capture session (``snapshot_stored``, ``capture_failed``, ``reconnect``),
+storage (``upload``, ``spool_size``) and the callback dispatcher (``callback``). The job and
+stream gauges are computed on each scrape with one GROUP BY query (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from livesnap import __version__
+from livesnap.errors import StoreError
+from livesnap.jobs.models import DeliveryAttempt, JobStatus, OutboxEvent, StreamStatus
+from livesnap.outputs.base import ObjectMeta, SnapshotSink
+
+logger = logging.getLogger(__name__)
+
+FAILURE_STAGES = ("decode", "store")
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+IO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCRAPE_TIMEOUT_S = 2.0
+
+JobCounts = Mapping[tuple[str, str], int]
+
+
+class Metrics:
+    """Every livesnap metric. The hook methods are cheap and safe to call from the loop."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        Info("livesnap_build", "The running livesnap version.", registry=self.registry).info(
+            {"version": __version__}
+        )
+        self._gauges()
+        self._capture()
+        self._io()
+
+    def _gauges(self) -> None:
+        r = self.registry
+        self.jobs = Gauge("livesnap_jobs", "Jobs by status (all accounts).", ["status"], registry=r)
+        self.streams = Gauge("livesnap_streams", "Started jobs by the status of their stream.",
+                             ["stream_status"], registry=r)
+        self.sessions = Gauge("livesnap_capture_sessions",
+                              "Capture sessions running on this node.", registry=r)
+        self.database_up = Gauge("livesnap_database_up",
+                                 "1 if the last scrape could read the database, else 0.",
+                                 registry=r)
+        self.spool = Gauge("livesnap_spool_bytes",
+                           "Bytes of snapshots waiting in the local spool for object storage.",
+                           registry=r)
+        for status in JobStatus:
+            self.jobs.labels(status=status.value)
+        for stream in StreamStatus:
+            self.streams.labels(stream_status=stream.value)
+
+    def _capture(self) -> None:
+        r = self.registry
+        self.snapshots = Counter("livesnap_snapshots", "Snapshots stored and recorded.",
+                                 registry=r)
+        self.failures = Counter("livesnap_snapshot_failures",
+                                "Captures that gave no stored snapshot, by stage.",
+                                ["stage"], registry=r)
+        self.lag = Histogram("livesnap_capture_lag_seconds",
+                             "Keyframe arrival to snapshot handed to storage.",
+                             buckets=LAG_BUCKETS, registry=r)
+        self.reconnects = Counter("livesnap_reconnects",
+                                  "Stream connections that ended and will be retried.",
+                                  registry=r)
+        for stage in FAILURE_STAGES:
+            self.failures.labels(stage=stage)
+
+    def _io(self) -> None:
+        r = self.registry
+        self.uploads = Histogram("livesnap_upload_seconds", "Time to store one object.",
+                                 buckets=IO_BUCKETS, registry=r)
+        self.upload_failures = Counter("livesnap_upload_failures",
+                                       "Object writes that failed.", registry=r)
+        self.callbacks = Histogram("livesnap_callback_seconds",
+                                   "Time of one callback delivery attempt.",
+                                   buckets=IO_BUCKETS, registry=r)
+        self.callback_failures = Counter("livesnap_callback_failures",
+                                         "Callback delivery attempts that failed.", registry=r)
+
+    # hooks -----------------------------------------------------------------------------------
+    def snapshot_stored(self, lag_s: float) -> None:
+        self.snapshots.inc()
+        self.lag.observe(max(lag_s, 0.0))
+
+    def capture_failed(self, stage: str) -> None:
+        self.failures.labels(stage=stage).inc()
+
+    def reconnect(self) -> None:
+        self.reconnects.inc()
+
+    def upload(self, seconds: float, ok: bool) -> None:
+        self.uploads.observe(max(seconds, 0.0))
+        if not ok:
+            self.upload_failures.inc()
+
+    def callback(self, seconds: float, ok: bool) -> None:
+        self.callbacks.observe(max(seconds, 0.0))
+        if not ok:
+            self.callback_failures.inc()
+
+    def spool_size(self, size_bytes: int) -> None:
+        self.spool.set(max(size_bytes, 0))
+
+    # scrape ----------------------------------------------------------------------------------
+    def set_job_counts(self, counts: JobCounts) -> None:
+        """Replace the job and stream gauges (statuses absent from ``counts`` become 0)."""
+        by_status = dict.fromkeys((s.value for s in JobStatus), 0)
+        by_stream = dict.fromkeys((s.value for s in StreamStatus), 0)
+        for (status, stream), count in counts.items():
+            by_status[status] = by_status.get(status, 0) + count
+            if status == JobStatus.STARTED.value:
+                by_stream[stream] = by_stream.get(stream, 0) + count
+        for status, count in by_status.items():
+            self.jobs.labels(status=status).set(count)
+        for stream, count in by_stream.items():
+            self.streams.labels(stream_status=stream).set(count)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition for an ``Accept`` header (Prometheus text 0.0.4 unless asked for
+        OpenMetrics), and its content type."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
+
+
+class MeteredSink:
+    """A ``SnapshotSink`` that times every ``put`` (for the upload queue to wrap its sink)."""
+
+    def __init__(self, sink: SnapshotSink, metrics: Metrics) -> None:
+        self._sink = sink
+        self._metrics = metrics
+
+    async def put(self, key: str, data: bytes, *, meta: ObjectMeta) -> None:
+        started = time.monotonic()
+        ok = False
+        try:
+            await self._sink.put(key, data, meta=meta)
+            ok = True
+        finally:
+            self._metrics.upload(time.monotonic() - started, ok)
+
+    async def delete(self, key: str) -> None:
+        await self._sink.delete(key)
+
+
+class _Outbox(Protocol):
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]: ...
+
+    async def record_attempt(
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+    ) -> None: ...
+
+
+class MeteredOutbox:
+    """The callback dispatcher's outbox, observing each recorded delivery attempt."""
+
+    def __init__(self, outbox: _Outbox, metrics: Metrics) -> None:
+        self._outbox = outbox
+        self._metrics = metrics
+
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        return await self._outbox.due_heads(now_ms, limit)
+
+    async def record_attempt(
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+    ) -> None:
+        await self._outbox.record_attempt(
+            attempt, delivered=delivered, failed=failed, next_attempt_ms=next_attempt_ms
+        )
+        status = attempt.status_code
+        self._metrics.callback(attempt.latency_ms / 1000, status is not None and
+                               200 <= status < 300)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probes:
+    """What the ops endpoints read on each request (built by the composition root)."""
+
+    job_counts: Callable[[], Awaitable[JobCounts]]
+    ping: Callable[[], Awaitable[None]]
+    sessions: Callable[[], int]
+    spool_bytes: Callable[[], int] | None = None
+    timeout_s: float = SCRAPE_TIMEOUT_S
+
+
+async def refresh(metrics: Metrics, probes: Probes) -> None:
+    """Recompute the gauges; a slow or failing database leaves them as they were."""
+    metrics.sessions.set(probes.sessions())
+    if probes.spool_bytes is not None:
+        metrics.spool_size(probes.spool_bytes())
+    try:
+        counts = await asyncio.wait_for(probes.job_counts(), probes.timeout_s)
+    except (StoreError, TimeoutError) as exc:
+        metrics.database_up.set(0)
+        logger.warning("metrics: database not read", extra={"action": "metrics_scrape",
+                                                            "reason": _reason(exc)})
+        return
+    metrics.database_up.set(1)
+    metrics.set_job_counts(counts)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, StoreError) else "timed out"
+
+
+def ops_routes(metrics: Metrics, probes: Probes) -> list[BaseRoute]:
+    """``GET /metrics`` (Prometheus text format) and ``GET /readyz``."""
+
+    async def scrape(request: Request) -> Response:
+        await refresh(metrics, probes)
+        body, content_type = metrics.render(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    async def ready(_: Request) -> Response:
+        try:
+            await asyncio.wait_for(probes.ping(), probes.timeout_s)
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("not ready", extra={"action": "readyz", "reason": _reason(exc)})
+            return JSONResponse({"status": "unavailable", "reason": _reason(exc)}, 503)
+        return JSONResponse({"status": "ready"})
+
+    return [
+        Route("/metrics", scrape, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+    ]
