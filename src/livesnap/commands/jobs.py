@@ -1,0 +1,179 @@
+"""``livesnap jobs …``: submit snapshot jobs and control them."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from livesnap.commands.common import Cli, CommandError, api_command, paging_params, parse_time
+from livesnap.commands.output import Column, detail_table, list_table, page_caption
+
+app = typer.Typer(
+    help="Submit and control snapshot jobs: submit, list, get, start, stop, restart, capture.",
+    no_args_is_help=True,
+)
+
+JobId = Annotated[str, typer.Argument(help="Job id (as printed by 'livesnap jobs submit').")]
+TimeOpt = Annotated[str | None, typer.Option(
+    parser=parse_time, metavar="TIME", help="ISO 8601, 'now', or 15m/2h/1d ago.")]
+
+
+class Status(StrEnum):
+    init = "init"
+    started = "started"
+    paused = "paused"
+
+
+class Sort(StrEnum):
+    asc = "asc"
+    desc = "desc"
+
+
+class StorageType(StrEnum):
+    oss = "oss"
+    s3 = "s3"
+    local = "local"
+
+
+LIST_COLUMNS = (
+    Column("JobId", "Id", no_wrap=True),
+    Column("JobName", "Name"),
+    Column("Status", "Status"),
+    Column("StreamStatus", "Stream"),
+    Column("CreateTime", "Created", no_wrap=True),
+)
+
+
+def _default_name(url: str) -> str:
+    """The last path segment of the stream URL (``rtmp://host/live/cam1`` → ``cam1``)."""
+    segment = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    return segment[:128] or "job"
+
+
+def _submit_params(
+    url: str, name: str, template: str, output: dict[str, str], callback_url: str | None
+) -> list[tuple[str, str]]:
+    params = [
+        ("JobName", name),
+        ("TemplateId", template),
+        ("StreamInput", json.dumps({"Type": "rtmp", "Url": url})),
+        ("SnapshotOutput", json.dumps(output)),
+    ]
+    if callback_url:
+        params.append(("CallbackUrl", callback_url))
+    return params
+
+
+@app.command("submit")
+@api_command
+def submit_job(
+    cli: Cli,
+    url: Annotated[str, typer.Argument(help="Stream URL, e.g. rtmp://origin/live/cam1.")],
+    bucket: Annotated[str, typer.Option(help="SnapshotOutput.Bucket.")],
+    storage_endpoint: Annotated[str, typer.Option(
+        help="SnapshotOutput.Endpoint, e.g. oss-cn-shanghai.aliyuncs.com.")],
+    storage_type: Annotated[StorageType, typer.Option(
+        help="SnapshotOutput.StorageType.")] = StorageType.oss,
+    name: Annotated[str | None, typer.Option(
+        help="Job name (default: the last part of the URL).")] = None,
+    template: Annotated[str, typer.Option(help="Template id.")] = "system",
+    callback_url: Annotated[str | None, typer.Option(help="Where to POST events.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the job has started.")] = False,
+    wait_timeout: Annotated[float, typer.Option(
+        min=1, help="Seconds to wait with --wait.")] = 30.0,
+) -> None:
+    """Submit a job for a live stream; it starts by itself once the stream is live."""
+    output = {"StorageType": storage_type.value, "Endpoint": storage_endpoint, "Bucket": bucket}
+    params = _submit_params(url, name or _default_name(url), template, output, callback_url)
+    body = cli.call("SubmitLiveSnapshotJob", params)
+    job_id = str(body["JobId"])
+    if not wait:
+        cli.show(body, lambda: job_id)
+        return
+    detail = _wait_started(cli, job_id, wait_timeout)
+    cli.show(detail, lambda: detail_table(detail, title=f"Job {job_id}"))
+
+
+def _wait_started(cli: Cli, job_id: str, timeout_s: float) -> dict[str, Any]:
+    latest: dict[str, Any] = {}
+
+    def started() -> bool:
+        latest.update(cli.call("GetLiveSnapshotJob", [("JobId", job_id)]))
+        return latest.get("Status") == "started"
+
+    if cli.wait_for(f"Waiting for job {job_id} to start", started, timeout_s=timeout_s):
+        return latest
+    why = latest.get("LastError") or "the stream is not live"
+    raise CommandError("JobNotStarted", f"job {job_id} is still {latest.get('Status')} after "
+                       f"{timeout_s:g} s: {why}")
+
+
+@app.command("list")
+@api_command
+def list_jobs(
+    cli: Cli,
+    status: Annotated[Status | None, typer.Option(help="Only jobs in this status.")] = None,
+    keyword: Annotated[str | None, typer.Option(help="Exact id or part of the name.")] = None,
+    start_time: TimeOpt = None,
+    end_time: TimeOpt = None,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=100, help="Jobs per page.")] = 10,
+    sort: Annotated[Sort, typer.Option(help="By creation time.")] = Sort.desc,
+) -> None:
+    """List jobs created in a time window (default: the last 7 days)."""
+    params = paging_params(page, page_size, sort.value, keyword)
+    for key, value in (("Status", status), ("StartTime", start_time), ("EndTime", end_time)):
+        if value is not None:
+            params.append((key, str(value)))
+    body = cli.call("ListLiveSnapshotJobs", params)
+    cli.show(body, lambda: list_table(body.get("JobList", []), LIST_COLUMNS,
+                                      title="Jobs", caption=page_caption(body, "jobs")))
+
+
+@app.command("get")
+@api_command
+def get_job(cli: Cli, job_id: JobId) -> None:
+    """Show one job: status, stream status, last snapshot, last error."""
+    body = cli.call("GetLiveSnapshotJob", [("JobId", job_id)])
+    cli.show(body, lambda: detail_table(body, title=f"Job {job_id}"))
+
+
+def _command(cli: Cli, job_id: str, command: str, message: str) -> dict[str, Any]:
+    with cli.waiting(message):
+        return cli.call("SendLiveSnapshotJobCommand", [("JobId", job_id), ("Command", command)])
+
+
+@app.command("start")
+@api_command
+def start_job(cli: Cli, job_id: JobId) -> None:
+    """Start a job; waits (up to 10 s) until its stream is found live."""
+    body = _command(cli, job_id, "start", f"Starting job {job_id} (probing the stream)")
+    cli.show(body, lambda: f"started job {job_id}")
+
+
+@app.command("stop")
+@api_command
+def stop_job(cli: Cli, job_id: JobId) -> None:
+    """Stop (pause) a job; its files are kept."""
+    body = _command(cli, job_id, "stop", f"Stopping job {job_id}")
+    cli.show(body, lambda: f"stopped job {job_id}")
+
+
+@app.command("restart")
+@api_command
+def restart_job(cli: Cli, job_id: JobId) -> None:
+    """Stop and start a job again (reconnects to the stream)."""
+    body = _command(cli, job_id, "restart", f"Restarting job {job_id} (probing the stream)")
+    cli.show(body, lambda: f"restarted job {job_id}")
+
+
+@app.command("capture")
+@api_command
+def capture_job(cli: Cli, job_id: JobId) -> None:
+    """Take one snapshot now, at the next keyframe (a livesnap extension)."""
+    body = _command(cli, job_id, "capture", f"Capturing job {job_id} at the next keyframe")
+    cli.show(body, lambda: detail_table(body.get("Snapshot", {}), title="Snapshot"))

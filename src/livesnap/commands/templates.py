@@ -1,0 +1,132 @@
+"""``livesnap templates …``: snapshot templates (interval and object-key formats)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from livesnap.commands.common import Cli, api_command, paging_params
+from livesnap.commands.output import Column, detail_table, list_table, page_caption
+
+app = typer.Typer(
+    help="Manage snapshot templates: list, create, get, update, delete.",
+    no_args_is_help=True,
+)
+
+TemplateId = Annotated[str, typer.Argument(help="Template id (the built-in one is 'system').")]
+IntervalOpt = Annotated[int, typer.Option("--interval", help="Seconds between snapshots (5-3600).")]
+OverwriteOpt = Annotated[str | None, typer.Option(
+    "--overwrite", help="Key of the latest-picture object, e.g. snapshot/{JobId}.jpg.")]
+SequenceOpt = Annotated[str | None, typer.Option(
+    "--sequence", help="Key of each sequence object, e.g. snapshot/{JobId}/{UnixTimestamp}.jpg.")]
+
+
+class Sort(StrEnum):
+    asc = "asc"
+    desc = "desc"
+
+
+class Kind(StrEnum):
+    system = "system"
+    custom = "custom"
+
+
+LIST_COLUMNS = (
+    Column("TemplateId", "Id", no_wrap=True),
+    Column("TemplateName", "Name"),
+    Column("Type", "Type"),
+    Column("TimeInterval", "Interval (s)"),
+    Column("CreateTime", "Created"),
+)
+
+
+def _spec(name: str, interval: int, overwrite: str | None, sequence: str | None) -> list[
+    tuple[str, str]
+]:
+    params = [("TemplateName", name), ("TimeInterval", str(interval))]
+    if overwrite:
+        params.append(("OverwriteFormat", overwrite))
+    if sequence:
+        params.append(("SequenceFormat", sequence))
+    return params
+
+
+@app.command("list")
+@api_command
+def list_templates(
+    cli: Cli,
+    kind: Annotated[Kind | None, typer.Option("--type", help="Only system or custom.")] = None,
+    keyword: Annotated[str | None, typer.Option(
+        "--keyword", help="Exact id or part of the name.")] = None,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=100, help="Templates per page.")] = 10,
+    sort: Annotated[Sort, typer.Option(help="By creation time.")] = Sort.desc,
+) -> None:
+    """List templates (yours and the built-in system template)."""
+    params = paging_params(page, page_size, sort.value, keyword)
+    if kind is not None:
+        params.append(("Type", kind.value))
+    body = cli.call("ListLiveSnapshotTemplates", params)
+    cli.show(body, lambda: list_table(body.get("TemplateList", []), LIST_COLUMNS,
+                                      title="Templates", caption=page_caption(body, "templates")))
+
+
+@app.command("create")
+@api_command
+def create_template(
+    cli: Cli,
+    name: Annotated[str, typer.Argument(help="Template name (at most 128 characters).")],
+    interval: IntervalOpt,
+    overwrite: OverwriteOpt = None,
+    sequence: SequenceOpt = None,
+) -> None:
+    """Create a template; prints its id (give --overwrite, --sequence or both)."""
+    body = cli.call("CreateLiveSnapshotTemplate", _spec(name, interval, overwrite, sequence))
+    cli.show(body, lambda: str(body["TemplateId"]))
+
+
+@app.command("get")
+@api_command
+def get_template(cli: Cli, template_id: TemplateId) -> None:
+    """Show one template with its formats."""
+    body = cli.call("GetLiveSnapshotTemplate", [("TemplateId", template_id)])
+    cli.show(body, lambda: detail_table(body, title=f"Template {template_id}"))
+
+
+def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The current template with the given changes (``""`` clears a format)."""
+    keep = {key: current.get(key) for key in ("TemplateName", "TimeInterval",
+                                               "OverwriteFormat", "SequenceFormat")}
+    return {**keep, **{k: v for k, v in changes.items() if v is not None}}
+
+
+@app.command("update")
+@api_command
+def update_template(
+    cli: Cli,
+    template_id: TemplateId,
+    name: Annotated[str | None, typer.Option("--name", help="New name.")] = None,
+    interval: Annotated[int | None, typer.Option(
+        "--interval", help="Seconds between snapshots (5-3600).")] = None,
+    overwrite: OverwriteOpt = None,
+    sequence: SequenceOpt = None,
+) -> None:
+    """Change a template; fields not given keep their value (--overwrite '' clears it)."""
+    current = cli.call("GetLiveSnapshotTemplate", [("TemplateId", template_id)])
+    merged = _merged(current, {"TemplateName": name, "TimeInterval": interval,
+                               "OverwriteFormat": overwrite, "SequenceFormat": sequence})
+    params = [("TemplateId", template_id), *_spec(
+        str(merged["TemplateName"]), int(merged["TimeInterval"]),
+        merged["OverwriteFormat"], merged["SequenceFormat"])]
+    body = cli.call("UpdateLiveSnapshotTemplate", params)
+    cli.show(body, lambda: f"updated template {template_id}")
+
+
+@app.command("delete")
+@api_command
+def delete_template(cli: Cli, template_id: TemplateId) -> None:
+    """Delete a template (jobs that use it keep their copy)."""
+    body = cli.call("DeleteLiveSnapshotTemplate", [("TemplateId", template_id)])
+    cli.show(body, lambda: f"deleted template {template_id}")

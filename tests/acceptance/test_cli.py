@@ -1,0 +1,234 @@
+"""The ``livesnap`` client CLI as a subprocess (real exit codes) against ``livesnap serve``
+capturing a live nginx-rtmp stream: every command once, ``--json`` parsed, error exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port
+from tests.support.service import LivesnapServer
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
+
+FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
+STORAGE = ["--storage-endpoint", "oss-cn-shanghai.aliyuncs.com", "--bucket", "bucket-cli"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivesnapServer]:
+    with LivesnapServer(tmp_path_factory.mktemp("cli") / "data", env=FAST) as running:
+        yield running
+
+
+@pytest.fixture
+def env(server: LivesnapServer, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: this server and key, and no profile file of the user's."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.lower().endswith("_proxy") and not k.startswith("LIVESNAP_")}
+    return {**base, "LIVESNAP_CONFIG": str(tmp_path / "no-config.toml"), "COLUMNS": "200",
+            "LIVESNAP_ENDPOINT": f"http://{server.endpoint}",
+            "LIVESNAP_ACCESS_KEY_ID": "testid", "LIVESNAP_ACCESS_KEY_SECRET": "testsecret"}
+
+
+def livesnap(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "livesnap", *args], env=env, text=True,
+                          capture_output=True, timeout=60, check=False)
+
+
+def ok_json(env: dict[str, str], *args: str) -> dict:
+    done = livesnap(env, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["RequestId"]
+    return body
+
+
+def failed(env: dict[str, str], code: int, *args: str) -> str:
+    """Run a command that must fail with exit ``code``; its one stderr line."""
+    done = livesnap(env, *args)
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("livesnap: "), done.stderr
+    return lines[0]
+
+
+def test_every_command(env, server, publisher_factory):
+    publisher = publisher_factory()
+    template_id = check_templates(env)
+    job_id = check_submit_get_list(env, publisher.url, template_id)
+    stamp = check_capture_and_files(env, server, job_id)
+    check_files_delete(env, job_id, stamp)
+    check_stop_start_restart(env, job_id)
+    ok_json(env, "templates", "delete", template_id)
+    line = failed(env, 1, "templates", "get", template_id)
+    assert line.startswith("livesnap: TemplateNotFound: ")
+
+
+def check_templates(env) -> str:
+    created = ok_json(env, "templates", "create", "cli template", "--interval", "5",
+                      "--overwrite", "cli/{JobId}.jpg",
+                      "--sequence", "cli/{JobId}/{UnixTimestamp}.jpg")
+    template_id = created["TemplateId"]
+    listed = ok_json(env, "templates", "list", "--type", "custom", "--page-size", "100")
+    assert template_id in [t["TemplateId"] for t in listed["TemplateList"]]
+    assert listed["TotalCount"] >= 1
+    ok_json(env, "templates", "update", template_id, "--interval", "6")
+    got = ok_json(env, "templates", "get", template_id)
+    assert (got["TemplateName"], got["TimeInterval"]) == ("cli template", 6)  # the rest kept
+    assert (got["OverwriteFormat"], got["SequenceFormat"]) == (
+        "cli/{JobId}.jpg", "cli/{JobId}/{UnixTimestamp}.jpg")
+    return template_id
+
+
+def check_submit_get_list(env, url: str, template_id: str) -> str:
+    detail = ok_json(env, "jobs", "submit", url, "--template", template_id, *STORAGE, "--wait",
+                     "--wait-timeout", "30")
+    job_id = detail["JobId"]
+    assert detail["Status"] == "started" and detail["TemplateId"] == template_id
+    assert detail["JobName"] == url.rsplit("/", 1)[-1]  # the default name
+    listed = ok_json(env, "jobs", "list", "--status", "started", "--page-size", "100")
+    assert job_id in [j["JobId"] for j in listed["JobList"]]
+    got = ok_json(env, "jobs", "get", job_id)
+    assert got["StreamInput"]["Url"] == url and got["SnapshotOutput"]["Bucket"] == "bucket-cli"
+    table = livesnap(env, "jobs", "get", job_id)
+    assert table.returncode == 0 and job_id in table.stdout and "StreamStatus" in table.stdout
+    return job_id
+
+
+def check_capture_and_files(env, server, job_id: str) -> int:
+    shot = ok_json(env, "jobs", "capture", job_id)["Snapshot"]
+    assert shot["OssObject"].startswith(f"cli/{job_id}/") and shot["Width"] == 1280
+    stored = (server.data_dir / "storage" / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
+              / shot["OssObject"])
+    assert stored.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+    files = ok_json(env, "files", "list", job_id, "--start-time", "1h", "--limit", "100")
+    assert shot["CreateTimestamp"] in [f["CreateTimestamp"] for f in files["FileList"]]
+    every = livesnap(env, "files", "list", job_id, "--start-time", "1h", "--limit", "1", "--all",
+                     "--json")
+    assert every.returncode == 0, every.stderr
+    stamps = [f["CreateTimestamp"] for f in json.loads(every.stdout)["FileList"]]  # page by page
+    assert len(stamps) >= len(files["FileList"]) and stamps == sorted(set(stamps))
+    return int(shot["CreateTimestamp"])
+
+
+def check_files_delete(env, job_id: str, stamp: int) -> None:
+    deleted = ok_json(env, "files", "delete", job_id, str(stamp), "1")
+    assert [(r["CreateTimestamp"], r["Result"]) for r in deleted["DeleteFileResultList"]] == [
+        (stamp, "OK"), (1, "FileNotFound")]
+
+
+def check_stop_start_restart(env, job_id: str) -> None:
+    ok_json(env, "jobs", "stop", job_id)
+    assert ok_json(env, "jobs", "get", job_id)["Status"] == "paused"
+    line = failed(env, 1, "jobs", "capture", job_id)
+    assert line.startswith("livesnap: JobNotStarted: ")
+    ok_json(env, "jobs", "start", job_id)
+    assert ok_json(env, "jobs", "get", job_id)["Status"] == "started"
+    line = failed(env, 1, "jobs", "start", job_id)
+    assert line.startswith("livesnap: JobAlreadyStarted: ")
+    ok_json(env, "jobs", "restart", job_id)
+    assert ok_json(env, "jobs", "get", job_id)["Status"] == "started"
+    ok_json(env, "jobs", "stop", job_id)
+
+
+def test_submit_wait_that_never_starts_exits_1(env, rtmp_origin):
+    line = failed(env, 1, "jobs", "submit", rtmp_origin.url("nobody-publishes"), *STORAGE,
+                  "--wait", "--wait-timeout", "2")
+    assert line.startswith("livesnap: JobNotStarted: job ") and "still init" in line
+
+
+def test_unknown_job_exits_1(env):
+    assert failed(env, 1, "jobs", "get", "no-such-job") == "livesnap: JobNotFound: No such job."
+
+
+@pytest.mark.parametrize("scheme", ["acs3", "rpc"])
+def test_bad_secret_exits_1_with_signature_does_not_match(env, scheme):
+    line = failed(env, 1, "jobs", "list", "--signature", scheme, "--access-key-secret", "wrong")
+    assert line.startswith("livesnap: SignatureDoesNotMatch: ")
+
+
+def test_unknown_key_exits_1(env):
+    line = failed(env, 1, "jobs", "list", "--access-key-id", "nobody")
+    assert line.startswith("livesnap: InvalidAccessKeyId.NotFound: ")
+
+
+def test_server_down_exits_3(env):
+    down = f"http://127.0.0.1:{free_port()}"
+    line = failed(env, 3, "templates", "list", "--endpoint", down)
+    assert line.startswith(f"livesnap: ConnectionFailed: cannot reach {down}")
+
+
+def test_server_error_exits_3(env):
+    body = json.dumps({"RequestId": "R", "HostId": "h", "Code": "ServiceUnavailable",
+                       "Message": "the database failed"}).encode()
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        line = failed(env, 3, "jobs", "list", "--endpoint",
+                      f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert line == "livesnap: ServiceUnavailable: the database failed"
+
+
+@pytest.mark.parametrize("args", [
+    ("jobs", "get", "x", "--no-such-flag"),
+    ("jobs", "list", "--page", "0"),
+    ("files", "list", "x", "--start-time", "yesterday"),
+    ("jobs", "frobnicate"),
+])
+def test_usage_errors_exit_2(env, args):
+    done = livesnap(env, *args)
+    assert done.returncode == 2, done.stderr
+
+
+def test_missing_credentials_exit_2(env):
+    bare = {k: v for k, v in env.items() if not k.startswith("LIVESNAP_ACCESS_KEY")}
+    line = failed(bare, 2, "jobs", "list")
+    assert line.startswith("livesnap: InvalidConfig: no access key")
+
+
+def test_profile_file(env, server, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ci]\nendpoint = "http://{server.endpoint}"\n'
+                      'access_key_id = "otherid"\naccess_key_secret = "othersecret"\n'
+                      'signature = "rpc"\n')
+    bare = {k: v for k, v in env.items() if not k.startswith("LIVESNAP_")}
+    bare["LIVESNAP_CONFIG"] = str(config)
+    body = ok_json(bare, "templates", "list", "--profile", "ci")
+    assert [t["TemplateId"] for t in body["TemplateList"]] == ["system"]  # account acct-b
+    line = failed(bare, 2, "templates", "list", "--profile", "nope")
+    assert line.startswith("livesnap: InvalidConfig: no profile [nope]")
+
+
+def test_help_lists_every_command(env):
+    done = livesnap(env, "--help")
+    assert done.returncode == 0
+    for group in ("serve", "migrate", "version", "templates", "jobs", "files"):
+        assert group in done.stdout
+    jobs = livesnap(env, "jobs", "--help").stdout
+    for command in ("submit", "list", "get", "start", "stop", "restart", "capture"):
+        assert command in jobs
