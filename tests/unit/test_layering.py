@@ -21,6 +21,9 @@ ALLOWED = {
     "clock": set(),
     "logs": set(),
     "config": {"jobs.urls"},
+    "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
+    "client": set(),  # the SDK-free API client stands alone
+    "commands": {"client"},  # CLI commands speak to a server only through the client
 }
 PURE_JOBS_FORBIDDEN = {"asyncio", "av", "httpx", "sqlalchemy", "aiosqlite", "asyncpg", "starlette"}
 

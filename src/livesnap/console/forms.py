@@ -1,0 +1,144 @@
+"""HTML form bodies and the template editor's fields.
+
+Forms are posted as ``application/x-www-form-urlencoded`` (the default ``enctype``), parsed
+here with a size cap so that the console needs no multipart parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+
+from livesnap.errors import LivesnapError
+from livesnap.jobs import naming
+from livesnap.jobs.manager import check_template_spec
+from livesnap.jobs.models import Template, TemplateSpec
+
+MAX_FORM_BYTES = 64 * 1024
+
+
+class FormError(Exception):
+    """The body is not a form this console sent (too large, not urlencoded, not UTF-8)."""
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The first value of each field of an urlencoded body."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise FormError("expected an urlencoded form")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormError("the form is too large")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                          max_num_fields=100)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormError("the form is malformed") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    return form
+
+
+_VALID = TemplateSpec(name="valid", interval_s=5, overwrite_format="snapshot/{JobId}.jpg",
+                      sequence_format=None)
+
+
+@dataclass(kw_only=True)
+class TemplateForm:
+    """The editor's values as typed, and an error message per field (``""``: the form)."""
+
+    name: str = ""
+    interval: str = "5"
+    overwrite_format: str = "snapshot/{JobId}.jpg"
+    sequence_format: str = "snapshot/{JobId}/{UnixTimestamp}.jpg"
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_form(cls, form: dict[str, str]) -> TemplateForm:
+        def value(name: str) -> str:
+            return form.get(name, "").strip()
+
+        return cls(name=value("name"), interval=value("interval"),
+                   overwrite_format=value("overwrite_format"),
+                   sequence_format=value("sequence_format"))
+
+    @classmethod
+    def from_template(cls, template: Template) -> TemplateForm:
+        return cls(
+            name=template.name,
+            interval=str(template.interval_s),
+            overwrite_format=template.overwrite_format or "",
+            sequence_format=template.sequence_format or "",
+        )
+
+    def validate(self) -> TemplateSpec | None:
+        """The spec to save, or None with an error for every field that is wrong.
+
+        The manager's check stops at the first problem, so each field is also checked on
+        its own (the rest taken from a valid spec) to mark all wrong fields at once.
+        """
+        spec = self._spec()
+        self._check("overwrite_format", naming.check_overwrite_format)
+        self._check("sequence_format", naming.check_sequence_format)
+        if spec is not None:
+            # once with only the name, once with only the interval from the form, then whole
+            self._check_spec(replace(_VALID, name=spec.name))
+            self._check_spec(replace(_VALID, interval_s=spec.interval_s))
+            self._check_spec(spec)
+        return None if self.errors else spec
+
+    def _check(self, name: str, check: Callable[[str], None]) -> None:
+        value = getattr(self, name)
+        if not value:
+            return
+        try:
+            check(value)
+        except LivesnapError as exc:
+            self.errors[name] = exc.message
+
+    def _check_spec(self, spec: TemplateSpec) -> None:
+        try:
+            check_template_spec(spec)
+        except LivesnapError as exc:
+            self.add_error(exc.message)
+
+    def _spec(self) -> TemplateSpec | None:
+        try:
+            interval = int(self.interval)
+        except ValueError:
+            self.errors["interval"] = "Enter a whole number of seconds between 5 and 3600."
+            return None
+        return TemplateSpec(
+            name=self.name,
+            interval_s=interval,
+            overwrite_format=self.overwrite_format or None,
+            sequence_format=self.sequence_format or None,
+        )
+
+    def add_error(self, message: str) -> None:
+        """Put a manager's validation message next to the field it is about."""
+        self.errors.setdefault(field_for_message(message), message)
+
+
+# the manager's messages name the ICE parameter they are about (jobs/manager.py, jobs/naming.py)
+_MESSAGE_FIELDS = (
+    ("At least one of", "formats"),
+    ("TemplateName", "name"),
+    ("TimeInterval", "interval"),
+    ("OverwriteFormat", "overwrite_format"),
+    ("SequenceFormat", "sequence_format"),
+)
+
+
+def field_for_message(message: str) -> str:
+    """Which form field a validation message belongs to (``""``: the whole form)."""
+    for marker, name in _MESSAGE_FIELDS:
+        if marker in message:
+            return name
+    return ""

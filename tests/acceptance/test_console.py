@@ -1,0 +1,149 @@
+"""The web console in real headless Chromium (Debian ``chromium`` driven by Playwright), against
+``livesnap serve`` capturing a live nginx-rtmp stream. Saves ``test-artifacts/console-wall.png``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from alibabacloud_ice20201109 import models as m
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.servers import require_binary
+from tests.support.service import LivesnapServer, ice_client
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
+OUTPUT = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+    storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com", bucket="bucket-1"
+)
+ALL_THUMBNAILS_LOADED = """(count) => {
+  const images = [...document.querySelectorAll('.wall img')];
+  return images.length === count && images.every((i) => i.complete && i.naturalWidth === 1280);
+}"""
+
+PICTURE_CHANGED = "(old) => document.querySelector('.wall img').getAttribute('src') !== old"
+
+
+def wait_until(predicate, timeout, what, step=0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def submit(client, url, name):
+    return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
+        job_name=name, template_id="system", snapshot_output=OUTPUT,
+        stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url))).body.job_id
+
+
+def has_files(client, job_id):
+    now = datetime.now(tz=UTC)
+    body = client.list_live_snapshot_files(m.ListLiveSnapshotFilesRequest(
+        job_id=job_id, start_time=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        end_time=(now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"), limit=10)).body
+    return bool(body.file_list)
+
+
+def log_in(page: Page, base: str, key: str, secret: str) -> None:
+    page.goto(f"{base}/console/login")
+    page.get_by_label("Access key ID").fill(key)
+    page.get_by_label("Access key secret").fill(secret)
+    page.get_by_role("button", name="Log in").click()
+
+
+@pytest.fixture
+def browser():
+    executable = require_binary(CHROMIUM, "chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def check_without_session(base: str, job_id: str) -> None:
+    page = httpx.get(f"{base}/console/jobs/{job_id}", follow_redirects=False)
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/login")
+    image = httpx.get(f"{base}/console/jobs/{job_id}/latest.jpg", follow_redirects=False)
+    assert image.status_code == 401
+
+
+def check_wall(page: Page, base: str, count: int) -> None:
+    expect(page).to_have_url(f"{base}/console/")
+    page.wait_for_function(ALL_THUMBNAILS_LOADED, arg=count, timeout=20_000)
+    tiles = page.locator(".wall .tile")
+    expect(tiles).to_have_count(count)
+    for index in range(count):
+        expect(tiles.nth(index).locator("[data-field=badge]")).to_have_text("Live")
+        expect(tiles.nth(index).locator("[data-field=age]")).to_contain_text(" s ago")
+    # the script swaps in the next picture on the job's interval (5 s)
+    first = page.locator(".wall img").first.get_attribute("src")
+    page.wait_for_function(PICTURE_CHANGED, arg=first, timeout=15_000)
+    page.wait_for_function(ALL_THUMBNAILS_LOADED, arg=count, timeout=5_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-wall.png"), full_page=True)
+
+
+def check_stop(page: Page, name: str) -> None:
+    page.get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(name)
+    badge = page.locator(".job-head [data-field=badge]")
+    expect(badge).to_have_text("Live")
+    expect(page.locator(".filmstrip img").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "console-job.png"), full_page=True)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(badge).to_have_text("Paused")
+    expect(page.get_by_role("status").first).to_contain_text("the job is paused")
+    expect(page.get_by_role("button", name="Start", exact=True)).to_be_visible()
+
+
+def test_console_wall_job_page_and_sessions(tmp_path, publisher_factory, browser: Browser):
+    publisher = publisher_factory()
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        client = ice_client(server.endpoint)
+        names = ("lobby-cam", "stage-cam")
+        jobs = {name: submit(client, publisher.url, name) for name in names}
+        for name, job_id in jobs.items():
+            wait_until(lambda job_id=job_id: has_files(client, job_id), 25, f"{name} snapshots")
+        base = f"http://{server.endpoint}"
+        check_without_session(base, jobs["lobby-cam"])
+
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.goto(f"{base}/console/")
+        expect(page).to_have_url(f"{base}/console/login")
+        log_in(page, base, "testid", "wrong-secret")
+        expect(page.get_by_role("alert")).to_have_text("The access key ID or secret is wrong.")
+        log_in(page, base, "testid", "testsecret")
+        script_errors: list[str] = []  # from here on: no script errors, nothing blocked by CSP
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.on("console", lambda msg: msg.type == "error" and script_errors.append(msg.text))
+        check_wall(page, base, len(names))
+        check_stop(page, "lobby-cam")
+        status = client.get_live_snapshot_job(m.GetLiveSnapshotJobRequest(job_id=jobs["lobby-cam"]))
+        assert status.body.status == "paused"
+        assert script_errors == []
+
+        other = browser.new_context().new_page()
+        log_in(other, base, "otherid", "othersecret")
+        expect(other).to_have_url(f"{base}/console/")
+        response = other.goto(f"{base}/console/jobs/{jobs['stage-cam']}")
+        assert response is not None and response.status == 404
+        expect(other.get_by_role("heading", level=1)).to_have_text("Job not found")
+        picture = other.request.get(f"{base}/console/jobs/{jobs['stage-cam']}/latest.jpg")
+        assert picture.status == 404

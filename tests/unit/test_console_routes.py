@@ -1,0 +1,293 @@
+"""The console's routes in-process over the memory store: sessions, CSRF, scoping, pages."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from livesnap.clock import SystemClock
+from livesnap.config import AccessKey, KeyRing
+from livesnap.console import ConsoleDeps, console_routes
+from livesnap.jobs.manager import JobManager
+from livesnap.jobs.models import (
+    FileQuery,
+    JobSpec,
+    JobStatus,
+    StorageTarget,
+    StorageType,
+    StreamStatus,
+)
+from livesnap.jobs.ports import CaptureReport
+from livesnap.store import MemoryStore
+
+KEYS = KeyRing([AccessKey("testid", "testsecret", "acct-a"),
+                AccessKey("otherid", "othersecret", "acct-b")])
+JPEG = b"\xff\xd8\xff\xe0fake-jpeg"
+
+
+class Engine:
+    """Every stream is live; nothing is captured."""
+
+    def __init__(self):
+        self.running: set[str] = set()
+
+    async def start(self, job, *, probe):
+        self.running.add(job.id)
+
+    async def stop(self, job_id):
+        self.running.discard(job_id)
+
+    async def capture_now(self, job):
+        raise AssertionError("not used")
+
+    def is_running(self, job_id):
+        return job_id in self.running
+
+    def running_count(self):
+        return len(self.running)
+
+    async def shutdown(self, timeout_s):
+        self.running.clear()
+
+
+class Reader:
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+
+    async def read(self, target, key):
+        return self.objects.get(key)
+
+
+class Console:
+    def __init__(self, manager: JobManager, reader: Reader, client: httpx.AsyncClient):
+        self.manager, self.reader, self.client = manager, reader, client
+
+    async def csrf(self, path="/console/login"):
+        page = await self.client.get(path)
+        return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+    async def login(self, key="testid", secret="testsecret"):
+        token = await self.csrf()
+        return await self.client.post("/console/login", data={
+            "csrf_token": token, "access_key_id": key, "access_key_secret": secret})
+
+    async def job(self, account="acct-a", name="cam-1", *, picture=True):
+        spec = JobSpec(name=name, template_id="system", stream_url="rtmp://127.0.0.1/live/a",
+                       stream_type="rtmp", callback_url=None,
+                       storage=StorageTarget(storage_type=StorageType.LOCAL, endpoint="e",
+                                             bucket="b"))
+        job = await self.manager.submit_job(account, spec)
+        for _ in range(50):
+            job = await self.manager.get_job(account, job.id)
+            if job.status is JobStatus.STARTED:
+                break
+            await asyncio.sleep(0.01)
+        await self.manager.stream_changed(job.id, StreamStatus.LIVE)
+        if picture:
+            key = f"snapshot/{job.id}/1.jpg"
+            self.reader.objects[key] = JPEG
+            await self.manager.snapshot_stored(job, CaptureReport(
+                job_id=job.id, create_ms=int(SystemClock().time() * 1000) - 3000, sequence=1,
+                sequence_key=key, overwrite_key=None, width=1280, height=720, size=len(JPEG),
+                stream_time_ms=None, lag_ms=5))
+        return await self.manager.get_job(account, job.id)
+
+
+@pytest.fixture
+async def console(tmp_path):
+    manager = JobManager(store=MemoryStore(), clock=SystemClock())
+    manager.attach_engine(Engine())
+    await manager.open()
+    reader = Reader()
+    deps = ConsoleDeps(manager=manager, keys=KEYS, reader=reader, secret=b"s" * 32)
+    app = Starlette(routes=console_routes(deps))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield Console(manager, reader, client)
+    await manager.close(1)
+
+
+async def test_pages_need_a_session(console):
+    for path in ("/console/", "/console/templates", "/console/jobs/x"):
+        response = await console.client.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/console/login")
+    assert (await console.client.get("/console/jobs/x/latest.jpg")).status_code == 401
+    assert (await console.client.get("/console/jobs/x/state.json")).status_code == 401
+    redirect = await console.client.get("/console")
+    assert redirect.headers["location"] == "/console/"
+
+
+async def test_login_cookie_is_httponly_strict_and_carries_no_secret(console):
+    page = await console.client.get("/console/login")
+    cookie = page.headers["set-cookie"]
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    assert "path=/console" in cookie.lower()
+    response = await console.login()
+    assert response.status_code == 303 and response.headers["location"] == "/console/"
+    assert "testsecret" not in response.headers["set-cookie"]
+    assert "testsecret" not in str(response.url)
+    wall = await console.client.get("/console/")
+    assert wall.status_code == 200 and "acct-a" in wall.text
+    assert "script-src 'self'" in wall.headers["content-security-policy"]
+
+
+async def test_wrong_secret_shows_an_error(console):
+    response = await console.login(secret="nope")
+    assert response.status_code == 401
+    assert "The access key ID or secret is wrong." in response.text
+    assert (await console.login(key="nobody")).status_code == 401
+    assert (await console.client.get("/console/")).status_code == 303
+
+
+async def test_login_without_the_csrf_token_is_refused(console):
+    await console.client.get("/console/login")
+    response = await console.client.post("/console/login", data={
+        "access_key_id": "testid", "access_key_secret": "testsecret"})
+    assert response.status_code == 403
+    assert (await console.client.get("/console/")).status_code == 303
+
+
+async def test_login_redirects_back_to_a_console_page(console):
+    first = await console.client.get("/console/templates")
+    assert first.headers["location"] == "/console/login?next=%2Fconsole%2Ftemplates"
+    page = await console.client.get(first.headers["location"])
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = await console.client.post("/console/login", data={
+        "csrf_token": token, "access_key_id": "testid", "access_key_secret": "testsecret",
+        "next": "/console/templates"})
+    assert response.headers["location"] == "/console/templates"
+
+
+async def test_wall_shows_started_jobs_with_their_picture(console):
+    job = await console.job()
+    await console.login()
+    wall = await console.client.get("/console/")
+    assert "cam-1" in wall.text and f'/console/jobs/{job.id}/latest.jpg?t=' in wall.text
+    assert ">Live<" in wall.text
+    assert re.search(r"Picture [3-9] s ago", wall.text)
+    image = await console.client.get(f"/console/jobs/{job.id}/latest.jpg")
+    assert image.content == JPEG and image.headers["cache-control"] == "no-store"
+    assert image.headers["content-type"] == "image/jpeg"
+    state = (await console.client.get(f"/console/jobs/{job.id}/state.json")).json()
+    assert state["status"] == "started" and state["takenMs"] is not None
+    assert state["staleAfterMs"] == 20_000
+
+
+async def test_job_page_shows_details_filmstrip_and_files(console):
+    job = await console.job()
+    await console.login()
+    page = await console.client.get(f"/console/jobs/{job.id}")
+    assert page.status_code == 200
+    for text in ("StreamStatus", "LastError", "SnapshotCount", "Recent snapshots",
+                 "Browse files", 'type="datetime-local"', "Callback deliveries"):
+        assert text in page.text
+    created = (await console.manager.list_files("acct-a", _all_files(job.id)))[0].create_ms
+    assert f"/console/jobs/{job.id}/files/{created}.jpg" in page.text
+    image = await console.client.get(f"/console/jobs/{job.id}/files/{created}.jpg")
+    assert image.content == JPEG
+    assert (await console.client.get(f"/console/jobs/{job.id}/files/1.jpg")).status_code == 404
+    empty = await console.client.get(f"/console/jobs/{job.id}",
+                                     params={"from": "2001-01-01T00:00", "to": "2001-01-02T00:00"})
+    assert "No files in this range." in empty.text
+
+
+def _all_files(job_id):
+    return FileQuery(job_id=job_id, start_ms=0, end_ms=2**62, limit=10)
+
+
+async def test_commands_need_the_csrf_token(console):
+    job = await console.job()
+    await console.login()
+    refused = await console.client.post(f"/console/jobs/{job.id}/command", data={"command": "stop"})
+    assert refused.status_code == 403
+    token = await console.csrf(f"/console/jobs/{job.id}")
+    stopped = await console.client.post(f"/console/jobs/{job.id}/command",
+                                        data={"command": "stop", "csrf_token": token})
+    assert stopped.status_code == 303
+    page = await console.client.get(stopped.headers["location"])
+    assert "Stopped: the job is paused." in page.text and ">Paused<" in page.text
+    assert (await console.manager.get_job("acct-a", job.id)).status is JobStatus.PAUSED
+    again = await console.client.post(f"/console/jobs/{job.id}/command",
+                                      data={"command": "capture", "csrf_token": token})
+    assert again.status_code == 409 and "Job is not started." in again.text
+
+
+async def test_cross_origin_posts_are_refused(console):
+    job = await console.job()
+    await console.login()
+    token = await console.csrf(f"/console/jobs/{job.id}")
+    response = await console.client.post(
+        f"/console/jobs/{job.id}/command", data={"command": "stop", "csrf_token": token},
+        headers={"Origin": "http://evil.example"})
+    assert response.status_code == 403
+    assert (await console.manager.get_job("acct-a", job.id)).status is JobStatus.STARTED
+
+
+async def test_another_accounts_job_is_not_found(console):
+    job = await console.job(account="acct-b", name="theirs")
+    await console.login()
+    assert "theirs" not in (await console.client.get("/console/")).text
+    for path in ("", "/latest.jpg", "/state.json"):
+        assert (await console.client.get(f"/console/jobs/{job.id}{path}")).status_code == 404
+    token = await console.csrf("/console/")
+    response = await console.client.post(f"/console/jobs/{job.id}/command",
+                                         data={"command": "stop", "csrf_token": token})
+    assert response.status_code == 404
+    assert (await console.manager.get_job("acct-b", job.id)).status is JobStatus.STARTED
+
+
+async def test_logout_ends_the_session(console):
+    await console.login()
+    token = await console.csrf("/console/")
+    response = await console.client.post("/console/logout", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert (await console.client.get("/console/")).status_code == 303
+
+
+async def test_template_editor_validates_and_saves(console):
+    await console.login()
+    token = await console.csrf("/console/templates/new")
+    form = {"csrf_token": token, "name": "fast", "interval": "2",
+            "overwrite_format": "", "sequence_format": "snap/{JobId}/{UnixTimestamp}.jpg"}
+    bad = await console.client.post("/console/templates/new", data=form)
+    assert bad.status_code == 400
+    assert 'id="interval-error"' in bad.text and "between 5 and 3600" in bad.text
+    assert 'value="fast"' in bad.text  # what was typed is kept
+    none = await console.client.post("/console/templates/new", data={
+        **form, "interval": "10", "sequence_format": ""})
+    assert none.status_code == 400 and "At least one of" in none.text
+    created = await console.client.post("/console/templates/new", data={**form, "interval": "10"})
+    assert created.status_code == 303
+    edit_path = created.headers["location"].split("?")[0]
+    saved = await console.client.post(edit_path, data={**form, "interval": "30", "name": "slow"})
+    assert saved.status_code == 303
+    listing = await console.client.get("/console/templates")
+    assert "slow" in listing.text and "30 s" in listing.text
+    deleted = await console.client.post(f"{edit_path}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 303
+    assert "slow" not in (await console.client.get("/console/templates")).text
+
+
+async def test_system_template_is_read_only(console):
+    await console.login()
+    page = await console.client.get("/console/templates/system")
+    assert page.status_code == 200 and "readonly" in page.text and "Save template" not in page.text
+    token = await console.csrf("/console/templates/system")
+    response = await console.client.post("/console/templates/system", data={
+        "csrf_token": token, "name": "x", "interval": "5",
+        "overwrite_format": "a/{JobId}.jpg", "sequence_format": ""})
+    assert response.status_code == 403
+    refused = await console.client.post("/console/templates/system/delete",
+                                        data={"csrf_token": token})
+    assert refused.status_code == 403
+    assert (await console.client.get("/console/templates/nope")).status_code == 404
+
+
+async def test_static_files_are_served(console):
+    assert (await console.client.get("/console/static/console.js")).status_code == 200
+    assert (await console.client.get("/console/static/console.css")).status_code == 200
