@@ -1,0 +1,78 @@
+"""The benchmark harness (bench/streams.py) works: every measurement runs and reports sane figures.
+
+One 720p stream, one job or process per contender, windows of a few seconds. This checks the
+harness, not the speed: no assertion here compares CPU figures with each other or with a target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from tests.support.servers import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+KEYS = (
+    "livesnap_cpu_s_per_stream_min", "ffmpeg_nokey_cpu_s_per_stream_min",
+    "ffmpeg_discard_cpu_s_per_stream_min", "demux_floor_cpu_s_per_stream_min",
+    "livesnap_rss_mib_per_stream", "missed_ticks", "lag_p99_ms", "streams", "resolution",
+    "ffmpeg_discard_over_livesnap", "livesnap_over_demux_floor", "origin_cores",
+    "publishers_cores", "knee", "scaling", "measurements", "machine",
+)  # fmt: skip
+
+
+def load_bench() -> ModuleType:
+    path = REPO_ROOT / "bench" / "streams.py"
+    spec = importlib.util.spec_from_file_location("bench_streams", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite_positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(180)
+def test_harness_measures_every_contender(tmp_path: Path) -> None:
+    for tool in ("nginx", "ffmpeg"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            pytest.skip(f"{tool} is not installed")
+    bench = load_bench()
+    args = bench.parse_args(["--quick", "--resolution", "720p", "--distinct", "1",
+                             "--streams", "1", "--baseline-streams", "1",
+                             "--warmup", "1", "--window", "6"])  # fmt: skip
+
+    with bench.live_streams("720p", 1, 10) as streams:  # the tests' cached 10 s clip
+        baselines = bench.measure_baselines(
+            streams, {"ffmpeg_nokey": 1, "ffmpeg_discard": 1, "demux_floor": 1},
+            warmup=1, window=4, workdir=tmp_path,
+        )
+        livesnap = bench.measure_livesnap(
+            streams, 1, warmup=1, window=args.window, workdir=tmp_path, idle_window=0.5
+        )
+    summary = json.loads(json.dumps(bench.summarize(args, baselines, [livesnap], [])))
+
+    missing = [key for key in KEYS if key not in summary]
+    assert not missing
+    assert summary["streams"] == 1 and summary["resolution"] == "720p"
+    for key in KEYS[:5]:
+        assert finite_positive(summary[key]), (key, summary[key])
+    for key in ("ffmpeg_discard_over_livesnap", "livesnap_over_demux_floor"):
+        assert finite_positive(summary[key]), (key, summary[key])
+    assert summary["missed_ticks"] >= 0
+    assert summary["captures"] >= 1  # a 6 s window at a 5 s interval holds a capture
+    assert summary["lag_p99_ms"] is not None and 0 <= summary["lag_p99_ms"] < 60_000
+    assert math.isfinite(summary["origin_cores"]) and summary["origin_cores"] >= 0
+    for measurement in summary["measurements"]:
+        assert measurement["processes_alive"] >= 1, measurement
+        assert finite_positive(measurement["rss_mib_per_stream"]), measurement
