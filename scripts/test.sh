@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql)
+PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium)
 
 system_deps_present() {
   [[ -x /usr/bin/ffmpeg && -x /usr/sbin/nginx && -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] &&
+    [[ -x /usr/bin/chromium ]] &&
     compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
 }
 

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from livesnap import __version__
+from livesnap.commands import register as register_client_commands
 from livesnap.config import KeyRing, Settings, load_or_create_keys, parse_access_keys
 from livesnap.logs import setup_logging
 
@@ -82,6 +83,10 @@ def serve(
 
     if settings.port and not port_is_free(settings.host, settings.port):
         raise _fail(f"port {settings.port} on {settings.host} is already in use")
+    if settings.capture:
+        from livesnap.capture.source import tune_malloc
+
+        tune_malloc()  # before any reader thread exists (docs/performance.md)
     asyncio.run(run(settings, keys))
 
 
@@ -107,6 +112,9 @@ def migrate(
 def version() -> None:
     """Print the livesnap version."""
     typer.echo(__version__)
+
+
+register_client_commands(app)  # templates, jobs, files: livesnap/commands/
 
 
 def main() -> None:

@@ -169,7 +169,8 @@ def parse_storage_config(
     try:
         raw: Any = tomllib.loads(text) if toml else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"storage config is not valid {'TOML' if toml else 'JSON'}: {exc}") from exc
+        kind = "TOML" if toml else "JSON"
+        raise ValueError(f"storage config is not valid {kind}: {exc}") from exc
     entries = raw.get("storage", []) if isinstance(raw, dict) else raw
     if not isinstance(entries, list):
         raise ValueError("storage config must be a list of entries (TOML: [[storage]] tables)")
@@ -231,7 +232,9 @@ def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
 class Settings(BaseSettings):
     """Every setting, with its ``LIVESNAP_`` environment name (see docs/configuration.md)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIVESNAP_", extra="ignore")
+    # hide_input_in_errors: a rejected value may be a secret (inline storage config, keys)
+    model_config = SettingsConfigDict(env_prefix="LIVESNAP_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -244,6 +247,7 @@ class Settings(BaseSettings):
     max_jobs_per_node: int = Field(default=500, ge=1)
     capture: bool = True
     jpeg_quality: int = Field(default=85, ge=1, le=100)
+    skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)
     rw_timeout_s: float = Field(default=5.0, gt=0)
     probe_timeout_s: float = Field(default=10.0, gt=0)
     outage_window_s: float = Field(default=1800.0, gt=0)

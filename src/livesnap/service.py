@@ -29,12 +29,18 @@ from livesnap.capture.standin import NoCapture
 from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
+from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
+from livesnap.errors import OutputError
 from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import StorageTarget
-from livesnap.jobs.ports import Store
+from livesnap.jobs.ports import StorageInfo, Store
 from livesnap.jobs.retry import Backoff
-from livesnap.outputs.router import LocalRouter
-from livesnap.store import open_sql_store
+from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
+from livesnap.outputs.local import LocalSink
+from livesnap.outputs.objectstore import ObjectStoreSink
+from livesnap.outputs.router import StorageRouter
+from livesnap.outputs.spool import MIB, SpoolLimits
+from livesnap.store import SqlStore, open_sql_store, stats
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +54,61 @@ class SystemResolver:
 
 
 class RouterRemover:
-    """Deletes objects through the same routes the capture engine writes to."""
+    """The manager's view of the storage router: deletes objects, describes targets."""
 
-    def __init__(self, router: LocalRouter) -> None:
+    def __init__(self, router: StorageRouter) -> None:
         self._router = router
 
     async def delete(self, target: StorageTarget, key: str) -> None:
         route = self._router.route(target.storage_type.value, target.endpoint, target.bucket)
         await route.sink.delete(key)
+
+    def describe(self, target: StorageTarget) -> StorageInfo:
+        args = (target.storage_type.value, target.endpoint, target.bucket)
+        reason = self._router.check(*args)
+        if reason:
+            return StorageInfo(writable=False, fallback=False, description=reason)
+        try:
+            route = self._router.route(*args)
+        except OutputError as exc:  # e.g. obstore rejected the configured address
+            return StorageInfo(writable=False, fallback=False, description=exc.message)
+        return StorageInfo(writable=True, fallback=route.fallback, description=route.description)
+
+
+class StoredSnapshots:
+    """The console's view of the storage router: reads stored snapshots back to serve them."""
+
+    def __init__(self, router: StorageRouter) -> None:
+        self._router = router
+
+    async def read(self, target: StorageTarget, key: str) -> bytes | None:
+        args = (target.storage_type.value, target.endpoint, target.bucket)
+        try:
+            sink = self._router.route(*args).sink
+            if isinstance(sink, LocalSink):
+                return await asyncio.to_thread(sink.path_for(key).read_bytes)
+            if isinstance(sink, ObjectStoreSink):
+                data, _ = await sink.read(key)
+                return data
+        except (OutputError, OSError) as exc:
+            logger.debug("stored snapshot not readable",
+                        extra={"action": "console_read", "key": key, "reason": str(exc)})
+        return None
+
+
+def storage_router(settings: Settings) -> StorageRouter:
+    """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``."""
+    return StorageRouter(
+        root=Path(settings.data_dir) / "storage",
+        spool_dir=Path(settings.data_dir) / "spool",
+        credentials=settings.storage_credentials(),
+        fallback=settings.storage_fallback,
+        limits=SpoolLimits(
+            max_bytes=settings.spool_max_mb * MIB,
+            max_age_s=settings.spool_max_age_s,
+            retry_max_s=settings.storage_retry_max_s,
+        ),
+    )
 
 
 @dataclass
@@ -64,14 +117,16 @@ class Service:
     store: Store
     manager: JobManager
     app: Starlette
-    router: LocalRouter
+    router: StorageRouter
     dispatcher: CallbackDispatcher | None = None
+    metrics: Metrics | None = None
 
 
 def session_options(settings: Settings) -> SessionOptions:
     return SessionOptions(
         source=SourceOptions(
-            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality
+            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality,
+            skip_loop_filter=settings.skip_loop_filter,
         ),
         backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
         outage_window_s=settings.outage_window_s,
@@ -97,6 +152,19 @@ def callback_policy(settings: Settings) -> DeliveryPolicy:
     )
 
 
+def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> Probes:
+    """What ``/metrics`` and ``/readyz`` read: one GROUP BY, ``SELECT 1``, in-memory counts."""
+
+    async def job_counts() -> dict[tuple[str, str], int]:
+        return await stats.job_counts(store)
+
+    async def ping() -> None:
+        await stats.ping(store)
+
+    return Probes(job_counts=job_counts, ping=ping, sessions=manager.engine.running_count,
+                  spool_bytes=lambda: router.spool.size_bytes)
+
+
 @contextlib.asynccontextmanager
 async def build_service(
     settings: Settings, keys: KeyRing, *, clock: Clock | None = None
@@ -105,7 +173,9 @@ async def build_service(
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_sql_store(settings.resolved_database_url())
-    router = LocalRouter(Path(settings.data_dir) / "storage")
+    metrics = Metrics()
+    router = storage_router(settings)
+    routes = RouterRemover(router)
     policy = Policy(
         limits=Limits(
             jobs_per_account=settings.max_jobs_per_account,
@@ -115,23 +185,28 @@ async def build_service(
     )
     manager = JobManager(
         store=store, clock=clock, policy=policy, resolver=SystemResolver(),
-        remover=RouterRemover(router),
+        remover=routes, storage=routes,
     )
     if settings.capture:
         manager.attach_engine(CaptureSupervisor(
             reports=manager, sinks=router, clock=clock, options=session_options(settings),
             max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+            metrics=metrics,
         ))
     else:
         manager.attach_engine(NoCapture())
     deps = ApiDeps(manager=manager, keys=keys, clock=clock, nonces=NonceCache(),
                    host_id=settings.host_id)
-    app = create_app(deps)
+    console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
+                          secret=load_or_create_secret(settings.data_dir), now=clock.time)
+    ops = ops_routes(metrics, ops_probes(store, manager, router))
+    app = create_app(deps, extra_routes=[*console_routes(console), *ops])
     delivery = callback_policy(settings)
+    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())
     client = callback_client(delivery)
     dispatcher = CallbackDispatcher(
-        store=store, client=client, clock=clock, policy=delivery,
-        keys=CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys()),
+        store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
+        policy=delivery,
     )
     manager.on_events_written(dispatcher.notify)
     try:
@@ -139,10 +214,11 @@ async def build_service(
         await manager.resume()
         dispatcher.start()
         yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
-                      dispatcher=dispatcher)
+                      dispatcher=dispatcher, metrics=metrics)
     finally:
         await dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
         await manager.close(settings.shutdown_timeout_s)
+        await router.close(settings.shutdown_timeout_s)  # records need the store: before it
         await client.aclose()
         await store.close()
 
