@@ -84,7 +84,7 @@ def test_live_stream_to_snapshots_through_drops_and_crashes(tmp_path, publisher_
         job_id = submit(client, publisher.url)
         # Submit probes in the background: the job starts by itself because the stream is live
         wait_until(lambda: get_job(client, job_id).status == "started", 20, "job started")
-        files = wait_until(lambda: (f := list_files(client, job_id)) and len(f) >= 3 and f, 25,
+        files = wait_until(lambda: (f := list_files(client, job_id)) and len(f) >= 3 and f, 45,
                            "three snapshots")
         assert all(not f.is_overlay for f in files)
         for f in files:
