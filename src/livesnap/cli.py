@@ -118,8 +118,21 @@ register_client_commands(app)  # templates, jobs, files: livesnap/commands/
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. A usage error is one line on stderr and exit code 2."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)  # Exit(n) comes back as n in this mode
+    except typer.TyperException as exc:  # Typer's (click's) usage and parameter errors
+        status = int(getattr(exc, "exit_code", 2))
+        render = getattr(exc, "format_message", None)
+        message = " ".join(str(render() if callable(render) else exc).split())
+        ctx = getattr(exc, "ctx", None)
+        if not message:  # no arguments: the help was printed already
+            sys.exit(status)
+        if status == 2:
+            where = ctx.command_path if ctx is not None else "livesnap"
+            message = f"usage: {message} (see '{where} --help')"
+        typer.echo(f"livesnap: {message}", err=True)
+        sys.exit(status)
+    except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -91,6 +91,9 @@ class Metrics:
         self.reconnects = Counter("livesnap_reconnects",
                                   "Stream connections that ended and will be retried.",
                                   registry=r)
+        self.rejected = Counter("livesnap_frames_rejected",
+                                "Keyframes the frame-quality gate rejected, by verdict.",
+                                ["verdict"], registry=r)
         for stage in FAILURE_STAGES:
             self.failures.labels(stage=stage)
 
@@ -116,6 +119,9 @@ class Metrics:
 
     def reconnect(self) -> None:
         self.reconnects.inc()
+
+    def frame_rejected(self, verdict: str) -> None:
+        self.rejected.labels(verdict=verdict).inc()
 
     def upload(self, seconds: float, ok: bool) -> None:
         self.uploads.observe(max(seconds, 0.0))

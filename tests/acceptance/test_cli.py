@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_every_command(env, server, publisher_factory):
     template_id = check_templates(env)
     job_id = check_submit_get_list(env, publisher.url, template_id)
     stamp = check_capture_and_files(env, server, job_id)
-    check_files_delete(env, job_id, stamp)
+    check_files_delete(env, server, job_id, stamp)
     check_stop_start_restart(env, job_id)
     ok_json(env, "templates", "delete", template_id)
     line = failed(env, 1, "templates", "get", template_id)
@@ -121,10 +122,32 @@ def check_capture_and_files(env, server, job_id: str) -> int:
     return int(shot["CreateTimestamp"])
 
 
-def check_files_delete(env, job_id: str, stamp: int) -> None:
-    deleted = ok_json(env, "files", "delete", job_id, str(stamp), "1")
+def check_files_delete(env, server, job_id: str, stamp: int) -> None:
+    bucket = server.data_dir / "storage" / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
+    deadline = time.monotonic() + 30
+    while len((files := ok_json(env, "files", "list", job_id, "--start-time", "1h",
+                                "--limit", "100"))["FileList"]) < 2:
+        assert time.monotonic() < deadline, "no second snapshot within 30 s"
+        time.sleep(1)
+    other = next(f for f in files["FileList"] if f["CreateTimestamp"] != stamp)
+    kept = bucket / other["OssObject"]
+    assert kept.exists()
+    # without --delete-object only the record goes; the image stays
+    deleted = ok_json(env, "files", "delete", job_id, str(other["CreateTimestamp"]))
+    assert [r["Result"] for r in deleted["DeleteFileResultList"]] == ["OK"]
+    assert kept.exists()
+    # with --delete-object the image goes too; one result per file, in the order asked
+    doomed = bucket / next(f["OssObject"] for f in files["FileList"]
+                           if f["CreateTimestamp"] == stamp)
+    deleted = ok_json(env, "files", "delete", job_id, str(stamp), "1", "--delete-object")
     assert [(r["CreateTimestamp"], r["Result"]) for r in deleted["DeleteFileResultList"]] == [
         (stamp, "OK"), (1, "FileNotFound")]
+    assert not doomed.exists()
+    left = ok_json(env, "files", "list", job_id, "--start-time", "1h", "--limit", "100")
+    gone = {stamp, other["CreateTimestamp"]}
+    assert not gone & {f["CreateTimestamp"] for f in left["FileList"]}
+    table = livesnap(env, "files", "delete", job_id, str(stamp))  # the default output: a table
+    assert table.returncode == 0 and "FileNotFound" in table.stdout
 
 
 def check_stop_start_restart(env, job_id: str) -> None:
@@ -201,8 +224,8 @@ def test_server_error_exits_3(env):
     ("jobs", "frobnicate"),
 ])
 def test_usage_errors_exit_2(env, args):
-    done = livesnap(env, *args)
-    assert done.returncode == 2, done.stderr
+    line = failed(env, 2, *args)  # one line, as every other error
+    assert line.startswith("livesnap: usage: ") and "--help" in line
 
 
 def test_missing_credentials_exit_2(env):
@@ -232,3 +255,24 @@ def test_help_lists_every_command(env):
     jobs = livesnap(env, "jobs", "--help").stdout
     for command in ("submit", "list", "get", "start", "stop", "restart", "capture"):
         assert command in jobs
+
+
+def test_image_extensions_through_the_cli(env):
+    created = ok_json(env, "templates", "create", "webp small", "--interval", "10",
+                      "--overwrite", "w/{JobId}.webp", "--image-format", "webp",
+                      "--quality", "60", "--width", "640", "--latest-pointer")
+    template_id = created["TemplateId"]
+    got = ok_json(env, "templates", "get", template_id)
+    assert (got["ImageFormat"], got["Quality"], got["Width"], got["Height"]) == (
+        "webp", 60, 640, 0)
+    assert got["QualityGate"] is True and got["LatestPointer"] is True
+    ok_json(env, "templates", "update", template_id, "--no-quality-gate", "--height", "200")
+    got = ok_json(env, "templates", "get", template_id)
+    assert (got["QualityGate"], got["Height"], got["Width"], got["ImageFormat"]) == (
+        False, 200, 640, "webp")  # what was not given is kept
+    line = failed(env, 1, "templates", "update", template_id, "--image-format", "png")
+    assert "OverwriteFormat must end with '.png' when ImageFormat is png" in line
+    line = failed(env, 2, "templates", "create", "x", "--interval", "5", "--overwrite", "x.jpg",
+                  "--quality", "0")  # out of range: a usage error before any request
+    assert line.startswith("livesnap: usage: Invalid value for '--quality'"), line
+    ok_json(env, "templates", "delete", template_id)

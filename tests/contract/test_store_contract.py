@@ -20,6 +20,8 @@ from livesnap.jobs.models import (
     DeliveryAttempt,
     EventType,
     FileQuery,
+    ImageFormat,
+    ImageOptions,
     Job,
     JobPatch,
     JobQuery,
@@ -32,6 +34,7 @@ from livesnap.jobs.models import (
     Template,
     TemplateQuery,
     TemplateType,
+    Verdict,
 )
 from livesnap.jobs.ports import Store
 from livesnap.store import MemoryStore, SqlStore, open_sql_store
@@ -445,10 +448,27 @@ async def test_files_round_trip_every_field(store: Store) -> None:
     full = snap(
         "j1", T0, is_overlay=True, overwrite_key="o.jpg", sequence=None, stream_time_ms=2**40
     )
-    full = replace(full, lag_ms=17)
+    full = replace(full, lag_ms=17, quality=Verdict.OK, skipped_frames=3)
     await store.record_snapshot(full)
     query = FileQuery(job_id="j1", start_ms=T0, end_ms=T0)
     assert await store.list_files("acct-a", query) == [full]
+
+
+IMAGE = ImageOptions(format=ImageFormat.WEBP, quality=70, width=640, height=360,
+                     quality_gate=False, latest_pointer=True)
+
+
+async def test_image_options_round_trip_on_templates_and_jobs(store: Store) -> None:
+    await store.create_template(template("t1", image=IMAGE))
+    await store.create_template(template("t2"))
+    assert (await store.get_template("acct-a", "t1")) == template("t1", image=IMAGE)
+    assert (await store.get_template("acct-a", "t2")).image == ImageOptions()
+    changed = template("t1", image=IMAGE.evolve(format=ImageFormat.PNG, quality=None))
+    assert await store.update_template(changed)
+    assert (await store.get_template("acct-a", "t1")).image == changed.image
+    await store.create_job(job("j1", image=IMAGE))
+    loaded = await store.load_job("j1")
+    assert loaded is not None and loaded.image == IMAGE
 
 
 async def _seed_files(store: Store) -> list[int]:

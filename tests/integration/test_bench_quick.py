@@ -28,9 +28,9 @@ KEYS = (
 )  # fmt: skip
 
 
-def load_bench() -> ModuleType:
-    path = REPO_ROOT / "bench" / "streams.py"
-    spec = importlib.util.spec_from_file_location("bench_streams", path)
+def load_bench(name: str = "streams") -> ModuleType:
+    path = REPO_ROOT / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while defining
@@ -44,9 +44,8 @@ def finite_positive(value: object) -> bool:
 
 @pytest.mark.timeout(180)
 def test_harness_measures_every_contender(tmp_path: Path) -> None:
-    for tool in ("nginx", "ffmpeg"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            pytest.skip(f"{tool} is not installed")
+    for tool in ("nginx", "ffmpeg"):  # scripts/test.sh installs them: missing is a failure
+        assert shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists(), f"{tool} is missing"
     bench = load_bench()
     args = bench.parse_args(["--quick", "--resolution", "720p", "--distinct", "1",
                              "--streams", "1", "--baseline-streams", "1",
@@ -76,3 +75,14 @@ def test_harness_measures_every_contender(tmp_path: Path) -> None:
     for measurement in summary["measurements"]:
         assert measurement["processes_alive"] >= 1, measurement
         assert finite_positive(measurement["rss_mib_per_stream"]), measurement
+
+
+def test_render_cost_reports_every_variant_against_the_baseline(capsys) -> None:
+    bench = load_bench("render_cost")
+    assert bench.main(["--resolution", "320x180", "--seconds", "4", "--rounds", "1",
+                       "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["keyframes"] == 2  # 4 s at GOP 2 s
+    assert set(result["ms_per_capture"]) == set(bench.VARIANTS)
+    assert result["ratio_to_baseline"]["jpg (baseline)"] == 1.0
+    assert all(finite_positive(v) for v in result["ms_per_capture"].values())

@@ -34,6 +34,8 @@ PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 CLIP_FPS = 25
 CLIP_GOP = 50  # frames: one keyframe every 2 s at 25 fps
 CLIP_BLACK_SECONDS = 4  # the black lead-in of the "black_then_picture" clip
+# black lead-in per clip kind: "long_black_then_picture" is black for longer than a 5 s tick
+CLIP_BLACK_LEAD = {"black_then_picture": CLIP_BLACK_SECONDS, "long_black_then_picture": 12}
 CLIP_RECIPE = "v1"  # bump when the encode recipe changes so cached clips are regenerated
 CLIP_SIZES: dict[str, tuple[int, int]] = {
     "360p": (640, 360),
@@ -41,6 +43,7 @@ CLIP_SIZES: dict[str, tuple[int, int]] = {
     "1080p": (1920, 1080),
     "portrait": (720, 1280),
     "black_then_picture": (1280, 720),
+    "long_black_then_picture": (640, 360),
 }
 
 
@@ -392,13 +395,14 @@ def clip_source(kind: str, seconds: int) -> str:
         raise ValueError("seconds must be positive")
     width, height = CLIP_SIZES[kind]
     size = f"size={width}x{height}:rate={CLIP_FPS}"
-    if kind != "black_then_picture":
+    black = CLIP_BLACK_LEAD.get(kind)
+    if black is None:
         return f"testsrc2={size}:duration={seconds}"
-    if seconds <= CLIP_BLACK_SECONDS:
-        raise ValueError(f"black_then_picture needs more than {CLIP_BLACK_SECONDS} seconds")
+    if seconds <= black:
+        raise ValueError(f"{kind} needs more than {black} seconds")
     return (
-        f"color=c=black:{size}:duration={CLIP_BLACK_SECONDS}[black];"
-        f"testsrc2={size}:duration={seconds - CLIP_BLACK_SECONDS}[pic];"
+        f"color=c=black:{size}:duration={black}[black];"
+        f"testsrc2={size}:duration={seconds - black}[pic];"
         "[black][pic]concat=n=2:v=1:a=0[out0]"
     )
 

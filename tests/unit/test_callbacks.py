@@ -39,6 +39,7 @@ from livesnap.jobs.models import (
     StorageTarget,
     StorageType,
     StreamStatus,
+    Verdict,
 )
 from livesnap.jobs.ports import CaptureReport
 from livesnap.jobs.retry import Backoff
@@ -69,7 +70,8 @@ def make_file(job: Job, create_ms: int = T0 + 123, **kw) -> SnapshotFile:
         job_id=job.id, account=job.account, create_ms=create_ms, endpoint=job.storage.endpoint,
         bucket=job.storage.bucket, object_key=f"snapshot/{job.id}/{create_ms}.jpg",
         is_overlay=False, overwrite_key=f"snapshot/{job.id}.jpg", sequence=42, width=1280,
-        height=720, size=183422, stream_time_ms=210000, lag_ms=38,
+        height=720, size=183422, stream_time_ms=210000, lag_ms=38, quality=Verdict.OK,
+        skipped_frames=1,
     )
     base.update(kw)
     return SnapshotFile(**base)
@@ -91,7 +93,7 @@ def test_captured_payload_bytes():
         b'"ObjectKey":"snapshot/7a0b7cbe/1767268800123.jpg","OverwriteKey":"snapshot/7a0b7cbe.jpg",'
         b'"IsOverlay":false,"CreateTime":"2026-01-01T12:00:00Z","CreateTimestamp":1767268800123,'
         b'"Sequence":42,"Width":1280,"Height":720,"Size":183422,"StreamTimestamp":210000,'
-        b'"CaptureLag":38}'
+        b'"CaptureLag":38,"Quality":"ok","SkippedFrames":1}'
     )
     assert tuple(payload.body(event)) == payload.CAPTURED_FIELDS
 

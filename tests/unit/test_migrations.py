@@ -117,7 +117,7 @@ async def test_the_declared_schema_has_what_the_store_relies_on(engine: AsyncEng
 
 async def test_migrating_twice_changes_nothing(engine: AsyncEngine) -> None:
     await migrate(engine)
-    insert = "INSERT INTO templates VALUES ('t', NULL, 'n', 'system', 5, NULL, NULL, 1, 2)"
+    insert = "INSERT INTO templates VALUES ('t', NULL, 'n', 'system', 5, NULL, NULL, 1, 2, NULL)"
     async with engine.begin() as conn:
         await conn.execute(text(insert))
     _, before = await schemas(engine)
@@ -148,4 +148,5 @@ async def test_open_sql_store_migrates_unless_told_not_to(tmp_path: Path) -> Non
 
 def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
-    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == ["0001_initial.py"]
+    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
+        "0001_initial.py", "0002_image_options.py"]

@@ -34,7 +34,7 @@ def test_valid_overwrite_formats(fmt):
     ("fmt", "fragment"),
     [
         ("/snapshot/{JobId}.jpg", "must not start with '/'"),
-        ("snapshot/{JobId}.png", "must end with '.jpg'"),
+        ("snapshot/{JobId}.gif", "must end with '.jpg'"),
         ("snapshot/{UnixTimestamp}.jpg", "{UnixTimestamp}"),
         ("snapshot/{Sequence}.jpg", "{Sequence}"),
         ("snapshot/{Date}.jpg", "{Date}"),

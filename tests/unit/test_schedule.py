@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from livesnap.jobs.models import Verdict
 from livesnap.jobs.schedule import TickSchedule, effective_interval, select
 
 
@@ -77,3 +78,30 @@ def test_effective_interval_on_time_is_none():
     assert effective_interval(interval_ms=5000, capture_gaps_ms=[6000, 4000, 6000]) is None
     assert effective_interval(interval_ms=5000, capture_gaps_ms=[]) is None
     assert effective_interval(interval_ms=5000, capture_gaps_ms=[8000, 8000, 8000]) == 8000
+
+
+def test_a_rejected_keyframe_is_retried_within_its_tick():
+    sched = TickSchedule(interval_ms=5000, start_ms=0)
+    assert sched.on_keyframe(0.0)  # the tick at 0 selects this keyframe
+    sched.rejected(Verdict.BLACK)
+    assert sched.on_keyframe(2.0)  # still within the tick: the next keyframe is tried
+    sched.rejected(Verdict.BLACK)
+    assert sched.on_keyframe(4.0)
+    assert sched.accepted() == 2  # two rejected before this one
+    assert not sched.on_keyframe(4.5)  # back to normal: the next tick is at 5 s
+    assert sched.on_keyframe(6.0)
+    assert sched.accepted() == 0
+    assert sched.take_missed() == []
+
+
+def test_a_tick_without_an_accepted_keyframe_is_reported_missed():
+    sched = TickSchedule(interval_ms=5000, start_ms=0)
+    assert sched.on_keyframe(0.0)
+    sched.rejected(Verdict.BLACK)
+    assert sched.on_keyframe(2.0)
+    sched.rejected(Verdict.FROZEN)
+    # the tick at 5 s starts: the first tick is missed (with its last verdict), this one runs
+    assert sched.on_keyframe(5.0)
+    assert sched.take_missed() == [Verdict.FROZEN]
+    assert sched.take_missed() == []
+    assert sched.accepted() == 0  # the count started again with the new tick

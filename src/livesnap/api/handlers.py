@@ -9,9 +9,12 @@ from typing import Any
 from livesnap.api import protocol
 from livesnap.api.params import Params, iso_from_ms
 from livesnap.errors import InvalidParameter, MissingParameter
+from livesnap.jobs.imaging import MAX_SIDE
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import (
     FileQuery,
+    ImageChanges,
+    ImageFormat,
     JobQuery,
     JobSpec,
     JobStatus,
@@ -43,6 +46,20 @@ def _template_spec(p: Params) -> TemplateSpec:
         interval_s=p.integer("TimeInterval", required=True, low=5, high=3600) or 0,
         overwrite_format=p.text("OverwriteFormat", max_len=255),
         sequence_format=p.text("SequenceFormat", max_len=255),
+        image=_image_changes(p),
+    )
+
+
+def _image_changes(p: Params) -> ImageChanges:
+    """livesnap's template extensions; an absent one keeps its current value."""
+    fmt = p.choice("ImageFormat", tuple(f.value for f in ImageFormat), default=None)
+    return ImageChanges(
+        format=None if fmt is None else ImageFormat(fmt),
+        quality=p.integer("Quality", low=1, high=100),
+        width=p.integer("Width", low=0, high=MAX_SIDE),
+        height=p.integer("Height", low=0, high=MAX_SIDE),
+        quality_gate=p.boolean("QualityGate", default=True) if "QualityGate" in p else None,
+        latest_pointer=p.boolean("LatestPointer", default=False) if "LatestPointer" in p else None,
     )
 
 

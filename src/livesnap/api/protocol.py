@@ -13,7 +13,7 @@ from typing import Any
 
 from livesnap import errors
 from livesnap.api.params import iso_from_ms
-from livesnap.jobs.models import Job, SnapshotFile, Template
+from livesnap.jobs.models import ImageOptions, Job, SnapshotFile, Template
 from livesnap.jobs.ports import StorageInfo
 
 ERROR_TABLE: tuple[tuple[type[errors.LivesnapError], int, str], ...] = (
@@ -57,14 +57,25 @@ def error_body(request_id: str, host_id: str, code: str, message: str) -> dict[s
 
 
 def template_item(t: Template) -> dict[str, Any]:
-    """A ``TemplateList`` entry (no format fields, as in ICE)."""
+    """A ``TemplateList`` entry (no format fields, as in ICE; livesnap's image options)."""
     return {
         "TemplateId": t.id,
         "TemplateName": t.name,
         "Type": t.type.value,
         "TimeInterval": t.interval_s,
         "CreateTime": iso_from_ms(t.created_ms),
+        **image_fields(t.image),
     }
+
+
+def image_fields(image: ImageOptions) -> dict[str, Any]:
+    """livesnap's image extensions; ``Quality`` is absent when the node's default applies."""
+    fields: dict[str, Any] = {"ImageFormat": image.format.value}
+    if image.quality is not None:
+        fields["Quality"] = image.quality
+    fields.update(Width=image.width, Height=image.height, QualityGate=image.quality_gate,
+                  LatestPointer=image.latest_pointer)
+    return fields
 
 
 def template_detail(t: Template) -> dict[str, Any]:
@@ -112,6 +123,7 @@ def job_detail(job: Job, *, storage: StorageInfo | None = None) -> dict[str, Any
         "SnapshotCount": job.snapshot_count,
         "LastError": job.last_error,
         "StatusReason": job.status_reason,
+        **image_fields(job.image),
     }
     if storage is not None:
         body["StorageFallback"] = storage.fallback
@@ -137,4 +149,7 @@ def file_item(f: SnapshotFile) -> dict[str, Any]:
         "Height": f.height,
         "Size": f.size,
         "CaptureLag": f.lag_ms,  # ms from keyframe arrival to the JPEG handed to storage
+        "StreamTimestamp": f.stream_time_ms,  # the keyframe's stream time (pts) in ms
+        "Quality": f.quality.value if f.quality is not None else None,
+        "SkippedFrames": f.skipped_frames,
     }

@@ -30,6 +30,8 @@ CAPTURED_FIELDS = (
     "Size",
     "StreamTimestamp",
     "CaptureLag",
+    "Quality",
+    "SkippedFrames",
 )
 STATUS_FIELDS = (
     *COMMON_FIELDS,
@@ -64,6 +66,8 @@ def _captured(data: Mapping[str, Any]) -> dict[str, Any]:
         "Size": data.get("size"),
         "StreamTimestamp": data.get("stream_time_ms"),
         "CaptureLag": data.get("lag_ms"),
+        "Quality": data.get("quality"),
+        "SkippedFrames": data.get("skipped_frames"),
     }
 
 

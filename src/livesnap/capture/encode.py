@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import av
     from numpy.typing import NDArray
 
-__all__ = ["EncodedImage", "encode_jpeg", "is_limited_range"]
+__all__ = ["EncodedImage", "encode_jpeg", "is_limited_range", "plane_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,12 @@ _CHROMA_EXPANSION: Final = (16, 240, 291, 16 * 291 - 249)
 
 @dataclass(frozen=True, kw_only=True)
 class EncodedImage:
-    """A JPEG and its pixel size."""
+    """An encoded picture (a JPEG unless ``content_type`` says otherwise) and its pixel size."""
 
     data: bytes
     width: int
     height: int
+    content_type: str = "image/jpeg"
 
 
 def encode_jpeg(
@@ -138,13 +139,13 @@ def _planes(
     frame: av.VideoFrame, factors: tuple[int, int] | None, *, expand: bool
 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8] | None, NDArray[np.uint8] | None]:
     planes = frame.planes
-    y = _plane_view(planes[0])
+    y = plane_view(planes[0])
     if expand:
         y = _expand(y, _LUMA_EXPANSION)
     if factors is None:
         return y, None, None
     y = _padded_luma(y, y.strides[0], factors)
-    u, v = _plane_view(planes[1]), _plane_view(planes[2])
+    u, v = plane_view(planes[1]), plane_view(planes[2])
     if expand:
         scratch = np.empty(u.shape, dtype=np.uint16)
         u, v = _expand(u, _CHROMA_EXPANSION, scratch), _expand(v, _CHROMA_EXPANSION, scratch)
@@ -165,7 +166,7 @@ def _expand(
     return out
 
 
-def _plane_view(plane: av.video.plane.VideoPlane) -> NDArray[np.uint8]:
+def plane_view(plane: av.video.plane.VideoPlane) -> NDArray[np.uint8]:
     """A (height, width) uint8 view of one plane, row stride = line_size."""
     line_size = plane.line_size
     rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, abs(line_size))

@@ -19,6 +19,9 @@ class CaptureMetrics(Protocol):
     def reconnect(self) -> None:
         """A connection to the stream ended and the session will try again."""
 
+    def frame_rejected(self, verdict: str) -> None:
+        """The quality gate rejected a keyframe (``black``, ``uniform``, ``frozen``, …)."""
+
 
 class NoCaptureMetrics:
     """Records nothing (sessions built without metrics, and tests)."""
@@ -31,3 +34,6 @@ class NoCaptureMetrics:
 
     def reconnect(self) -> None:
         return None
+
+    def frame_rejected(self, verdict: str) -> None:
+        del verdict

@@ -18,20 +18,24 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from livesnap.capture.metrics import CaptureMetrics, NoCaptureMetrics
+from livesnap.capture.pointer import latest_pointer
+from livesnap.capture.render import Renderer
 from livesnap.capture.source import (
     Captured,
     CapturedFrame,
     CaptureFailed,
     Connected,
     Disconnected,
+    FrameRejected,
     ReaderEvent,
     SourceOptions,
     StreamReader,
+    TickMissed,
 )
 from livesnap.clock import Clock
 from livesnap.errors import CaptureTimeout, InvalidParameter, OutputError, StreamNotFound
-from livesnap.jobs import naming
-from livesnap.jobs.models import Job, SnapshotFile, StreamStatus
+from livesnap.jobs import imaging, naming
+from livesnap.jobs.models import Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.schedule import TickSchedule
@@ -77,6 +81,10 @@ class Session:
         self.schedule = TickSchedule(
             interval_ms=job.interval_s * 1000, start_ms=int(clock.time() * 1000)
         )
+        # One renderer for the whole session: the gate compares with the previous capture
+        # across reconnects too.
+        self._renderer = Renderer(job.image, default_quality=options.source.jpeg_quality)
+        self._quality_error = False  # LastError shows a missed tick
         self._queue: asyncio.Queue[ReaderEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._stopping = asyncio.Event()
         self._reader: StreamReader | None = None
@@ -165,6 +173,8 @@ class Session:
             emit=emit,
             name=f"reader-{self.job.id[:8]}",
             job_id=self.job.id,
+            renderer=self._renderer,
+            feedback=self.schedule,
         )
         self._reader = reader
         reader.start()
@@ -219,6 +229,10 @@ class Session:
             elif isinstance(event, CaptureFailed):
                 failed_in_row += 1
                 await self._on_capture_failed(event, failed_in_row)
+            elif isinstance(event, FrameRejected):
+                self._metrics.frame_rejected(event.verdict.value)
+            elif isinstance(event, TickMissed):
+                await self._on_tick_missed(event)
 
     async def _on_connected(self, event: Connected) -> None:
         logger.info(
@@ -239,6 +253,12 @@ class Session:
         )
         if failed_in_row >= FAILED_DECODES_BEFORE_RECONNECT and self._reader is not None:
             self._reader.stop()  # a fresh connection picks up new codec parameters
+
+    async def _on_tick_missed(self, event: TickMissed) -> None:
+        logger.info("no usable keyframe in a tick", extra={
+            "action": "tick_missed", "job_id": self.job.id, "reason": event.verdict.value})
+        self._quality_error = True
+        await self._reports.quality_changed(self.job.id, event.verdict)
 
     async def _set_stream(self, status: StreamStatus, *, error: str = "") -> None:
         if status is self._stream_status or self._stopping.is_set():
@@ -268,6 +288,9 @@ class Session:
         if self._storage_error:
             self._storage_error = ""
             await self._reports.storage_changed(self.job.id, "")
+        if self._quality_error and report.quality is not Verdict.UNCHECKED:
+            self._quality_error = False
+            await self._reports.quality_changed(self.job.id, Verdict.OK)
 
     async def _storage_trouble(self, message: str, lost: bool) -> None:
         """A capture waits for an unreachable store, or is lost: ``LastError`` says so."""
@@ -290,26 +313,35 @@ class Session:
         """Hand the capture to its route's upload queue; the record is written after upload."""
         job = self.job
         create_ms = self._create_ms(frame)
-        sequence = await self._reports.next_sequence(job.id) if job.sequence_format else None
+        numbered = job.sequence_format is not None and "{Sequence}" in job.sequence_format
+        sequence = await self._reports.next_sequence(job.id) if numbered else None
         seq_key = self._key(job.sequence_format, create_ms, sequence)
         over_key = self._key(job.overwrite_format, create_ms, None)
         route = self._sinks.route(
             job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
         )
-        meta = self._metadata(frame, create_ms)
-        objects: list[PendingObject] = []
-        if seq_key:
-            objects.append(PendingObject(key=seq_key, meta=meta))
-        if over_key:
-            no_cache = ObjectMeta(cache_control="no-cache", metadata=meta.metadata)
-            objects.append(PendingObject(key=over_key, meta=no_cache))
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
         report = CaptureReport(
             job_id=job.id, create_ms=create_ms, sequence=sequence, sequence_key=seq_key,
             overwrite_key=over_key, width=frame.image.width, height=frame.image.height,
             size=len(frame.image.data), stream_time_ms=stream_ms,
             lag_ms=max(0, int((self._clock.time() - frame.arrival_wall) * 1000)),
+            quality=frame.verdict, skipped_frames=frame.skipped,
         )
+        meta = self._metadata(report)
+        image_type = frame.image.content_type
+        objects: list[PendingObject] = []
+        if seq_key:
+            objects.append(PendingObject(key=seq_key, meta=ObjectMeta(
+                content_type=image_type, metadata=meta)))
+        if over_key:
+            objects.append(PendingObject(key=over_key, meta=ObjectMeta(
+                content_type=image_type, cache_control="no-cache", metadata=meta)))
+            if job.image.latest_pointer:  # last: it may only name an object that exists
+                objects.append(PendingObject(
+                    key=imaging.pointer_key(over_key), data=latest_pointer(job, report),
+                    meta=ObjectMeta(content_type="application/json", cache_control="no-cache",
+                                    metadata=meta)))
         waiters = [w for w in self._waiters if not w.done()]  # capture-now waits for this one
         await route.uploads.submit(Upload(
             job_id=job.id, data=frame.image.data, objects=tuple(objects),
@@ -322,11 +354,16 @@ class Session:
             return None
         return naming.render_key(fmt, job_id=self.job.id, create_ms=create_ms, sequence=sequence)
 
-    def _metadata(self, frame: CapturedFrame, create_ms: int) -> ObjectMeta:
-        meta = {"job-id": self.job.id, "capture-time-ms": str(create_ms)}
-        if frame.stream_time is not None:
-            meta["stream-time-ms"] = str(int(frame.stream_time * 1000))
-        return ObjectMeta(metadata=meta)
+    def _metadata(self, report: CaptureReport) -> dict[str, str]:
+        """User metadata on every object: the capture's truth (design: "Capture truth")."""
+        meta = {"job-id": self.job.id, "capture-time-ms": str(report.create_ms)}
+        if report.stream_time_ms is not None:
+            meta["stream-time-ms"] = str(report.stream_time_ms)
+        if report.lag_ms is not None:
+            meta["capture-lag-ms"] = str(report.lag_ms)
+        if report.quality is not None:
+            meta["quality"] = report.quality.value
+        return meta
 
     async def _report_interval(self) -> None:
         effective = self.schedule.effective_interval_ms

@@ -47,7 +47,9 @@ from typing import TYPE_CHECKING, Protocol
 import av
 import av.error
 
-from livesnap.capture.encode import EncodedImage, encode_jpeg
+from livesnap.capture.encode import EncodedImage
+from livesnap.capture.render import Renderer
+from livesnap.jobs.models import ImageOptions, Verdict
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -60,11 +62,14 @@ __all__ = [
     "CapturedFrame",
     "Connected",
     "Disconnected",
+    "FrameRejected",
+    "GateFeedback",
     "KeyframeSelector",
     "ReaderEvent",
     "ReaderStats",
     "SourceOptions",
     "StreamReader",
+    "TickMissed",
     "tune_malloc",
 ]
 
@@ -181,12 +186,16 @@ class CapturedFrame:
         stream_time: the keyframe's pts in seconds, or None without a pts.
         arrival_wall: ``time.time()`` when the packet came out of the demuxer.
         encoded_wall: ``time.time()`` when the JPEG was ready.
+        verdict: the quality gate's verdict (``unchecked`` with the gate off).
+        skipped: keyframes of the same tick the gate rejected before this one.
     """
 
     image: EncodedImage
     stream_time: float | None
     arrival_wall: float
     encoded_wall: float
+    verdict: Verdict = Verdict.UNCHECKED
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,20 @@ class CaptureFailed:
 
 
 @dataclass(frozen=True)
+class FrameRejected:
+    """The quality gate rejected a keyframe; the tick's next keyframe is tried."""
+
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class TickMissed:
+    """A whole tick passed without a keyframe the gate accepted (the last verdict)."""
+
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
 class Disconnected:
     """The reader ended. Always its last event, exactly once.
 
@@ -225,7 +248,7 @@ class Disconnected:
     was_live: bool
 
 
-ReaderEvent = Connected | Captured | CaptureFailed | Disconnected
+ReaderEvent = Connected | Captured | CaptureFailed | FrameRejected | TickMissed | Disconnected
 
 
 class KeyframeSelector(Protocol):
@@ -234,6 +257,19 @@ class KeyframeSelector(Protocol):
     def on_keyframe(self, wall_time: float) -> bool:
         """Return True to capture the keyframe that arrived at ``wall_time``."""
         ...
+
+
+class GateFeedback(Protocol):
+    """What the selector hears of the quality gate (``TickSchedule``); called in the reader."""
+
+    def rejected(self, verdict: Verdict) -> None:
+        """The selected keyframe was rejected: select the tick's next one too."""
+
+    def accepted(self) -> int:
+        """The selected keyframe was kept; how many the tick rejected before it."""
+
+    def take_missed(self) -> list[Verdict]:
+        """Ticks that ended without a kept keyframe since the last call."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +282,7 @@ class ReaderStats:
         decoded: keyframes handed to a decoder.
         captured: JPEGs emitted.
         failed: captures that failed.
+        rejected: keyframes the quality gate rejected.
     """
 
     packets: int = 0
@@ -253,6 +290,7 @@ class ReaderStats:
     decoded: int = 0
     captured: int = 0
     failed: int = 0
+    rejected: int = 0
 
 
 class _NoFrameError(Exception):
@@ -275,10 +313,17 @@ class StreamReader:
         emit: Callable[[ReaderEvent], None],
         name: str,
         job_id: str | None = None,
+        renderer: Renderer | None = None,
+        feedback: GateFeedback | None = None,
     ) -> None:
         self._url = url
         self._options = options
         self._selector = selector
+        # Without a renderer: JPEG at the source size, no gate (ICE's behaviour).
+        self._renderer = renderer or Renderer(
+            ImageOptions(quality_gate=False), default_quality=options.jpeg_quality
+        )
+        self._feedback = feedback
         self._emit = emit
         self._name = name
         # carried on every log line of this reader (``job_id`` when the owner has one)
@@ -296,6 +341,7 @@ class StreamReader:
         self._decoded = 0
         self._captured = 0
         self._failed = 0
+        self._rejected = 0
 
     @property
     def name(self) -> str:
@@ -311,6 +357,7 @@ class StreamReader:
             decoded=self._decoded,
             captured=self._captured,
             failed=self._failed,
+            rejected=self._rejected,
         )
 
     def start(self) -> None:
@@ -409,13 +456,17 @@ class StreamReader:
             return extradata
         self._keyframes += 1
         wanted = self._selector.on_keyframe(arrival)
-        if self._capture_requested.is_set():
+        if self._feedback is not None:
+            for verdict in self._feedback.take_missed():
+                self._send(TickMissed(verdict=verdict))
+        requested = self._capture_requested.is_set()
+        if requested:
             # A request that lands between is_set and clear is served by this
             # same capture, which is what "the next keyframe" means anyway.
             self._capture_requested.clear()
-            wanted = True
-        if wanted:
-            self._capture(video, packet, extradata, arrival)
+        if wanted or requested:
+            # A capture the user asked for is kept whatever the gate says.
+            self._capture(video, packet, extradata, arrival, gate=not requested)
         return extradata
 
     def _capture(
@@ -424,9 +475,14 @@ class StreamReader:
         packet: Packet[VideoStream],
         extradata: bytes | None,
         arrival: float,
+        *,
+        gate: bool,
     ) -> None:
+        feedback = self._feedback if gate else None
         try:
-            image = self._decode_and_encode(video.codec_context.name, packet, extradata)
+            rendered = self._renderer.render(
+                self._decode(video.codec_context.name, packet, extradata), gate=gate
+            )
         except (av.error.FFmpegError, ValueError, _NoFrameError) as exc:
             self._failed += 1
             logger.warning(
@@ -434,20 +490,30 @@ class StreamReader:
                 exc,
                 extra={"action": "capture.failed", **self._log_ids},
             )
+            if feedback is not None and self._renderer.options.quality_gate:
+                feedback.rejected(Verdict.DECODE_ERROR)  # the tick's next keyframe may do
             self._send(CaptureFailed(reason=_describe_error(exc)))
+            return
+        if rendered.image is None:
+            self._rejected += 1
+            if feedback is not None:
+                feedback.rejected(rendered.verdict)
+            self._send(FrameRejected(verdict=rendered.verdict))
             return
         self._captured += 1
         frame = CapturedFrame(
-            image=image,
+            image=rendered.image,
             stream_time=_seconds(packet, video),
             arrival_wall=arrival,
             encoded_wall=time.time(),
+            verdict=rendered.verdict,
+            skipped=feedback.accepted() if feedback is not None else 0,
         )
         self._send(Captured(frame=frame))
 
-    def _decode_and_encode(
+    def _decode(
         self, codec_name: str, packet: Packet[VideoStream], extradata: bytes | None
-    ) -> EncodedImage:
+    ) -> av.VideoFrame:
         self._decoded += 1
         # A decoder per capture, dropped on return: an idle stream then holds
         # no frame buffers, and a change of SPS/PPS needs no reset logic.
@@ -465,9 +531,9 @@ class StreamReader:
         frames += decoder.decode(None)
         if not frames:
             raise _NoFrameError("decoder returned no picture for the keyframe")
-        # The frame (and with it the decoder's buffer pool) is released when
-        # this function returns; only the JPEG bytes leave.
-        return encode_jpeg(frames[-1], quality=self._options.jpeg_quality)
+        # The frame (and with it the decoder's buffer pool) is released once the
+        # caller has rendered it; only the encoded bytes leave the reader.
+        return frames[-1]
 
     def _send(self, event: ReaderEvent) -> None:
         try:

@@ -78,7 +78,8 @@ def list_files(
         "--all", help="Fetch every page (--json then prints {\"FileList\": [...]}).")] = False,
 ) -> None:
     """List a job's snapshot files in a time window (default: the last 24 hours)."""
-    end_time = end_time or ice_time(datetime.now(tz=UTC))
+    # ICE times have whole seconds: "now" rounds up, so this second's captures are included
+    end_time = end_time or ice_time(datetime.now(tz=UTC) + timedelta(seconds=1))
     start_time = start_time or _day_before(end_time)
     if all_pages:
         body = _all_pages(cli, job_id, start_time, end_time, limit, sort)

@@ -23,6 +23,41 @@ SequenceOpt = Annotated[str | None, typer.Option(
     "--sequence", help="Key of each sequence object, e.g. snapshot/{JobId}/{UnixTimestamp}.jpg.")]
 
 
+class ImageFormat(StrEnum):
+    jpg = "jpg"
+    webp = "webp"
+    png = "png"
+
+
+FormatOpt = Annotated[ImageFormat | None, typer.Option(
+    "--image-format", help="Picture format (extension); keys must end with .jpg/.webp/.png.")]
+QualityOpt = Annotated[int | None, typer.Option(
+    "--quality", min=1, max=100, help="JPEG/WebP quality (extension; default: the server's).")]
+WidthOpt = Annotated[int | None, typer.Option(
+    "--width", min=0, max=7680, help="Long side in pixels, 0 = source (extension).")]
+HeightOpt = Annotated[int | None, typer.Option(
+    "--height", min=0, max=7680, help="Short side in pixels, 0 = source (extension).")]
+GateOpt = Annotated[bool | None, typer.Option(
+    "--quality-gate/--no-quality-gate",
+    help="Skip black, single-colour and frozen keyframes (extension; on by default).")]
+PointerOpt = Annotated[bool | None, typer.Option(
+    "--latest-pointer/--no-latest-pointer",
+    help="Write <overwrite key>.latest.json naming the newest snapshot (extension).")]
+
+
+def _image_params(
+    image_format: ImageFormat | None, quality: int | None, width: int | None,
+    height: int | None, gate: bool | None, pointer: bool | None,
+) -> list[tuple[str, str]]:
+    """livesnap's image extensions, only those given (the server keeps the others)."""
+    given: list[tuple[str, object]] = [
+        ("ImageFormat", image_format.value if image_format else None), ("Quality", quality),
+        ("Width", width), ("Height", height), ("QualityGate", gate), ("LatestPointer", pointer),
+    ]
+    return [(key, str(value).lower() if isinstance(value, bool) else str(value))
+            for key, value in given if value is not None]
+
+
 class Sort(StrEnum):
     asc = "asc"
     desc = "desc"
@@ -81,9 +116,17 @@ def create_template(
     interval: IntervalOpt,
     overwrite: OverwriteOpt = None,
     sequence: SequenceOpt = None,
+    image_format: FormatOpt = None,
+    quality: QualityOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    quality_gate: GateOpt = None,
+    latest_pointer: PointerOpt = None,
 ) -> None:
     """Create a template; prints its id (give --overwrite, --sequence or both)."""
-    body = cli.call("CreateLiveSnapshotTemplate", _spec(name, interval, overwrite, sequence))
+    params = [*_spec(name, interval, overwrite, sequence),
+              *_image_params(image_format, quality, width, height, quality_gate, latest_pointer)]
+    body = cli.call("CreateLiveSnapshotTemplate", params)
     cli.show(body, lambda: str(body["TemplateId"]))
 
 
@@ -112,6 +155,12 @@ def update_template(
         "--interval", help="Seconds between snapshots (5-3600).")] = None,
     overwrite: OverwriteOpt = None,
     sequence: SequenceOpt = None,
+    image_format: FormatOpt = None,
+    quality: QualityOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    quality_gate: GateOpt = None,
+    latest_pointer: PointerOpt = None,
 ) -> None:
     """Change a template; fields not given keep their value (--overwrite '' clears it)."""
     current = cli.call("GetLiveSnapshotTemplate", [("TemplateId", template_id)])
@@ -119,7 +168,8 @@ def update_template(
                                "OverwriteFormat": overwrite, "SequenceFormat": sequence})
     params = [("TemplateId", template_id), *_spec(
         str(merged["TemplateName"]), int(merged["TimeInterval"]),
-        merged["OverwriteFormat"], merged["SequenceFormat"])]
+        merged["OverwriteFormat"], merged["SequenceFormat"]),
+        *_image_params(image_format, quality, width, height, quality_gate, latest_pointer)]
     body = cli.call("UpdateLiveSnapshotTemplate", params)
     cli.show(body, lambda: f"updated template {template_id}")
 

@@ -13,9 +13,9 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from livesnap.errors import LivesnapError
-from livesnap.jobs import naming
+from livesnap.jobs import imaging, naming
 from livesnap.jobs.manager import check_template_spec
-from livesnap.jobs.models import Template, TemplateSpec
+from livesnap.jobs.models import ImageChanges, ImageFormat, Template, TemplateSpec
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -57,24 +57,45 @@ class TemplateForm:
     interval: str = "5"
     overwrite_format: str = "snapshot/{JobId}.jpg"
     sequence_format: str = "snapshot/{JobId}/{UnixTimestamp}.jpg"
+    # livesnap's image extensions (docs/api.md, "Extensions")
+    image_format: str = ImageFormat.JPG.value
+    quality: str = ""  # empty: the node's default
+    width: str = "0"
+    height: str = "0"
+    quality_gate: bool = True
+    latest_pointer: bool = False
     errors: dict[str, str] = field(default_factory=dict)
+
+    FORMATS = tuple(f.value for f in ImageFormat)
 
     @classmethod
     def from_form(cls, form: dict[str, str]) -> TemplateForm:
         def value(name: str) -> str:
             return form.get(name, "").strip()
 
+        # an unticked checkbox is not sent at all
         return cls(name=value("name"), interval=value("interval"),
                    overwrite_format=value("overwrite_format"),
-                   sequence_format=value("sequence_format"))
+                   sequence_format=value("sequence_format"),
+                   image_format=value("image_format") or ImageFormat.JPG.value,
+                   quality=value("quality"), width=value("width") or "0",
+                   height=value("height") or "0",
+                   quality_gate="quality_gate" in form, latest_pointer="latest_pointer" in form)
 
     @classmethod
     def from_template(cls, template: Template) -> TemplateForm:
+        image = template.image
         return cls(
             name=template.name,
             interval=str(template.interval_s),
             overwrite_format=template.overwrite_format or "",
             sequence_format=template.sequence_format or "",
+            image_format=image.format.value,
+            quality="" if image.quality is None else str(image.quality),
+            width=str(image.width),
+            height=str(image.height),
+            quality_gate=image.quality_gate,
+            latest_pointer=image.latest_pointer,
         )
 
     def validate(self) -> TemplateSpec | None:
@@ -86,6 +107,12 @@ class TemplateForm:
         spec = self._spec()
         self._check("overwrite_format", naming.check_overwrite_format)
         self._check("sequence_format", naming.check_sequence_format)
+        if self.image_format in self.FORMATS:
+            fmt = ImageFormat(self.image_format)
+            self._check("overwrite_format",
+                        lambda v: imaging.check_extension("OverwriteFormat", v, fmt))
+            self._check("sequence_format",
+                        lambda v: imaging.check_extension("SequenceFormat", v, fmt))
         if spec is not None:
             # once with only the name, once with only the interval from the form, then whole
             self._check_spec(replace(_VALID, name=spec.name))
@@ -113,13 +140,34 @@ class TemplateForm:
             interval = int(self.interval)
         except ValueError:
             self.errors["interval"] = "Enter a whole number of seconds between 5 and 3600."
+        image = self._image()
+        if self.errors or image is None:
             return None
         return TemplateSpec(
             name=self.name,
             interval_s=interval,
             overwrite_format=self.overwrite_format or None,
             sequence_format=self.sequence_format or None,
+            image=image,
         )
+
+    def _image(self) -> ImageChanges | None:
+        if self.image_format not in self.FORMATS:
+            self.errors["image_format"] = f"Choose one of: {', '.join(self.FORMATS)}."
+            return None
+        numbers: dict[str, int | None] = {}
+        for name, hint in (("quality", "1 to 100, or empty for the default"),
+                           ("width", "0 or 32 to 7680"), ("height", "0 or 32 to 7680")):
+            text = getattr(self, name)
+            try:
+                numbers[name] = int(text) if text else None
+            except ValueError:
+                self.errors[name] = f"Enter a whole number: {hint}."
+        if len(numbers) < 3:
+            return None
+        return ImageChanges(format=ImageFormat(self.image_format), quality=numbers["quality"],
+                            width=numbers["width"] or 0, height=numbers["height"] or 0,
+                            quality_gate=self.quality_gate, latest_pointer=self.latest_pointer)
 
     def add_error(self, message: str) -> None:
         """Put a manager's validation message next to the field it is about."""
@@ -133,6 +181,10 @@ _MESSAGE_FIELDS = (
     ("TimeInterval", "interval"),
     ("OverwriteFormat", "overwrite_format"),
     ("SequenceFormat", "sequence_format"),
+    ("LatestPointer", "latest_pointer"),
+    ("Quality", "quality"),
+    ("Width", "width"),
+    ("Height", "height"),
 )
 
 

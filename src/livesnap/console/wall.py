@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from livesnap.console import present
 from livesnap.console.app import Console, Visit, status_for
 from livesnap.errors import LivesnapError
+from livesnap.jobs import imaging
 from livesnap.jobs.models import (
     DeliveryAttempt,
     FileQuery,
@@ -44,6 +45,14 @@ DONE = {
     "capture": "Captured one snapshot.",
 }
 IMAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def content_type(key: str) -> str:
+    """The picture type of an object key by its extension (templates tie the two together)."""
+    for image_format, extension in imaging.EXTENSIONS.items():
+        if key.endswith(extension):
+            return imaging.CONTENT_TYPES[image_format]
+    return "application/octet-stream"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,13 +160,14 @@ class WallViews:
         return await self._image(job, found[0] if found else None)
 
     async def _image(self, job: Job | None, file: SnapshotFile | None) -> Response:
+        """The stored picture, with its format's type (the URL says .jpg for every format)."""
         if job is None or file is None:
             return PlainTextResponse("Not found", status_code=404, headers=IMAGE_HEADERS)
         data = await self.reader.read(job.storage, file.object_key)
         if data is None:
             return PlainTextResponse("The picture is not in storage.", status_code=404,
                                      headers=IMAGE_HEADERS)
-        return Response(data, media_type="image/jpeg", headers=IMAGE_HEADERS)
+        return Response(data, media_type=content_type(file.object_key), headers=IMAGE_HEADERS)
 
     # the job page --------------------------------------------------------------------------
     async def job_page(self, request: Request, visit: Visit) -> Response:

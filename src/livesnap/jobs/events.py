@@ -24,6 +24,8 @@ def captured_event(event_id: str, job: Job, file: SnapshotFile, *, now_ms: int) 
         "size": file.size,
         "stream_time_ms": file.stream_time_ms,
         "lag_ms": file.lag_ms,
+        "quality": None if file.quality is None else file.quality.value,
+        "skipped_frames": file.skipped_frames,
     }
     return _event(event_id, job, EventType.CAPTURED, data, now_ms)
 

@@ -29,13 +29,14 @@ from livesnap.errors import (
     StreamNotFound,
     TemplateNotFound,
 )
-from livesnap.jobs import naming, urls
+from livesnap.jobs import imaging, naming, urls
 from livesnap.jobs.events import captured_event, status_event
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
     DeleteResult,
     DeliveryAttempt,
     FileQuery,
+    ImageOptions,
     Job,
     JobPatch,
     JobQuery,
@@ -49,6 +50,7 @@ from livesnap.jobs.models import (
     TemplateQuery,
     TemplateSpec,
     TemplateType,
+    Verdict,
 )
 from livesnap.jobs.ports import (
     CaptureEngine,
@@ -64,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 128
 STORAGE_ERROR_PREFIX = "storage: "
+QUALITY_ERROR_PREFIX = "quality: "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,8 +98,12 @@ def system_template(now_ms: int) -> Template:
     )
 
 
-def check_template_spec(spec: TemplateSpec) -> None:
-    """Raise ``InvalidParameter``/``MissingParameter`` unless the spec is valid."""
+def check_template_spec(spec: TemplateSpec, image: ImageOptions | None = None) -> None:
+    """Raise ``InvalidParameter``/``MissingParameter`` unless the spec is valid.
+
+    ``image``: the options the template will have (default: the spec's changes applied to
+    the defaults, as on create).
+    """
     if not spec.name.strip():
         raise MissingParameter("TemplateName is mandatory for this action.")
     if len(spec.name) > MAX_NAME_LEN:
@@ -109,6 +116,11 @@ def check_template_spec(spec: TemplateSpec) -> None:
         naming.check_overwrite_format(spec.overwrite_format)
     if spec.sequence_format:
         naming.check_sequence_format(spec.sequence_format)
+    imaging.check_image_options(
+        image if image is not None else spec.image.apply(ImageOptions()),
+        overwrite_format=spec.overwrite_format or None,
+        sequence_format=spec.sequence_format or None,
+    )
 
 
 class JobManager:
@@ -177,7 +189,8 @@ class JobManager:
 
     # templates -----------------------------------------------------------------------------
     async def create_template(self, account: str, spec: TemplateSpec) -> Template:
-        check_template_spec(spec)
+        image = spec.image.apply(ImageOptions())
+        check_template_spec(spec, image)
         now = self._now_ms()
         template = Template(
             id=self._new_id(),
@@ -189,6 +202,7 @@ class JobManager:
             sequence_format=spec.sequence_format or None,
             created_ms=now,
             modified_ms=now,
+            image=image,
         )
         await self._store.create_template(template)
         return template
@@ -203,13 +217,15 @@ class JobManager:
         current = await self.get_template(account, template_id)
         if current.type is TemplateType.SYSTEM:
             raise Forbidden()
-        check_template_spec(spec)
+        image = spec.image.apply(current.image)
+        check_template_spec(spec, image)
         updated = current.evolve(
             name=spec.name,
             interval_s=spec.interval_s,
             overwrite_format=spec.overwrite_format or None,
             sequence_format=spec.sequence_format or None,
             modified_ms=self._now_ms(),
+            image=image,
         )
         if not await self._store.update_template(updated):
             raise TemplateNotFound()
@@ -239,6 +255,7 @@ class JobManager:
             interval_s=template.interval_s,
             overwrite_format=template.overwrite_format,
             sequence_format=template.sequence_format,
+            image=template.image,
             stream_url=spec.stream_url,
             stream_type=spec.stream_type,
             storage=spec.storage,
@@ -464,6 +481,8 @@ class JobManager:
             size=report.size,
             stream_time_ms=report.stream_time_ms,
             lag_ms=report.lag_ms,
+            quality=report.quality,
+            skipped_frames=report.skipped_frames,
         )
         now = self._now_ms()
         events = [captured_event(self._new_id(), job, file, now_ms=now)] if job.callback_url else []
@@ -501,13 +520,21 @@ class JobManager:
 
     async def storage_changed(self, job_id: str, error: str) -> None:
         """``LastError`` shows a storage problem; clearing it leaves other errors alone."""
+        await self._set_error(job_id, STORAGE_ERROR_PREFIX, error)
+
+    async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
+        """``LastError`` shows that a tick had no keyframe fit to keep, until one passes."""
+        text = "" if verdict is Verdict.OK else f"no usable keyframe in a tick ({verdict.value})"
+        await self._set_error(job_id, QUALITY_ERROR_PREFIX, text)
+
+    async def _set_error(self, job_id: str, prefix: str, error: str) -> None:
+        """Set ``LastError`` to ``prefix + error``; ``""`` clears it only if it has ``prefix``."""
         if not error:
             job = await self._store.load_job(job_id)
-            if job is None or not job.last_error.startswith(STORAGE_ERROR_PREFIX):
+            if job is None or not job.last_error.startswith(prefix):
                 return
-        text = STORAGE_ERROR_PREFIX + error if error else ""
+        text = prefix + error if error else ""
         await self._store.update_job(job_id, JobPatch(last_error=text), now_ms=self._now_ms())
-
 
 def _apply(job: Job, patch: JobPatch) -> Job:
     changes: dict[str, object] = {}

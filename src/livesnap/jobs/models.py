@@ -44,6 +44,25 @@ class StorageType(StrEnum):
     LOCAL = "local"
 
 
+class ImageFormat(StrEnum):
+    """Output picture format (livesnap extension; ICE has only JPEG)."""
+
+    JPG = "jpg"
+    WEBP = "webp"
+    PNG = "png"
+
+
+class Verdict(StrEnum):
+    """What the frame-quality gate said of a captured picture (livesnap extension)."""
+
+    OK = "ok"  # passed the gate
+    UNCHECKED = "unchecked"  # the job's gate is off
+    BLACK = "black"
+    UNIFORM = "uniform"  # one flat colour ("no signal" screens)
+    FROZEN = "frozen"  # the same picture as the previous capture
+    DECODE_ERROR = "decode_error"
+
+
 class EventType(StrEnum):
     CAPTURED = "LiveSnapshotCaptured"
     STATUS_CHANGED = "LiveSnapshotJobStatusChanged"
@@ -53,6 +72,39 @@ class _Evolve:
     def evolve(self, **changes: Any) -> Self:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageOptions(_Evolve):
+    """How captures are rendered (livesnap extensions; the defaults are ICE's behaviour).
+
+    ``quality`` None means the node's ``LIVESNAP_JPEG_QUALITY``. ``width``/``height`` 0 mean
+    the source size; see ``jobs.imaging.output_size`` for how a box is applied.
+    """
+
+    format: ImageFormat = ImageFormat.JPG
+    quality: int | None = None
+    width: int = 0
+    height: int = 0
+    quality_gate: bool = True
+    latest_pointer: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageChanges:
+    """Image options a Create/Update request gives: None keeps the current (or default) value,
+    so a client that knows only ICE's fields (the official SDK) never resets them."""
+
+    format: ImageFormat | None = None
+    quality: int | None = None
+    width: int | None = None
+    height: int | None = None
+    quality_gate: bool | None = None
+    latest_pointer: bool | None = None
+
+    def apply(self, base: ImageOptions) -> ImageOptions:
+        changed = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return base.evolve(**changed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +118,7 @@ class Template(_Evolve):
     sequence_format: str | None
     created_ms: int
     modified_ms: int
+    image: ImageOptions = ImageOptions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +154,7 @@ class Job(_Evolve):
     snapshot_count: int = 0
     last_sequence: int = 0
     effective_interval_ms: int | None = None
+    image: ImageOptions = ImageOptions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +186,8 @@ class SnapshotFile:
     size: int = 0
     stream_time_ms: int | None = None
     lag_ms: int | None = None
+    quality: Verdict | None = None  # None: recorded before the gate existed
+    skipped_frames: int = 0  # keyframes the gate rejected in this tick before this one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +267,7 @@ class TemplateSpec:
     interval_s: int
     overwrite_format: str | None
     sequence_format: str | None
+    image: ImageChanges = ImageChanges()
 
 
 @dataclass(frozen=True, kw_only=True)

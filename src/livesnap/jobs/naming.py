@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from livesnap.errors import InvalidParameter
 
 MAX_FORMAT_LEN = 255
+KEY_EXTENSIONS = (".jpg", ".webp", ".png")  # which one a template needs: jobs.imaging
 OVERWRITE_PLACEHOLDERS = frozenset({"JobId"})
 SEQUENCE_PLACEHOLDERS = frozenset({"JobId", "Date", "UnixTimestamp", "Sequence"})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -23,8 +24,8 @@ def _check_common(name: str, fmt: str, allowed: frozenset[str]) -> set[str]:
         raise InvalidParameter(f"{name} must be at most {MAX_FORMAT_LEN} characters.")
     if fmt.startswith("/"):
         raise InvalidParameter(f"{name} must not start with '/'.")
-    if not fmt.endswith(".jpg"):
-        raise InvalidParameter(f"{name} must end with '.jpg'.")
+    if not fmt.endswith(KEY_EXTENSIONS):
+        raise InvalidParameter(f"{name} must end with '.jpg' (or '.webp'/'.png' with ImageFormat).")
     if not _ALLOWED_KEY_CHARS.match(fmt):
         raise InvalidParameter(f"{name} contains control characters or a backslash.")
     if any(part in ("", ".", "..") for part in fmt.split("/")):

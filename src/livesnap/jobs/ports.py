@@ -26,6 +26,7 @@ from livesnap.jobs.models import (
     StreamStatus,
     Template,
     TemplateQuery,
+    Verdict,
 )
 
 
@@ -160,6 +161,8 @@ class CaptureReport:
     size: int
     stream_time_ms: int | None
     lag_ms: int | None
+    quality: Verdict | None = None
+    skipped_frames: int = 0
 
 
 class CaptureReports(Protocol):
@@ -180,6 +183,10 @@ class CaptureReports(Protocol):
 
     async def storage_changed(self, job_id: str, error: str) -> None:
         """The job's snapshots cannot be stored (``error``), or can again (``""``)."""
+
+    async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
+        """No keyframe of a whole tick passed the quality gate (``verdict`` says why), or a
+        capture passed again (``Verdict.OK``)."""
 
     async def check_host(self, name: str, host: str) -> None:
         """``InvalidParameter`` if ``host`` resolves into a blocked network (at connect time)."""

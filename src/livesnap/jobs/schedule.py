@@ -4,12 +4,17 @@ Ticks are aligned to the session's start: ``start, start + interval, …``. For 
 first keyframe at or after it is captured. Keyframes only exist once per GOP, so the capture
 lands up to one GOP after its tick; when the GOP is longer than the interval every keyframe
 is captured and the effective interval is the GOP, which the job reports.
+
+When the frame-quality gate rejects the tick's keyframe, the tick's next keyframes are tried;
+a tick that ends with none accepted is "missed", reported with the last rejection's verdict.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+from livesnap.jobs.models import Verdict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,12 +61,20 @@ class TickSchedule:
         self._next_tick_ms = start_ms
         self._last_capture_ms: int | None = None
         self._gaps: list[int] = []
+        self._retry: Verdict | None = None  # the tick's keyframe was rejected: try the next
+        self._skipped = 0  # keyframes rejected in the current tick
+        self._missed: list[Verdict] = []
         # One reader thread calls on_keyframe while the session's loop reads the figures.
         self._lock = threading.Lock()
 
     def on_keyframe(self, wall_time: float) -> bool:
         now_ms = int(wall_time * 1000)
         with self._lock:
+            if self._retry is not None:
+                if now_ms < self._next_tick_ms:
+                    return True  # another try within the same tick
+                self._missed.append(self._retry)
+                self._retry, self._skipped = None, 0
             chosen = select(
                 next_tick_ms=self._next_tick_ms, interval_ms=self.interval_ms, keyframe_ms=now_ms
             )
@@ -69,6 +82,25 @@ class TickSchedule:
             if chosen.capture:
                 self._note_capture(now_ms)
             return chosen.capture
+
+    def rejected(self, verdict: Verdict) -> None:
+        """The keyframe just selected failed the quality gate: try the tick's next one."""
+        with self._lock:
+            self._retry = verdict
+            self._skipped += 1
+
+    def accepted(self) -> int:
+        """The keyframe just selected passed; returns how many the tick rejected before it."""
+        with self._lock:
+            skipped = self._skipped
+            self._retry, self._skipped = None, 0
+            return skipped
+
+    def take_missed(self) -> list[Verdict]:
+        """Ticks that ended without an accepted keyframe since the last call (their verdicts)."""
+        with self._lock:
+            missed, self._missed = self._missed, []
+            return missed
 
     def _note_capture(self, now_ms: int) -> None:
         if self._last_capture_ms is not None:

@@ -32,10 +32,11 @@ class SnapshotSink(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class PendingObject:
-    """One object of a capture: its key and headers (the bytes are the capture's)."""
+    """One object of a capture: its key, headers and bytes (None: the capture's picture)."""
 
     key: str
     meta: ObjectMeta
+    data: bytes | None = None  # small side objects only (the latest pointer): kept in memory
 
 
 @dataclass(frozen=True, kw_only=True)

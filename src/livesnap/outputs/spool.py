@@ -32,12 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livesnap.errors import LivesnapError, OutputError
-from livesnap.outputs.base import SnapshotSink, Upload
+from livesnap.outputs.base import ObjectMeta, SnapshotSink, Upload
 
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 IDLE_CHECK_S = 30.0  # how often an idle uploader looks for spooled captures that got too old
+
+UploadObserver = Callable[[float, bool], None]
+"""Told of every object write: its duration in seconds and whether it succeeded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,9 +211,11 @@ class TargetUploader:
         spool: Spool,
         name: str,
         rand: Callable[[], float] = random.random,
+        observe: UploadObserver | None = None,
     ) -> None:
         self.sink = sink
         self.name = name
+        self.observe = observe  # e.g. ``Metrics.upload``; settable after construction
         self._spool = spool
         self._limits = spool.limits
         self._rand = rand
@@ -365,8 +370,19 @@ class TargetUploader:
         data = await self._spool.read(entry)
         for obj in entry.upload.objects:
             if obj.key not in entry.stored_keys:  # a retry skips what is already stored
-                await self.sink.put(obj.key, data, meta=obj.meta)
+                await self._timed_put(obj.key, data if obj.data is None else obj.data, obj.meta)
                 entry.stored_keys.add(obj.key)
+
+    async def _timed_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        """One object write, reported to ``observe`` (success or failure, with its duration)."""
+        started = time.monotonic()
+        ok = False
+        try:
+            await self.sink.put(key, data, meta=meta)
+            ok = True
+        finally:
+            if self.observe is not None:
+                _observe_safely(self.observe, time.monotonic() - started, ok, self.name)
 
     async def _stored(self, entry: _Entry) -> None:
         with contextlib.suppress(ValueError):
@@ -426,6 +442,15 @@ async def _safely(call: Awaitable[None], what: str, entry: _Entry) -> None:
     except Exception:
         logger.exception("%s raised", what, extra={"action": "upload_callback_failed",
                                                    "job_id": entry.upload.job_id})
+
+
+def _observe_safely(observe: UploadObserver, seconds: float, ok: bool, target: str) -> None:
+    """Report one write; a failing observer is logged, never allowed to fail the upload."""
+    try:
+        observe(seconds, ok)
+    except Exception:
+        logger.exception("upload observer raised", extra={"action": "upload_observer",
+                                                          "target": target})
 
 
 def _write_file(path: Path, data: bytes) -> None:

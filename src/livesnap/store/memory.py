@@ -64,7 +64,8 @@ class MemoryStore:
         return found if found is not None and _visible(found, account) else None
 
     async def update_template(self, template: Template) -> bool:
-        """Replace name, interval, formats and modified time; id, type and created stay."""
+        """Replace name, interval, formats, image options and modified time; id, type and
+        created stay."""
         async with self._lock:
             old = self._custom(template.account, template.id)
             if old is None:
@@ -75,6 +76,7 @@ class MemoryStore:
                 overwrite_format=template.overwrite_format,
                 sequence_format=template.sequence_format,
                 modified_ms=template.modified_ms,
+                image=template.image,
             )
             return True
 

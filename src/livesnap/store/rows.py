@@ -15,6 +15,8 @@ from typing import Any
 from livesnap.jobs.models import (
     DeliveryAttempt,
     EventType,
+    ImageFormat,
+    ImageOptions,
     Job,
     JobPatch,
     JobStatus,
@@ -25,9 +27,31 @@ from livesnap.jobs.models import (
     StreamStatus,
     Template,
     TemplateType,
+    Verdict,
 )
 
 Row = Mapping[Any, Any]  # a SQLAlchemy RowMapping, or any dict of column values
+_DEFAULT_IMAGE = ImageOptions()
+
+
+def image_text(image: ImageOptions) -> str | None:
+    """The ``image`` column: NULL for the defaults (ICE's behaviour), else JSON."""
+    if image == _DEFAULT_IMAGE:
+        return None
+    values = dataclasses.asdict(image)
+    values["format"] = image.format.value
+    return encode_data(values)
+
+
+def image_from_text(text: str | None) -> ImageOptions:
+    if text is None:
+        return _DEFAULT_IMAGE
+    values = decode_data(text)
+    known = {f.name for f in dataclasses.fields(ImageOptions)}
+    options = {k: v for k, v in values.items() if k in known}
+    if "format" in options:
+        options["format"] = ImageFormat(options["format"])
+    return ImageOptions(**options)
 
 
 def template_values(template: Template) -> dict[str, Any]:
@@ -41,6 +65,7 @@ def template_values(template: Template) -> dict[str, Any]:
         "sequence_format": template.sequence_format,
         "created_ms": template.created_ms,
         "modified_ms": template.modified_ms,
+        "image": image_text(template.image),
     }
 
 
@@ -55,6 +80,7 @@ def template_from_row(row: Row) -> Template:
         sequence_format=row["sequence_format"],
         created_ms=row["created_ms"],
         modified_ms=row["modified_ms"],
+        image=image_from_text(row["image"]),
     )
 
 
@@ -74,6 +100,7 @@ def job_values(job: Job) -> dict[str, Any]:
         storage_type=job.storage.storage_type.value,
         storage_endpoint=job.storage.endpoint,
         storage_bucket=job.storage.bucket,
+        image=image_text(job.image),
     )
     return values
 
@@ -89,23 +116,28 @@ def job_from_row(row: Row) -> Job:
         storage=storage,
         status=JobStatus(row["status"]),
         stream_status=StreamStatus(row["stream_status"]),
+        image=image_from_text(row["image"]),
     )
 
 
 _FILE_FIELDS = (
     "job_id", "account", "create_ms", "endpoint", "bucket", "object_key", "is_overlay",
     "overwrite_key", "sequence", "width", "height", "size", "stream_time_ms", "lag_ms",
+    "skipped_frames",
 )  # fmt: skip
 
 
 def file_values(file: SnapshotFile) -> dict[str, Any]:
-    return {name: getattr(file, name) for name in _FILE_FIELDS}
+    values = {name: getattr(file, name) for name in _FILE_FIELDS}
+    values["quality"] = None if file.quality is None else file.quality.value
+    return values
 
 
 def file_from_row(row: Row) -> SnapshotFile:
     values = {name: row[name] for name in _FILE_FIELDS}
     values["is_overlay"] = bool(values["is_overlay"])
-    return SnapshotFile(**values)
+    quality = row["quality"]
+    return SnapshotFile(**values, quality=None if quality is None else Verdict(quality))
 
 
 def encode_data(data: Mapping[str, Any]) -> str:

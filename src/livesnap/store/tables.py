@@ -43,6 +43,7 @@ templates = Table(
     Column("sequence_format", Text(), nullable=True),
     Column("created_ms", BigInteger(), nullable=False),
     Column("modified_ms", BigInteger(), nullable=False),
+    Column("image", Text(), nullable=True),  # JSON ImageOptions; NULL = defaults (0002)
     PrimaryKeyConstraint("id", name="pk_templates"),
     Index("ix_templates_account_created", "account", "created_ms"),
 )
@@ -74,6 +75,7 @@ jobs = Table(
     Column("snapshot_count", BigInteger(), nullable=False),
     Column("last_sequence", BigInteger(), nullable=False),
     Column("effective_interval_ms", BigInteger(), nullable=True),
+    Column("image", Text(), nullable=True),  # copied from the template at submit (0002)
     PrimaryKeyConstraint("id", name="pk_jobs"),
     Index("ix_jobs_account_created", "account", "created_ms"),
     Index("ix_jobs_status", "status"),
@@ -97,6 +99,8 @@ files = Table(
     Column("size", BigInteger(), nullable=False),
     Column("stream_time_ms", BigInteger(), nullable=True),
     Column("lag_ms", BigInteger(), nullable=True),
+    Column("quality", String(), nullable=True),  # the gate's verdict (0002)
+    Column("skipped_frames", Integer(), nullable=False, server_default="0"),
     PrimaryKeyConstraint("id", name="pk_files"),
     ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_files_job", ondelete="CASCADE"),
     # The idempotency key of record_snapshot; its index also serves list_files.

@@ -1,0 +1,165 @@
+"""livesnap's picture extensions end to end: real nginx-rtmp streams, ``livesnap serve``, the
+official SDK for ICE's operations and the core SDK's CommonRequest for the extension fields."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import av
+import httpx
+import numpy as np
+import pytest
+from alibabacloud_ice20201109 import models as m
+
+from tests.acceptance.test_capture_e2e import (
+    OUTPUT,
+    get_job,
+    iso,
+    list_files,
+    raw_job,
+    wait_until,
+)
+from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
+
+FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
+
+
+def create_template(server, ext: str, **extensions: str) -> str:
+    params = {"TemplateName": f"t-{ext}", "TimeInterval": "5",
+              "OverwriteFormat": f"pics/{{JobId}}.{ext}",
+              "SequenceFormat": f"pics/{{JobId}}/{{UnixTimestamp}}.{ext}", **extensions}
+    acs = core_client(server.endpoint)
+    body = json.loads(acs.do_action_with_exception(
+        core_request("CreateLiveSnapshotTemplate", "POST", body=params)))
+    return str(body["TemplateId"])
+
+
+def submit(client, template_id: str, url: str) -> str:
+    return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
+        job_name=f"job-{template_id[:6]}", template_id=template_id, snapshot_output=OUTPUT,
+        stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url))).body.job_id
+
+
+def capture(server, job_id: str) -> dict:
+    acs = core_client(server.endpoint)
+    body = json.loads(acs.do_action_with_exception(core_request(
+        "SendLiveSnapshotJobCommand", "POST", body={"JobId": job_id, "Command": "capture"})))
+    return dict(body["Snapshot"])
+
+
+def stored(server, key: str) -> bytes:
+    return (server.data_dir / "storage" / OUTPUT.endpoint / OUTPUT.bucket / key).read_bytes()
+
+
+def decoded(data: bytes) -> tuple[str, int, int, float]:
+    """(codec, width, height, mean luma) of an encoded picture, decoded by FFmpeg."""
+    with av.open(io.BytesIO(data)) as container:
+        codec = container.streams.video[0].codec_context.name
+        frame = next(container.decode(video=0))
+        luma = frame.reformat(format="gray").to_ndarray().astype(np.float32)
+        return codec, frame.width, frame.height, float(luma.mean())
+
+
+# (extension, template extensions, source clip, expected codec, expected size)
+CASES = [
+    ("jpg", {}, "720p", "mjpeg", (1280, 720)),
+    ("jpg", {"Width": "640"}, "720p", "mjpeg", (640, 360)),
+    ("webp", {"ImageFormat": "webp", "Quality": "60", "Width": "640", "Height": "640"},
+     "720p", "webp", (640, 360)),
+    ("png", {"ImageFormat": "png", "Height": "180"}, "720p", "png", (320, 180)),
+    ("webp", {"ImageFormat": "webp"}, "720p", "webp", (1280, 720)),
+    ("jpg", {"Width": "640", "Height": "360", "LatestPointer": "true"}, "portrait", "mjpeg",
+     (360, 640)),  # a portrait source swaps the box: 640 is its long side
+]
+
+
+def test_every_format_and_size_decodes_to_what_the_template_asks(
+    tmp_path, publisher_factory, make_test_clip
+):
+    streams = {kind: publisher_factory(make_test_clip(kind)).url for kind in ("720p", "portrait")}
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        client = ice_client(server.endpoint)
+        jobs = []
+        for ext, extensions, source, codec, size in CASES:
+            job_id = submit(client, create_template(server, ext, **extensions), streams[source])
+            jobs.append((job_id, ext, codec, size))
+        for job_id, *_ in jobs:
+            wait_until(lambda j=job_id: get_job(client, j).status == "started", 30, "started")
+        for job_id, ext, codec, size in jobs:
+            shot = capture(server, job_id)
+            assert shot["OssObject"].endswith(f".{ext}")
+            got = decoded(stored(server, shot["OssObject"]))
+            assert got[:3] == (codec, *size), (job_id, got)
+            assert (shot["Width"], shot["Height"]) == size
+            assert got[:3] == decoded(stored(server, f"pics/{job_id}.{ext}"))[:3]
+
+        # the latest pointer names the newest sequence object, which exists
+        pointer_job = jobs[-1][0]
+        files = wait_until(lambda: (f := list_files(client, pointer_job)) and len(f) >= 2 and f,
+                           30, "two snapshots of the pointer job")
+        pointer = json.loads(stored(server, f"pics/{pointer_job}.latest.json"))
+        newest = max(int(f.create_timestamp) for f in list_files(client, pointer_job))
+        assert pointer["CreateTimestamp"] >= files[-1].create_timestamp
+        assert pointer["CreateTimestamp"] <= newest
+        assert (pointer["JobId"], pointer["Width"], pointer["Height"]) == (pointer_job, 360, 640)
+        assert pointer["ObjectKey"] == f"pics/{pointer_job}/{pointer['CreateTimestamp']}.jpg"
+        assert decoded(stored(server, pointer["ObjectKey"]))[1:3] == (360, 640)
+
+        # capture truth on the file records: stream time, capture time and the lag between
+        for item in raw_files(server, pointer_job):
+            assert isinstance(item["StreamTimestamp"], int) and item["StreamTimestamp"] >= 0
+            assert 0 <= item["CaptureLag"] < 10_000
+            assert item["Quality"] in ("ok", "black", "uniform", "frozen")
+
+
+def rejected_black(server) -> float:
+    text = httpx.get(f"http://{server.endpoint}/metrics", timeout=5).text
+    found = re.search(r'^livesnap_frames_rejected_total\{verdict="black"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_black_keyframes_are_skipped_and_the_reason_recorded(
+    tmp_path, publisher_factory, make_test_clip
+):
+    # 12 s of black, then 8 s of picture, looped: longer than a 5 s tick of the system template
+    publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=20))
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        client = ice_client(server.endpoint)
+        job_id = submit(client, "system", publisher.url)
+        wait_until(lambda: get_job(client, job_id).status == "started", 30, "started")
+        seen_errors: set[str] = set()
+
+        def skipped_snapshot():
+            seen_errors.add(raw_job(server, job_id)["LastError"])
+            return [f for f in list_files(client, job_id) if f.create_timestamp] and any(
+                "no usable keyframe in a tick (black)" in e for e in seen_errors) and [
+                f for f in raw_files(server, job_id) if f["SkippedFrames"] >= 1]
+
+        wait_until(skipped_snapshot, 60, "a missed black tick and a snapshot after skipped frames",
+                   step=0.3)
+        assert rejected_black(server) >= 1
+        files = raw_files(server, job_id)
+        assert files and all(f["Quality"] == "ok" for f in files)
+        for f in files:  # no black picture was stored
+            assert decoded(stored(server, f["OssObject"]))[3] > 40, f
+        # once a picture is stored again, LastError no longer shows the black ticks
+        time.sleep(0.5)
+        last_error = raw_job(server, job_id)["LastError"]
+        assert last_error == "" or last_error.startswith("quality: ")
+
+
+def raw_files(server, job_id: str) -> list[dict]:
+    """ListLiveSnapshotFiles as JSON (with livesnap's extension fields), the last hour."""
+    now = datetime.now(tz=UTC)
+    body = json.loads(core_client(server.endpoint).do_action_with_exception(core_request(
+        "ListLiveSnapshotFiles", "GET", {"JobId": job_id, "Limit": "100",
+                                         "StartTime": iso(now - timedelta(hours=1)),
+                                         "EndTime": iso(now + timedelta(minutes=5))})))
+    assert not body.get("NextStartTime"), "more than one page: widen the test's listing"
+    return list(body["FileList"])
