@@ -515,14 +515,17 @@ async def test_get_and_delete_files(store: Store) -> None:
 
 
 # callback outbox -------------------------------------------------------------------------
-async def test_due_events_oldest_first_when_due(store: Store) -> None:
+async def test_due_heads_one_per_job_oldest_first_when_due(store: Store) -> None:
     a, b = event("j1", T0 + 2), event("j2", T0 + 1)
-    later = event("j1", T0, next_attempt_ms=T0 + 500)
-    await store.create_job(job("j1"), [a, later])
+    head = event("j1", T0, next_attempt_ms=T0 + 500)  # j1's oldest event, retrying later
+    await store.create_job(job("j1"), [a, head])
     await store.create_job(job("j2"), [b])
-    assert await store.due_events(T0 + 499, limit=10) == [b, a]
-    assert await store.due_events(T0 + 500, limit=10) == [later, b, a]
-    assert await store.due_events(T0 + 500, limit=2) == [later, b]
+    assert await store.due_heads(T0 + 499, limit=10) == [b]  # a waits behind j1's head
+    assert await store.due_heads(T0 + 500, limit=10) == [head, b]
+    assert await store.due_heads(T0 + 500, limit=1) == [head]
+    await store.record_attempt(attempt(head, T0 + 501), delivered=True, failed=False,
+                               next_attempt_ms=0)
+    assert await store.due_heads(T0 + 501, limit=10) == [b, a]
 
 
 async def test_record_attempt_outcomes(store: Store) -> None:
@@ -536,9 +539,9 @@ async def test_record_attempt_outcomes(store: Store) -> None:
     await store.record_attempt(
         attempt(dead, T0 + 12, "gave up"), delivered=False, failed=True, next_attempt_ms=0
     )
-    assert await store.due_events(T0 + 98, limit=10) == []
+    assert await store.due_heads(T0 + 98, limit=10) == []
     expected = replace(retry, attempts=1, next_attempt_ms=T0 + 99, last_error="HTTP 500")
-    assert await store.due_events(T0 + 99, limit=10) == [expected]
+    assert await store.due_heads(T0 + 99, limit=10) == [expected]
     events = {e.id: e for e in await store.get_events("j1", failed_only=False)}
     assert (events[ok.id].delivered_ms, events[ok.id].attempts) == (T0 + 10, 1)
     assert (events[dead.id].failed, events[dead.id].last_error) == (True, "gave up")
@@ -589,7 +592,7 @@ async def test_requeue_failed_events(store: Store) -> None:
     assert await store.requeue_events("j1", T0 + 50) == 1
     assert await store.requeue_events("j2", T0 + 50) == 0
     assert await store.get_events("j1", failed_only=True) == []
-    due = await store.due_events(T0 + 50, limit=10)
-    assert ids(due) == [dead.id, alive.id]
+    due = await store.due_heads(T0 + 50, limit=10)
+    assert ids(due) == [dead.id]  # the requeued head goes first; alive waits behind it
     assert (due[0].attempts, due[0].failed, due[0].next_attempt_ms) == (0, False, T0 + 50)
     assert await store.requeue_events("j1", T0 + 60) == 0

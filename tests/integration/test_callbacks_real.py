@@ -5,7 +5,7 @@ switched to answer 500 or to hang.
 What is proven: every snapshot produces exactly one signed ``LiveSnapshotCaptured`` event (by
 ``EventId``), in order; a receiver outage of 30 s loses nothing; a hanging receiver does not
 slow capture; events not yet delivered when the server is SIGKILLed arrive after a restart.
-Plus the per-job ordering query (``due_heads``) on PostgreSQL.
+The per-job ordering query (``due_heads``) is in the store contract, PostgreSQL included.
 """
 
 from __future__ import annotations
@@ -23,16 +23,6 @@ from alibabacloud_ice20201109 import models as m
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
 
 from livesnap.callbacks.signing import verify_signature
-from livesnap.jobs.models import (
-    DeliveryAttempt,
-    EventType,
-    Job,
-    JobStatus,
-    OutboxEvent,
-    StorageTarget,
-    StorageType,
-)
-from livesnap.store import open_sql_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.acceptance]
 
@@ -297,31 +287,3 @@ def test_undelivered_events_are_delivered_after_sigkill(tmp_path, publisher_fact
         command(client, job_id, "stop")
         files = wait_until(lambda: all_delivered(receiver, client, job_id), 20, "all callbacks")
         assert_one_signed_event_per_file_in_order(receiver, files)
-
-
-async def test_due_heads_on_postgresql(postgres_url):
-    """The per-job ordering query on PostgreSQL (unit tests cover memory and SQLite)."""
-    t0 = 1_767_268_800_000
-    store = await open_sql_store(postgres_url)
-    try:
-        for job_id in ("a", "b"):
-            job = Job(id=job_id, account="x", name=job_id, template_id="system",
-                      template_name="s", interval_s=5, overwrite_format=None,
-                      sequence_format="k/{UnixTimestamp}.jpg", stream_url="rtmp://h/l/s",
-                      stream_type="rtmp", storage=StorageTarget(
-                          storage_type=StorageType.LOCAL, endpoint="e", bucket="b"),
-                      callback_url="http://h/cb", status=JobStatus.STARTED,
-                      created_ms=t0, modified_ms=t0)
-            events = [OutboxEvent(id=f"{job_id}{n}", job_id=job_id, account="x", url="http://h/cb",
-                                  type=EventType.CAPTURED, data={"n": n}, created_ms=t0 + n,
-                                  next_attempt_ms=t0 + n) for n in range(3)]
-            await store.create_job(job, events)
-        assert [e.id for e in await store.due_heads(t0 + 10, 10)] == ["a0", "b0"]
-        failed = DeliveryAttempt(event_id="a0", job_id="a", at_ms=t0 + 10, status_code=500,
-                                 latency_ms=1, error="HTTP 500")
-        await store.record_attempt(failed, delivered=False, failed=False,
-                                   next_attempt_ms=t0 + 1000)
-        assert [e.id for e in await store.due_heads(t0 + 10, 10)] == ["b0"]  # a1, a2 wait
-        assert [e.id for e in await store.due_heads(t0 + 1000, 1)] == ["a0"]
-    finally:
-        await store.close()

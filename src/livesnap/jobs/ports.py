@@ -93,8 +93,11 @@ class Store(Protocol):
         """Delete these file records; the ``create_ms`` values that existed and are gone."""
 
     # callback outbox ---------------------------------------------------------------------
-    async def due_events(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        """Undelivered, not failed events whose next attempt is due, oldest first."""
+    async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
+        """Per job, its oldest undelivered, not failed event if that one is due; oldest first.
+
+        A job's later events wait behind its head, which keeps callbacks in order per job.
+        """
 
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         """Undelivered, not failed events of a job, oldest first (per-job ordering)."""

@@ -207,11 +207,6 @@ class MemoryStore:
         found.sort(key=lambda e: e.created_ms)  # stable: insertion order among equals
         return [_copy(e) for e in found]
 
-    async def due_events(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        async with self._lock:
-            due = self._select_events(lambda e: _undelivered(e) and e.next_attempt_ms <= now_ms)
-        return due[: max(limit, 0)]
-
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
         """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
         async with self._lock:

@@ -250,10 +250,6 @@ class SqlStore:
         return sorted(int(value) for value in gone)
 
     # callback outbox ---------------------------------------------------------------------
-    async def due_events(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        stmt = _undelivered().where(outbox_events.c.next_attempt_ms <= now_ms)
-        return await self._events("due_events", stmt.limit(max(limit, 0)))
-
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
         """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
         c = outbox_events.c
