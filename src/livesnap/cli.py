@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from livesnap import __version__
 from livesnap.commands import register as register_client_commands
 from livesnap.config import KeyRing, Settings, load_or_create_keys, parse_access_keys
+from livesnap.errors import StoreError
 from livesnap.logs import setup_logging
 
 app = typer.Typer(
@@ -87,7 +88,10 @@ def serve(
         from livesnap.capture.source import tune_malloc
 
         tune_malloc()  # before any reader thread exists (docs/performance.md)
-    asyncio.run(run(settings, keys))
+    try:
+        asyncio.run(run(settings, keys))
+    except StoreError as exc:  # e.g. an unreachable database at start: one line, not a trace
+        raise _fail(f"database: {exc.message}") from None
 
 
 @app.command()
@@ -104,7 +108,10 @@ def migrate(
         store = await open_sql_store(settings.resolved_database_url())
         await store.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except StoreError as exc:
+        raise _fail(f"database: {exc.message}") from None
     typer.echo("livesnap: database is up to date")
 
 

@@ -53,3 +53,7 @@ def setup_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     # Alembic announces every plugin at INFO on each start; only its warnings matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO: one line per callback attempt and object-store call.
+    # livesnap logs the outcomes that matter itself (callbacks, uploads).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -276,3 +276,17 @@ def test_image_extensions_through_the_cli(env):
                   "--quality", "0")  # out of range: a usage error before any request
     assert line.startswith("livesnap: usage: Invalid value for '--quality'"), line
     ok_json(env, "templates", "delete", template_id)
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_unreachable_database_is_one_line_and_exit_2(tmp_path, command):
+    # nothing listens on port 1: the migration at start fails at once
+    done = subprocess.run(
+        [sys.executable, "-m", "livesnap", command, "--data-dir", str(tmp_path / "d"),
+         "--database-url", "postgresql+asyncpg://u:p@127.0.0.1:1/db"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LIVESNAP_PORT": "0", "LIVESNAP_ACCESS_KEYS": "k:s:a"})
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("livesnap: ")]
+    assert errors == [errors[-1]] and errors[-1].startswith("livesnap: database: ")
+    assert "Traceback" not in done.stderr
