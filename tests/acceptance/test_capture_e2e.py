@@ -15,6 +15,7 @@ from alibabacloud_ice20201109 import models as m
 from Tea.exceptions import TeaException
 
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
 
@@ -22,17 +23,6 @@ FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
 OUTPUT = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
     storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com", bucket="bucket-1"
 )
-
-
-def wait_until(predicate, timeout, what, step=0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def iso(dt):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.support.servers import require_binary
 from tests.support.service import LivesnapServer, ice_client
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
 
@@ -33,15 +33,6 @@ ALL_THUMBNAILS_LOADED = """(count) => {
 }"""
 
 PICTURE_CHANGED = "(old) => document.querySelector('.wall img').getAttribute('src') !== old"
-
-
-def wait_until(predicate, timeout, what, step=0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def submit(client, url, name):

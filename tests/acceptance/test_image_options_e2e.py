@@ -21,9 +21,9 @@ from tests.acceptance.test_capture_e2e import (
     iso,
     list_files,
     raw_job,
-    wait_until,
 )
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
 

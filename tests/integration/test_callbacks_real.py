@@ -21,6 +21,7 @@ from itertools import pairwise
 import pytest
 from alibabacloud_ice20201109 import models as m
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.waiting import wait_until
 
 from livesnap.callbacks.signing import verify_signature
 
@@ -130,18 +131,6 @@ class Receiver:
 
 
 # helpers -----------------------------------------------------------------------------------
-def wait_until(predicate, timeout, what, step=0.5, detail=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(step)
-    extra = f"; {detail()}" if detail else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r}){extra}")
-
-
 def iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
