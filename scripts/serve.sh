@@ -9,8 +9,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$(command -v python3.11 || command -v python3)" -m venv .venv
 fi
 stamp=.venv/.livesnap-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
   touch "$stamp"
 fi
 

@@ -25,8 +25,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$(command -v python3.11 || command -v python3)" -m venv .venv
 fi
 stamp=.venv/.livesnap-dev-installed   # editable install: only pyproject.toml changes need a re-run
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
   touch "$stamp"
 fi
 
