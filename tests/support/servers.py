@@ -36,6 +36,9 @@ CLIP_GOP = 50  # frames: one keyframe every 2 s at 25 fps
 CLIP_BLACK_SECONDS = 4  # the black lead-in of the "black_then_picture" clip
 # black lead-in per clip kind: "long_black_then_picture" is black for longer than a 5 s tick
 CLIP_BLACK_LEAD = {"black_then_picture": CLIP_BLACK_SECONDS, "long_black_then_picture": 12}
+# clips whose keyframes stop: keyframes every GOP up to this second, then none until the clip
+# ends (so a looping publisher sends no keyframe for ``seconds - lead`` seconds)
+CLIP_KEYFRAMES_UNTIL = {"keyframe_gap": 4}
 CLIP_RECIPE = "v1"  # bump when the encode recipe changes so cached clips are regenerated
 CLIP_SIZES: dict[str, tuple[int, int]] = {
     "360p": (640, 360),
@@ -44,6 +47,7 @@ CLIP_SIZES: dict[str, tuple[int, int]] = {
     "portrait": (720, 1280),
     "black_then_picture": (1280, 720),
     "long_black_then_picture": (640, 360),
+    "keyframe_gap": (320, 180),
 }
 
 
@@ -408,7 +412,8 @@ def clip_source(kind: str, seconds: int) -> str:
 
 
 def make_clip(kind: str = "720p", *, seconds: int = 10, cache_dir: Path | None = None) -> Path:
-    """A cached, pre-encoded H.264 FLV clip (x264 defaults, so High profile with B-frames; GOP 2 s).
+    """A cached, pre-encoded H.264 FLV clip (x264 defaults, so High profile with B-frames; GOP 2 s,
+    except that the ``CLIP_KEYFRAMES_UNTIL`` kinds stop having keyframes part way).
 
     Encoded once with Debian's ffmpeg into a temp name and renamed into place, so parallel or
     aborted runs never leave a half-written clip behind.
@@ -419,13 +424,20 @@ def make_clip(kind: str = "720p", *, seconds: int = 10, cache_dir: Path | None =
     if target.exists():
         return target
     ffmpeg = require_binary(FFMPEG, "ffmpeg")
+    keyframes = ["-g", str(CLIP_GOP)]
+    until = CLIP_KEYFRAMES_UNTIL.get(kind)
+    if until is not None:
+        if seconds <= until:
+            raise ValueError(f"{kind} needs more than {until} seconds")
+        forced = ",".join(str(t) for t in range(0, until + 1, CLIP_GOP // CLIP_FPS))
+        keyframes = ["-g", str(seconds * CLIP_FPS + 1), "-force_key_frames", forced]
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{target.stem}.", suffix=".part")
     os.close(fd)
     cmd = [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
         "-f", "lavfi", "-i", source,
-        "-c:v", "libx264", "-g", str(CLIP_GOP), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", *keyframes, "-sc_threshold", "0", "-pix_fmt", "yuv420p",
         "-f", "flv", tmp_name,
     ]  # fmt: skip
     try:

@@ -49,10 +49,22 @@ FAILED_DECODES_BEFORE_RECONNECT = 3
 
 @dataclass(frozen=True, kw_only=True)
 class SessionOptions:
+    """How a session reconnects and what it reports.
+
+    ``keyframe_timeout_s``: a live stream that brings no keyframe for this long gets a
+    ``LastError`` saying so (the demuxer drops non-key packets, so nothing else would show it).
+    """
+
     source: SourceOptions = field(default_factory=SourceOptions)
     backoff: Backoff = field(default_factory=Backoff)
     outage_window_s: float = 1800.0
     capture_timeout_s: float = 10.0
+    keyframe_timeout_s: float = 30.0
+
+    @property
+    def keyframe_check_s(self) -> float:
+        """How often a waiting session looks at the reader's keyframe count."""
+        return max(0.5, self.keyframe_timeout_s / 4)
 
 
 class Session:
@@ -96,6 +108,10 @@ class Session:
         self.dropped_events = 0
         self.captures = 0
         self._storage_error = ""  # the storage trouble LastError shows now ("" = none)
+        # keyframe watch of the live connection: count seen, when it last grew, reported?
+        self._keyframes_seen = 0
+        self._keyframe_at = 0.0
+        self._keyframe_reported = False
 
     # control ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -216,10 +232,12 @@ class Session:
     async def _drain_events(self) -> tuple[bool, str]:
         failed_in_row = 0
         was_live = False
+        restart = ""  # why this session stopped the reader itself
         while True:
-            event = await self._queue.get()
+            event = await self._next_event()
             if isinstance(event, Disconnected):
-                return was_live or event.was_live, event.reason
+                reason = restart if restart and event.reason == "stopped" else event.reason
+                return was_live or event.was_live, reason
             if isinstance(event, Connected):
                 was_live = True
                 await self._on_connected(event)
@@ -228,13 +246,50 @@ class Session:
                 await self._on_captured(event.frame)
             elif isinstance(event, CaptureFailed):
                 failed_in_row += 1
-                await self._on_capture_failed(event, failed_in_row)
+                if await self._on_capture_failed(event, failed_in_row):
+                    restart = (
+                        f"capture failed {failed_in_row} times in a row ({event.reason});"
+                        " reconnecting"
+                    )
             elif isinstance(event, FrameRejected):
                 self._metrics.frame_rejected(event.verdict.value)
             elif isinstance(event, TickMissed):
                 await self._on_tick_missed(event)
 
+    async def _next_event(self) -> ReaderEvent:
+        """The reader's next event; while none comes, watch the keyframes of a live stream."""
+        while True:
+            try:
+                return await asyncio.wait_for(self._queue.get(), self._opts.keyframe_check_s)
+            except TimeoutError:
+                await self._check_keyframes()
+
+    async def _check_keyframes(self) -> None:
+        reader = self._reader
+        if reader is None or self._stream_status is not StreamStatus.LIVE:
+            return
+        now = self._clock.monotonic()
+        seen = reader.stats.keyframes
+        if seen != self._keyframes_seen:
+            self._keyframes_seen, self._keyframe_at = seen, now
+            self._keyframe_reported = False
+            return
+        quiet = now - self._keyframe_at
+        if quiet < self._opts.keyframe_timeout_s or self._keyframe_reported:
+            return
+        self._keyframe_reported = True
+        logger.warning("no keyframe", extra={"action": "no_keyframe", "job_id": self.job.id,
+                                              "seconds": round(quiet, 1)})
+        # The stream stays live (packets keep coming), so only LastError changes.
+        await self._reports.stream_changed(
+            self.job.id, StreamStatus.LIVE, error=f"no keyframe for {quiet:.0f} s"
+        )
+
     async def _on_connected(self, event: Connected) -> None:
+        reader = self._reader
+        self._keyframes_seen = reader.stats.keyframes if reader is not None else 0
+        self._keyframe_at = self._clock.monotonic()
+        self._keyframe_reported = False
         logger.info(
             "stream live",
             extra={"action": "stream_live", "job_id": self.job.id, "codec": event.codec,
@@ -244,7 +299,8 @@ class Session:
         if not self.first_live.done():
             self.first_live.set_result(None)
 
-    async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> None:
+    async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> bool:
+        """Report a failed capture; True if the session stops the reader to reconnect."""
         self._metrics.capture_failed("decode")
         logger.warning("capture failed", extra={"action": "capture_failed",
                                                 "job_id": self.job.id, "reason": event.reason})
@@ -253,6 +309,8 @@ class Session:
         )
         if failed_in_row >= FAILED_DECODES_BEFORE_RECONNECT and self._reader is not None:
             self._reader.stop()  # a fresh connection picks up new codec parameters
+            return True
+        return False
 
     async def _on_tick_missed(self, event: TickMissed) -> None:
         logger.info("no usable keyframe in a tick", extra={

@@ -9,9 +9,11 @@ thread), which is expected to hand the event to asyncio
 The read path is shaped by the measurements in infra.md §2 and §2b, where
 hundreds of streams share one process and two cores:
 
-* FFmpeg's own ``rw_timeout`` bounds every blocking read. PyAV's
-  ``timeout=`` would install a Python interrupt callback that FFmpeg calls,
-  with the GIL, on every I/O step: the most expensive thing per stream.
+* FFmpeg's own ``rw_timeout`` bounds every blocking read. PyAV's read
+  timeout would install a Python interrupt callback that FFmpeg calls, with
+  the GIL, on every I/O step: the most expensive thing per stream. Only the
+  open has a PyAV deadline (``open_timeout_s``): while reading, PyAV's
+  callback returns at once in C, without the GIL.
 * The demuxer discards non-key video packets and every other stream, so
   Python sees about one packet per GOP instead of one per frame.
 * A keyframe is decoded only when the selector (or ``request_capture``)
@@ -30,7 +32,8 @@ Timing (measured with nginx-rtmp, see tests/integration/test_capture_source.py):
 connection fails at once; an origin that accepts but never answers fails after
 ``rw_timeout``; a publisher that stops or dies mid-stream is noticed after
 about twice ``rw_timeout`` (the RTMP layer times out once in the TCP read and
-once more above it).
+once more above it); a source that keeps sending bytes that never make a
+stream (an FLV header followed by garbage) fails after ``open_timeout_s``.
 """
 
 from __future__ import annotations
@@ -136,6 +139,10 @@ class SourceOptions:
         rw_timeout_s: FFmpeg ``rw_timeout`` (sent in microseconds). Bounds every
             blocking network read, including the open; a stall in an
             established RTMP session ends after up to about twice this.
+        open_timeout_s: deadline for ``av.open`` as a whole (connect, probe,
+            the first keyframe). ``rw_timeout`` only ends *silent* reads: a
+            source that keeps sending bytes FFmpeg cannot make a stream of
+            would otherwise hold the reader in the open forever.
         probesize: bytes FFmpeg may read to find the streams.
         analyzeduration_us: how much stream time FFmpeg may analyse; 0 means
             "stop as soon as the codec parameters are known".
@@ -148,6 +155,7 @@ class SourceOptions:
     """
 
     rw_timeout_s: float = 5.0
+    open_timeout_s: float = 20.0
     probesize: int = 32768
     analyzeduration_us: int = 0
     jpeg_quality: int = 85
@@ -156,6 +164,8 @@ class SourceOptions:
     def __post_init__(self) -> None:
         if self.rw_timeout_s <= 0:
             raise ValueError(f"rw_timeout_s must be positive, got {self.rw_timeout_s}")
+        if self.open_timeout_s <= 0:
+            raise ValueError(f"open_timeout_s must be positive, got {self.open_timeout_s}")
         if self.probesize < 32:
             raise ValueError(f"probesize must be at least 32, got {self.probesize}")
         if self.analyzeduration_us < 0:
@@ -297,6 +307,10 @@ class _NoFrameError(Exception):
     """The keyframe gave no picture (no frame out of the decoder, or no video decoder)."""
 
 
+class _OpenDeadlineError(Exception):
+    """``av.open`` ran out of ``open_timeout_s`` (the message says what FFmpeg was at)."""
+
+
 class StreamReader:
     """Reads one stream in a daemon thread and emits :data:`ReaderEvent` s.
 
@@ -334,6 +348,10 @@ class StreamReader:
             target=self._run, name=f"livesnap-reader-{name}", daemon=True
         )
         self._live = False
+        # The open container's video stream, for `stop` (see there); None while
+        # there is none. The lock keeps `stop` from touching a closed container.
+        self._video: VideoStream | None = None
+        self._video_lock = threading.Lock()
         # Written only by the reader thread; a reader of these from another
         # thread sees a consistent-enough snapshot (plain ints under the GIL).
         self._packets = 0
@@ -367,11 +385,20 @@ class StreamReader:
     def stop(self) -> None:
         """Ask the thread to end; returns at once.
 
-        The thread notices at the next packet reaching Python (about one per
-        GOP) or when ``rw_timeout`` ends a stalled read, then closes the
-        container and emits ``Disconnected("stopped")``.
+        The thread notices at the next packet reaching Python or when
+        ``rw_timeout`` ends a stalled read, then closes the container and
+        emits ``Disconnected("stopped")``. Non-key packets are let through from
+        here on: the demuxer drops them without returning to Python, so with a
+        long GOP (or none) the thread would otherwise hold the connection until
+        the next keyframe, however far away.
         """
         self._stop.set()
+        with self._video_lock:
+            # A plain int store into the demuxer's stream settings, read by the
+            # reader thread at its next packet; the lock guarantees the
+            # container is still open.
+            if self._video is not None:
+                self._video.discard = av.stream.Discard.default
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True if it has ended (or was never started)."""
@@ -392,6 +419,8 @@ class StreamReader:
         reason = "internal error"
         try:
             reason = self._read()
+        except _OpenDeadlineError as exc:
+            reason = str(exc)
         except av.error.FFmpegError as exc:
             reason = _describe_error(exc)
         except Exception:
@@ -412,13 +441,15 @@ class StreamReader:
     def _read(self) -> str:
         if self._stop.is_set():
             return "stopped"
-        container = av.open(
-            self._url, container_options=self._options.container_options(), timeout=None
-        )
+        container = self._open()
         try:
             video = _select_video(container)
             if video is None:
                 return "no video stream"
+            with self._video_lock:
+                self._video = video
+            if self._stop.is_set():  # `stop` ran before `_video` was set
+                return "stopped"
             extradata = video.codec_context.extradata
             for packet in container.demux(video):
                 if self._stop.is_set():
@@ -428,7 +459,27 @@ class StreamReader:
                 extradata = self._on_packet(video, packet, extradata)
             return "stream ended"
         finally:
+            with self._video_lock:
+                self._video = None
             container.close()
+
+    def _open(self) -> InputContainer:
+        deadline = self._options.open_timeout_s
+        started = time.monotonic()
+        try:
+            return av.open(
+                self._url,
+                container_options=self._options.container_options(),
+                timeout=(deadline, None),
+            )
+        except av.error.FFmpegError as exc:
+            # Interrupted by the deadline, FFmpeg reports whatever it was doing
+            # ("invalid data", "exit requested"); say what really happened.
+            if time.monotonic() - started >= deadline:
+                raise _OpenDeadlineError(
+                    f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
+                ) from exc
+            raise
 
     def _on_packet(
         self, video: VideoStream, packet: Packet[VideoStream], extradata: bytes | None

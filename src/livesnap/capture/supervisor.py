@@ -15,7 +15,7 @@ from livesnap.capture.metrics import CaptureMetrics
 from livesnap.capture.session import Session, SessionOptions
 from livesnap.clock import Clock
 from livesnap.errors import JobLimitExceeded, JobNotStarted, StreamNotFound
-from livesnap.jobs.models import Job
+from livesnap.jobs.models import Job, StreamStatus
 from livesnap.jobs.ports import CaptureReports, CaptureResult
 from livesnap.outputs.base import SinkRouter
 
@@ -95,6 +95,8 @@ class CaptureSupervisor:
             await asyncio.wait_for(asyncio.shield(session.first_live), self._probe_timeout_s)
         except (TimeoutError, StreamNotFound, asyncio.CancelledError) as exc:
             await self.stop(job.id)
+            # The session said "connecting"; nothing is running for the job any more.
+            await self._reports.stream_changed(job.id, StreamStatus.OFFLINE)
             if isinstance(exc, StreamNotFound):
                 raise
             raise StreamNotFound("No such stream (no video within the probe time).") from exc
