@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +32,6 @@ from starlette.routing import BaseRoute, Route
 from livesnap import __version__
 from livesnap.errors import StoreError
 from livesnap.jobs.models import DeliveryAttempt, JobStatus, OutboxEvent, StreamStatus
-from livesnap.outputs.base import ObjectMeta, SnapshotSink
 
 logger = logging.getLogger(__name__)
 
@@ -155,26 +153,6 @@ class Metrics:
         OpenMetrics), and its content type."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
-
-
-class MeteredSink:
-    """A ``SnapshotSink`` that times every ``put`` (for the upload queue to wrap its sink)."""
-
-    def __init__(self, sink: SnapshotSink, metrics: Metrics) -> None:
-        self._sink = sink
-        self._metrics = metrics
-
-    async def put(self, key: str, data: bytes, *, meta: ObjectMeta) -> None:
-        started = time.monotonic()
-        ok = False
-        try:
-            await self._sink.put(key, data, meta=meta)
-            ok = True
-        finally:
-            self._metrics.upload(time.monotonic() - started, ok)
-
-    async def delete(self, key: str) -> None:
-        await self._sink.delete(key)
 
 
 class _Outbox(Protocol):

@@ -175,6 +175,7 @@ async def build_service(
     store = await open_sql_store(settings.resolved_database_url())
     metrics = Metrics()
     router = storage_router(settings)
+    router.observe_uploads(metrics.upload)  # every object write: livesnap_upload_seconds
     routes = RouterRemover(router)
     policy = Policy(
         limits=Limits(

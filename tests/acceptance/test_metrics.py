@@ -107,6 +107,8 @@ def test_metrics_follow_a_capturing_job(tmp_path, publisher_factory, receiver):
         assert metric(live, "livesnap_capture_lag_seconds_sum") < 5 * 2
         assert metric(live, "livesnap_snapshot_failures_total", stage="decode") == 0
         assert metric(live, "livesnap_callback_failures_total") == 0
+        assert metric(live, "livesnap_upload_seconds_count") >= 2  # every object write timed
+        assert metric(live, "livesnap_upload_failures_total") == 0
 
         # the gauges agree with the API, and the counter keeps moving while the job captures
         counts = status_counts(client)

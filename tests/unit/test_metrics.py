@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from livesnap.errors import OutputError, StoreError
+from livesnap.errors import StoreError
 from livesnap.jobs.models import DeliveryAttempt
-from livesnap.metrics import MeteredOutbox, MeteredSink, Metrics, Probes, ops_routes
-from livesnap.outputs.base import ObjectMeta
+from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,33 +100,6 @@ async def test_metered_outbox_observes_each_recorded_attempt():
     assert value(m, "livesnap_callback_seconds_count") == 3
     assert value(m, "livesnap_callback_failures_total") == 2
     assert len(inner.recorded) == 3 and await outbox.due_heads(0, 1) == []
-
-
-async def test_metered_sink_times_puts_and_counts_failures():
-    m = Metrics(process=False)
-
-    class Flaky:
-        def __init__(self) -> None:
-            self.calls = 0
-            self.deleted: list[str] = []
-
-        async def put(self, key, data, *, meta) -> None:
-            self.calls += 1
-            if self.calls == 2:
-                raise OutputError("refused")
-
-        async def delete(self, key) -> None:
-            self.deleted.append(key)
-
-    inner = Flaky()
-    sink = MeteredSink(inner, m)
-    await sink.put("a.jpg", b"x", meta=ObjectMeta())
-    with pytest.raises(OutputError):
-        await sink.put("b.jpg", b"x", meta=ObjectMeta())
-    await sink.delete("a.jpg")
-    assert value(m, "livesnap_upload_seconds_count") == 2
-    assert value(m, "livesnap_upload_failures_total") == 1
-    assert inner.deleted == ["a.jpg"]
 
 
 def probes(*, counts=None, fail=False, slow=False) -> Probes:

@@ -22,7 +22,13 @@ from livesnap.errors import OutputError
 from livesnap.outputs.base import Route, SnapshotSink
 from livesnap.outputs.local import LocalSink, safe_segment
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
-from livesnap.outputs.spool import Spool, SpoolCounts, SpoolLimits, TargetUploader
+from livesnap.outputs.spool import (
+    Spool,
+    SpoolCounts,
+    SpoolLimits,
+    TargetUploader,
+    UploadObserver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +60,10 @@ class StorageRouter:
         limits: SpoolLimits | None = None,
         timeouts: Timeouts | None = None,
         sink_factory: SinkFactory | None = None,
+        observe_uploads: UploadObserver | None = None,
     ) -> None:
         self.root = root
+        self._observe = observe_uploads
         self.fallback = fallback
         self._credentials = tuple(credentials)
         self._timeouts = timeouts or Timeouts()
@@ -85,6 +93,13 @@ class StorageRouter:
     def outages(self) -> list[str]:
         """Targets whose store is unreachable now, each with the reason."""
         return [f"{u.name}: {u.outage}" for u in self._uploaders if u.outage is not None]
+
+    def observe_uploads(self, observer: UploadObserver | None) -> None:
+        """Report every object write of every route (made so far or later) to ``observer``,
+        e.g. ``Metrics.upload``: its duration in seconds and whether it succeeded."""
+        self._observe = observer
+        for uploader in self._uploaders:
+            uploader.observe = observer
 
     def check(self, storage_type: str, endpoint: str, bucket: str) -> str:
         """Why this target cannot be written ("" if it can)."""
@@ -141,7 +156,7 @@ class StorageRouter:
     def _with_uploader(
         self, sink: SnapshotSink, *, description: str, name: str, fallback: bool
     ) -> Route:
-        uploader = TargetUploader(sink, spool=self.spool, name=name)
+        uploader = TargetUploader(sink, spool=self.spool, name=name, observe=self._observe)
         self._uploaders.append(uploader)
         return Route(sink=sink, uploads=uploader, description=description, fallback=fallback)
 
