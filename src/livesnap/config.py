@@ -255,6 +255,13 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     log_json: bool = False
     log_level: str = "INFO"
+    # API protection (docs/api.md#limits-and-throttling)
+    rate_limit_rps: float = Field(default=50.0, ge=0)  # per access key; 0 turns the quota off
+    rate_limit_burst: int = Field(default=100, ge=1)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_s: int = Field(default=5, ge=1)  # idle time between requests on a connection
     # object storage (docs/storage.md)
     storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
     storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk

@@ -18,7 +18,8 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from livesnap.api.app import ApiDeps, create_app
+from livesnap.api.app import ApiDeps, BodyLimits, create_app
+from livesnap.api.ratelimit import KeyRateLimiter, RateLimit
 from livesnap.api.signature import NonceCache
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
 from livesnap.callbacks.keys import CallbackKeys
@@ -31,6 +32,7 @@ from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
 from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
 from livesnap.errors import OutputError
+from livesnap.httpserver import MAX_HEAD_BYTES, guarded_h11
 from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import StorageTarget
 from livesnap.jobs.ports import StorageInfo, Store
@@ -152,6 +154,22 @@ def callback_policy(settings: Settings) -> DeliveryPolicy:
     )
 
 
+def rate_limiter(settings: Settings) -> KeyRateLimiter | None:
+    """The per-access-key request quota, or None when ``rate_limit_rps`` is 0."""
+    if settings.rate_limit_rps <= 0:
+        return None
+    return KeyRateLimiter(RateLimit(rate=settings.rate_limit_rps, burst=settings.rate_limit_burst))
+
+
+def api_deps(settings: Settings, manager: JobManager, keys: KeyRing, clock: Clock) -> ApiDeps:
+    return ApiDeps(
+        manager=manager, keys=keys, clock=clock, nonces=NonceCache(), host_id=settings.host_id,
+        body=BodyLimits(max_bytes=settings.max_request_bytes,
+                        read_timeout_s=settings.body_timeout_s),
+        limiter=rate_limiter(settings),
+    )
+
+
 def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> Probes:
     """What ``/metrics`` and ``/readyz`` read: one GROUP BY, ``SELECT 1``, in-memory counts."""
 
@@ -196,8 +214,7 @@ async def build_service(
         ))
     else:
         manager.attach_engine(NoCapture())
-    deps = ApiDeps(manager=manager, keys=keys, clock=clock, nonces=NonceCache(),
-                   host_id=settings.host_id)
+    deps = api_deps(settings, manager, keys, clock)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
                           secret=load_or_create_secret(settings.data_dir), now=clock.time)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
@@ -239,10 +256,7 @@ class _Server(uvicorn.Server):
 async def serve(settings: Settings, keys: KeyRing) -> None:
     """Run the HTTP server until SIGINT/SIGTERM, then shut down within the configured time."""
     async with build_service(settings, keys) as service:
-        config = uvicorn.Config(
-            service.app, host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-        )
+        config = uvicorn_config(service.app, settings)
         server = _Server(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -255,6 +269,16 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
     logger.info("stopped", extra={"action": "shutdown"})
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    """uvicorn over livesnap's guarded h11 protocol (request-head deadline, ICE-shaped 400s)."""
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=settings.keep_alive_s,
+        http=guarded_h11(header_timeout_s=settings.header_timeout_s, host_id=settings.host_id),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+    )
 
 
 def _request_exit(server: uvicorn.Server, sig: signal.Signals) -> None:

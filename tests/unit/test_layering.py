@@ -24,6 +24,7 @@ ALLOWED = {
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client
+    "httpserver": {"api"},  # the HTTP/1.1 protocol borrows only the API's error envelope
 }
 PURE_JOBS_FORBIDDEN = {"asyncio", "av", "httpx", "sqlalchemy", "aiosqlite", "asyncpg", "starlette"}
 

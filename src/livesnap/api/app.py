@@ -1,16 +1,19 @@
 """The ASGI app: one RPC endpoint at ``/`` that verifies, routes and answers like ICE.
 
-Pipeline per request: read the body (bounded) → verify the signature → route on ``Action``
-or ``x-acs-action`` → check ``Version`` → parse parameters → call the handler → JSON.
+Pipeline per request: read the body (bounded in size and time) → verify the signature →
+take a token from the caller's access-key bucket → route on ``Action`` or ``x-acs-action`` →
+check ``Version`` → parse parameters → call the handler → JSON.
 Every answer is a JSON object with ``RequestId``; never a redirect, never a 500 for bad input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -19,11 +22,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from livesnap.api import protocol
 from livesnap.api.handlers import ACTIONS, Context
 from livesnap.api.params import Params
-from livesnap.api.signature import NonceCache, SignatureError, SignedRequest, verify
+from livesnap.api.ratelimit import KeyRateLimiter
+from livesnap.api.signature import Caller, NonceCache, SignatureError, SignedRequest, verify
 from livesnap.clock import Clock
 from livesnap.config import KeyRing
 from livesnap.errors import LivesnapError
@@ -34,6 +39,19 @@ logger = logging.getLogger(__name__)
 API_VERSION = "2020-11-09"
 MAX_BODY = 1024 * 1024
 JSON_TYPE = "application/json;charset=utf-8"
+THROTTLED = "Throttling.User"
+# the SDKs use GET and POST; the others were accepted before and stay accepted
+RPC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+# the connection is closed after these answers: the rest of the body is never read
+_CLOSE = {"connection": "close"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BodyLimits:
+    """How large a request body may be, and how long the client may take to send it."""
+
+    max_bytes: int = MAX_BODY
+    read_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,32 +61,59 @@ class ApiDeps:
     clock: Clock
     nonces: NonceCache
     host_id: str = "livesnap"
+    body: BodyLimits = field(default_factory=BodyLimits)
+    limiter: KeyRateLimiter | None = None  # None: no request-rate quota
 
 
 class ApiError(Exception):
     """A wire-level rejection (before any use case runs)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
 
 
-def _respond(status: int, body: dict[str, Any]) -> Response:
+def _respond(
+    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(data, status_code=status, media_type=JSON_TYPE)
+    return Response(data, status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
-async def _read_body(request: Request) -> bytes:
+def _too_large(limits: BodyLimits) -> ApiError:
+    return ApiError(413, "InvalidParameter",
+                    f"The request body is larger than {limits.max_bytes} bytes.", headers=_CLOSE)
+
+
+async def _read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The whole body, refused (413) as soon as it is known to be too large.
+
+    A declared ``Content-Length`` is checked before anything is read; a chunked body is
+    counted while it arrives. The time to receive the body is bounded too (408), since
+    the HTTP server only bounds the time to receive the request head.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise ApiError(413, "InvalidParameter", "The request body is larger than 1 MiB.")
+    if declared is not None and not declared.strip().isdigit():
+        raise ApiError(400, "InvalidParameter", "The Content-Length header is not a number.",
+                       headers=_CLOSE)
+    if declared is not None and int(declared) > limits.max_bytes:
+        raise _too_large(limits)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "InvalidParameter", "The request body is larger than 1 MiB.")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.read_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise _too_large(limits)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "RequestTimeout",
+                       f"The request body was not received within {limits.read_timeout_s:g} s.",
+                       headers=_CLOSE) from None
     return b"".join(chunks)
 
 
@@ -131,12 +176,31 @@ def _now(clock: Clock) -> datetime:
     return datetime.fromtimestamp(clock.time(), tz=UTC)
 
 
+def _check_rate(deps: ApiDeps, caller: Caller) -> None:
+    """``Throttling.User`` (429) when the caller's access key has no token left."""
+    if deps.limiter is None:
+        return
+    wait_s = deps.limiter.acquire(caller.access_key_id, deps.clock.monotonic())
+    if wait_s <= 0:
+        return
+    # the SDK reads x-acs-retry-after as a positive integer number of milliseconds
+    retry_ms = max(1, math.ceil(wait_s * 1000))
+    limit = deps.limiter.limit
+    raise ApiError(
+        429, THROTTLED,
+        f"Request rate for access key {caller.access_key_id} is over its quota of "
+        f"{limit.rate:g} requests per second (burst {limit.burst}); retry after {retry_ms} ms.",
+        headers={"x-acs-retry-after": str(retry_ms)},
+    )
+
+
 async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str, Any]:
-    body = await _read_body(request)
+    body = await _read_body(request, deps.body)
     signed = _signed_request(request, body)
     caller = verify(
         signed, secret_for=deps.keys.secret_for, now=_now(deps.clock), nonces=deps.nonces
     )
+    _check_rate(deps, caller)
     params = _params(signed)
     action = _action(signed, params)
     account = deps.keys.account_for(caller.access_key_id) or ""
@@ -147,15 +211,18 @@ async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str,
     return await ACTIONS[action](ctx, params)
 
 
-def rpc_endpoint(deps: ApiDeps) -> Callable[[Request], Any]:
+def rpc_endpoint(deps: ApiDeps) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         request_id = protocol.new_request_id()
+        if request.method not in RPC_METHODS:
+            return _error(deps, request_id, 405, "UnsupportedHTTPMethod",
+                          f"The HTTP method {request.method} is not supported; use GET or POST.")
         try:
             result = await _handle(deps, request, request_id)
         except SignatureError as exc:
             return _error(deps, request_id, exc.status, exc.code, exc.message)
         except ApiError as exc:
-            return _error(deps, request_id, exc.status, exc.code, exc.message)
+            return _error(deps, request_id, exc.status, exc.code, exc.message, exc.headers)
         except LivesnapError as exc:
             status, code = protocol.error_for(exc)
             return _error(deps, request_id, status, code, exc.message)
@@ -168,18 +235,35 @@ def rpc_endpoint(deps: ApiDeps) -> Callable[[Request], Any]:
     return endpoint
 
 
-def _error(deps: ApiDeps, request_id: str, status: int, code: str, message: str) -> Response:
-    return _respond(status, protocol.error_body(request_id, deps.host_id, code, message))
+def _error(
+    deps: ApiDeps, request_id: str, status: int, code: str, message: str,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return _respond(status, protocol.error_body(request_id, deps.host_id, code, message), headers)
 
 
 async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+class _AnyMethod:
+    """The RPC endpoint as a plain ASGI app, so that the route takes every HTTP method.
+
+    Starlette answers a method a function route does not list with a plain-text 405; the
+    endpoint answers it with an ICE error instead.
+    """
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 def api_routes(deps: ApiDeps) -> list[BaseRoute]:
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
     return [
-        Route("/", rpc_endpoint(deps), methods=methods),
+        Route("/", _AnyMethod(rpc_endpoint(deps))),
         Route("/healthz", healthz, methods=["GET"]),
     ]
 
