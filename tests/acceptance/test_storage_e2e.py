@@ -3,7 +3,8 @@ nginx-rtmp origin with a looping publisher, and SeaweedFS with auth on (infra.md
 
 Covers object keys, content type, ``Cache-Control`` on the overwrite object and metadata; a
 clear ``LastError`` for wrong credentials; the fallback fields; ``DeleteOriginalFile``; and a
-60 s outage of the store during which nothing is lost and no record appears early.
+60 s outage of the store during which nothing is lost, no record appears early, the spool
+shows in ``/metrics``, and deleting an object fails honestly (the record is kept).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import itertools
 import json
 import time
 
+import httpx
 import obstore
 import pytest
 from alibabacloud_ice20201109 import models as m
+from prometheus_client.parser import text_string_to_metric_families
 
 from livesnap.config import StorageCredential
 from livesnap.outputs.objectstore import ObjectStoreSink
@@ -56,6 +59,18 @@ def storage_env(tmp_path, entries: list[dict], **extra: str) -> dict[str, str]:
     path = tmp_path / "storage.json"
     path.write_text(json.dumps(entries))
     return {**FAST, "LIVESNAP_STORAGE_CONFIG": str(path), **extra}
+
+
+def scrape(server: LivesnapServer) -> dict[str, float]:
+    """``/metrics`` parsed with the Prometheus text parser: ``name{labels}`` → value."""
+    response = httpx.get(f"http://{server.endpoint}/metrics", timeout=5)
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def check_objects(store, job_id: str, files) -> None:
@@ -138,6 +153,19 @@ def test_a_store_outage_loses_no_snapshot_and_records_only_stored_ones(
             assert "unreachable" in error
             time.sleep(max(0.0, down_at + 8 - time.monotonic()))
             recorded_early = len(list_files(client, job))
+            # the outage shows in /metrics: captures wait in the spool, none is lost
+            spooling = wait_until(lambda: (s := scrape(server))["livesnap_spool_bytes"] > 0 and s,
+                                  20, "spooled bytes in /metrics")
+            assert spooling['livesnap_snapshot_failures_total{stage="store"}'] == 0
+            # deleting an object while the store is away fails honestly and keeps the record
+            first = list_files(client, job)[0]
+            results = client.delete_live_snapshot_files(m.DeleteLiveSnapshotFilesRequest(
+                job_id=job, create_timestamp_list=[first.create_timestamp],
+                delete_original_file=True)).body.delete_file_result_list
+            assert [r.create_timestamp for r in results] == [first.create_timestamp]
+            assert results[0].result.startswith(f"cannot delete {first.oss_object}: ")
+            assert "unreachable" in results[0].result
+            assert first.create_timestamp in {f.create_timestamp for f in list_files(client, job)}
             time.sleep(max(0.0, down_at + OUTAGE_S - 2 - time.monotonic()))
             # records appear only for stored objects: none while the store is away
             assert len(list_files(client, job)) == recorded_early
@@ -153,6 +181,9 @@ def test_a_store_outage_loses_no_snapshot_and_records_only_stored_ones(
                 m.SendLiveSnapshotJobCommandRequest(job_id=job, command="stop"))
             time.sleep(3)  # the last capture's upload
             files = list_files(client, job)
+            drained = scrape(server)
+            assert drained["livesnap_spool_bytes"] == 0
+            assert drained['livesnap_snapshot_failures_total{stage="store"}'] == 0
 
         stamps = [f.create_timestamp for f in files]
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
