@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -25,3 +25,21 @@ def pytest_runtest_makereport(
     if call.when == "teardown":
         service.STARTED.clear()
     return report
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_sdk_sessions() -> Iterator[None]:
+    """Close the HTTP sessions the Alibaba SDKs cache per ``host:port`` for the whole process.
+
+    Each module starts its own servers on fresh ports, so those sessions (and their pooled
+    keep-alive sockets) are dead weight afterwards; left alone they are garbage-collected in
+    some later test as "unclosed socket" warnings, which ``filterwarnings = error`` makes fail.
+    """
+    yield
+    from darabonba.core import DaraCore
+    from Tea.core import TeaCore
+
+    for cache in (TeaCore._sessions, DaraCore._sessions):
+        for session in cache.values():
+            session.close()
+        cache.clear()
