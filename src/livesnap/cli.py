@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,12 @@ DATABASE_URL_HELP = (
     "SQLAlchemy URL, e.g. postgresql+asyncpg://… "
     "(env LIVESNAP_DATABASE_URL; default SQLite in the data dir)."
 )
+ENGINE_HELP = (
+    "local: capture on this node; ray: send capture to the cluster's shards "
+    "(env LIVESNAP_ENGINE; default local)."
+)
+RAY_ADDRESS_HELP = "Ray cluster address (env LIVESNAP_RAY_ADDRESS; default: this host's node)."
+SHARDS_HELP = "Number of capture shards, named shard-0 … (env LIVESNAP_SHARDS; default 4)."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -74,9 +82,12 @@ def serve(
     port: Annotated[int | None, typer.Option(help=PORT_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
+    ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
 ) -> None:
     """Run the API server and capture engine (embedded defaults: SQLite, local disk)."""
-    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url,
+                         engine=engine, ray_address=ray_address)
     setup_logging(level=settings.log_level, json_lines=settings.log_json)
     keys = _keys(settings)
     from livesnap.service import port_is_free
@@ -84,7 +95,7 @@ def serve(
 
     if settings.port and not port_is_free(settings.host, settings.port):
         raise _fail(f"port {settings.port} on {settings.host} is already in use")
-    if settings.capture:
+    if settings.capture and settings.engine == "local":
         from livesnap.capture.source import tune_malloc
 
         tune_malloc()  # before any reader thread exists (docs/performance.md)
@@ -119,6 +130,122 @@ def migrate(
 def version() -> None:
     """Print the livesnap version."""
     typer.echo(__version__)
+
+
+cluster_app = typer.Typer(help="Capture shards on a Ray cluster (docs/cluster.md).",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _cluster_settings(**overrides: object) -> Settings:
+    settings = _settings(**overrides)
+    if not settings.resolved_database_url().startswith(("postgresql", "postgres")):
+        raise _fail("cluster mode needs a PostgreSQL --database-url shared by every node")
+    setup_logging(level="WARNING", json_lines=settings.log_json)
+    return settings
+
+
+def _connect(settings: Settings) -> None:
+    try:
+        from livesnap.cluster.rayengine import connect
+    except ImportError as exc:
+        raise _fail(f"Ray is not installed ({exc.name}): pip install 'livesnap[ray]'") from None
+    try:
+        connect(settings.ray_address, settings.ray_namespace)
+    except (ConnectionError, RuntimeError) as exc:
+        raise _fail(f"cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
+
+
+@cluster_app.command("up")
+def cluster_up(
+    shards: Annotated[int | None, typer.Option(help=SHARDS_HELP)] = None,
+    ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
+    database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    resource: Annotated[str | None, typer.Option(
+        help="A custom Ray resource each shard needs one unit of, e.g. shard "
+             "(env LIVESNAP_SHARD_RESOURCE).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for every shard.")] = 60.0,
+) -> None:
+    """Migrate the database and create the capture shards that do not exist yet."""
+    settings = _cluster_settings(shards=shards, ray_address=ray_address,
+                                 database_url=database_url, data_dir=data_dir,
+                                 shard_resource=resource)
+    from livesnap.store import open_sql_store
+
+    async def migrate_db() -> None:
+        store = await open_sql_store(settings.resolved_database_url())
+        await store.close()
+
+    try:
+        asyncio.run(migrate_db())
+    except StoreError as exc:
+        raise _fail(f"database: {exc.message}") from None
+    _connect(settings)
+    from livesnap.cluster.assign import shard_names
+    from livesnap.cluster.rayengine import cluster_status, launch_shards
+    from livesnap.shardhost import ShardHost
+
+    names = shard_names(settings.shards)
+    launch_shards(ShardHost, settings, names, resource=settings.shard_resource)
+    deadline = time.monotonic() + wait
+    while True:
+        rows = cluster_status(names, settings.ray_namespace)
+        if all(r["state"] == "running" for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _print_status(rows)
+    if not all(r["state"] == "running" for r in rows):
+        raise _fail("not every shard is running yet (see the table)")
+
+
+@cluster_app.command("status")
+def cluster_status_cmd(
+    shards: Annotated[int | None, typer.Option(help=SHARDS_HELP)] = None,
+    ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Shards, their nodes, job counts, epochs, missed ticks and reconcile lag."""
+    settings = _settings(shards=shards, ray_address=ray_address)
+    setup_logging(level="WARNING", json_lines=settings.log_json)
+    _connect(settings)
+    from livesnap.cluster.assign import shard_names
+    from livesnap.cluster.rayengine import cluster_status
+
+    rows = cluster_status(shard_names(settings.shards), settings.ray_namespace)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+    else:
+        _print_status(rows)
+
+
+@cluster_app.command("down")
+def cluster_down(
+    shards: Annotated[int | None, typer.Option(help=SHARDS_HELP)] = None,
+    ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
+) -> None:
+    """Stop every shard's streams and remove the shard actors (jobs stay as they are)."""
+    settings = _settings(shards=shards, ray_address=ray_address)
+    setup_logging(level="WARNING", json_lines=settings.log_json)
+    _connect(settings)
+    from livesnap.cluster.assign import shard_names
+    from livesnap.cluster.rayengine import remove_shards
+
+    removed = remove_shards(shard_names(settings.shards), settings.ray_namespace)
+    typer.echo(f"livesnap: removed {len(removed)} shard(s)")
+
+
+def _print_status(rows: list[dict[str, object]]) -> None:
+    now = time.time()
+    typer.echo(f"{'SHARD':<10} {'STATE':<12} {'NODE':<16} {'PID':>7} {'EPOCH':>5} "
+               f"{'JOBS':>5} {'MISSED':>6} {'LAG_S':>6}")
+    for r in rows:
+        last = r.get("last_reconcile_at")
+        lag = f"{now - float(last):.1f}" if isinstance(last, int | float) else "-"
+        typer.echo(f"{r['name']!s:<10} {r['state']!s:<12} {r.get('node_address', '')!s:<16} "
+                   f"{r.get('pid', '')!s:>7} {r.get('epoch', '')!s:>5} {r.get('jobs', '')!s:>5} "
+                   f"{r.get('missed_ticks', '')!s:>6} {lag:>6}")
 
 
 register_client_commands(app)  # templates, jobs, files: livesnap/commands/

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -262,6 +262,14 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: int = Field(default=5, ge=1)  # idle time between requests on a connection
+    # cluster mode on Ray (docs/cluster.md)
+    engine: Literal["local", "ray"] = "local"  # ray: commands go to capture shards
+    ray_address: str = ""  # "" = the Ray node on this host ("auto")
+    ray_namespace: str = "livesnap"
+    shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}
+    shard_resource: str = ""  # a custom Ray resource each shard needs one unit of
+    shard_reconcile_s: float = Field(default=5.0, gt=0)
+    shard_call_timeout_s: float = Field(default=15.0, gt=0)
     # object storage (docs/storage.md)
     storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
     storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk

@@ -17,6 +17,8 @@ message. Only ``livesnap.api`` turns these into ICE ``Code`` / ``Message`` / HTT
     ├── StreamNotFound            the input stream cannot be opened (not live)
     ├── CaptureTimeout            a capture-now request got no keyframe in time
     ├── StoreError                the database failed (not the caller's fault)
+    │   └── FencedOut             a newer instance of this capture shard took over
+    ├── ShardUnavailable          the job's capture shard (cluster mode) did not answer
     └── OutputError               object storage failed (``retryable`` is False)
         └── OutputUnavailable     the store is unreachable or failing (``retryable``: a later
                                   attempt may succeed, so the capture is spooled)
@@ -83,6 +85,15 @@ class CaptureTimeout(LivesnapError):
 
 class StoreError(LivesnapError):
     """The database failed."""
+
+
+class FencedOut(StoreError):
+    """A newer instance of this capture shard has taken over: this one may not write."""
+
+
+class ShardUnavailable(LivesnapError):
+    """The job's capture shard is starting, moving or was replaced; the command was not
+    carried out (the shard applies the job's stored state when it is back)."""
 
 
 class OutputError(LivesnapError):

@@ -31,11 +31,11 @@ from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
 from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
-from livesnap.errors import OutputError
+from livesnap.errors import OutputError, StoreError
 from livesnap.httpserver import MAX_HEAD_BYTES, guarded_h11
 from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import StorageTarget
-from livesnap.jobs.ports import StorageInfo, Store
+from livesnap.jobs.ports import CaptureEngine, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 from livesnap.outputs.local import LocalSink
@@ -98,11 +98,12 @@ class StoredSnapshots:
         return None
 
 
-def storage_router(settings: Settings) -> StorageRouter:
-    """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``."""
+def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
+    """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``
+    (a capture shard has its own spool directory)."""
     return StorageRouter(
         root=Path(settings.data_dir) / "storage",
-        spool_dir=Path(settings.data_dir) / "spool",
+        spool_dir=spool_dir or Path(settings.data_dir) / "spool",
         credentials=settings.storage_credentials(),
         fallback=settings.storage_fallback,
         limits=SpoolLimits(
@@ -206,7 +207,9 @@ async def build_service(
         store=store, clock=clock, policy=policy, resolver=SystemResolver(),
         remover=routes, storage=routes,
     )
-    if settings.capture:
+    if settings.engine == "ray":
+        manager.attach_engine(ray_engine(settings, store))
+    elif settings.capture:
         manager.attach_engine(CaptureSupervisor(
             reports=manager, sinks=router, clock=clock, options=session_options(settings),
             max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
@@ -229,7 +232,8 @@ async def build_service(
     manager.on_events_written(dispatcher.notify)
     try:
         await manager.open()
-        await manager.resume()
+        if settings.engine == "local":  # in cluster mode the shards resume their own jobs
+            await manager.resume()
         dispatcher.start()
         yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
                       dispatcher=dispatcher, metrics=metrics)
@@ -239,6 +243,19 @@ async def build_service(
         await router.close(settings.shutdown_timeout_s)  # records need the store: before it
         await client.aclose()
         await store.close()
+
+
+def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:
+    """Join the Ray cluster and send capture commands to its shards (docs/cluster.md)."""
+    if store.engine.dialect.name != "postgresql":
+        raise StoreError("cluster mode (engine ray) needs a PostgreSQL database_url that "
+                         "every node shares")
+    from livesnap.cluster.assign import shard_names
+    from livesnap.cluster.rayengine import RayEngine, connect
+
+    connect(settings.ray_address, settings.ray_namespace)
+    return RayEngine(shards=shard_names(settings.shards), namespace=settings.ray_namespace,
+                     timeout_s=settings.shard_call_timeout_s)
 
 
 class _Server(uvicorn.Server):

@@ -149,4 +149,4 @@ async def test_open_sql_store_migrates_unless_told_not_to(tmp_path: Path) -> Non
 def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
-        "0001_initial.py", "0002_image_options.py"]
+        "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py"]

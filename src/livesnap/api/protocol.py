@@ -28,6 +28,7 @@ ERROR_TABLE: tuple[tuple[type[errors.LivesnapError], int, str], ...] = (
     (errors.StreamNotFound, 400, "StreamNotFound"),
     (errors.CaptureTimeout, 504, "CaptureTimeout"),
     (errors.StoreError, 503, "ServiceUnavailable"),
+    (errors.ShardUnavailable, 503, "ServiceUnavailable"),
     (errors.OutputError, 502, "StorageError"),
 )
 INTERNAL_ERROR = (500, "InternalError",

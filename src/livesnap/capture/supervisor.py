@@ -55,6 +55,9 @@ class CaptureSupervisor:
         entry = self._running.get(job_id)
         return entry is not None and not entry.task.done()
 
+    def running_ids(self) -> list[str]:
+        return [job_id for job_id, r in self._running.items() if not r.task.done()]
+
     def running_count(self) -> int:
         return sum(1 for r in self._running.values() if not r.task.done())
 

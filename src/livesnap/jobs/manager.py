@@ -382,8 +382,9 @@ class JobManager:
         return await self._change(job.id, patch, reason=reason) or job
 
     async def _capture_now(self, job: Job) -> SnapshotFile:
-        if job.status is not JobStatus.STARTED or not self.engine.is_running(job.id):
+        if job.status is not JobStatus.STARTED:
             raise JobNotStarted()
+        # the engine raises JobNotStarted too when no session runs (it may be on another node)
         result = await self.engine.capture_now(job)
         return result.file
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -38,7 +39,7 @@ from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from livesnap.errors import JobNotFound, StoreError
+from livesnap.errors import FencedOut, JobNotFound, StoreError
 from livesnap.jobs.models import (
     DeliveryAttempt,
     FileQuery,
@@ -55,7 +56,14 @@ from livesnap.jobs.models import (
 )
 from livesnap.store import rows
 from livesnap.store.migrate import migrate as apply_migrations
-from livesnap.store.tables import delivery_attempts, files, jobs, outbox_events, templates
+from livesnap.store.tables import (
+    delivery_attempts,
+    files,
+    jobs,
+    outbox_events,
+    shard_epochs,
+    templates,
+)
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -75,11 +83,36 @@ _SQLITE_PRAGMAS = (
 )
 
 
-class SqlStore:
-    """The SQL ``Store``. Build it with ``open_sql_store``; ``close()`` disposes the engine."""
+@dataclass(frozen=True)
+class Fence:
+    """The epoch one capture-shard instance took; its writes need it to be the newest."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    shard: str
+    epoch: int
+
+    @property
+    def writer(self) -> str:
+        return f"{self.shard}:{self.epoch}"
+
+
+class SqlStore:
+    """The SQL ``Store``. Build it with ``open_sql_store``; ``close()`` disposes the engine.
+
+    A store made by :meth:`fenced` checks, inside every write transaction, that its shard's
+    epoch is still the newest (docs/cluster.md): a replaced instance gets ``FencedOut`` and
+    writes nothing.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        fence: Fence | None = None,
+        on_fenced: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
+        self._fence = fence
+        self._on_fenced = on_fenced
         # SQLite has one writer at a time. Queueing this process's writers here is much
         # cheaper than letting them collide in SQLite's busy handler, which sleeps and
         # retries (3x slower for 50 concurrent writers); busy_timeout still covers other
@@ -91,13 +124,57 @@ class SqlStore:
         return self._engine
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        if self._fence is None:  # a fenced view shares its parent's engine
+            await self._engine.dispose()
+
+    # fencing (capture shards) ----------------------------------------------------------------
+    async def take_epoch(self, shard: str, now_ms: int) -> int:
+        """A new epoch for ``shard``, newer than every earlier one (one atomic upsert)."""
+        dialect_insert = sqlite_insert if self._engine.dialect.name == "sqlite" else pg_insert
+        base = dialect_insert(shard_epochs).values(shard=shard, epoch=1, taken_ms=now_ms)
+        stmt = base.on_conflict_do_update(
+            index_elements=["shard"],
+            set_={"epoch": shard_epochs.c.epoch + 1, "taken_ms": now_ms},
+        ).returning(shard_epochs.c.epoch)
+        async with self._tx("take_epoch", write=True) as conn:
+            return int(await conn.scalar(stmt) or 0)
+
+    async def current_epoch(self, shard: str) -> int | None:
+        stmt = select(shard_epochs.c.epoch).where(shard_epochs.c.shard == shard)
+        async with self._tx("current_epoch") as conn:
+            value = await conn.scalar(stmt)
+        return None if value is None else int(value)
+
+    async def shard_epochs(self) -> dict[str, tuple[int, int]]:
+        """Shard name → (epoch, when it was taken in epoch ms)."""
+        stmt = select(shard_epochs.c.shard, shard_epochs.c.epoch, shard_epochs.c.taken_ms)
+        async with self._tx("shard_epochs") as conn:
+            found = (await conn.execute(stmt)).all()
+        return {row[0]: (int(row[1]), int(row[2])) for row in found}
+
+    def fenced(self, fence: Fence, on_fenced: Callable[[], None] | None = None) -> SqlStore:
+        """A view of this store whose writes are refused once ``fence`` is stale."""
+        return SqlStore(self._engine, fence=fence, on_fenced=on_fenced)
+
+    async def _check_fence(self, conn: AsyncConnection, fence: Fence) -> None:
+        # FOR SHARE: take_epoch's UPDATE of the row waits for this transaction to end, so
+        # no write of the old epoch can commit after a newer epoch was taken.
+        stmt = select(shard_epochs.c.epoch).where(shard_epochs.c.shard == fence.shard)
+        current = await conn.scalar(stmt.with_for_update(read=True))
+        if current != fence.epoch:
+            if self._on_fenced is not None:
+                self._on_fenced()
+            raise FencedOut(
+                f"shard {fence.shard} epoch {fence.epoch} was replaced (now {current})"
+            )
 
     @asynccontextmanager
     async def _tx(self, op: str, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
         serialize = self._write_lock if write and self._write_lock else contextlib.nullcontext()
         try:
             async with serialize, self._engine.begin() as conn:
+                if write and self._fence is not None:
+                    await self._check_fence(conn, self._fence)
                 yield conn
         except IntegrityError as exc:
             raise StoreError(f"{op}: duplicate id or unknown reference") from exc
@@ -213,7 +290,10 @@ class SqlStore:
     # files -------------------------------------------------------------------------------
     async def record_snapshot(self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()) -> bool:
         key = ["job_id", "create_ms"]
-        stmt = self._insert_if_absent(files, rows.file_values(file), key).returning(files.c.id)
+        values = rows.file_values(file)
+        if self._fence is not None:
+            values["writer"] = self._fence.writer
+        stmt = self._insert_if_absent(files, values, key).returning(files.c.id)
         async with self._tx("record_snapshot", write=True) as conn:
             if await conn.scalar(stmt) is None:
                 return False  # the same capture was recorded before: nothing to do

@@ -101,10 +101,23 @@ files = Table(
     Column("lag_ms", BigInteger(), nullable=True),
     Column("quality", String(), nullable=True),  # the gate's verdict (0002)
     Column("skipped_frames", Integer(), nullable=False, server_default="0"),
+    # "shard:epoch" of the cluster shard that recorded it (0003); NULL on a single node
+    Column("writer", String(), nullable=True),
     PrimaryKeyConstraint("id", name="pk_files"),
     ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_files_job", ondelete="CASCADE"),
     # The idempotency key of record_snapshot; its index also serves list_files.
     UniqueConstraint("job_id", "create_ms", name="uq_files_job_create"),
+)
+
+# One row per capture shard name (0003): the epoch of its newest instance. Every write of a
+# shard instance checks it, so an instance that a newer one replaced can no longer write.
+shard_epochs = Table(
+    "shard_epochs",
+    metadata,
+    Column("shard", String(), nullable=False),
+    Column("epoch", BigInteger(), nullable=False),
+    Column("taken_ms", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("shard", name="pk_shard_epochs"),
 )
 
 outbox_events = Table(

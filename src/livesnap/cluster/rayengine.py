@@ -1,0 +1,182 @@
+"""Ray: capture shards as named detached actors, and the API node's ``CaptureEngine`` over them.
+
+The only module that imports Ray. What Ray guarantees and what livesnap adds on top is in
+docs/cluster.md; the measured behaviour behind every option here is in ray.md:
+
+* shards are named, detached actors with ``max_restarts=-1`` (a dead node's shards restart
+  elsewhere), ``num_cpus=0`` (capacity by the optional custom resource instead) and the SPREAD
+  strategy (otherwise they all land on the first node);
+* ``max_task_retries=-1`` makes calls at-least-once, so every command is idempotent, and every
+  call is bounded by a timeout (a call to a restarting actor waits instead of failing);
+* the actor's ``__init__`` never raises (``shardhost.ShardHost`` opens the database in the
+  background), because a raising constructor kills a restartable actor for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from livesnap.cluster.assign import owner
+from livesnap.cluster.shard import raise_reply
+from livesnap.config import Settings
+from livesnap.errors import CaptureTimeout, ShardUnavailable
+from livesnap.jobs.models import Job
+from livesnap.jobs.ports import CaptureResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "remove_shards"]
+
+# Ray's own defaults for a process that only talks to a cluster (ray.md: loopback-only
+# listeners, no usage reporting); set before ray.init, never overriding the user's values.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def connect(address: str, namespace: str) -> None:
+    """Join the Ray cluster at ``address`` (this host must run a Ray node: ray.md gotcha 9)."""
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", namespace=namespace, log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+
+def launch_shards(
+    host: type, settings: Settings, names: Sequence[str], *, resource: str = ""
+) -> dict[str, Any]:
+    """Create the named shard actors that do not exist yet; name → actor handle.
+
+    ``host`` is the actor's class (``livesnap.shardhost.ShardHost``, passed in by the
+    composition root), constructed as ``host(settings, name, names)``.
+    """
+    actor: Any = ray.remote(host)
+    resources = {resource: 1} if resource else {}
+    handles = {}
+    for name in names:
+        handles[name] = actor.options(
+            name=name, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
+            max_restarts=-1, max_task_retries=-1, max_concurrency=32, num_cpus=0,
+            resources=resources, scheduling_strategy="SPREAD",
+        ).remote(settings, name, list(names))
+    return handles
+
+
+def remove_shards(names: Sequence[str], namespace: str) -> list[str]:
+    """Kill the named shard actors for good (no restart); the names that existed."""
+    removed = []
+    for name in names:
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            continue
+        try:
+            ray.get(handle.close.remote(5.0), timeout=15)
+        except RayError as exc:
+            logger.warning("shard did not close cleanly", extra={"shard": name,
+                                                                 "reason": str(exc)[:200]})
+        ray.kill(handle, no_restart=True)
+        removed.append(name)
+    return removed
+
+
+def cluster_status(
+    names: Sequence[str], namespace: str, timeout_s: float = 5.0
+) -> list[dict[str, Any]]:
+    """Each shard's own report (or why it gave none), with its node's address."""
+    nodes = {n["NodeID"]: n for n in ray.nodes()}  # type: ignore[no-untyped-call]
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"name": name}
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+            row.update(ray.get(handle.status.remote(), timeout=timeout_s))
+        except ValueError:
+            row["state"] = "missing"
+        except (GetTimeoutError, RayError) as exc:
+            row["state"] = f"no answer ({type(exc).__name__})"
+        else:
+            row["state"] = "fenced" if row.get("fenced") else (
+                "running" if row.get("ready") else "starting")
+            node = nodes.get(row.get("node", ""), {})
+            row["node_address"] = node.get("NodeManagerAddress", "")
+            row["node_alive"] = bool(node.get("Alive", False))
+        rows.append(row)
+    return rows
+
+
+class RayEngine:
+    """``CaptureEngine`` of an API node: each command goes to the job's owning shard.
+
+    Nothing runs here, so ``is_running`` is False and ``running_count`` 0 (the node cap is
+    each shard's); reads never touch Ray. A shard that does not answer in time makes start
+    and stop succeed anyway, because the job's stored state is what the shard applies when
+    it is back (reconcile); a capture-now fails with ``ServiceUnavailable``.
+    """
+
+    def __init__(self, *, shards: Sequence[str], namespace: str, timeout_s: float) -> None:
+        self._shards = tuple(shards)
+        self._namespace = namespace
+        self._timeout_s = timeout_s
+        self._handles: dict[str, Any] = {}
+
+    async def _handle(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            try:
+                handle = await asyncio.to_thread(ray.get_actor, name, namespace=self._namespace)
+            except ValueError:
+                raise ShardUnavailable(
+                    f"Capture shard {name} does not exist (livesnap cluster up).") from None
+            self._handles[name] = handle
+        return handle
+
+    async def _call(self, job_id: str, method: str, *args: Any) -> dict[str, Any]:
+        name = owner(job_id, self._shards)
+        handle = await self._handle(name)
+        ref = getattr(handle, method).remote(job_id, *args, self._timeout_s)
+        try:
+            reply: dict[str, Any] = await asyncio.wait_for(
+                asyncio.wrap_future(ref.future()), self._timeout_s + 2)
+        except (TimeoutError, GetTimeoutError, RayActorError, RayError) as exc:
+            raise ShardUnavailable(
+                f"Capture shard {name} did not answer ({type(exc).__name__}).") from None
+        raise_reply(reply)
+        return reply
+
+    async def start(self, job: Job, *, probe: bool) -> None:
+        try:
+            await self._call(job.id, "start", probe)
+        except ShardUnavailable as exc:
+            logger.warning("shard unavailable; it starts the job when back", extra={
+                "action": "engine_start", "job_id": job.id, "reason": exc.message})
+
+    async def stop(self, job_id: str) -> None:
+        try:
+            await self._call(job_id, "stop")
+        except ShardUnavailable as exc:
+            logger.warning("shard unavailable; it stops the job when back", extra={
+                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
+
+    async def capture_now(self, job: Job) -> CaptureResult:
+        reply = await self._call(job.id, "capture")
+        file = reply.get("file")
+        if file is None:
+            raise CaptureTimeout()
+        return CaptureResult(file=file)
+
+    def is_running(self, job_id: str) -> bool:
+        return False
+
+    def running_count(self) -> int:
+        return 0
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Nothing to stop: the shards keep capturing when an API node goes away."""
+

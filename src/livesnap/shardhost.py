@@ -1,0 +1,186 @@
+"""A capture shard's process: the body of the Ray actor, wired like ``service.py`` wires a node.
+
+Part of the edge (with ``service.py``): it builds the store, storage router, job manager and
+capture supervisor for one shard and runs ``cluster.shard.ShardRuntime`` on an asyncio loop in
+its own thread. It does not import Ray; ``cluster/rayengine.py`` makes it an actor.
+
+Ray's rules for the actor (docs/cluster.md, ray.md): ``__init__`` never raises (a raising
+constructor kills a restartable actor for good), so the database is opened with retries in
+the background; methods are short and thread-safe, and each waits at most ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+from livesnap.capture.supervisor import CaptureSupervisor
+from livesnap.clock import SystemClock
+from livesnap.cluster.shard import ShardRuntime, ShardStats, TickLedger, error_reply
+from livesnap.config import Settings
+from livesnap.errors import LivesnapError, ShardUnavailable
+from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.logs import setup_logging
+from livesnap.service import RouterRemover, SystemResolver, session_options, storage_router
+from livesnap.store.sql import Fence, SqlStore, open_sql_store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OPEN_RETRY_MAX_S = 5.0
+
+
+class ShardHost:
+    """One capture shard instance (a new one after every restart: a new epoch)."""
+
+    def __init__(self, settings: Settings, name: str, shards: list[str]) -> None:
+        self.settings = settings
+        self.name = name
+        self.shards = list(shards)
+        self.pid = os.getpid()
+        self.node, self.restarted = _ray_facts()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runtime: ShardRuntime | None = None
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"shard-{name}", daemon=True)
+        self._thread.start()
+
+    # the shard's own thread ------------------------------------------------------------------
+    def _main(self) -> None:
+        setup_logging(level=self.settings.log_level, json_lines=self.settings.log_json)
+        try:
+            asyncio.run(self._serve())
+        except Exception:
+            logger.exception("shard crashed", extra={"action": "shard_crash", "shard": self.name})
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        base, epoch = await self._open()
+        if base is None:
+            return
+        clock = SystemClock()
+        stats = ShardStats(name=self.name, epoch=epoch, started_at=time.time())
+        runtime_box: list[ShardRuntime] = []
+        fenced = base.fenced(Fence(self.name, epoch),
+                             on_fenced=lambda: runtime_box[0].fence() if runtime_box else None)
+        settings = self.settings
+        router = storage_router(
+            settings, spool_dir=Path(settings.data_dir) / "spool-shards" / self.name)
+        remover = RouterRemover(router)
+        manager = JobManager(
+            store=fenced, clock=clock, resolver=SystemResolver(), remover=remover, storage=remover,
+            policy=Policy(limits=Limits(jobs_per_account=settings.max_jobs_per_account,
+                                        jobs_per_node=settings.max_jobs_per_node),
+                          blocked_networks=settings.networks()),
+        )
+        ledger = TickLedger(manager, stats)
+        supervisor = CaptureSupervisor(
+            reports=ledger, sinks=router, clock=clock, options=session_options(settings),
+            max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+        )
+        manager.attach_engine(supervisor)
+        runtime = ShardRuntime(
+            name=self.name, shards=self.shards, epoch=epoch, store=base, engine=supervisor,
+            ledger=ledger, stats=stats, reconcile_s=settings.shard_reconcile_s,
+            stop_timeout_s=settings.shutdown_timeout_s,
+        )
+        runtime_box.append(runtime)
+        self._runtime = runtime
+        self._ready.set()
+        logger.info("shard running", extra={"action": "shard_start", "shard": self.name,
+                                             "epoch": epoch, "pid": self.pid})
+        try:
+            await runtime.run()
+        finally:
+            await router.close(settings.shutdown_timeout_s)
+            await base.close()
+            logger.info("shard stopped", extra={"action": "shard_stop", "shard": self.name,
+                                                "epoch": epoch, "fenced": runtime.fenced})
+
+    async def _open(self) -> tuple[SqlStore | None, int]:
+        """The store and a new epoch, retried until the database answers (or close())."""
+        delay = 0.2
+        while not self._closing.is_set():
+            store: SqlStore | None = None
+            try:
+                store = await open_sql_store(self.settings.resolved_database_url(), migrate=False)
+                epoch = await store.take_epoch(self.name, int(time.time() * 1000))
+                return store, epoch
+            except LivesnapError as exc:
+                if store is not None:
+                    await store.close()
+                logger.warning("shard cannot reach the database; retrying", extra={
+                    "action": "shard_open", "shard": self.name, "reason": exc.message})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OPEN_RETRY_MAX_S)
+        return None, 0
+
+    # called from other threads (the actor's) ------------------------------------------------
+    def _call(self, make: Callable[[ShardRuntime], Awaitable[T]], timeout_s: float) -> T:
+        if not self._ready.wait(timeout_s) or self._loop is None or self._runtime is None:
+            raise ShardUnavailable(f"Shard {self.name} is still starting.")
+        runtime = self._runtime
+
+        async def run() -> T:
+            return await make(runtime)
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            return future.result(timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            message = f"Shard {self.name} did not answer in {timeout_s:g} s."
+            raise ShardUnavailable(message) from None
+
+    def start(self, job_id: str, probe: bool, timeout_s: float) -> dict[str, Any]:
+        try:
+            self._call(lambda r: r.start(job_id, probe=probe), timeout_s)
+        except LivesnapError as exc:
+            return error_reply(exc)
+        return {}
+
+    def stop(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        try:
+            self._call(lambda r: r.stop(job_id), timeout_s)
+        except LivesnapError as exc:
+            return error_reply(exc)
+        return {}
+
+    def capture(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        try:
+            file = self._call(lambda r: r.capture_now(job_id), timeout_s)
+        except LivesnapError as exc:
+            return error_reply(exc)
+        return {"file": file}
+
+    def status(self) -> dict[str, Any]:
+        runtime = self._runtime
+        stats = asdict(runtime.stats) if runtime is not None else {"name": self.name}
+        return {**stats, "pid": self.pid, "node": self.node, "restarted": self.restarted,
+                "ready": runtime is not None}
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop every stream and the shard's loop (tests, ``cluster down``)."""
+        self._closing.set()
+        if self._runtime is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._runtime.close)
+        self._thread.join(timeout_s)
+
+
+def _ray_facts() -> tuple[str, bool]:
+    """(node id, restarted by Ray?) inside a Ray actor; ("", False) anywhere else."""
+    ray = sys.modules.get("ray")  # never imported here: only a Ray worker has it loaded
+    if ray is None or not ray.is_initialized():
+        return "", False
+    context = ray.get_runtime_context()
+    return context.get_node_id(), bool(context.was_current_actor_reconstructed)
