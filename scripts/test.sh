@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite on a Debian 12 machine: install the real servers the integration tests use
-# (when missing; needs root), create .venv if missing, install livesnap[dev], run pytest "$@".
+# (when missing; needs root), create .venv if missing, install livesnap[dev,ray], run pytest "$@".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,7 +26,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.livesnap-dev-installed   # editable install: only pyproject.toml changes need a re-run
 if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,ray]'
   touch "$stamp"
 fi
 

@@ -19,11 +19,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import psutil
@@ -36,7 +39,7 @@ from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.timeout(400)]
 
-ray = pytest.importorskip("ray", reason="the cluster tests need livesnap[ray]")
+import ray  # noqa: E402  (livesnap[ray]: scripts/test.sh installs it)
 
 SHARDS = 6
 JOBS = 20
@@ -210,9 +213,7 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
     cluster, workers, short = ray_cluster
     origin, _ = streams
     from livesnap.cluster.assign import owner, shard_names
-    from livesnap.cluster.rayengine import cluster_status, launch_shards
-    from livesnap.config import Settings
-    from livesnap.shardhost import ShardHost
+    from livesnap.cluster.rayengine import cluster_status
 
     names = shard_names(SHARDS)
     data_dir = tmp_path / "data"
@@ -221,13 +222,10 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
            "LIVESNAP_DATABASE_URL": postgres_url, "LIVESNAP_RW_TIMEOUT_S": "2",
            "LIVESNAP_RECONNECT_MAX_S": "2", "LIVESNAP_SHARD_RECONCILE_S": "1",
            "RAY_TMPDIR": short, **RAY_ENV}
-    with LivesnapServer(data_dir, env=env) as server:  # migrates the database
-        settings = Settings(database_url=postgres_url, data_dir=data_dir, shards=SHARDS,
-                            ray_namespace=NAMESPACE, rw_timeout_s=2, reconnect_max_s=2,
-                            shard_reconcile_s=1)
-        launch_shards(ShardHost, settings, names, resource="shard")
-        wait_until(lambda: all(r["state"] == "running"
-                               for r in cluster_status(names, NAMESPACE)), 60, "shards running")
+    up = livesnap("cluster", "up", "--resource", "shard", env=env, data_dir=data_dir)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.count(" running ") == SHARDS, up.stdout
+    with LivesnapServer(data_dir, env=env) as server:
         before = {r["name"]: r for r in cluster_status(names, NAMESPACE)}
         assert len({r["node"] for r in before.values()}) == 3, before  # SPREAD: every node
 
@@ -297,7 +295,11 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
 
         assert watch.failures == [] and watch.calls > 20, (watch.calls, watch.failures[:5])
         # 3. nothing recorded twice; the ticks missed are those the shards reported
-        status = cluster_status(names, NAMESPACE)
+        shown = livesnap("cluster", "status", "--json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        status = [json.loads(line) for line in shown.stdout.splitlines()]
+        assert sorted(r["name"] for r in status) == names
+        assert all(r["state"] == "running" for r in status), status
         reported: Counter[str] = Counter()
         for row in status:
             reported.update(row.get("missed_by_job", {}))
@@ -310,3 +312,15 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
         print(json.dumps({"resume_s": round(took_s, 1), "missed_actual": sum(actual.values()),
                           "missed_reported": sum(reported.values()),
                           "api_calls": watch.calls}))
+
+    down = livesnap("cluster", "down", env=env)
+    assert down.returncode == 0 and f"removed {SHARDS} shard(s)" in down.stdout, down.stderr
+    assert all(r["state"] == "missing" for r in cluster_status(names, NAMESPACE))
+
+
+def livesnap(*args: str, env: dict[str, str], data_dir: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """The ``livesnap`` CLI as a user runs it, with the test cluster's settings."""
+    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    return subprocess.run([sys.executable, "-m", "livesnap", *args, *extra],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)

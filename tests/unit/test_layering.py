@@ -24,7 +24,9 @@ ALLOWED = {
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client
-    "httpserver": {"api"},  # the HTTP/1.1 protocol borrows only the API's error envelope
+    "httpserver": {"api"},
+    # shards over ports; the actor's wiring is shardhost.py (the edge), passed in by cli.py
+    "cluster": {"jobs", "config", "errors", "clock"},  # the HTTP/1.1 protocol borrows only the API's error envelope
 }
 PURE_JOBS_FORBIDDEN = {"asyncio", "av", "httpx", "sqlalchemy", "aiosqlite", "asyncpg", "starlette"}
 
