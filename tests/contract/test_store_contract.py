@@ -432,6 +432,15 @@ async def test_record_snapshot_keeps_the_latest_time(store: Store) -> None:
     assert (loaded.snapshot_count, loaded.last_snapshot_ms) == (3, T0 + 300)
 
 
+async def test_record_snapshot_adds_missed_ticks_once(store: Store) -> None:
+    await store.create_job(job("j1"))
+    assert await store.record_snapshot(snap("j1", T0 + 100), missed_ticks=2)
+    assert await store.record_snapshot(snap("j1", T0 + 200))
+    assert not await store.record_snapshot(snap("j1", T0 + 200), missed_ticks=5)  # a retry
+    loaded = await store.load_job("j1")
+    assert loaded is not None and loaded.missed_ticks == 2
+
+
 async def test_record_snapshot_is_atomic(store: Store) -> None:
     taken = event("j1")
     await store.create_job(job("j1"), [taken])

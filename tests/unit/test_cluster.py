@@ -22,6 +22,7 @@ from livesnap.cluster.shard import (
 from livesnap.errors import JobNotFound, ShardUnavailable, StreamNotFound
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureResult
+from livesnap.jobs.schedule import ticks_missed
 
 JOB_IDS = [f"job-{i:05d}" for i in range(6000)]
 
@@ -222,24 +223,38 @@ async def test_fence_from_a_refused_write_ends_the_run_at_once() -> None:
     assert engine.shut
 
 
-async def test_the_ledger_counts_the_ticks_a_taken_over_job_missed() -> None:
+async def test_the_ledger_tallies_takeovers_and_the_ticks_the_sessions_counted() -> None:
     stats = ShardStats(name="shard-0", epoch=2, started_at=0.0)
     reports = FakeReports()
     ledger = TickLedger(reports, stats)
     taken = job("j1", interval_s=5, last_snapshot_ms=100_000)
     ledger.expect(taken)
-    ledger.expect(job("j2", interval_s=5))  # never captured: no gap to count
 
-    def report(job_id: str, create_ms: int) -> CaptureReport:
+    def report(job_id: str, create_ms: int, missed: int) -> CaptureReport:
         return CaptureReport(job_id=job_id, create_ms=create_ms, sequence=None,
                              sequence_key=None, overwrite_key="k", width=2, height=2, size=1,
-                             stream_time_ms=None, lag_ms=None)
+                             stream_time_ms=None, lag_ms=None, missed_ticks=missed)
 
-    await ledger.snapshot_stored(taken, report("j1", 115_100))  # ticks at 105 and 110 missed
-    await ledger.snapshot_stored(taken, report("j1", 120_000))  # the gap is closed already
-    await ledger.snapshot_stored(job("j2"), report("j2", 1))
-    assert (stats.missed_ticks, stats.takeovers, stats.missed_by_job) == (2, 1, {"j1": 2})
+    await ledger.snapshot_stored(taken, report("j1", 115_100, 2))  # the takeover gap
+    await ledger.snapshot_stored(taken, report("j1", 120_000, 0))
+    await ledger.snapshot_stored(job("j2"), report("j2", 1, 1))  # a reconnect, no takeover
+    assert (stats.missed_ticks, stats.takeovers) == (3, 1)
+    assert stats.missed_by_job == {"j1": 2, "j2": 1}
     assert reports.recorded == [115_100, 120_000, 1]
+
+
+@pytest.mark.parametrize(("previous", "capture", "missed"), [
+    (None, 50_000, 0),       # nothing to count from (a fresh start)
+    (100_000, 105_000, 0),
+    (100_000, 106_900, 0),   # a late keyframe (GOP 2 s) is no missed tick
+    (100_000, 103_100, 0),   # nor an early one
+    (100_000, 108_100, 1),
+    (100_000, 111_900, 1),
+    (100_000, 130_000, 5),
+    (100_000, 99_000, 0),    # clock or order anomaly: never negative
+])
+def test_ticks_missed_between_captures(previous: int | None, capture: int, missed: int) -> None:
+    assert ticks_missed(previous_ms=previous, capture_ms=capture, interval_ms=5_000) == missed
 
 
 def test_the_embedded_mode_never_imports_ray(tmp_path) -> None:

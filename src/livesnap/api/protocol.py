@@ -122,6 +122,7 @@ def job_detail(job: Job, *, storage: StorageInfo | None = None) -> dict[str, Any
         "LastModified": iso_from_ms(job.modified_ms),
         # livesnap extensions
         "SnapshotCount": job.snapshot_count,
+        "MissedTicks": job.missed_ticks,
         "LastError": job.last_error,
         "StatusReason": job.status_reason,
         **image_fields(job.image),

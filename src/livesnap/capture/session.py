@@ -38,7 +38,7 @@ from livesnap.jobs import imaging, naming
 from livesnap.jobs.models import Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.retry import Backoff
-from livesnap.jobs.schedule import TickSchedule
+from livesnap.jobs.schedule import TickSchedule, ticks_missed
 from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, Upload
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class Session:
         # across reconnects too.
         self._renderer = Renderer(job.image, default_quality=options.source.jpeg_quality)
         self._quality_error = False  # LastError shows a missed tick
+        # Missed ticks are counted from the job's last snapshot when the job was running
+        # already (resume after a restart, a takeover by another shard); a start by command
+        # or submit (probe) begins afresh: the time the job was stopped is not "missed".
+        self._previous_capture_ms = None if probe else job.last_snapshot_ms
         self._queue: asyncio.Queue[ReaderEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._stopping = asyncio.Event()
         self._reader: StreamReader | None = None
@@ -379,12 +383,16 @@ class Session:
             job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
         )
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
+        interval_ms = max(job.interval_s * 1000, self.schedule.effective_interval_ms or 0)
+        missed = ticks_missed(previous_ms=self._previous_capture_ms, capture_ms=create_ms,
+                              interval_ms=interval_ms)
+        self._previous_capture_ms = create_ms
         report = CaptureReport(
             job_id=job.id, create_ms=create_ms, sequence=sequence, sequence_key=seq_key,
             overwrite_key=over_key, width=frame.image.width, height=frame.image.height,
             size=len(frame.image.data), stream_time_ms=stream_ms,
             lag_ms=max(0, int((self._clock.time() - frame.arrival_wall) * 1000)),
-            quality=frame.verdict, skipped_frames=frame.skipped,
+            quality=frame.verdict, skipped_frames=frame.skipped, missed_ticks=missed,
         )
         meta = self._metadata(report)
         image_type = frame.image.content_type

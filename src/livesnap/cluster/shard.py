@@ -84,25 +84,28 @@ class TickLedger:
     def __init__(self, inner: CaptureReports, stats: ShardStats) -> None:
         self._inner = inner
         self._stats = stats
-        self._gaps: dict[str, tuple[int, int]] = {}  # job id → (last snapshot ms, interval ms)
+        self._taken: dict[str, int | None] = {}  # job id → its last snapshot before takeover
 
     def expect(self, job: Job) -> None:
-        """``job`` is being taken over: its next snapshot closes the gap."""
-        if job.last_snapshot_ms is not None:
-            self._gaps[job.id] = (job.last_snapshot_ms, job.interval_s * 1000)
+        """``job`` is being taken over: its first snapshot here closes the gap."""
+        self._taken[job.id] = job.last_snapshot_ms
 
     async def snapshot_stored(self, job: Job, report: CaptureReport) -> SnapshotFile | None:
+        """Record it (the session counted the ticks missed since the job's last snapshot,
+        which the store adds to the job's ``MissedTicks``); keep this instance's tally."""
         file = await self._inner.snapshot_stored(job, report)
-        gap = self._gaps.pop(job.id, None)
-        if gap is not None and file is not None:
-            last_ms, interval_ms = gap
-            missed = max(0, round((report.create_ms - last_ms) / interval_ms) - 1)
-            self._stats.takeovers += 1
-            self._stats.missed_ticks += missed
-            self._stats.missed_by_job[job.id] = self._stats.missed_by_job.get(job.id, 0) + missed
+        if file is None:
+            return None
+        stats = self._stats
+        stats.missed_ticks += report.missed_ticks
+        stats.missed_by_job[job.id] = stats.missed_by_job.get(job.id, 0) + report.missed_ticks
+        if job.id in self._taken:
+            last_ms = self._taken.pop(job.id)
+            stats.takeovers += 1
+            gap_s = None if last_ms is None else round((report.create_ms - last_ms) / 1000, 1)
             logger.info("job taken over", extra={
-                "action": "takeover", "job_id": job.id, "shard": self._stats.name,
-                "missed_ticks": missed, "gap_s": round((report.create_ms - last_ms) / 1000, 1)})
+                "action": "takeover", "job_id": job.id, "shard": stats.name,
+                "missed_ticks": report.missed_ticks, "gap_s": gap_s})
         return file
 
     async def stream_changed(

@@ -487,7 +487,7 @@ class JobManager:
         )
         now = self._now_ms()
         events = [captured_event(self._new_id(), job, file, now_ms=now)] if job.callback_url else []
-        if not await self._store.record_snapshot(file, events):
+        if not await self._store.record_snapshot(file, events, report.missed_ticks):
             return None
         if events:
             self._events_written()

@@ -155,6 +155,7 @@ class Job(_Evolve):
     last_sequence: int = 0
     effective_interval_ms: int | None = None
     image: ImageOptions = ImageOptions()
+    missed_ticks: int = 0  # ticks with no capture while started (restart, failover, outage)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,9 +77,10 @@ class Store(Protocol):
 
     # files -------------------------------------------------------------------------------
     async def record_snapshot(
-        self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()
+        self, file: SnapshotFile, events: Sequence[OutboxEvent] = (), missed_ticks: int = 0
     ) -> bool:
-        """Insert the file record, bump the job's count and last time, enqueue ``events``.
+        """Insert the file record, bump the job's count and last time, add ``missed_ticks``
+        (ticks without a capture before this one) to the job's, enqueue ``events``.
 
         One transaction. False (and nothing written) if the job already has a file with
         the same ``create_ms``: recording is idempotent.
@@ -166,6 +167,7 @@ class CaptureReport:
     lag_ms: int | None
     quality: Verdict | None = None
     skipped_frames: int = 0
+    missed_ticks: int = 0  # ticks without a capture since the previous capture (or takeover)
 
 
 class CaptureReports(Protocol):

@@ -118,3 +118,15 @@ class TickSchedule:
         with self._lock:
             gaps = list(self._gaps)
         return effective_interval(interval_ms=self.interval_ms, capture_gaps_ms=gaps)
+
+
+def ticks_missed(*, previous_ms: int | None, capture_ms: int, interval_ms: int) -> int:
+    """Ticks with no capture between two consecutive captures ``interval_ms`` apart.
+
+    A capture lands on the first keyframe at or after its tick, so consecutive captures are
+    ``interval_ms`` apart give or take a GOP; rounding absorbs that while the GOP is under
+    half the interval (a longer GOP makes the effective interval the one to pass).
+    """
+    if previous_ms is None or interval_ms <= 0 or capture_ms <= previous_ms:
+        return 0
+    return max(0, round((capture_ms - previous_ms) / interval_ms) - 1)

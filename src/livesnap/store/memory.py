@@ -154,7 +154,9 @@ class MemoryStore:
             return job.last_sequence + 1
 
     # files -------------------------------------------------------------------------------
-    async def record_snapshot(self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()) -> bool:
+    async def record_snapshot(
+        self, file: SnapshotFile, events: Sequence[OutboxEvent] = (), missed_ticks: int = 0
+    ) -> bool:
         async with self._lock:
             if (file.job_id, file.create_ms) in self._files:
                 return False
@@ -163,7 +165,7 @@ class MemoryStore:
                 raise StoreError(f"record_snapshot: unknown job {file.job_id!r}")
             self._check_new_events(events)
             self._files[(file.job_id, file.create_ms)] = file
-            self._jobs[job.id] = _counted(job, file.create_ms)
+            self._jobs[job.id] = _counted(job, file.create_ms, missed_ticks)
             self._add_events(events)
             return True
 
@@ -303,10 +305,11 @@ def _patch_changes(patch: JobPatch) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def _counted(job: Job, create_ms: int) -> Job:
+def _counted(job: Job, create_ms: int, missed_ticks: int) -> Job:
     last = job.last_snapshot_ms
     return job.evolve(
         snapshot_count=job.snapshot_count + 1,
+        missed_ticks=job.missed_ticks + max(0, missed_ticks),
         last_snapshot_ms=create_ms if last is None else max(last, create_ms),
     )
 

@@ -88,7 +88,7 @@ _JOB_PLAIN = (
     "id", "account", "name", "template_id", "template_name", "interval_s",
     "overwrite_format", "sequence_format", "stream_url", "stream_type", "callback_url",
     "created_ms", "modified_ms", "status_reason", "last_error", "last_snapshot_ms",
-    "snapshot_count", "last_sequence", "effective_interval_ms",
+    "snapshot_count", "last_sequence", "effective_interval_ms", "missed_ticks",
 )  # fmt: skip
 
 

@@ -288,7 +288,9 @@ class SqlStore:
         return int(value)
 
     # files -------------------------------------------------------------------------------
-    async def record_snapshot(self, file: SnapshotFile, events: Sequence[OutboxEvent] = ()) -> bool:
+    async def record_snapshot(
+        self, file: SnapshotFile, events: Sequence[OutboxEvent] = (), missed_ticks: int = 0
+    ) -> bool:
         key = ["job_id", "create_ms"]
         values = rows.file_values(file)
         if self._fence is not None:
@@ -297,7 +299,7 @@ class SqlStore:
         async with self._tx("record_snapshot", write=True) as conn:
             if await conn.scalar(stmt) is None:
                 return False  # the same capture was recorded before: nothing to do
-            await conn.execute(_count_snapshot(file))
+            await conn.execute(_count_snapshot(file, missed_ticks))
             await _insert_events(conn, events)
         return True
 
@@ -458,8 +460,9 @@ async def _page(
     return (await conn.execute(stmt)).mappings().all(), int(total or 0)
 
 
-def _count_snapshot(file: SnapshotFile) -> Any:
-    """Bump the job's snapshot count and move its last snapshot time forward only."""
+def _count_snapshot(file: SnapshotFile, missed_ticks: int) -> Any:
+    """Bump the job's snapshot count (and missed ticks) and move its last snapshot time
+    forward only."""
     # A typed literal: asyncpg binds a bare int as INTEGER, too small for epoch ms.
     new_ms = literal(file.create_ms, BigInteger())
     last = jobs.c.last_snapshot_ms
@@ -467,7 +470,8 @@ def _count_snapshot(file: SnapshotFile) -> Any:
     return (
         update(jobs)
         .where(jobs.c.id == file.job_id)
-        .values(snapshot_count=jobs.c.snapshot_count + 1, last_snapshot_ms=newest)
+        .values(snapshot_count=jobs.c.snapshot_count + 1, last_snapshot_ms=newest,
+                missed_ticks=jobs.c.missed_ticks + max(0, missed_ticks))
     )
 
 

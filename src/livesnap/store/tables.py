@@ -73,6 +73,8 @@ jobs = Table(
     Column("last_error", Text(), nullable=False),
     Column("last_snapshot_ms", BigInteger(), nullable=True),
     Column("snapshot_count", BigInteger(), nullable=False),
+    # ticks with no capture while started (0003)
+    Column("missed_ticks", BigInteger(), nullable=False, server_default="0"),
     Column("last_sequence", BigInteger(), nullable=False),
     Column("effective_interval_ms", BigInteger(), nullable=True),
     Column("image", Text(), nullable=True),  # copied from the template at submit (0002)

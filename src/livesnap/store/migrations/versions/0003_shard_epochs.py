@@ -1,4 +1,5 @@
-"""Fencing for capture shards on Ray: one epoch per shard name, and the writer of each file.
+"""Fencing for capture shards on Ray: one epoch per shard name, and the writer of each file;
+the ticks each job missed while started.
 
 Revision ID: 0003
 Revises: 0002
@@ -24,9 +25,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("shard", name="pk_shard_epochs"),
     )
     op.add_column("files", sa.Column("writer", sa.String(), nullable=True))
+    op.add_column(
+        "jobs", sa.Column("missed_ticks", sa.BigInteger(), nullable=False, server_default="0")
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("missed_ticks")
     with op.batch_alter_table("files") as batch:
         batch.drop_column("writer")
     op.drop_table("shard_epochs")
