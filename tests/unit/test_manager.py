@@ -259,3 +259,45 @@ async def test_blocked_callback_and_stream_hosts():
         await manager.submit_job("a", spec(stream_url="rtmp://10.1.2.3/live/x"))
     assert (await manager.submit_job("a", spec(stream_url="rtmp://example.com/l/x"))).id
     await manager.close(1)
+
+
+class ProbingEngine(FakeEngine):
+    """A start that takes a while (the real probe opens the stream: seconds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def start(self, job, *, probe):
+        self.calls.append(("start", job.id))
+        await self.release.wait()
+        self.running.add(job.id)
+
+
+async def test_account_limit_holds_for_starts_that_probe_at_the_same_time():
+    engine = ProbingEngine()
+    manager = JobManager(store=MemoryStore(), clock=ManualClock(),
+                         policy=Policy(limits=Limits(jobs_per_account=2, jobs_per_node=10)))
+    manager.attach_engine(engine)
+    await manager.open()
+    try:
+        jobs = [await manager.submit_job("a", spec(name=f"j{i}")) for i in range(4)]
+        other = await manager.submit_job("b", spec(name="b"))
+        await settle()  # every submit probe has passed the limit check or been refused
+        engine.release.set()
+        await settle()
+        statuses = [(await manager.get_job("a", j.id)).status for j in jobs]
+        assert statuses.count(JobStatus.STARTED) == 2, statuses
+        assert len([c for c in engine.calls if c[1] != other.id]) == 2  # no probe past the limit
+        assert (await manager.get_job("b", other.id)).status is JobStatus.STARTED  # per account
+        refused = [j for j, s in zip(jobs, statuses, strict=True) if s is JobStatus.INIT]
+        for job in refused:
+            assert "at most 2" in (await manager.get_job("a", job.id)).last_error
+        # a finished start gives its slot back: stop one, and a refused job may start
+        started = next(j for j, s in zip(jobs, statuses, strict=True) if s is JobStatus.STARTED)
+        await manager.command("a", started.id, "stop")
+        await manager.command("a", refused[0].id, "start")
+        assert (await manager.get_job("a", refused[0].id)).status is JobStatus.STARTED
+        assert manager._starting == {}
+    finally:
+        await manager.close(1)

@@ -73,6 +73,7 @@ __all__ = [
     "SourceOptions",
     "StreamReader",
     "TickMissed",
+    "protocol_options",
     "tune_malloc",
 ]
 
@@ -185,6 +186,21 @@ class SourceOptions:
             "probesize": str(self.probesize),
             "analyzeduration": str(self.analyzeduration_us),
         }
+
+
+def protocol_options(url: str) -> dict[str, str]:
+    """Options that depend on the URL's protocol (added to ``container_options``).
+
+    HTTP(S): ``max_redirects=0``. FFmpeg follows up to 8 redirects by default, and the
+    blocked-network check (LIVESNAP_BLOCKED_NETWORKS) only ever sees the submitted host, so
+    a redirect to ``169.254.169.254`` or any other blocked address would be followed
+    unchecked. A refused redirect fails the open with ``I/O error``, like the callback
+    dispatcher, which does not follow redirects either.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return {"max_redirects": "0"}
+    return {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,7 +485,8 @@ class StreamReader:
         try:
             return av.open(
                 self._url,
-                container_options=self._options.container_options(),
+                container_options={**self._options.container_options(),
+                                   **protocol_options(self._url)},
                 timeout=(deadline, None),
             )
         except av.error.FFmpegError as exc:

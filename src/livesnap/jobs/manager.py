@@ -146,6 +146,7 @@ class JobManager:
         self._new_id = new_id
         self._engine: CaptureEngine | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._starting: dict[str, int] = {}  # account -> starts between limit check and status
         self._probes: set[asyncio.Task[None]] = set()
         self._events_hook: Callable[[], None] | None = None
 
@@ -350,29 +351,45 @@ class JobManager:
         return None
 
     async def _start_locked(self, job: Job, *, reason: str) -> None:
-        await self._check_limits(job)
+        reserved = await self._check_limits(job)
         try:
-            await self.engine.start(job, probe=True)
-        except StreamNotFound:
-            await self._change(job.id, JobPatch(last_error="stream not live"), reason="")
-            raise
-        await self._change(
-            job.id,
-            JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
-            reason=reason,
-        )
+            try:
+                await self.engine.start(job, probe=True)
+            except StreamNotFound:
+                await self._change(job.id, JobPatch(last_error="stream not live"), reason="")
+                raise
+            await self._change(
+                job.id,
+                JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
+                reason=reason,
+            )
+        finally:
+            if reserved:
+                self._starting[job.account] -= 1
+                if not self._starting[job.account]:
+                    del self._starting[job.account]
 
-    async def _check_limits(self, job: Job) -> None:
+    async def _check_limits(self, job: Job) -> bool:
+        """``JobLimitExceeded`` unless ``job`` may start; True if a start slot was reserved.
+
+        The per-account count comes from the store, but a start is only written there once
+        its probe has answered (seconds later), and the lock is per job: so starts of one
+        account that are still probing are counted here too, or a burst of submits on live
+        streams would all pass the check and start past the limit.
+        """
         limits = self._policy.limits
         if self.engine.is_running(job.id):
-            return
+            return False
         if self.engine.running_count() >= limits.jobs_per_node:
             raise JobLimitExceeded("Job limit exceeded: this node runs its maximum of jobs.")
         started = await self._store.count_jobs(job.account, JobStatus.STARTED)
-        if started >= limits.jobs_per_account:
+        # no await from here to the reservation: the check and the count are one step
+        if started + self._starting.get(job.account, 0) >= limits.jobs_per_account:
             raise JobLimitExceeded(
                 f"Job limit exceeded: at most {limits.jobs_per_account} started jobs per account."
             )
+        self._starting[job.account] = self._starting.get(job.account, 0) + 1
+        return True
 
     async def _stop_locked(self, job: Job, *, reason: str) -> Job:
         await self.engine.stop(job.id)

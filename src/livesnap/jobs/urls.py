@@ -23,6 +23,7 @@ DEFAULT_BLOCKED_NETWORKS = (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LOOPBACK = {4: ipaddress.ip_address("127.0.0.1"), 6: ipaddress.ip_address("::1")}
 
 
 def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
@@ -87,6 +88,9 @@ def blocked_address(addresses: Sequence[str], blocked: Sequence[Network]) -> str
             continue
         mapped = getattr(addr, "ipv4_mapped", None)
         candidates = [addr] if mapped is None else [addr, mapped]
+        # a connection to 0.0.0.0 or :: reaches this host's loopback (Linux, BSD), so a
+        # block on loopback must cover the unspecified address too
+        candidates += [_LOOPBACK[c.version] for c in candidates if c.is_unspecified]
         if any(c in net for c in candidates for net in blocked if c.version == net.version):
             return text
     return None

@@ -1,0 +1,24 @@
+"""Blocked-network guards found missing by tests/acceptance/test_ssrf.py: the unspecified
+address reaches loopback, and FFmpeg must not follow HTTP redirects past the check."""
+
+from __future__ import annotations
+
+from livesnap.capture.source import protocol_options
+from livesnap.jobs.urls import blocked_address, parse_networks
+
+
+def test_unspecified_address_counts_as_loopback():
+    loopback = parse_networks(["127.0.0.0/8", "::1/128"])
+    assert blocked_address(["0.0.0.0"], loopback) == "0.0.0.0"
+    assert blocked_address(["::"], loopback) == "::"
+    assert blocked_address(["::ffff:0.0.0.0"], loopback) == "::ffff:0.0.0.0"
+    # only when loopback itself is blocked (the default list allows it)
+    assert blocked_address(["0.0.0.0", "::"], parse_networks(["169.254.0.0/16"])) is None
+    assert blocked_address(["0.0.0.1"], loopback) is None
+
+
+def test_http_sources_do_not_follow_redirects():
+    assert protocol_options("http://origin/live/a.flv") == {"max_redirects": "0"}
+    assert protocol_options("HTTPS://origin/live/a.flv") == {"max_redirects": "0"}
+    for url in ("rtmp://origin/live/a", "rtsp://cam/1", "srt://origin:9000"):
+        assert protocol_options(url) == {}
