@@ -43,3 +43,11 @@ def _close_sdk_sessions() -> Iterator[None]:
         for session in cache.values():
             session.close()
         cache.clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_leftover_servers() -> Iterator[None]:
+    """Stop every ``livesnap serve`` a test started and did not stop (e.g. after a failure)."""
+    yield
+    for server in list(service.RUNNING):
+        server.stop(timeout=5)

@@ -17,6 +17,9 @@ KEYS = "testid:testsecret:acct-a,otherid:othersecret:acct-b"
 
 # Every server started during the current test; conftest attaches their logs to a failure report.
 STARTED: list[LivesnapServer] = []
+# Every server not stopped yet; conftest stops what is left at the end of the session, so a
+# test that fails between start and stop never leaves a server running.
+RUNNING: set[LivesnapServer] = set()
 
 
 class LivesnapServer:
@@ -38,6 +41,7 @@ class LivesnapServer:
         env.update({"LIVESNAP_ACCESS_KEYS": KEYS, "LIVESNAP_LOG_LEVEL": "INFO", **self.extra_env})
         if self not in STARTED:
             STARTED.append(self)
+        RUNNING.add(self)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "livesnap", "serve", "--port", str(self.port),
@@ -85,11 +89,17 @@ class LivesnapServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; never raises."""
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                self.terminate(20)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                pass
+                self.kill()
+        RUNNING.discard(self)
 
 
 def ice_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret", v2: bool = False):
