@@ -113,6 +113,12 @@ def migrate(
     """Apply database migrations and exit (serve also does this on start)."""
     settings = _settings(data_dir=data_dir, database_url=database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _migrate(settings)
+    typer.echo("livesnap: database is up to date")
+
+
+def _migrate(settings: Settings) -> None:
+    """Bring the database schema up to date; a database error is one line and exit 2."""
     from livesnap.store import open_sql_store
 
     async def run() -> None:
@@ -123,7 +129,6 @@ def migrate(
         asyncio.run(run())
     except StoreError as exc:
         raise _fail(f"database: {exc.message}") from None
-    typer.echo("livesnap: database is up to date")
 
 
 @app.command()
@@ -171,16 +176,7 @@ def cluster_up(
     settings = _cluster_settings(shards=shards, ray_address=ray_address,
                                  database_url=database_url, data_dir=data_dir,
                                  shard_resource=resource)
-    from livesnap.store import open_sql_store
-
-    async def migrate_db() -> None:
-        store = await open_sql_store(settings.resolved_database_url())
-        await store.close()
-
-    try:
-        asyncio.run(migrate_db())
-    except StoreError as exc:
-        raise _fail(f"database: {exc.message}") from None
+    _migrate(settings)
     _connect(settings)
     from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import cluster_status, launch_shards
