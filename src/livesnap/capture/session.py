@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -33,7 +33,14 @@ from livesnap.capture.source import (
     TickMissed,
 )
 from livesnap.clock import Clock
-from livesnap.errors import CaptureTimeout, InvalidParameter, OutputError, StreamNotFound
+from livesnap.errors import (
+    CaptureTimeout,
+    FencedOut,
+    InvalidParameter,
+    OutputError,
+    StoreError,
+    StreamNotFound,
+)
 from livesnap.jobs import imaging, naming
 from livesnap.jobs.models import Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
@@ -45,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 8
 FAILED_DECODES_BEFORE_RECONNECT = 3
+# A stored capture whose record cannot be written (the database is locked or away) is retried
+# with these pauses, doubling, for as long as it takes: its objects exist, and a record given
+# up would leave them unrecorded and without a callback. The job's later captures wait in the
+# upload queue (and its bounded spool) meanwhile.
+RECORD_RETRY_FIRST_S = 0.5
+RECORD_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +118,7 @@ class Session:
         self._stopping = asyncio.Event()
         self._reader: StreamReader | None = None
         self._stream_status: StreamStatus | None = None
+        self._stream_written: StreamStatus | None = None  # what the job row says
         self._last_create_ms = 0
         self._waiters: list[asyncio.Future[SnapshotFile]] = []
         self._reported_interval: int | None = None
@@ -285,9 +299,9 @@ class Session:
         logger.warning("no keyframe", extra={"action": "no_keyframe", "job_id": self.job.id,
                                               "seconds": round(quiet, 1)})
         # The stream stays live (packets keep coming), so only LastError changes.
-        await self._reports.stream_changed(
+        await self._report(self._reports.stream_changed(
             self.job.id, StreamStatus.LIVE, error=f"no keyframe for {quiet:.0f} s"
-        )
+        ), "stream_changed")
 
     async def _on_connected(self, event: Connected) -> None:
         reader = self._reader
@@ -308,9 +322,9 @@ class Session:
         self._metrics.capture_failed("decode")
         logger.warning("capture failed", extra={"action": "capture_failed",
                                                 "job_id": self.job.id, "reason": event.reason})
-        await self._reports.stream_changed(
+        await self._report(self._reports.stream_changed(
             self.job.id, StreamStatus.LIVE, error=f"capture failed: {event.reason}"
-        )
+        ), "stream_changed")
         if failed_in_row >= FAILED_DECODES_BEFORE_RECONNECT and self._reader is not None:
             self._reader.stop()  # a fresh connection picks up new codec parameters
             return True
@@ -320,19 +334,39 @@ class Session:
         logger.info("no usable keyframe in a tick", extra={
             "action": "tick_missed", "job_id": self.job.id, "reason": event.verdict.value})
         self._quality_error = True
-        await self._reports.quality_changed(self.job.id, event.verdict)
+        await self._report(self._reports.quality_changed(self.job.id, event.verdict),
+                           "quality_changed")
 
     async def _set_stream(self, status: StreamStatus, *, error: str = "") -> None:
-        if status is self._stream_status or self._stopping.is_set():
+        unchanged = status is self._stream_status and status is self._stream_written
+        if unchanged or self._stopping.is_set():
             return
         self._stream_status = status
-        await self._reports.stream_changed(self.job.id, status, error=error)
+        written = await self._report(
+            self._reports.stream_changed(self.job.id, status, error=error), "stream_changed")
+        # a status the database refused is written again at the next change
+        self._stream_written = status if written else None
+
+    async def _report(self, call: Awaitable[None], what: str) -> bool:
+        """Await a status report; a failing database is logged, never allowed to end the
+        session (capture goes on; the next report writes the state again)."""
+        try:
+            await call
+        except FencedOut:
+            raise  # this instance was replaced: the runtime stops it
+        except StoreError as exc:
+            logger.warning("job state not written: %s", exc.message, extra={
+                "action": "report_failed", "job_id": self.job.id, "report": what})
+            return False
+        return True
 
     # storing ---------------------------------------------------------------------------------
     async def _on_captured(self, frame: CapturedFrame) -> None:
         try:
             await self._store(frame)
-        except OutputError as exc:
+        except FencedOut:
+            raise
+        except (OutputError, StoreError) as exc:  # StoreError: no sequence number
             await self._storage_trouble(f"snapshot not stored: {exc.message}", True)
             return
         self.captures += 1
@@ -342,17 +376,46 @@ class Session:
         self, report: CaptureReport, waiters: list[asyncio.Future[SnapshotFile]]
     ) -> None:
         """Every object of a capture is stored: record it (the upload queue calls this)."""
-        file = await self._reports.snapshot_stored(self.job, report)
+        file, late = await self._record(report)
         self._metrics.snapshot_stored((report.lag_ms or 0) / 1000)
         for waiter in waiters:
             if file is not None and not waiter.done():
                 waiter.set_result(file)
         if self._storage_error:
             self._storage_error = ""
-            await self._reports.storage_changed(self.job.id, "")
+            await self._report(self._reports.storage_changed(self.job.id, ""), "storage_changed")
+        if late:  # after clearing: this one stays until the next storage error or stream change
+            await self._report(self._reports.storage_changed(self.job.id, late), "storage_changed")
         if self._quality_error and report.quality is not Verdict.UNCHECKED:
             self._quality_error = False
-            await self._reports.quality_changed(self.job.id, Verdict.OK)
+            await self._report(self._reports.quality_changed(self.job.id, Verdict.OK),
+                               "quality_changed")
+
+    async def _record(self, report: CaptureReport) -> tuple[SnapshotFile | None, str]:
+        """Write the capture's record, retrying while the database fails (see
+        ``RECORD_RETRY_FIRST_S``); the record, and what ``LastError`` says if it came late."""
+        delay, reason = RECORD_RETRY_FIRST_S, ""
+        while True:
+            try:
+                file = await self._reports.snapshot_stored(self.job, report)
+            except FencedOut:
+                raise
+            except StoreError as exc:
+                if not reason:
+                    logger.warning("snapshot stored but not recorded yet: %s", exc.message,
+                                   extra={"action": "record_delayed", "job_id": self.job.id,
+                                          "create_ms": report.create_ms})
+                reason = exc.message
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
+                continue
+            if not reason:
+                return file, ""
+            late_s = max(0.0, self._clock.time() - report.create_ms / 1000)
+            logger.warning("snapshot recorded late", extra={
+                "action": "record_late", "job_id": self.job.id, "seconds": round(late_s, 1)})
+            return file, (f"snapshot recorded {late_s:.0f} s after capture: the database was "
+                          f"unavailable ({reason})")
 
     async def _storage_trouble(self, message: str, lost: bool) -> None:
         """A capture waits for an unreachable store, or is lost: ``LastError`` says so."""
@@ -363,7 +426,8 @@ class Session:
                                                          "reason": message})
         if message != self._storage_error:
             self._storage_error = message
-            await self._reports.storage_changed(self.job.id, message)
+            await self._report(self._reports.storage_changed(self.job.id, message),
+                               "storage_changed")
 
     def _create_ms(self, frame: CapturedFrame) -> int:
         # Strictly increasing: the file record is unique on (job, CreateTimestamp).
@@ -435,4 +499,5 @@ class Session:
         effective = self.schedule.effective_interval_ms
         if effective is not None and effective != self._reported_interval:
             self._reported_interval = effective
-            await self._reports.effective_interval(self.job.id, effective)
+            await self._report(self._reports.effective_interval(self.job.id, effective),
+                               "effective_interval")
