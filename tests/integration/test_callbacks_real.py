@@ -10,7 +10,9 @@ The per-job ordering query (``due_heads``) is in the store contract, PostgreSQL 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +59,36 @@ class Delivery:
                                 self.headers["x-livesnap-signature"], now=self.at)
 
 
+class _ClosingServer(ThreadingHTTPServer):
+    """Its ``server_close`` ends every connection and joins every handler thread, so that
+    no socket outlives the receiver (a leaked one fails a later test with ResourceWarning)."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        with self.sockets_lock:
+            for sock in self.open_sockets:  # a handler blocked reading sees EOF and ends
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        super().server_close()  # joins the handler threads, which close their sockets
+
+
 class Receiver:
     """An HTTP server in a thread that records every POST; ``mode``: ok | fail | hang."""
 
@@ -65,8 +97,7 @@ class Receiver:
         self.deliveries: list[Delivery] = []
         self.lock = threading.Lock()
         self.release = threading.Event()  # lets hung requests go
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _ClosingServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
