@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite on a Debian 12 machine: install the real servers the integration tests use
-# (when missing; needs root), create .venv if missing, install livesnap[dev,ray], run pytest "$@".
+# (when missing; needs root), create .venv if missing, install livesnap[dev,ray], run pytest "$@"
+# on two workers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,4 +31,7 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]
   touch "$stamp"
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on real time (live streams, timeouts, outages), not on the CPU: two workers
+# halve the wall time on two cores. Each test file runs whole on one worker (its module
+# fixtures stay together); LIVESNAP_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${LIVESNAP_TEST_WORKERS:-2}" --dist loadfile "$@"
