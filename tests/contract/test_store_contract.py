@@ -452,6 +452,36 @@ async def test_record_snapshot_is_atomic(store: Store) -> None:
         await store.record_snapshot(snap("unknown-job", T0))
 
 
+async def test_concurrent_records_each_count_once_and_fail_alone(store: Store) -> None:
+    # Many captures recorded at once (the SQL store commits them as one group): each is
+    # recorded once, in order, and a bad one fails alone.
+    taken = event("j1")
+    await store.create_job(job("j1"), [taken])
+    await store.create_job(job("j2"))
+    good = [(snap(j, T0 + 10 * n), [event(j, T0 + 10 * n)], n % 3)
+            for n in range(20) for j in ("j1", "j2")]
+    writes = [store.record_snapshot(f, evs, missed) for f, evs, missed in good]
+    writes.append(store.record_snapshot(snap("j1", T0 + 50, size=1)))  # same capture again
+    writes.append(store.record_snapshot(snap("unknown-job", T0)))
+    writes.append(store.record_snapshot(snap("j2", T0 + 5), [event("j2", id=taken.id)]))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert results[:40] == [True] * 40
+    assert results[40] is False
+    assert isinstance(results[41], StoreError) and isinstance(results[42], StoreError)
+    for jid in ("j1", "j2"):
+        loaded = await store.load_job(jid)
+        assert loaded is not None
+        assert (loaded.snapshot_count, loaded.last_snapshot_ms) == (20, T0 + 190)
+        assert loaded.missed_ticks == sum(n % 3 for n in range(20))
+        created = [f.create_ms for f in await store.list_files(
+            "acct-a", FileQuery(job_id=jid, start_ms=T0, end_ms=T0 + 1000, limit=100))]
+        assert created == [T0 + 10 * n for n in range(20)]  # not the failed T0 + 5
+        expected = [evs[0].id for f, evs, _ in good if f.job_id == jid]
+        pending = ids(await store.pending_events(jid))
+        assert pending == ([taken.id] if jid == "j1" else []) + expected
+    assert (await store.get_files("j1", [T0 + 50]))[0].size == 12345  # the first one stays
+
+
 async def test_files_round_trip_every_field(store: Store) -> None:
     await store.create_job(job("j1"))
     full = snap(
@@ -562,6 +592,47 @@ async def test_record_attempt_of_an_unknown_event_is_a_store_error(store: Store)
         await store.record_attempt(
             attempt(event("j1"), T0), delivered=True, failed=False, next_attempt_ms=0
         )
+
+
+async def test_concurrent_attempts_are_each_recorded_and_fail_alone(store: Store) -> None:
+    events = [event("j1", T0 + n) for n in range(30)]
+    await store.create_job(job("j1"), events)
+    writes = [
+        store.record_attempt(attempt(ev, T0 + 100 + n, f"try {n}"), delivered=n % 2 == 0,
+                             failed=n % 5 == 0, next_attempt_ms=T0 + 1000 + n)
+        for n, ev in enumerate(events)
+    ]
+    writes.insert(7, store.record_attempt(attempt(event("j1"), T0), delivered=True,
+                                          failed=False, next_attempt_ms=0))  # unknown event
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results.pop(7), StoreError)
+    assert results == [None] * 30
+    stored = {e.id: e for e in await store.get_events("j1", failed_only=False)}
+    for n, ev in enumerate(events):
+        got = stored[ev.id]
+        assert got.attempts == 1 and got.last_error == f"try {n}"
+        assert got.delivered_ms == (T0 + 100 + n if n % 2 == 0 else None)
+        assert (got.failed, got.next_attempt_ms) == (n % 5 == 0, T0 + 1000 + n)
+    log = await store.delivery_log("j1", 100)
+    assert sorted(a.at_ms for a in log) == [T0 + 100 + n for n in range(30)]
+
+
+async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> None:
+    from sqlalchemy import event as sa_event
+
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    try:
+        await sql.create_job(job("j1"))
+        begun: list[int] = []
+        sa_event.listen(sql.engine.sync_engine, "begin", lambda _conn: begun.append(1))
+        results = await asyncio.gather(
+            *(sql.record_snapshot(snap("j1", T0 + n), [event("j1", T0 + n)]) for n in range(50)))
+        assert results == [True] * 50
+        assert 1 <= len(begun) <= 5  # one transaction per group, not one per capture
+        loaded = await sql.load_job("j1")
+        assert loaded is not None and loaded.snapshot_count == 50
+    finally:
+        await sql.close()
 
 
 async def test_delivery_log_newest_first(store: Store) -> None:
