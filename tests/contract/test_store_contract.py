@@ -624,7 +624,7 @@ async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> 
     try:
         await sql.create_job(job("j1"))
         begun: list[int] = []
-        sa_event.listen(sql.engine.sync_engine, "begin", lambda _conn: begun.append(1))
+        sa_event.listen(sql.sync_engine or sql.engine.sync_engine, "begin", lambda _conn: begun.append(1))
         results = await asyncio.gather(
             *(sql.record_snapshot(snap("j1", T0 + n), [event("j1", T0 + n)]) for n in range(50)))
         assert results == [True] * 50
