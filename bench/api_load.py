@@ -18,9 +18,10 @@ not charged to the server. The requests cycle through GetLiveSnapshotJob (a rand
 ListLiveSnapshotJobs (first page of 10) and ListLiveSnapshotFiles (a random job, Limit 10).
 
 Server CPU is read from ``/proc/<pid>/stat`` and split by thread from ``/proc/<pid>/task``:
-the main thread (the event loop: API, records, callbacks), the threads that were running before
-any job was submitted (SQLite connection and other start-up threads), and the threads started
-since (stream readers: read, decode, JPEG; plus file-write and DNS workers).
+the main thread (the event loop: API, records, callbacks), the SQLite worker threads (told by
+their OS name, ``ls-sqlite``: every database transaction, the API's reads included), the other
+threads that were running before any job was submitted, and the threads started since (stream
+readers: read, decode, JPEG; plus file-write and DNS workers).
 
 Capture figures per window: CPU-s per stream-minute of the whole server and of the capture
 threads, captures, missed ticks, the session's capture lag (keyframe arrival → JPEG handed to
@@ -65,6 +66,8 @@ for _path in (ROOT, ROOT / "bench"):  # tests/support and bench/streams.py are s
 import streams as sb  # noqa: E402
 from tests.support.service import LivesnapServer, ice_client  # noqa: E402
 from tests.support.signing import acs3_headers, rpc_query  # noqa: E402
+
+from livesnap.store.sql import SQLITE_THREAD_NAME  # noqa: E402
 
 ACTIONS = ("GetLiveSnapshotJob", "ListLiveSnapshotJobs", "ListLiveSnapshotFiles")
 SIGNATURE_CODES = frozenset({
@@ -205,28 +208,35 @@ class CpuSample:
     at: float  # monotonic
     total_ticks: int  # the whole process, exited threads included
     threads: dict[int, int]  # tid -> ticks
+    store_tids: frozenset[int] = frozenset()  # the SQLite worker threads (by their OS name)
 
 
 def sample_cpu(pid: int) -> CpuSample:
     proc = Path(f"/proc/{pid}")
-    threads = {}
+    threads, store = {}, set()
     with contextlib.suppress(OSError):
         for task in (proc / "task").iterdir():
             threads[int(task.name)] = _stat_ticks(task / "stat")
-    return CpuSample(time.monotonic(), _stat_ticks(proc / "stat"), threads)
+            with contextlib.suppress(OSError):
+                if (task / "comm").read_text().strip() == SQLITE_THREAD_NAME:
+                    store.add(int(task.name))
+    return CpuSample(time.monotonic(), _stat_ticks(proc / "stat"), threads, frozenset(store))
 
 
 def cpu_split(pid: int, startup: set[int], a: CpuSample, b: CpuSample) -> dict[str, float]:
-    """CPU-seconds between two samples: total, main thread, start-up threads, later threads."""
+    """CPU-seconds between two samples: total, main thread, SQLite workers, other start-up
+    threads, and the threads started later but the SQLite workers (the stream readers)."""
 
     def delta(tids: Callable[[int], bool]) -> float:
         return sum(b.threads[t] - a.threads.get(t, 0) for t in b.threads if tids(t)) / CLK_TCK
 
+    store = b.store_tids
     return {
         "total": (b.total_ticks - a.total_ticks) / CLK_TCK,
         "main": delta(lambda t: t == pid),
-        "startup_threads": delta(lambda t: t != pid and t in startup),
-        "capture_threads": delta(lambda t: t not in startup and t != pid),
+        "store_threads": delta(lambda t: t in store),
+        "startup_threads": delta(lambda t: t != pid and t in startup and t not in store),
+        "capture_threads": delta(lambda t: t not in startup and t != pid and t not in store),
         "threads_at_end": len(b.threads),
         "span_s": b.at - a.at,
     }
@@ -392,7 +402,8 @@ def wait_all_capturing(rig: Rig, since: float, timeout: float) -> None:
 
 
 def later_threads(rig: Rig) -> int:
-    return len(set(sample_cpu(rig.pid).threads) - rig.startup_tids - {rig.pid})
+    sample = sample_cpu(rig.pid)
+    return len(set(sample.threads) - rig.startup_tids - {rig.pid} - sample.store_tids)
 
 
 def wait_capture_stopped(rig: Rig, timeout: float = 30.0) -> None:
@@ -454,6 +465,7 @@ def capture_figures(rig: Rig, phases: list[Phase], n: int) -> None:
             "capture_threads_cpu_s_per_stream_min": round(
                 cpu["capture_threads"] / span * 60 / n, 4),
             "main_thread_cores": round(cpu["main"] / span, 3),
+            "store_threads_cores": round(cpu["store_threads"] / span, 3),
             "capture_lag_p50_ms": _round(sb.percentile(lags, 50), 1),
             "capture_lag_p99_ms": _round(sb.percentile(lags, 99), 1),
             "record_lag_p50_ms": _round(sb.percentile(records, 50), 1),
@@ -570,13 +582,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 CAPTURE_KEYS = ("cpu_s_per_stream_min", "capture_threads_cpu_s_per_stream_min",
-                "main_thread_cores", "captures", "expected_captures", "missed_ticks",
+                "main_thread_cores", "store_threads_cores", "captures", "expected_captures",
+                "missed_ticks",
                 "capture_lag_p50_ms", "capture_lag_p99_ms", "record_lag_p50_ms",
                 "record_lag_p99_ms")
 API_KEYS = ("req_per_s", "req_per_s_per_server_core", "server_cores", "client_cores",
             "p50_ms", "p99_ms")
 RATIO_KEYS = ("cpu_s_per_stream_min", "cpu_s_per_stream_min_net_of_api",
-              "capture_threads_cpu_s_per_stream_min", "main_thread_cores", "captures",
+              "capture_threads_cpu_s_per_stream_min", "main_thread_cores",
+              "store_threads_cores", "captures",
               "capture_lag_p50_ms", "capture_lag_p99_ms", "record_lag_p50_ms", "record_lag_p99_ms")
 # capture figures that must not get worse by more than 10 % under API load (issue 9)
 DEGRADATION_KEYS = ("capture_threads_cpu_s_per_stream_min", "cpu_s_per_stream_min_net_of_api",

@@ -676,3 +676,22 @@ async def test_requeue_failed_events(store: Store) -> None:
     assert ids(due) == [dead.id]  # the requeued head goes first; alive waits behind it
     assert (due[0].attempts, due[0].failed, due[0].next_attempt_ms) == (0, False, T0 + 50)
     assert await store.requeue_events("j1", T0 + 60) == 0
+
+
+async def test_sqlite_transactions_run_in_named_worker_threads(tmp_path: Path) -> None:
+    from livesnap.store.sql import SQLITE_THREAD_NAME
+
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    try:
+        assert sql.sync_engine is not None
+        await sql.create_job(job("j1"))
+        assert SQLITE_THREAD_NAME in thread_names()  # top -H and the benchmarks tell them apart
+        assert await sql.load_job("j1") == job("j1")
+    finally:
+        await sql.close()
+    assert SQLITE_THREAD_NAME not in thread_names()  # close() ended them
+
+
+def thread_names() -> set[str]:
+    """The OS names of this process's threads (Linux)."""
+    return {(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()}
