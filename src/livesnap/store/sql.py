@@ -439,21 +439,8 @@ class SqlStore:
     # callback outbox ---------------------------------------------------------------------
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
         """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
-        c = outbox_events.c
-        rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
-        pending = (
-            select(outbox_events, rank.label("job_rank"))
-            .where(c.delivered_ms.is_(None), c.failed == false())
-            .subquery()
-        )
-        p = pending.c
-        stmt = (
-            select(*(p[col.name] for col in outbox_events.c))
-            .where(p.job_rank == 1, p.next_attempt_ms <= now_ms)
-            .order_by(p.created_ms, p.seq)
-            .limit(max(limit, 0))
-        )
-        return await self._events("due_heads", stmt)
+        params = {"b_now": now_ms, "b_limit": max(limit, 0)}
+        return await self._events("due_heads", _DUE_HEADS, params)
 
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         stmt = _undelivered().where(outbox_events.c.job_id == job_id)
@@ -465,8 +452,10 @@ class SqlStore:
             stmt = stmt.where(outbox_events.c.failed == true())
         return await self._events("get_events", stmt)
 
-    async def _events(self, op: str, stmt: Select[Any]) -> list[OutboxEvent]:
-        found = await self._run(op, lambda conn: _mappings(conn, stmt))
+    async def _events(
+        self, op: str, stmt: Select[Any], params: dict[str, Any] | None = None
+    ) -> list[OutboxEvent]:
+        found = await self._run(op, lambda conn: conn.execute(stmt, params).mappings().all())
         return [rows.event_from_row(row) for row in found]
 
     async def record_attempt(
@@ -716,6 +705,27 @@ def _record_attempt_stmt() -> Any:
     )
 
 
+def _due_heads_stmt() -> Select[Any]:
+    """Each job's oldest undelivered, not failed event, if due by ``b_now``; oldest first, at
+    most ``b_limit``. Built once: the dispatcher asks about twice per delivery, and building
+    the windowed subquery cost more CPU than running it."""
+    c = outbox_events.c
+    rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
+    pending = (
+        select(outbox_events, rank.label("job_rank"))
+        .where(c.delivered_ms.is_(None), c.failed == false())
+        .subquery()
+    )
+    p = pending.c
+    return (
+        select(*(p[col.name] for col in outbox_events.c))
+        .where(p.job_rank == 1, p.next_attempt_ms <= bindparam("b_now", type_=BigInteger()))
+        .order_by(p.created_ms, p.seq)
+        .limit(bindparam("b_limit", type_=Integer()))
+    )
+
+
+_DUE_HEADS = _due_heads_stmt()
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
 _RECORD_ATTEMPT = _record_attempt_stmt()
 
