@@ -203,6 +203,9 @@ class SqlStore:
             write_lock = asyncio.Lock()
         self._write_lock = write_lock
         self._group = _GroupCommit(self)
+        # the file records' idempotent insert (the key is the files table's unique index)
+        self._insert_files = self._dialect_insert(files).on_conflict_do_nothing(
+            index_elements=["job_id", "create_ms"]).returning(files.c.job_id, files.c.create_ms)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -404,8 +407,9 @@ class SqlStore:
     async def record_snapshot(
         self, file: SnapshotFile, events: Sequence[OutboxEvent] = (), missed_ticks: int = 0
     ) -> bool:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        return await self._group.put(_SnapshotWrite(file, events, missed_ticks, done), done)
+        write = _SnapshotWrite(file, events, missed_ticks, _future())
+        self._group.submit(write)
+        return await write.done  # a cancelled caller's write is skipped if it has not begun
 
     async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]:
         order = files.c.create_ms.desc() if query.descending else files.c.create_ms.asc()
@@ -455,7 +459,7 @@ class SqlStore:
     async def _events(
         self, op: str, stmt: Select[Any], params: dict[str, Any] | None = None
     ) -> list[OutboxEvent]:
-        found = await self._run(op, lambda conn: conn.execute(stmt, params).mappings().all())
+        found = await self._run(op, lambda conn: _mappings(conn, stmt, params))
         return [rows.event_from_row(row) for row in found]
 
     async def record_attempt(
@@ -466,9 +470,9 @@ class SqlStore:
         failed: bool,
         next_attempt_ms: int,
     ) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        write = _AttemptWrite(attempt, delivered, failed, next_attempt_ms, done)
-        await self._group.put(write, done)
+        write = _AttemptWrite(attempt, delivered, failed, next_attempt_ms, _future())
+        self._group.submit(write)
+        await write.done
 
     async def _write_group(self, group: Sequence[_Write]) -> list[Any]:
         """One transaction for all of ``group``; each write's result, in order."""
@@ -496,10 +500,7 @@ class SqlStore:
         if self._fence is not None:
             for row in values:
                 row["writer"] = self._fence.writer
-        unique = ["job_id", "create_ms"]
-        stmt = self._dialect_insert(files).on_conflict_do_nothing(
-            index_elements=unique).returning(files.c.job_id, files.c.create_ms)
-        inserted = {(row[0], int(row[1])) for row in conn.execute(stmt, values).all()}
+        inserted = {(row[0], int(row[1])) for row in conn.execute(self._insert_files, values)}
         recorded: dict[int, bool] = {}
         for w in writes:  # the same capture twice in a group: the first one is the record
             key = (w.file.job_id, w.file.create_ms)
@@ -548,11 +549,11 @@ class _GroupCommit:
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def put(self, write: _Write, done: asyncio.Future[_T]) -> _T:
+    def submit(self, write: _Write) -> None:
+        """Queue ``write``; its ``done`` future is answered once its group committed."""
         self._queue.append(write)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._run(), name="store-group-commit")
-        return await done  # a cancelled caller's write is skipped if it has not begun
 
     async def _run(self) -> None:
         while self._queue:
@@ -583,6 +584,10 @@ class _GroupCommit:
         else:
             for w, result in zip(group, results, strict=True):
                 _settle(w, result)
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
 
 
 def _settle(write: _Write, outcome: object) -> None:
@@ -664,8 +669,10 @@ def _page(
     return conn.execute(stmt).mappings().all(), int(total or 0)
 
 
-def _mappings(conn: Connection, stmt: Select[Any]) -> Sequence[RowMapping]:
-    return conn.execute(stmt).mappings().all()
+def _mappings(
+    conn: Connection, stmt: Select[Any], params: dict[str, Any] | None = None
+) -> Sequence[RowMapping]:
+    return conn.execute(stmt, params).mappings().all()
 
 
 def _changed(conn: Connection, stmt: Any) -> bool:
