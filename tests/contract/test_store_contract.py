@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event as sa_event
 
 from livesnap.errors import JobNotFound, StoreError
 from livesnap.jobs.models import (
@@ -618,8 +620,6 @@ async def test_concurrent_attempts_are_each_recorded_and_fail_alone(store: Store
 
 
 async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> None:
-    from sqlalchemy import event as sa_event
-
     sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     try:
         await sql.create_job(job("j1"))
@@ -676,6 +676,30 @@ async def test_requeue_failed_events(store: Store) -> None:
     assert ids(due) == [dead.id]  # the requeued head goes first; alive waits behind it
     assert (due[0].attempts, due[0].failed, due[0].next_attempt_ms) == (0, False, T0 + 50)
     assert await store.requeue_events("j1", T0 + 60) == 0
+
+
+async def test_a_locked_database_fails_a_group_once_not_write_by_write(tmp_path: Path) -> None:
+    # Splitting a failed group finds a write that broke a constraint; when the database
+    # itself is unavailable every write would wait out busy_timeout again, one after another.
+    path = tmp_path / "store.db"
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{path}")
+    holder = sqlite3.connect(path)
+    try:
+        await sql.create_job(job("j1"))
+        begun: list[int] = []
+        assert sql.sync_engine is not None
+        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        holder.execute("BEGIN EXCLUSIVE")  # another process holding the database
+        results = await asyncio.gather(
+            *(sql.record_snapshot(snap("j1", T0 + n)) for n in range(10)),
+            return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert len(begun) <= 2  # one group (at most two), not 10 more transactions
+        holder.rollback()
+        assert await sql.record_snapshot(snap("j1", T0))  # and it writes again at once
+    finally:
+        holder.close()
+        await sql.close()
 
 
 async def test_sqlite_transactions_run_in_named_worker_threads(tmp_path: Path) -> None:

@@ -540,8 +540,9 @@ class _GroupCommit:
     Now a write joins a queue; one writer task commits everything queued while the previous
     transaction ran, in one transaction, and then answers each caller. A caller still returns
     only after its write committed, so every guarantee of the single writes holds. If a group
-    fails, its writes are made again one by one, so one bad write (an unknown job, a taken
-    event id) fails alone; a stale fence fails them all, as each would have.
+    breaks a constraint, its writes are made again one by one, so one bad write (an unknown
+    job, a taken event id) fails alone; a stale fence or a failing database fails them all at
+    once, as each would have.
     """
 
     def __init__(self, store: SqlStore) -> None:
@@ -576,10 +577,13 @@ class _GroupCommit:
             for w in group:
                 _settle(w, exc)
         except StoreError as exc:
-            if len(group) == 1:
-                _settle(group[0], exc)
+            if len(group) == 1 or not isinstance(exc.__cause__, IntegrityError):
+                # the database itself failed (locked, gone, full): each write alone would
+                # fail the same way, after as long a wait
+                for w in group:
+                    _settle(w, exc)
                 return
-            for w in group:  # find the write that failed: each alone
+            for w in group:  # one write broke a constraint: find it, each alone
                 await self._commit([w])
         else:
             for w, result in zip(group, results, strict=True):
