@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sqlite3
 import uuid
@@ -40,6 +41,7 @@ from livesnap.jobs.models import (
 )
 from livesnap.jobs.ports import Store
 from livesnap.store import MemoryStore, SqlStore, open_sql_store
+from livesnap.store.sql import SQLITE_THREAD_NAME
 
 T0 = 1_700_000_000_000  # epoch ms, beyond 32 bits on purpose
 
@@ -623,8 +625,9 @@ async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> 
     sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     try:
         await sql.create_job(job("j1"))
+        assert sql.sync_engine is not None  # SQLite transactions run on the sync engine
         begun: list[int] = []
-        sa_event.listen(sql.sync_engine or sql.engine.sync_engine, "begin", lambda _conn: begun.append(1))
+        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
         results = await asyncio.gather(
             *(sql.record_snapshot(snap("j1", T0 + n), [event("j1", T0 + n)]) for n in range(50)))
         assert results == [True] * 50
@@ -703,8 +706,6 @@ async def test_a_locked_database_fails_a_group_once_not_write_by_write(tmp_path:
 
 
 async def test_sqlite_transactions_run_in_named_worker_threads(tmp_path: Path) -> None:
-    from livesnap.store.sql import SQLITE_THREAD_NAME
-
     sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     try:
         assert sql.sync_engine is not None
@@ -717,5 +718,9 @@ async def test_sqlite_transactions_run_in_named_worker_threads(tmp_path: Path) -
 
 
 def thread_names() -> set[str]:
-    """The OS names of this process's threads (Linux)."""
-    return {(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()}
+    """The OS names of this process's threads (Linux); a thread may end while they are listed."""
+    names = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            names.add((task / "comm").read_text().strip())
+    return names
