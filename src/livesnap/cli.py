@@ -36,8 +36,8 @@ DATABASE_URL_HELP = (
     "(env LIVESNAP_DATABASE_URL; default SQLite in the data dir)."
 )
 ENGINE_HELP = (
-    "local: capture on this node; ray: send capture to the cluster's shards "
-    "(env LIVESNAP_ENGINE; default local)."
+    "local: capture in this process; process: in a child process, apart from the API; "
+    "ray: send capture to the cluster's shards (env LIVESNAP_ENGINE; default local)."
 )
 RAY_ADDRESS_HELP = "Ray cluster address (env LIVESNAP_RAY_ADDRESS; default: this host's node)."
 SHARDS_HELP = "Number of capture shards, named shard-0 … (env LIVESNAP_SHARDS; default 4)."

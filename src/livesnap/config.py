@@ -262,8 +262,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_s: int = Field(default=5, ge=1)  # idle time between requests on a connection
-    # cluster mode on Ray (docs/cluster.md)
-    engine: Literal["local", "ray"] = "local"  # ray: commands go to capture shards
+    # where capture runs: local = in this process; process = in one child process on this
+    # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
+    engine: Literal["local", "process", "ray"] = "local"
     ray_address: str = ""  # "" = the Ray node on this host ("auto")
     ray_namespace: str = "livesnap"
     shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}

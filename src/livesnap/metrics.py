@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,12 +25,14 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from livesnap import __version__
-from livesnap.errors import StoreError
+from livesnap.errors import LivesnapError, StoreError
 from livesnap.jobs.models import DeliveryAttempt, JobStatus, OutboxEvent, StreamStatus
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Metrics:
         Info("livesnap_build", "The running livesnap version.", registry=self.registry).info(
             {"version": __version__}
         )
+        self._adopted: dict[str, Metric] = {}
         self._gauges()
         self._capture()
         self._io()
@@ -148,11 +151,45 @@ class Metrics:
         for stream, count in by_stream.items():
             self.streams.labels(stream_status=stream).set(count)
 
+    def adopt(self, families: list[Metric]) -> None:
+        """Another process's metrics of this service (the capture process's), added to this
+        one's on every render until the next ``adopt``."""
+        self._adopted = {family.name: family for family in families}
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header (Prometheus text 0.0.4 unless asked for
         OpenMetrics), and its content type."""
         encode, content_type = choose_encoder(accept)
-        return encode(self.registry), content_type
+        return encode(_Merged(self.registry, self._adopted)), content_type
+
+
+class _Merged:
+    """A registry's families plus adopted ones of the same names: counts and gauges add up,
+    creation times take the earlier."""
+
+    def __init__(self, registry: CollectorRegistry, adopted: Mapping[str, Metric]) -> None:
+        self._registry = registry
+        self._adopted = adopted
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            other = self._adopted.get(family.name)
+            if other is None or other.type != family.type:
+                yield family
+                continue
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            values: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
+            for sample in [*family.samples, *other.samples]:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = values.get(key)
+                if seen is None:
+                    values[key] = sample
+                elif sample.name.endswith("_created"):
+                    values[key] = seen._replace(value=min(seen.value, sample.value))
+                else:
+                    values[key] = seen._replace(value=seen.value + sample.value)
+            merged.samples = list(values.values())
+            yield merged
 
 
 class _Outbox(Protocol):
@@ -192,6 +229,7 @@ class Probes:
     ping: Callable[[], Awaitable[None]]
     sessions: Callable[[], int]
     spool_bytes: Callable[[], int] | None = None
+    remote: Callable[[], Awaitable[list[Metric]]] | None = None  # the capture process's
     timeout_s: float = SCRAPE_TIMEOUT_S
 
 
@@ -200,6 +238,12 @@ async def refresh(metrics: Metrics, probes: Probes) -> None:
     metrics.sessions.set(probes.sessions())
     if probes.spool_bytes is not None:
         metrics.spool_size(probes.spool_bytes())
+    if probes.remote is not None:
+        try:  # a restarting capture process: its last figures stay (counters never go back)
+            metrics.adopt(await asyncio.wait_for(probes.remote(), probes.timeout_s))
+        except (LivesnapError, TimeoutError) as exc:
+            logger.warning("metrics: capture process not read", extra={
+                "action": "metrics_scrape", "reason": _reason(exc)})
     try:
         counts = await asyncio.wait_for(probes.job_counts(), probes.timeout_s)
     except (StoreError, TimeoutError) as exc:
@@ -212,7 +256,7 @@ async def refresh(metrics: Metrics, probes: Probes) -> None:
 
 
 def _reason(exc: Exception) -> str:
-    return exc.message if isinstance(exc, StoreError) else "timed out"
+    return exc.message if isinstance(exc, LivesnapError) else "timed out"
 
 
 def ops_routes(metrics: Metrics, probes: Probes) -> list[BaseRoute]:

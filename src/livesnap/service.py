@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 
@@ -28,6 +29,7 @@ from livesnap.capture.session import SessionOptions
 from livesnap.capture.source import SourceOptions
 from livesnap.capture.standin import NoCapture
 from livesnap.capture.supervisor import CaptureSupervisor
+from livesnap.capturehost import CaptureProcess
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
 from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
@@ -180,8 +182,10 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
     async def ping() -> None:
         await stats.ping(store)
 
-    return Probes(job_counts=job_counts, ping=ping, sessions=manager.engine.running_count,
-                  spool_bytes=lambda: router.spool.size_bytes)
+    engine = manager.engine
+    remote = engine.metric_families if isinstance(engine, CaptureProcess) else None
+    return Probes(job_counts=job_counts, ping=ping, sessions=engine.running_count,
+                  spool_bytes=lambda: router.spool.size_bytes, remote=remote)
 
 
 @contextlib.asynccontextmanager
@@ -207,21 +211,59 @@ async def build_service(
         store=store, clock=clock, policy=policy, resolver=SystemResolver(),
         remover=routes, storage=routes,
     )
+    engine: CaptureEngine
     if settings.engine == "ray":
-        manager.attach_engine(ray_engine(settings, store))
-    elif settings.capture:
-        manager.attach_engine(CaptureSupervisor(
+        engine = ray_engine(settings, store)
+    elif not settings.capture:
+        engine = NoCapture()
+    elif settings.engine == "process":
+        engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s)
+    else:
+        engine = CaptureSupervisor(
             reports=manager, sinks=router, clock=clock, options=session_options(settings),
             max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
             metrics=metrics,
-        ))
-    else:
-        manager.attach_engine(NoCapture())
+        )
+    manager.attach_engine(engine)
     deps = api_deps(settings, manager, keys, clock)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
                           secret=load_or_create_secret(settings.data_dir), now=clock.time)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
     app = create_app(deps, extra_routes=[*console_routes(console), *ops])
+    # one dispatcher per outbox: a capture process delivers the callbacks itself, and events
+    # written here (a stop, a delete) wake it
+    process = engine if isinstance(engine, CaptureProcess) else None
+    dispatcher: CallbackDispatcher | None = None
+    client: httpx.AsyncClient | None = None
+    if process is not None:
+        manager.on_events_written(process.notify)
+    else:
+        dispatcher, client = callback_dispatcher(settings, store, metrics, clock)
+        manager.on_events_written(dispatcher.notify)
+    try:
+        if process is not None:
+            process.open()
+        await manager.open()
+        if settings.engine == "local":  # a capture process or the shards resume their own jobs
+            await manager.resume()
+        if dispatcher is not None:
+            dispatcher.start()
+        yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
+                      dispatcher=dispatcher, metrics=metrics)
+    finally:
+        if dispatcher is not None:
+            await dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
+        await manager.close(settings.shutdown_timeout_s)
+        await router.close(settings.shutdown_timeout_s)  # records need the store: before it
+        if client is not None:
+            await client.aclose()
+        await store.close()
+
+
+def callback_dispatcher(
+    settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock
+) -> tuple[CallbackDispatcher, httpx.AsyncClient]:
+    """The outbox's dispatcher (not started) and the HTTP client it posts with."""
     delivery = callback_policy(settings)
     callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())
     client = callback_client(delivery)
@@ -229,20 +271,7 @@ async def build_service(
         store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
         policy=delivery,
     )
-    manager.on_events_written(dispatcher.notify)
-    try:
-        await manager.open()
-        if settings.engine == "local":  # in cluster mode the shards resume their own jobs
-            await manager.resume()
-        dispatcher.start()
-        yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
-                      dispatcher=dispatcher, metrics=metrics)
-    finally:
-        await dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
-        await manager.close(settings.shutdown_timeout_s)
-        await router.close(settings.shutdown_timeout_s)  # records need the store: before it
-        await client.aclose()
-        await store.close()
+    return dispatcher, client
 
 
 def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:

@@ -23,6 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.metrics_core import Metric
+
+from livesnap.callbacks.dispatcher import CallbackDispatcher
 from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import SystemClock
 from livesnap.cluster.shard import ShardRuntime, ShardStats, TickLedger, error_reply
@@ -30,7 +33,15 @@ from livesnap.config import Settings
 from livesnap.errors import LivesnapError, ShardUnavailable
 from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.logs import setup_logging
-from livesnap.service import RouterRemover, SystemResolver, session_options, storage_router
+from livesnap.metrics import Metrics
+from livesnap.service import (
+    CALLBACK_CLOSE_S,
+    RouterRemover,
+    SystemResolver,
+    callback_dispatcher,
+    session_options,
+    storage_router,
+)
 from livesnap.store.sql import Fence, SqlStore, open_sql_store
 
 logger = logging.getLogger(__name__)
@@ -42,10 +53,22 @@ OPEN_RETRY_MAX_S = 5.0
 class ShardHost:
     """One capture shard instance (a new one after every restart: a new epoch)."""
 
-    def __init__(self, settings: Settings, name: str, shards: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, name: str, shards: list[str], *, fence: bool = True,
+        callbacks: bool = False, metrics: Metrics | None = None,
+    ) -> None:
+        """``fence=False`` and ``callbacks=True``: the one capture process of a node
+        (``capturehost``), which its parent never runs twice at once and which delivers the
+        node's callbacks; ``metrics`` collects its capture, storage and callback metrics."""
         self.settings = settings
         self.name = name
         self.shards = list(shards)
+        self._fence = fence
+        self._callbacks = callbacks
+        self._metrics = metrics
+        self._dispatcher: CallbackDispatcher | None = None
+        self._sessions: Callable[[], int] = lambda: 0
+        self._spool_bytes: Callable[[], int] = lambda: 0
         self.pid = os.getpid()
         self.node, self.restarted = _ray_facts()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -72,10 +95,13 @@ class ShardHost:
         stats = ShardStats(name=self.name, epoch=epoch, started_at=time.time())
         runtime_box: list[ShardRuntime] = []
         fenced = base.fenced(Fence(self.name, epoch),
-                             on_fenced=lambda: runtime_box[0].fence() if runtime_box else None)
+                             on_fenced=lambda: runtime_box[0].fence() if runtime_box else None
+                             ) if self._fence else base
         settings = self.settings
         router = storage_router(
             settings, spool_dir=Path(settings.data_dir) / "spool-shards" / self.name)
+        if self._metrics is not None:
+            router.observe_uploads(self._metrics.upload)
         remover = RouterRemover(router)
         manager = JobManager(
             store=fenced, clock=clock, resolver=SystemResolver(), remover=remover, storage=remover,
@@ -87,8 +113,17 @@ class ShardHost:
         supervisor = CaptureSupervisor(
             reports=ledger, sinks=router, clock=clock, options=session_options(settings),
             max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+            metrics=self._metrics,
         )
         manager.attach_engine(supervisor)
+        self._sessions = supervisor.running_count
+        self._spool_bytes = lambda: router.spool.size_bytes
+        client = None
+        if self._callbacks:
+            self._dispatcher, client = callback_dispatcher(
+                settings, base, self._metrics or Metrics(process=False), clock)
+            manager.on_events_written(self._dispatcher.notify)
+            self._dispatcher.start()
         runtime = ShardRuntime(
             name=self.name, shards=self.shards, epoch=epoch, store=base, engine=supervisor,
             ledger=ledger, stats=stats, reconcile_s=settings.shard_reconcile_s,
@@ -102,7 +137,11 @@ class ShardHost:
         try:
             await runtime.run()
         finally:
+            if self._dispatcher is not None:
+                await self._dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
             await router.close(settings.shutdown_timeout_s)
+            if client is not None:
+                await client.aclose()
             await base.close()
             logger.info("shard stopped", extra={"action": "shard_stop", "shard": self.name,
                                                 "epoch": epoch, "fenced": runtime.fenced})
@@ -168,6 +207,20 @@ class ShardHost:
         stats = asdict(runtime.stats) if runtime is not None else {"name": self.name}
         return {**stats, "pid": self.pid, "node": self.node, "restarted": self.restarted,
                 "ready": runtime is not None}
+
+    def notify(self) -> None:
+        """Callback events were written elsewhere: the dispatcher polls now."""
+        dispatcher, loop = self._dispatcher, self._loop
+        if dispatcher is not None and loop is not None:
+            loop.call_soon_threadsafe(dispatcher.notify)
+
+    def metric_families(self) -> list[Metric]:
+        """This process's metrics (``metrics``), with the session and spool gauges current."""
+        if self._metrics is None:
+            return []
+        self._metrics.sessions.set(self._sessions())
+        self._metrics.spool_size(self._spool_bytes())
+        return list(self._metrics.registry.collect())
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every stream and the shard's loop (tests, ``cluster down``)."""

@@ -1,0 +1,296 @@
+"""Capture in a child process of ``livesnap serve`` (``engine = "process"``).
+
+Part of the edge (with ``service.py`` and ``shardhost.py``). The serving process keeps the
+HTTP API, the console and every read; one child process does what capture needs: the stream
+readers, storage, file records and callback delivery. It is a capture shard
+(``shardhost.ShardHost``) that owns every job; the two share the database, and commands go
+over a pipe. Why: in one process the API's requests and the captures' hand-offs share one
+event loop and the GIL, so API load delays captures and records (docs/performance.md, "API
+under load"); apart, each has its own.
+
+* The child picks up the started jobs itself (the shard's reconcile) and delivers every
+  callback (one dispatcher per outbox); events written by the API wake it (``notify``).
+* A child that dies is started again, with backoff; the new one takes a new epoch and picks
+  its jobs up from the database, counting the ticks missed meanwhile as a shard takeover does.
+  No fence is needed: a new child starts only after the old one has exited.
+* The child ignores SIGINT and SIGTERM (a terminal or a service manager signals the whole
+  process group): it stops its streams and exits when its parent tells it to, or when its
+  parent is gone (the pipe closes, also after a SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+from livesnap.cluster.shard import error_reply, raise_reply
+from livesnap.config import Settings
+from livesnap.errors import CaptureTimeout, ShardUnavailable
+from livesnap.jobs.models import Job
+from livesnap.jobs.ports import CaptureResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CHILD_SHARD", "CaptureProcess", "child_main"]
+
+CHILD_SHARD = "local"  # the child's shard name: the only shard, so it owns every job
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+HEALTHY_S = 60.0  # a child that lived this long restarts after the shortest delay again
+_NO_REPLY = 0  # request id of a message that gets no answer (notify)
+
+
+class CaptureProcess:
+    """The serving process's ``CaptureEngine``: commands go to the capture child.
+
+    Like the Ray engine, ``is_running`` is False and ``running_count`` 0 here (the child keeps
+    the node's session cap). A child that does not answer makes start and stop succeed anyway:
+    the job's stored state is what it applies when it is back (reconcile); a capture-now
+    fails with ``ServiceUnavailable``.
+    """
+
+    def __init__(self, settings: Settings, *, timeout_s: float) -> None:
+        self._settings = settings
+        self._timeout_s = timeout_s
+        self._ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._gone = asyncio.Event()
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._started_at = 0.0
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before ``open``)."""
+        return None if self._proc is None else self._proc.pid
+
+    # lifecycle -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the child, and a task that starts it again whenever it dies."""
+        self._loop = asyncio.get_running_loop()
+        self._spawn()
+        self._watcher = self._loop.create_task(self._watch(), name="capture-process-watch")
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        parent_end, child_end = self._ctx.Pipe()
+        proc = self._ctx.Process(target=child_main, args=(self._settings, child_end),
+                                 name="livesnap-capture", daemon=False)
+        proc.start()
+        child_end.close()  # the child's copy is the only one left: its exit closes the pipe
+        self._proc, self._conn, self._started_at = proc, parent_end, time.monotonic()
+        self._gone = asyncio.Event()
+        self._reader = threading.Thread(target=self._read, args=(parent_end, self._gone),
+                                        name="capture-pipe", daemon=True)
+        self._reader.start()
+        logger.info("capture process started", extra={"action": "capture_process",
+                                                       "pid": proc.pid})
+
+    def _read(self, conn: Connection, gone: asyncio.Event) -> None:
+        """The reader thread: replies to their futures; the end of the pipe to ``gone``."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                rid, reply = conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self._answer, rid, reply)
+        loop.call_soon_threadsafe(self._lost, conn, gone)
+
+    def _answer(self, rid: int, reply: dict[str, Any]) -> None:
+        future = self._pending.pop(rid, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _lost(self, conn: Connection, gone: asyncio.Event) -> None:
+        if conn is self._conn:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ShardUnavailable("The capture process stopped."))
+            self._pending.clear()
+        gone.set()
+
+    async def _watch(self) -> None:
+        delay = RESTART_MIN_S
+        while not self._closing:
+            await self._gone.wait()
+            if self._closing:
+                return
+            proc = self._proc
+            assert proc is not None
+            await asyncio.to_thread(proc.join, 5.0)
+            if proc.is_alive():  # it closed the pipe but did not exit
+                proc.kill()
+                await asyncio.to_thread(proc.join, 5.0)
+            lived = time.monotonic() - self._started_at
+            delay = RESTART_MIN_S if lived >= HEALTHY_S else delay
+            logger.error("capture process exited; starting it again", extra={
+                "action": "capture_process", "pid": proc.pid, "exit_code": proc.exitcode,
+                "lived_s": round(lived, 1), "restart_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+            if not self._closing:
+                self.restarts += 1
+                self._spawn()
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Tell the child to stop its streams and exit; kill it if it has not in time."""
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        proc, conn = self._proc, self._conn
+        if proc is None or conn is None:
+            return
+        if not self._gone.is_set():
+            try:
+                conn.send((_NO_REPLY, "close", (timeout_s,)))
+            except OSError as exc:  # it died just now
+                logger.warning("capture process not told to close", extra={
+                    "action": "capture_process", "reason": str(exc)})
+        await asyncio.to_thread(proc.join, timeout_s + 5.0)
+        if proc.is_alive():
+            logger.error("capture process did not exit in time; killing it", extra={
+                "action": "capture_process", "pid": proc.pid})
+            proc.kill()
+            await asyncio.to_thread(proc.join, 5.0)
+        conn.close()
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5.0)
+
+    # commands ------------------------------------------------------------------------------
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
+        conn, loop = self._conn, self._loop
+        if conn is None or loop is None or self._gone.is_set():
+            raise ShardUnavailable("The capture process is restarting.")
+        rid = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[rid] = future
+        try:
+            conn.send((rid, method, args))
+            async with asyncio.timeout(self._timeout_s + 2):
+                reply = await future
+        except (OSError, TimeoutError) as exc:
+            raise ShardUnavailable(
+                f"The capture process did not answer ({type(exc).__name__}).") from None
+        finally:
+            self._pending.pop(rid, None)
+        raise_reply(reply)
+        return reply
+
+    async def start(self, job: Job, *, probe: bool) -> None:
+        try:
+            await self._call("start", job.id, probe, self._timeout_s)
+        except ShardUnavailable as exc:
+            logger.warning("capture process unavailable; it starts the job when back", extra={
+                "action": "engine_start", "job_id": job.id, "reason": exc.message})
+
+    async def stop(self, job_id: str) -> None:
+        try:
+            await self._call("stop", job_id, self._timeout_s)
+        except ShardUnavailable as exc:
+            logger.warning("capture process unavailable; it stops the job when back", extra={
+                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
+
+    async def capture_now(self, job: Job) -> CaptureResult:
+        reply = await self._call("capture", job.id, self._timeout_s)
+        file = reply.get("file")
+        if file is None:
+            raise CaptureTimeout()
+        return CaptureResult(file=file)
+
+    def is_running(self, job_id: str) -> bool:
+        return False
+
+    def running_count(self) -> int:
+        return 0
+
+    def notify(self) -> None:
+        """Callback events were written here: the child's dispatcher polls now."""
+        conn = self._conn
+        if conn is None or self._gone.is_set():
+            return  # a new child polls the outbox when it starts
+        try:
+            conn.send((_NO_REPLY, "notify", ()))
+        except OSError as exc:  # it died just now; the restarted child polls on start
+            logger.debug("capture process not notified", extra={"reason": str(exc)})
+
+    async def status(self) -> dict[str, Any]:
+        """The child's shard report (``ShardHost.status``)."""
+        return await self._call("status")
+
+    async def metric_families(self) -> list[Metric]:
+        """The child's metrics: capture, storage and callbacks (merged into ``/metrics``)."""
+        families: list[Metric] = (await self._call("metrics")).get("families", [])
+        return families
+
+
+# the child ---------------------------------------------------------------------------------
+def child_main(settings: Settings, conn: Connection) -> None:
+    """The capture process: a capture shard owning every job, serving its parent's pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from livesnap.capture.source import tune_malloc
+
+    tune_malloc()  # before any reader thread exists (docs/performance.md)
+    from livesnap.metrics import Metrics
+    from livesnap.shardhost import ShardHost
+
+    host = ShardHost(settings, CHILD_SHARD, [CHILD_SHARD], fence=False, callbacks=True,
+                     metrics=Metrics(process=False))
+    send_lock = threading.Lock()
+
+    def answer(rid: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            if method == "metrics":
+                reply: dict[str, Any] = {"families": host.metric_families()}
+            elif method == "status":
+                reply = host.status()
+            elif method in ("start", "stop", "capture"):
+                reply = getattr(host, method)(*args)
+            else:
+                reply = error_reply(ShardUnavailable(f"Unknown command {method!r}."))
+        except Exception as exc:  # a bug here must not leave the caller waiting
+            logger.exception("capture command failed", extra={"action": method})
+            reply = error_reply(ShardUnavailable(f"Capture command failed: {exc}"))
+        with send_lock:
+            try:
+                conn.send((rid, reply))
+            except OSError as exc:
+                logger.warning("reply not sent: parent gone", extra={"reason": str(exc)})
+
+    timeout_s = settings.shutdown_timeout_s
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="ls-command") as pool:
+        while True:
+            try:
+                _rid, method, args = conn.recv()
+            except (EOFError, OSError):
+                logger.warning("parent process gone; stopping capture",
+                               extra={"action": "capture_process"})
+                break
+            if method == "close":
+                timeout_s = float(args[0])
+                break
+            if method == "notify":
+                host.notify()
+                continue
+            pool.submit(answer, _rid, method, args)
+        host.close(timeout_s + 5.0)
+    conn.close()
