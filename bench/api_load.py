@@ -17,8 +17,10 @@ processes (``--clients`` processes × ``--connections`` connections each), so th
 not charged to the server. The requests cycle through GetLiveSnapshotJob (a random job),
 ListLiveSnapshotJobs (first page of 10) and ListLiveSnapshotFiles (a random job, Limit 10).
 
-Server CPU is read from ``/proc/<pid>/stat`` and split by thread from ``/proc/<pid>/task``:
-the main thread (the event loop: API, records, callbacks), the SQLite worker threads (told by
+Server CPU is read from ``/proc/<pid>/stat`` of the server and its children (with
+``--env LIVESNAP_ENGINE=process``, the capture process) and split by thread from
+``/proc/<pid>/task``: the server's main thread (the event loop: the API, and in one process
+also records and callbacks), the SQLite worker threads (told by
 their OS name, ``ls-sqlite``: every database transaction, the API's reads included), the other
 threads that were running before any job was submitted, and the threads started since (stream
 readers: read, decode, JPEG; plus file-write and DNS workers).
@@ -57,6 +59,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "bench"):  # tests/support and bench/streams.py are shared
@@ -212,15 +216,22 @@ class CpuSample:
 
 
 def sample_cpu(pid: int) -> CpuSample:
-    proc = Path(f"/proc/{pid}")
-    threads, store = {}, set()
-    with contextlib.suppress(OSError):
-        for task in (proc / "task").iterdir():
-            threads[int(task.name)] = _stat_ticks(task / "stat")
-            with contextlib.suppress(OSError):
-                if (task / "comm").read_text().strip() == SQLITE_THREAD_NAME:
-                    store.add(int(task.name))
-    return CpuSample(time.monotonic(), _stat_ticks(proc / "stat"), threads, frozenset(store))
+    """The server and its child processes (``LIVESNAP_ENGINE=process``: the capture process),
+    thread by thread (thread ids are unique across processes)."""
+    pids = [pid]
+    with contextlib.suppress(psutil.Error):
+        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    threads, store, total = {}, set(), 0
+    for one in pids:
+        proc = Path(f"/proc/{one}")
+        total += _stat_ticks(proc / "stat")
+        with contextlib.suppress(OSError):
+            for task in (proc / "task").iterdir():
+                threads[int(task.name)] = _stat_ticks(task / "stat")
+                with contextlib.suppress(OSError):
+                    if (task / "comm").read_text().strip() == SQLITE_THREAD_NAME:
+                        store.add(int(task.name))
+    return CpuSample(time.monotonic(), total, threads, frozenset(store))
 
 
 def cpu_split(pid: int, startup: set[int], a: CpuSample, b: CpuSample) -> dict[str, float]:
@@ -511,7 +522,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             sb.live_streams(args.resolution, args.distinct, args.clip_seconds) as streams, \
             service(args, Path(tmp)) as (server, receiver):
         assert server.proc is not None
-        time.sleep(1.0)  # the start-up threads (SQLite, executors) are running by now
+        time.sleep(3.0)  # the start-up threads (SQLite, executors, a capture process) run now
         startup = set(sample_cpu(server.proc.pid).threads)
         since = time.time() - 60
         log(f"{len(streams.urls)} {args.resolution} streams live; submitting {args.jobs} jobs")

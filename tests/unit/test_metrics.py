@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from livesnap.errors import StoreError
+from livesnap.errors import ShardUnavailable, StoreError
 from livesnap.jobs.models import DeliveryAttempt
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 
@@ -100,6 +100,53 @@ async def test_metered_outbox_observes_each_recorded_attempt():
     assert value(m, "livesnap_callback_seconds_count") == 3
     assert value(m, "livesnap_callback_failures_total") == 2
     assert len(inner.recorded) == 3 and await outbox.due_heads(0, 1) == []
+
+
+def test_adopted_families_add_to_this_process_s():
+    server, child = Metrics(process=False), Metrics(process=False)
+    server.upload(0.05, ok=False)  # e.g. a delete's retry from the serving process
+    child.upload(0.2, ok=True)
+    child.snapshot_stored(0.03)
+    child.sessions.set(7)
+    child.rejected.labels(verdict="black").inc()
+    server.adopt(list(child.registry.collect()))
+    assert value(server, "livesnap_upload_seconds_count") == 2
+    assert value(server, "livesnap_upload_seconds_sum") == 0.25
+    assert value(server, "livesnap_upload_seconds_bucket", le="0.1") == 1
+    assert value(server, "livesnap_upload_failures_total") == 1
+    assert value(server, "livesnap_snapshots_total") == 1
+    assert value(server, "livesnap_capture_sessions") == 7  # the server's own is 0
+    assert value(server, "livesnap_frames_rejected_total", verdict="black") == 1
+    body = server.render()[0].decode()
+    assert body.count("# TYPE livesnap_snapshots_total counter") == 1  # one family, not two
+    def created(m: Metrics) -> float:
+        return next(s.value for f in m.registry.collect() for s in f.samples
+                    if s.name == "livesnap_snapshots_created")
+
+    assert created(server) < created(child)  # made first
+    assert value(server, "livesnap_snapshots_created") == created(server)  # the earlier one
+    server.adopt([])  # a later adopt replaces the earlier one
+    assert value(server, "livesnap_snapshots_total") == 0
+
+
+async def test_scrape_adopts_the_remote_families_and_keeps_them_when_it_fails():
+    server, child = Metrics(process=False), Metrics(process=False)
+    child.snapshot_stored(0.01)
+    calls = []
+
+    async def remote():
+        calls.append(1)
+        if len(calls) > 1:
+            raise ShardUnavailable("The capture process is restarting.")
+        return list(child.registry.collect())
+
+    probe = Probes(job_counts=probes().job_counts, ping=probes().ping, sessions=lambda: 0,
+                   remote=remote, timeout_s=0.2)
+    assert (await get(server, probe, "/metrics")).status_code == 200
+    assert value(server, "livesnap_snapshots_total") == 1
+    assert (await get(server, probe, "/metrics")).status_code == 200
+    assert value(server, "livesnap_snapshots_total") == 1  # counters never go back
+    assert len(calls) == 2
 
 
 def probes(*, counts=None, fail=False, slow=False) -> Probes:
