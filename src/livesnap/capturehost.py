@@ -24,12 +24,14 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -60,10 +62,14 @@ class CaptureProcess:
     fails with ``ServiceUnavailable``.
     """
 
-    def __init__(self, settings: Settings, *, timeout_s: float) -> None:
+    def __init__(self, settings: Settings, *, timeout_s: float, api_nice: int = 0) -> None:
         self._settings = settings
         self._timeout_s = timeout_s
+        self._api_nice = api_nice
         self._ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks
+        # a child inherits the nice value of the thread that starts it, and may not lower it:
+        # every child is started from this thread, which keeps the original priority
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -82,19 +88,30 @@ class CaptureProcess:
         return None if self._proc is None else self._proc.pid
 
     # lifecycle -----------------------------------------------------------------------------
-    def open(self) -> None:
-        """Start the child, and a task that starts it again whenever it dies."""
+    async def open(self) -> None:
+        """Start the child, lower this process's priority by ``api_nice``, and start a task
+        that starts the child again whenever it dies."""
         self._loop = asyncio.get_running_loop()
-        self._spawn()
+        await self._spawn()
+        if self._api_nice > 0:
+            renice_threads(self._api_nice, keep={self._spawner_tid()})
         self._watcher = self._loop.create_task(self._watch(), name="capture-process-watch")
 
-    def _spawn(self) -> None:
-        assert self._loop is not None
+    def _spawner_tid(self) -> int:
+        return self._spawner.submit(threading.get_native_id).result()
+
+    def _start_child(self) -> tuple[BaseProcess, Connection]:
+        """(On the spawner thread.) A new child and the parent's end of its pipe."""
         parent_end, child_end = self._ctx.Pipe()
         proc = self._ctx.Process(target=child_main, args=(self._settings, child_end),
                                  name="livesnap-capture", daemon=False)
         proc.start()
         child_end.close()  # the child's copy is the only one left: its exit closes the pipe
+        return proc, parent_end
+
+    async def _spawn(self) -> None:
+        assert self._loop is not None
+        proc, parent_end = await self._loop.run_in_executor(self._spawner, self._start_child)
         self._proc, self._conn, self._started_at = proc, parent_end, time.monotonic()
         self._gone = asyncio.Event()
         self._reader = threading.Thread(target=self._read, args=(parent_end, self._gone),
@@ -149,7 +166,7 @@ class CaptureProcess:
             delay = min(delay * 2, RESTART_MAX_S)
             if not self._closing:
                 self.restarts += 1
-                self._spawn()
+                await self._spawn()
 
     async def shutdown(self, timeout_s: float) -> None:
         """Tell the child to stop its streams and exit; kill it if it has not in time."""
@@ -174,6 +191,7 @@ class CaptureProcess:
         conn.close()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5.0)
+        self._spawner.shutdown(wait=False)
 
     # commands ------------------------------------------------------------------------------
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
@@ -240,6 +258,21 @@ class CaptureProcess:
         """The child's metrics: capture, storage and callbacks (merged into ``/metrics``)."""
         families: list[Metric] = (await self._call("metrics")).get("families", [])
         return families
+
+
+def renice_threads(increment: int, *, keep: set[int]) -> None:
+    """Make every thread of this process but ``keep`` ``increment`` nicer (Linux keeps a nice
+    value per thread; threads started later inherit their creator's). Raising one's own
+    nice value needs no privilege."""
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        if tid in keep:
+            continue
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid)
+                                                     + increment, 19))
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the thread ended meanwhile
 
 
 # the child ---------------------------------------------------------------------------------

@@ -265,6 +265,8 @@ class Settings(BaseSettings):
     # where capture runs: local = in this process; process = in one child process on this
     # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
     engine: Literal["local", "process", "ray"] = "local"
+    # process: the serving process's threads run this much nicer than the capture process
+    api_nice: int = Field(default=5, ge=0, le=19)
     ray_address: str = ""  # "" = the Ray node on this host ("auto")
     ray_namespace: str = "livesnap"
     shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}

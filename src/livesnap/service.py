@@ -217,7 +217,8 @@ async def build_service(
     elif not settings.capture:
         engine = NoCapture()
     elif settings.engine == "process":
-        engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s)
+        engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s,
+                                api_nice=settings.api_nice)
     else:
         engine = CaptureSupervisor(
             reports=manager, sinks=router, clock=clock, options=session_options(settings),
@@ -242,7 +243,7 @@ async def build_service(
         manager.on_events_written(dispatcher.notify)
     try:
         if process is not None:
-            process.open()
+            await process.open()
         await manager.open()
         if settings.engine == "local":  # a capture process or the shards resume their own jobs
             await manager.resume()

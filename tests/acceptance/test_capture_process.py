@@ -10,10 +10,12 @@ a killed parent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -57,6 +59,16 @@ def capture_child(server: LivesnapServer) -> psutil.Process:
     return children[0]
 
 
+def thread_nice(pid: int) -> dict[int, int]:
+    """Thread id → nice value, for every thread of ``pid``."""
+    nice = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+            stat = (task / "stat").read_text()
+            nice[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return nice
+
+
 def metric(server: LivesnapServer, name: str) -> float:
     text = httpx.get(f"http://{server.endpoint}/metrics", timeout=10).text
     values = [float(line.split()[-1]) for line in text.splitlines()
@@ -82,6 +94,12 @@ def test_the_capture_process_captures_records_and_delivers(tmp_path, publisher_f
 
         assert holds_stream(child)
         assert not holds_stream(psutil.Process(server.proc.pid))
+        # the API runs nicer than the capture, thread by thread (LIVESNAP_API_NICE, 5)
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert set(thread_nice(child.pid).values()) == {base}
+        api = thread_nice(server.proc.pid)
+        assert sorted(set(api.values())) == [base, base + 5]
+        assert [n for n in api.values() if n == base] == [base]  # only the child's spawner
         # a capture-now goes to the child and answers with the object it stored
         shot = json.loads(core_client(server.endpoint).do_action_with_exception(core_request(
             "SendLiveSnapshotJobCommand", "POST", body={"JobId": job, "Command": "capture"})))
@@ -113,6 +131,8 @@ def test_a_killed_capture_process_is_started_again_and_resumes(tmp_path, publish
         wait_until(lambda: [p.pid for p in capture_children(server)] not in ([], [child.pid]),
                    20, "a new capture process")
         assert len(capture_children(server)) == 1
+        # started from the spawner thread: at the capture's priority, not the API's
+        assert capture_child(server).nice() == os.getpriority(os.PRIO_PROCESS, 0)
         wait_until(lambda: newest(server.data_dir, job) > killed_ms, 40, "capture again")
         assert get_job(client, job).status == "started"  # the API kept answering
         assert "capture process exited; starting it again" in server.log()
