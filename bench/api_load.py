@@ -213,6 +213,7 @@ class CpuSample:
     total_ticks: int  # the whole process, exited threads included
     threads: dict[int, int]  # tid -> ticks
     store_tids: frozenset[int] = frozenset()  # the SQLite worker threads (by their OS name)
+    waits: dict[int, int] = field(default_factory=dict)  # tid -> ns runnable but not running
 
 
 def sample_cpu(pid: int) -> CpuSample:
@@ -221,17 +222,20 @@ def sample_cpu(pid: int) -> CpuSample:
     pids = [pid]
     with contextlib.suppress(psutil.Error):
         pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    threads, store, total = {}, set(), 0
+    threads, store, waits, total = {}, set(), {}, 0
     for one in pids:
         proc = Path(f"/proc/{one}")
         total += _stat_ticks(proc / "stat")
         with contextlib.suppress(OSError):
             for task in (proc / "task").iterdir():
                 threads[int(task.name)] = _stat_ticks(task / "stat")
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    # schedstat: ns on a CPU, ns waiting on a run queue, time slices
+                    waits[int(task.name)] = int((task / "schedstat").read_text().split()[1])
                 with contextlib.suppress(OSError):
                     if (task / "comm").read_text().strip() == SQLITE_THREAD_NAME:
                         store.add(int(task.name))
-    return CpuSample(time.monotonic(), total, threads, frozenset(store))
+    return CpuSample(time.monotonic(), total, threads, frozenset(store), waits)
 
 
 def cpu_split(pid: int, startup: set[int], a: CpuSample, b: CpuSample) -> dict[str, float]:
@@ -248,6 +252,10 @@ def cpu_split(pid: int, startup: set[int], a: CpuSample, b: CpuSample) -> dict[s
         "store_threads": delta(lambda t: t in store),
         "startup_threads": delta(lambda t: t != pid and t in startup and t not in store),
         "capture_threads": delta(lambda t: t not in startup and t != pid and t not in store),
+        # how long the capture threads were ready to run but had no CPU (scheduling delay)
+        "capture_threads_wait": sum(
+            b.waits[t] - a.waits.get(t, 0) for t in b.waits
+            if t not in startup and t != pid and t not in store) / 1e9,
         "threads_at_end": len(b.threads),
         "span_s": b.at - a.at,
     }
@@ -475,6 +483,8 @@ def capture_figures(rig: Rig, phases: list[Phase], n: int) -> None:
             "cpu_s_per_stream_min": round(cpu["total"] / span * 60 / n, 4),
             "capture_threads_cpu_s_per_stream_min": round(
                 cpu["capture_threads"] / span * 60 / n, 4),
+            "capture_threads_wait_ms_per_stream_s": round(
+                cpu.get("capture_threads_wait", 0.0) * 1000 / span / n, 3),
             "main_thread_cores": round(cpu["main"] / span, 3),
             "store_threads_cores": round(cpu["store_threads"] / span, 3),
             "capture_lag_p50_ms": _round(sb.percentile(lags, 50), 1),
@@ -503,7 +513,15 @@ def plan(args: argparse.Namespace) -> list[Phase]:
 @contextlib.contextmanager
 def service(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[LivesnapServer,
                                                                        sb.CallbackReceiver]]:
-    env = {
+    env = service_env(args)
+    data_dir = Path(tempfile.mkdtemp(prefix="ls-", dir=workdir))
+    with sb.CallbackReceiver() as receiver, LivesnapServer(data_dir, env=env) as server:
+        yield server, receiver
+
+
+def service_env(args: argparse.Namespace) -> dict[str, str]:
+    """The server's settings: the bench's own, then ``--env``."""
+    return {
         "LIVESNAP_MAX_JOBS_PER_ACCOUNT": str(max(args.jobs, 100)),
         "LIVESNAP_MAX_JOBS_PER_NODE": str(max(args.jobs, 500)),
         # the quota stays on (its check is part of every request's cost), far above the load
@@ -511,9 +529,6 @@ def service(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[LivesnapS
         "LIVESNAP_RATE_LIMIT_BURST": "1000000",
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    data_dir = Path(tempfile.mkdtemp(prefix="ls-", dir=workdir))
-    with sb.CallbackReceiver() as receiver, LivesnapServer(data_dir, env=env) as server:
-        yield server, receiver
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -594,14 +609,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 CAPTURE_KEYS = ("cpu_s_per_stream_min", "capture_threads_cpu_s_per_stream_min",
                 "main_thread_cores", "store_threads_cores", "captures", "expected_captures",
-                "missed_ticks",
+                "missed_ticks", "capture_threads_wait_ms_per_stream_s",
                 "capture_lag_p50_ms", "capture_lag_p99_ms", "record_lag_p50_ms",
                 "record_lag_p99_ms")
 API_KEYS = ("req_per_s", "req_per_s_per_server_core", "server_cores", "client_cores",
             "p50_ms", "p99_ms")
 RATIO_KEYS = ("cpu_s_per_stream_min", "cpu_s_per_stream_min_net_of_api",
               "capture_threads_cpu_s_per_stream_min", "main_thread_cores",
-              "store_threads_cores", "captures",
+              "store_threads_cores", "captures", "capture_threads_wait_ms_per_stream_s",
               "capture_lag_p50_ms", "capture_lag_p99_ms", "record_lag_p50_ms", "record_lag_p99_ms")
 # capture figures that must not get worse by more than 10 % under API load (issue 9)
 DEGRADATION_KEYS = ("capture_threads_cpu_s_per_stream_min", "cpu_s_per_stream_min_net_of_api",
@@ -670,6 +685,7 @@ def summarize(args: argparse.Namespace, phases: list[Phase], machine: dict[str, 
         "interval_s": sb.INTERVAL_S, "window_s": args.window, "rounds": args.rounds,
         "clients": args.clients, "connections_per_client": args.connections,
         "paced_rate": args.paced_rate,
+        "engine": service_env(args).get("LIVESNAP_ENGINE", "local"),
         "api_no_capture": no_capture,
         "api_cpu_ms_per_request_no_capture": None if api_cpu is None else round(api_cpu * 1000, 3),
         "api_with_capture": with_capture,

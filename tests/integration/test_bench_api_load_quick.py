@@ -33,16 +33,18 @@ def finite_positive(value: object) -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_quick_mode_measures_the_api_with_and_without_capture(capsys) -> None:
+@pytest.mark.parametrize("engine", ["local", "process"])
+def test_quick_mode_measures_the_api_with_and_without_capture(capsys, engine: str) -> None:
     for tool in ("nginx", "ffmpeg"):  # scripts/test.sh installs them: missing is a failure
         assert shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists(), f"{tool} is missing"
     bench = load_bench("api_load")
 
-    assert bench.main(["--quick", "--json"]) == 0
+    assert bench.main(["--quick", "--json", "--env", f"LIVESNAP_ENGINE={engine}"]) == 0
     summary = json.loads(capsys.readouterr().out)
 
     assert [k for k in TOP_KEYS if k not in summary] == []
     assert summary["mode"] == "quick" and summary["server_alive"] is True
+    assert summary["engine"] == engine
     # what the service answered under load: every request a 200
     assert summary["requests"] > 0
     assert summary["server_errors_5xx"] == 0
@@ -70,6 +72,9 @@ def test_quick_mode_measures_the_api_with_and_without_capture(capsys) -> None:
     assert set(under["within_10_percent"]) >= {"capture_threads_cpu_s_per_stream_min",
                                                "no_missed_ticks_added"}
     assert finite_positive(summary["api_cpu_ms_per_request_no_capture"])
+    # the stream readers are counted wherever they run (with ``process``, in the child)
+    capture_cpu = [p["cpu"]["capture_threads"] for p in summary["phases"] if p["capture"]]
+    assert all(finite_positive(c) for c in capture_cpu), capture_cpu
     assert len(summary["record_backlog_drain_s"]) == 1  # one stop: before the ``load`` window
 
 
