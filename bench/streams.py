@@ -198,10 +198,20 @@ def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
 
 
 def rss_bytes(procs: Sequence[psutil.Process]) -> int:
+    """RSS of ``procs`` and their live descendants (``livesnap serve``'s capture process)."""
     total = 0
+    seen: set[int] = set()
     for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
+        try:
+            family = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for member in family:
+            if member.pid in seen:
+                continue
+            seen.add(member.pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += member.memory_info().rss
     return total
 
 
@@ -530,7 +540,7 @@ def measure_livesnap(
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
         time.sleep(1.0)  # let the freshly started service settle before taking its idle size
-        idle_rss = proc.memory_info().rss
+        idle_rss = rss_bytes([proc])
         idle0, idle_t0 = cpu_seconds([proc]), time.monotonic()
         time.sleep(idle_window)
         idle_cores = (cpu_seconds([proc]) - idle0) / (time.monotonic() - idle_t0)
@@ -564,7 +574,7 @@ def measure_livesnap(
             time.sleep(0.2 if callbacks else 1.0)
         time.sleep(warmup)
         cpu_s, span, origin_cores, pub_cores, w0, w1 = Window(streams, lambda: [proc]).run(window)
-        rss = proc.memory_info().rss
+        rss = rss_bytes([proc])
         threads = proc.num_threads()
         # The authoritative records: per job, what was written in the window.
         t0_ms, t1_ms = int(w0 * 1000), int(w1 * 1000)

@@ -190,6 +190,54 @@ async def test_a_commanded_job_is_not_undone_by_a_reconcile_before_the_api_write
     assert engine.running == {paused[0].id}
 
 
+class ProbingEngine(FakeEngine):
+    """A start with a probe waits until the test lets that job's stream go live."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[str, asyncio.Event] = {}
+
+    async def start(self, job: Job, *, probe: bool) -> None:
+        if probe:
+            await self.live.setdefault(job.id, asyncio.Event()).wait()
+        await super().start(job, probe=probe)
+
+
+async def test_a_start_waiting_for_its_stream_holds_up_no_other_job() -> None:
+    slow, fast = jobs_of("shard-0", 2)
+    other = jobs_of("shard-0", 3)[2]
+    store = FakeStore([job(j.id, status=JobStatus.PAUSED) for j in (slow, fast)] + [other])
+    engine = ProbingEngine()
+    shard = runtime(store, engine)
+    waiting = asyncio.create_task(shard.start(slow.id, probe=True))
+    await asyncio.sleep(0)
+    engine.live[fast.id] = asyncio.Event()
+    engine.live[fast.id].set()
+    async with asyncio.timeout(2):
+        await shard.start(fast.id, probe=True)  # not behind the slow probe
+        await shard.reconcile()  # nor is the reconcile
+        await shard.stop(fast.id)
+    assert engine.running == {other.id} and not waiting.done()
+    engine.live[slow.id].set()
+    await waiting
+    assert engine.running == {other.id, slow.id}
+    assert len(shard._jobs) == 0  # the per-job locks are gone once nobody holds them
+
+
+async def test_commands_for_one_job_are_applied_in_order() -> None:
+    (one,) = jobs_of("shard-0", 1)
+    store, engine = FakeStore([job(one.id, status=JobStatus.PAUSED)]), ProbingEngine()
+    shard = runtime(store, engine)
+    start = asyncio.create_task(shard.start(one.id, probe=True))
+    await asyncio.sleep(0)
+    stop = asyncio.create_task(shard.stop(one.id))
+    await asyncio.sleep(0.05)
+    assert not stop.done()  # the stop waits for the start it follows
+    engine.live[one.id].set()
+    await asyncio.gather(start, stop)
+    assert engine.log == [f"start {one.id}", f"stop {one.id}"] and engine.running == set()
+
+
 async def test_commands_for_another_shards_job_or_an_unknown_job_are_refused() -> None:
     store, engine = FakeStore(jobs_of("shard-1", 1)), FakeEngine()
     shard = runtime(store, engine)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,7 +162,7 @@ class ShardRuntime:
         self._pins: dict[str, tuple[bool, float]] = {}  # job id → (run it?, until monotonic)
         self._fenced = asyncio.Event()
         self._closing = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._jobs = _JobLocks()
 
     # lifecycle -----------------------------------------------------------------------------
     def fence(self) -> None:
@@ -207,8 +207,8 @@ class ShardRuntime:
                   if self.owns(job.id)}
         now = time.monotonic()
         self._pins = {k: v for k, v in self._pins.items() if v[1] > now}
-        async with self._lock:
-            for job_id, job in wanted.items():
+        for job_id, job in wanted.items():
+            async with self._jobs.hold(job_id):  # a command for this job waits, others not
                 pin = self._pins.get(job_id)
                 if self.fenced or self._engine.is_running(job_id) or (pin and not pin[0]):
                     continue
@@ -219,7 +219,8 @@ class ShardRuntime:
                     logger.warning("cannot start job", extra={
                         "action": "reconcile", "shard": self.name, "job_id": job_id,
                         "reason": exc.message})
-            for job_id in self._running_ids(wanted):
+        for job_id in self._running_ids(wanted):
+            async with self._jobs.hold(job_id):
                 pin = self._pins.get(job_id)
                 if job_id not in wanted and not (pin and pin[0]):
                     await self._engine.stop(job_id)
@@ -247,19 +248,43 @@ class ShardRuntime:
     async def start(self, job_id: str, *, probe: bool) -> None:
         job = await self._owned_job(job_id)
         self._pins[job_id] = (True, time.monotonic() + self._pin_s)
-        async with self._lock:
+        async with self._jobs.hold(job_id):  # a probe waits for video: never for all jobs
             await self._engine.start(job, probe=probe)
         self.stats.jobs = self._engine.running_count()
 
     async def stop(self, job_id: str) -> None:
         self._pins[job_id] = (False, time.monotonic() + self._pin_s)
-        async with self._lock:
+        async with self._jobs.hold(job_id):
             await self._engine.stop(job_id)
         self.stats.jobs = self._engine.running_count()
 
     async def capture_now(self, job_id: str) -> SnapshotFile:
         job = await self._owned_job(job_id)
         return (await self._engine.capture_now(job)).file
+
+
+class _JobLocks:
+    """One lock per job id, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, job_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(job_id, (asyncio.Lock(), 0))
+        self._locks[job_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[job_id]
+            if users == 1:
+                del self._locks[job_id]
+            else:
+                self._locks[job_id] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 async def _first(*aws: object) -> None:
