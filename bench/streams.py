@@ -539,7 +539,7 @@ def measure_livesnap(
     with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
-        time.sleep(1.0)  # let the freshly started service settle before taking its idle size
+        time.sleep(2.5)  # the fresh service (and a capture process) settles before its idle size
         idle_rss = rss_bytes([proc])
         idle0, idle_t0 = cpu_seconds([proc]), time.monotonic()
         time.sleep(idle_window)
