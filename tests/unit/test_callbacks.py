@@ -12,8 +12,10 @@ import hmac
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -668,9 +670,113 @@ async def test_a_delivery_that_ends_during_a_poll_is_not_sent_again_from_its_sta
     assert len(await store.delivery_log(job.id, 10)) == 1
 
 
-def test_the_production_client_has_no_keepalive_no_redirects_and_no_proxy():
-    client = callback_client(DeliveryPolicy(connect_timeout_s=2, read_timeout_s=5))
+def test_the_production_client_reuses_only_http_connections_and_no_redirects_or_proxy():
+    policy = DeliveryPolicy(connect_timeout_s=2, read_timeout_s=5, concurrency=7)
+    client = callback_client(policy)
     assert client.follow_redirects is False and client.trust_env is False
     assert client.timeout == httpx.Timeout(connect=2, read=5, write=5, pool=2)
-    pool = client._transport._pool  # private, but the only way to see the limits
-    assert pool._max_keepalive_connections == 0
+
+    def pool(url: str):  # private, but the only way to see the limits
+        return client._transport_for_url(httpx.URL(url))._pool
+
+    assert pool("http://203.0.113.7:8080/cb")._max_keepalive_connections == 7
+    assert pool("https://203.0.113.7/cb")._max_keepalive_connections == 0  # TLS names
+    assert pool("http://203.0.113.7/cb")._keepalive_expiry == 2.0
+
+
+class KeepAliveReceiver:
+    """A real HTTP/1.1 server on loopback that answers 200 and notes each request's client
+    port (one port = one connection); it drops a connection idle for ``idle_s``."""
+
+    def __init__(self, idle_s: float = 30.0, answer_bytes: int = 0) -> None:
+        ports: list[int] = []
+        self.ports = ports
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = idle_s  # a read of the next request that takes longer ends it
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ports.append(self.client_address[1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(answer_bytes))
+                self.end_headers()
+                try:
+                    self.wfile.write(b"x" * answer_bytes)
+                except OSError:
+                    self.close_connection = True  # the client stopped reading: fine
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://hooks.test:{self.server.server_address[1]}/cb"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def deliver_all(store, d: CallbackDispatcher, job: Job, clock: ManualClock) -> None:
+    for _ in range(20):
+        await d.dispatch_once()
+        clock.advance(0.001)
+        if not [e for e in await store.get_events(job.id, failed_only=False)
+                if e.delivered_ms is None]:
+            return
+    raise AssertionError(f"events left undelivered: {await store.delivery_log(job.id, 3)}")
+
+
+@pytest.mark.parametrize("idle_s", [30.0, 0.1])
+async def test_http_callbacks_reuse_a_connection_and_a_dropped_one_is_no_failure(idle_s):
+    receiver = KeepAliveReceiver(idle_s=idle_s)
+    clock, store = ManualClock(T0 / 1000), MemoryStore()
+    job = make_job(url=receiver.url)
+    await store.create_job(job, [captured(job, n, at_ms=T0) for n in range(4)])
+    policy = DeliveryPolicy(blocked_networks=BLOCKED)  # loopback is not blocked by default
+    client = callback_client(policy)
+    d = CallbackDispatcher(store=store, client=client, clock=clock, policy=policy,
+                           keys=CallbackKeys({"acct": KEY}), rand=lambda: 0.0,
+                           resolver=FakeResolver({"hooks.test": [["127.0.0.1"]]}))
+    try:
+        await deliver_all(store, d, job, clock)
+        await asyncio.sleep(0.3)  # past the short idle timeout, the server dropped it
+        clock.advance(10)  # the next captures are due
+        for n in range(4, 7):  # the next captures, after that pause
+            event = captured(job, n)
+            assert await store.record_snapshot(make_file(job, event.created_ms + 1), [event])
+        await deliver_all(store, d, job, clock)
+    finally:
+        await client.aclose()
+        receiver.close()
+    log = await store.delivery_log(job.id, 100)
+    assert len(log) == 7 and len(receiver.ports) == 7
+    assert [a.status_code for a in log] == [200] * 7  # not one failed attempt
+    # one connection for all; with the short idle timeout, a second one after the pause
+    assert len(set(receiver.ports)) == (1 if idle_s > 1 else 2)
+
+async def test_a_long_answer_is_not_downloaded_and_its_connection_not_reused():
+    receiver = KeepAliveReceiver(answer_bytes=8 * 1024 * 1024)
+    clock, store = ManualClock(T0 / 1000), MemoryStore()
+    job = make_job(url=receiver.url)
+    await store.create_job(job, [captured(job, n, at_ms=T0) for n in range(3)])
+    policy = DeliveryPolicy(blocked_networks=BLOCKED)
+    client = callback_client(policy)
+    d = CallbackDispatcher(store=store, client=client, clock=clock, policy=policy,
+                           keys=CallbackKeys({"acct": KEY}), rand=lambda: 0.0,
+                           resolver=FakeResolver({"hooks.test": [["127.0.0.1"]]}))
+    try:
+        await deliver_all(store, d, job, clock)
+    finally:
+        await client.aclose()
+        receiver.close()
+    log = await store.delivery_log(job.id, 10)
+    assert [a.status_code for a in log] == [200] * 3
+    assert len(set(receiver.ports)) == 3  # closed after 16 KiB, not read to the end

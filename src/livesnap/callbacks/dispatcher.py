@@ -92,14 +92,27 @@ class PoolResolver:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+KEEPALIVE_EXPIRY_S = 2.0  # under the usual 5 s idle timeout of receivers (uvicorn, Node)
+MAX_ANSWER_BYTES = 16 * 1024  # of an answer's body read so that its connection is reused
+
+
 def callback_client(policy: DeliveryPolicy) -> httpx.AsyncClient:
     """The httpx client the dispatcher is meant to use in production.
 
-    No keep-alive: requests go to a pinned address, and a TLS connection verified for one
-    host name must never be reused for another name served from the same address. No
-    redirects (a redirect target would skip the network check) and no proxy from the
+    Plain http connections are kept alive for ``KEEPALIVE_EXPIRY_S`` and reused: requests go to
+    a pinned address, the pool is keyed by that address and port, and one HTTP/1.1 connection
+    may carry requests for any host name (the ``Host`` header names it). https connections
+    are never reused: a TLS connection verified for one host name must not carry a request
+    for another name served from the same address, and the pool does not tell names apart.
+    No redirects (a redirect target would skip the network check) and no proxy from the
     environment.
     """
+
+    def transport(keepalive: int) -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(trust_env=False, limits=httpx.Limits(
+            max_connections=policy.concurrency, max_keepalive_connections=keepalive,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S))
+
     return httpx.AsyncClient(
         timeout=httpx.Timeout(
             connect=policy.connect_timeout_s,
@@ -107,7 +120,7 @@ def callback_client(policy: DeliveryPolicy) -> httpx.AsyncClient:
             write=policy.read_timeout_s,
             pool=policy.connect_timeout_s,
         ),
-        limits=httpx.Limits(max_connections=policy.concurrency, max_keepalive_connections=0),
+        mounts={"http://": transport(policy.concurrency), "https://": transport(0)},
         follow_redirects=False,
         trust_env=False,
     )
@@ -345,13 +358,33 @@ class CallbackDispatcher:
         self, url: httpx.URL, body: bytes, headers: dict[str, str], sni: str | None
     ) -> int:
         extensions = {"sni_hostname": sni} if sni else None
-        # Only the status line and headers are read: a receiver cannot make us download
-        # a large or endless body.
         request = self._client.stream(
             "POST", url, content=body, headers=headers, extensions=extensions
         )
         async with request as response:
+            await _drain(response)
             return response.status_code
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a short answer's body, so that its connection can carry the next callback.
+
+    The status decides the attempt; the body is read only up to ``MAX_ANSWER_BYTES`` (a
+    receiver cannot make us download a large or endless one: past that the connection is
+    closed instead of reused), and a connection that breaks while it is read does not undo
+    the status already received.
+    """
+    received = 0
+    if response.is_stream_consumed:  # an answer made in memory (tests' mock transport)
+        return
+    try:
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+            if received > MAX_ANSWER_BYTES:
+                return
+    except httpx.HTTPError as exc:
+        logger.debug("callback answer's body not read: %s", _describe(exc),
+                     extra={"action": "callback_answer"})
 
 
 def _plain_ip(address: str) -> bool:
