@@ -8,7 +8,8 @@ Ray-free (``rayengine.py`` wraps it in an actor), so it runs and is tested in pl
   instance picks its jobs up, and how a command lost in a failover still takes effect.
 * **Commands** (start, stop, capture from the API) act at once. A job commanded in the last
   ``pin_s`` is left as commanded, because the API writes the new status only after the
-  command returned.
+  command returned. Commands and the reconcile take a lock per job: a start waiting for its
+  stream's first keyframe holds up no other job.
 * **Fencing.** The instance took a new epoch before it started anything; the store it writes
   through refuses every write once the epoch is stale (``FencedOut``), and every reconcile
   reads the epoch too. Either way the instance stops all its streams and stays stopped.
