@@ -178,40 +178,36 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[rank - 1])
 
 
-def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
-    """user+system of ``procs`` and their live descendants (a vanished process counts 0)."""
-    total = 0.0
+def family(procs: Sequence[psutil.Process]) -> Iterator[psutil.Process]:
+    """``procs`` and their live descendants, each once (a vanished process is left out)."""
     seen: set[int] = set()
     for proc in procs:
         try:
-            family = [proc, *proc.children(recursive=True)]
+            members = [proc, *proc.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
-        for member in family:
-            if member.pid in seen:
-                continue
-            seen.add(member.pid)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = member.cpu_times()
-                total += times.user + times.system
+        for member in members:
+            if member.pid not in seen:
+                seen.add(member.pid)
+                yield member
+
+
+def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    """user+system of ``procs`` and their live descendants (a vanished process counts 0)."""
+    total = 0.0
+    for member in family(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
     return total
 
 
 def rss_bytes(procs: Sequence[psutil.Process]) -> int:
     """RSS of ``procs`` and their live descendants (``livesnap serve``'s capture process)."""
     total = 0
-    seen: set[int] = set()
-    for proc in procs:
-        try:
-            family = [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for member in family:
-            if member.pid in seen:
-                continue
-            seen.add(member.pid)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += member.memory_info().rss
+    for member in family(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += member.memory_info().rss
     return total
 
 

@@ -36,11 +36,9 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from livesnap.cluster.shard import error_reply, raise_reply
+from livesnap.cluster.shard import RemoteEngine, error_reply, raise_reply
 from livesnap.config import Settings
-from livesnap.errors import CaptureTimeout, ShardUnavailable
-from livesnap.jobs.models import Job
-from livesnap.jobs.ports import CaptureResult
+from livesnap.errors import ShardUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +51,8 @@ HEALTHY_S = 60.0  # a child that lived this long restarts after the shortest del
 _NO_REPLY = 0  # request id of a message that gets no answer (notify)
 
 
-class CaptureProcess:
-    """The serving process's ``CaptureEngine``: commands go to the capture child.
-
-    Like the Ray engine, ``is_running`` is False and ``running_count`` 0 here (the child keeps
-    the node's session cap). A child that does not answer makes start and stop succeed anyway:
-    the job's stored state is what it applies when it is back (reconcile); a capture-now
-    fails with ``ServiceUnavailable``.
-    """
+class CaptureProcess(RemoteEngine):
+    """The serving process's ``CaptureEngine``: commands go to the capture child."""
 
     def __init__(self, settings: Settings, *, timeout_s: float, api_nice: int = 0) -> None:
         self._settings = settings
@@ -213,32 +205,8 @@ class CaptureProcess:
         raise_reply(reply)
         return reply
 
-    async def start(self, job: Job, *, probe: bool) -> None:
-        try:
-            await self._call("start", job.id, probe, self._timeout_s)
-        except ShardUnavailable as exc:
-            logger.warning("capture process unavailable; it starts the job when back", extra={
-                "action": "engine_start", "job_id": job.id, "reason": exc.message})
-
-    async def stop(self, job_id: str) -> None:
-        try:
-            await self._call("stop", job_id, self._timeout_s)
-        except ShardUnavailable as exc:
-            logger.warning("capture process unavailable; it stops the job when back", extra={
-                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
-
-    async def capture_now(self, job: Job) -> CaptureResult:
-        reply = await self._call("capture", job.id, self._timeout_s)
-        file = reply.get("file")
-        if file is None:
-            raise CaptureTimeout()
-        return CaptureResult(file=file)
-
-    def is_running(self, job_id: str) -> bool:
-        return False
-
-    def running_count(self) -> int:
-        return 0
+    async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
+        return await self._call(method, job_id, *args, self._timeout_s)
 
     def notify(self) -> None:
         """Callback events were written here: the child's dispatcher polls now."""

@@ -7,6 +7,7 @@ The dispatcher runs over the memory store and over SQLite (the ordering query is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -734,18 +735,29 @@ async def deliver_all(store, d: CallbackDispatcher, job: Job, clock: ManualClock
     raise AssertionError(f"events left undelivered: {await store.delivery_log(job.id, 3)}")
 
 
-@pytest.mark.parametrize("idle_s", [30.0, 0.1])
-async def test_http_callbacks_reuse_a_connection_and_a_dropped_one_is_no_failure(idle_s):
-    receiver = KeepAliveReceiver(idle_s=idle_s)
+@contextlib.asynccontextmanager
+async def production_dispatcher(receiver: KeepAliveReceiver, events: int):
+    """A dispatcher with the production client, ``events`` due captures of one job to
+    ``receiver`` (loopback is not blocked by default); closes both afterwards."""
     clock, store = ManualClock(T0 / 1000), MemoryStore()
     job = make_job(url=receiver.url)
-    await store.create_job(job, [captured(job, n, at_ms=T0) for n in range(4)])
-    policy = DeliveryPolicy(blocked_networks=BLOCKED)  # loopback is not blocked by default
+    await store.create_job(job, [captured(job, n, at_ms=T0) for n in range(events)])
+    policy = DeliveryPolicy(blocked_networks=BLOCKED)
     client = callback_client(policy)
     d = CallbackDispatcher(store=store, client=client, clock=clock, policy=policy,
                            keys=CallbackKeys({"acct": KEY}), rand=lambda: 0.0,
                            resolver=FakeResolver({"hooks.test": [["127.0.0.1"]]}))
     try:
+        yield store, d, job, clock
+    finally:
+        await client.aclose()
+        receiver.close()
+
+
+@pytest.mark.parametrize("idle_s", [30.0, 0.1])
+async def test_http_callbacks_reuse_a_connection_and_a_dropped_one_is_no_failure(idle_s):
+    receiver = KeepAliveReceiver(idle_s=idle_s)
+    async with production_dispatcher(receiver, 4) as (store, d, job, clock):
         await deliver_all(store, d, job, clock)
         await asyncio.sleep(0.3)  # past the short idle timeout, the server dropped it
         clock.advance(10)  # the next captures are due
@@ -753,30 +765,17 @@ async def test_http_callbacks_reuse_a_connection_and_a_dropped_one_is_no_failure
             event = captured(job, n)
             assert await store.record_snapshot(make_file(job, event.created_ms + 1), [event])
         await deliver_all(store, d, job, clock)
-    finally:
-        await client.aclose()
-        receiver.close()
     log = await store.delivery_log(job.id, 100)
     assert len(log) == 7 and len(receiver.ports) == 7
     assert [a.status_code for a in log] == [200] * 7  # not one failed attempt
     # one connection for all; with the short idle timeout, a second one after the pause
     assert len(set(receiver.ports)) == (1 if idle_s > 1 else 2)
 
+
 async def test_a_long_answer_is_not_downloaded_and_its_connection_not_reused():
     receiver = KeepAliveReceiver(answer_bytes=8 * 1024 * 1024)
-    clock, store = ManualClock(T0 / 1000), MemoryStore()
-    job = make_job(url=receiver.url)
-    await store.create_job(job, [captured(job, n, at_ms=T0) for n in range(3)])
-    policy = DeliveryPolicy(blocked_networks=BLOCKED)
-    client = callback_client(policy)
-    d = CallbackDispatcher(store=store, client=client, clock=clock, policy=policy,
-                           keys=CallbackKeys({"acct": KEY}), rand=lambda: 0.0,
-                           resolver=FakeResolver({"hooks.test": [["127.0.0.1"]]}))
-    try:
+    async with production_dispatcher(receiver, 3) as (store, d, job, clock):
         await deliver_all(store, d, job, clock)
-    finally:
-        await client.aclose()
-        receiver.close()
     log = await store.delivery_log(job.id, 10)
     assert [a.status_code for a in log] == [200] * 3
     assert len(set(receiver.ports)) == 3  # closed after 16 KiB, not read to the end

@@ -24,11 +24,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from livesnap.cluster.assign import owner
-from livesnap.cluster.shard import raise_reply
+from livesnap.cluster.shard import RemoteEngine, raise_reply
 from livesnap.config import Settings
-from livesnap.errors import CaptureTimeout, ShardUnavailable
-from livesnap.jobs.models import Job
-from livesnap.jobs.ports import CaptureResult
+from livesnap.errors import ShardUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +109,8 @@ def cluster_status(
     return rows
 
 
-class RayEngine:
-    """``CaptureEngine`` of an API node: each command goes to the job's owning shard.
-
-    Nothing runs here, so ``is_running`` is False and ``running_count`` 0 (the node cap is
-    each shard's); reads never touch Ray. A shard that does not answer in time makes start
-    and stop succeed anyway, because the job's stored state is what the shard applies when
-    it is back (reconcile); a capture-now fails with ``ServiceUnavailable``.
-    """
+class RayEngine(RemoteEngine):
+    """``CaptureEngine`` of an API node: each command goes to the job's owning shard."""
 
     def __init__(self, *, shards: Sequence[str], namespace: str, timeout_s: float) -> None:
         self._shards = tuple(shards)
@@ -150,32 +142,8 @@ class RayEngine:
         raise_reply(reply)
         return reply
 
-    async def start(self, job: Job, *, probe: bool) -> None:
-        try:
-            await self._call(job.id, "start", probe)
-        except ShardUnavailable as exc:
-            logger.warning("shard unavailable; it starts the job when back", extra={
-                "action": "engine_start", "job_id": job.id, "reason": exc.message})
-
-    async def stop(self, job_id: str) -> None:
-        try:
-            await self._call(job_id, "stop")
-        except ShardUnavailable as exc:
-            logger.warning("shard unavailable; it stops the job when back", extra={
-                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
-
-    async def capture_now(self, job: Job) -> CaptureResult:
-        reply = await self._call(job.id, "capture")
-        file = reply.get("file")
-        if file is None:
-            raise CaptureTimeout()
-        return CaptureResult(file=file)
-
-    def is_running(self, job_id: str) -> bool:
-        return False
-
-    def running_count(self) -> int:
-        return 0
+    async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
+        return await self._call(job_id, method, *args)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Nothing to stop: the shards keep capturing when an API node goes away."""

@@ -31,12 +31,12 @@ from livesnap import errors
 from livesnap.cluster.assign import owner
 from livesnap.errors import InvalidParameter, JobNotFound, LivesnapError, ShardUnavailable
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus, Verdict
-from livesnap.jobs.ports import CaptureEngine, CaptureReport, CaptureReports
+from livesnap.jobs.ports import CaptureEngine, CaptureReport, CaptureReports, CaptureResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ShardRuntime", "ShardStats", "ShardStore", "TickLedger", "error_reply",
-           "raise_reply"]
+__all__ = ["RemoteEngine", "ShardRuntime", "ShardStats", "ShardStore", "TickLedger",
+           "error_reply", "raise_reply"]
 
 
 def error_reply(exc: LivesnapError) -> dict[str, str]:
@@ -51,6 +51,47 @@ def raise_reply(reply: dict[str, Any]) -> None:
         if not (isinstance(cls, type) and issubclass(cls, LivesnapError)):
             cls = ShardUnavailable
         raise cls(str(reply.get("message", "")))
+
+
+class RemoteEngine:
+    """A ``CaptureEngine`` whose sessions run in another process (a Ray shard, the capture
+    process), reached by ``_command(method, job_id, *args)`` → the reply of a
+    ``ShardHost`` method, its errors re-raised.
+
+    Nothing runs here, so ``is_running`` is False and ``running_count`` 0 (the other side
+    keeps the session cap). When it does not answer in time, start and stop succeed anyway:
+    it applies the job's stored state when it is back (reconcile); a capture-now fails with
+    ``ServiceUnavailable``.
+    """
+
+    async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def start(self, job: Job, *, probe: bool) -> None:
+        try:
+            await self._command("start", job.id, probe)
+        except ShardUnavailable as exc:
+            logger.warning("capture unavailable; the job starts when it is back", extra={
+                "action": "engine_start", "job_id": job.id, "reason": exc.message})
+
+    async def stop(self, job_id: str) -> None:
+        try:
+            await self._command("stop", job_id)
+        except ShardUnavailable as exc:
+            logger.warning("capture unavailable; the job stops when it is back", extra={
+                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
+
+    async def capture_now(self, job: Job) -> CaptureResult:
+        file = (await self._command("capture", job.id)).get("file")
+        if file is None:
+            raise errors.CaptureTimeout()
+        return CaptureResult(file=file)
+
+    def is_running(self, job_id: str) -> bool:
+        return False
+
+    def running_count(self) -> int:
+        return 0
 
 
 class ShardStore(Protocol):
