@@ -956,3 +956,26 @@ async def test_stalled_origin_reconnects_after_rw_timeout_and_comes_back(
         StreamStatus.LIVE,
     ]
     await healthy.assert_unaffected(mark)
+
+
+# -- a probe given up by its caller ------------------------------------------------------------
+
+
+async def test_a_probe_whose_caller_is_cancelled_stays_a_cancellation(
+    engine: Engine, rtmp_origin: RtmpOrigin, jobs: list[str]
+) -> None:
+    """A shard cancels a start that took longer than its call timeout: the cancellation must
+    reach the caller as one (it used to come back as StreamNotFound, an error nobody read),
+    and the session it started is stopped."""
+    url = rtmp_origin.url(f"nobody-{uuid.uuid4().hex[:8]}")  # no publisher: the play waits
+    job_id = await engine.submit(url, "cancelled-probe")
+    jobs.append(job_id)
+    job = await engine.job(job_id)
+    probe = asyncio.create_task(engine.supervisor.start(job, probe=True))
+    await asyncio.sleep(1.0)
+    assert not probe.done()  # still waiting for video
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    await until(lambda: True if not engine.supervisor.is_running(job_id) else None,
+                RW_TIMEOUT_S + 5, "the probing session stopped")

@@ -97,10 +97,13 @@ class CaptureSupervisor:
         try:
             await asyncio.wait_for(asyncio.shield(session.first_live), self._probe_timeout_s)
         except (TimeoutError, StreamNotFound, asyncio.CancelledError) as exc:
+            # CancelledError: the session ended before its stream went live, or the caller
+            # was cancelled (a shard command that timed out); the latter must stay one
             await self.stop(job.id)
             # The session said "connecting"; nothing is running for the job any more.
             await self._reports.stream_changed(job.id, StreamStatus.OFFLINE)
-            if isinstance(exc, StreamNotFound):
+            task = asyncio.current_task()
+            if isinstance(exc, StreamNotFound) or (task is not None and task.cancelling()):
                 raise
             raise StreamNotFound("No such stream (no video within the probe time).") from exc
 
