@@ -831,12 +831,46 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     return summarize(args, baselines, scaling, notes, variants)
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's, driven by Playwright as in the console tests
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update"]
+PLOT_SIZE = (720, 360)
+
+
+def plot(summary: dict[str, Any], path: Path) -> list[Path]:
+    """The chart as SVG (no dependency) or, for a ``.png`` path, as both: the SVG drawn by
+    headless Chromium. The files written."""
+    svg = path.with_suffix(".svg")
+    plot_svg(summary, svg)
+    if path.suffix.lower() != ".png":
+        return [svg]
+    svg_to_png(svg, path)
+    return [svg, path]
+
+
+def svg_to_png(svg: Path, png: Path, *, scale: int = 2) -> None:
+    """Rasterize one of :func:`plot_svg`'s charts at ``scale``× its size."""
+    from playwright.sync_api import sync_playwright
+
+    width, height = PLOT_SIZE
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height},
+                                    device_scale_factor=scale)
+            page.goto(svg.resolve().as_uri())
+            page.screenshot(path=str(png), clip={"x": 0, "y": 0, "width": width,
+                                                 "height": height})
+        finally:
+            browser.close()
+
+
 def plot_svg(summary: dict[str, Any], path: Path) -> None:
     """CPU per stream-minute and lag p99 against N, as a dependency-free SVG line chart."""
     points = summary["scaling"]
     if not points:
         return
-    width, height, left, right, top, bottom = 720, 360, 70, 70, 40, 50
+    (width, height), (left, right, top, bottom) = PLOT_SIZE, (70, 70, 40, 50)
     plot_w, plot_h = width - left - right, height - top - bottom
     max_n = max(p["streams"] for p in points)
     max_cpu = max([p["cpu_s_per_stream_min"] for p in points]
@@ -972,8 +1006,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also measure livesnap with this environment at each N, right "
                              "after the default (repeatable); callbacks=off submits the jobs "
                              "without a CallbackUrl")
-    parser.add_argument("--plot", type=Path, metavar="FILE.svg",
-                        help="write CPU per stream and lag p99 against N as an SVG chart")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png|FILE.svg",
+                        help="write CPU per stream and lag p99 against N as a chart (SVG; "
+                             "for FILE.png also the PNG, drawn by headless Chromium)")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every N even after saturation")
     args = parser.parse_args(argv)
@@ -1008,8 +1043,8 @@ def main(argv: list[str]) -> int:
         log(f"warning: other benchmark processes are running: {busy}")
     summary = run(args, log)
     if args.plot:
-        plot_svg(summary, args.plot)
-        log(f"plot written to {args.plot}")
+        written = plot(summary, args.plot)
+        log(f"plot written to {', '.join(str(p) for p in written)}")
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

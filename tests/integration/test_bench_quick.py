@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import shutil
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -75,6 +76,13 @@ def test_harness_measures_every_contender(tmp_path: Path) -> None:
     for measurement in summary["measurements"]:
         assert measurement["processes_alive"] >= 1, measurement
         assert finite_positive(measurement["rss_mib_per_stream"]), measurement
+    # the chart: SVG, and a PNG of it drawn by the console tests' Chromium
+    written = bench.plot(summary, tmp_path / "chart.png")
+    assert written == [tmp_path / "chart.svg", tmp_path / "chart.png"]
+    assert (tmp_path / "chart.svg").read_text().startswith("<svg")
+    png = (tmp_path / "chart.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (1440, 720)  # IHDR: 2x the chart's size
 
 
 def test_render_cost_reports_every_variant_against_the_baseline(capsys) -> None:
