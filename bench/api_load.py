@@ -221,7 +221,7 @@ def sample_cpu(pid: int) -> CpuSample:
     thread by thread (thread ids are unique across processes)."""
     pids = [pid]
     with contextlib.suppress(psutil.Error):
-        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        pids = [member.pid for member in sb.family([psutil.Process(pid)])]
     threads, store, waits, total = {}, set(), {}, 0
     for one in pids:
         proc = Path(f"/proc/{one}")
