@@ -67,6 +67,7 @@ for _path in (ROOT, ROOT / "bench"):  # tests/support and bench/streams.py are s
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import runqueue  # noqa: E402
 import streams as sb  # noqa: E402
 from tests.support.service import LivesnapServer, ice_client  # noqa: E402
 from tests.support.signing import acs3_headers, rpc_query  # noqa: E402
@@ -98,6 +99,7 @@ class LoadSpec:
     connections: int
     rate: float  # requests/s of this process, over all its connections; 0 = closed loop
     seed: int
+    nice: int = 0  # how much less CPU this process gets than the server when both want it
 
 
 def _iso_now() -> str:
@@ -180,7 +182,20 @@ def _connection_loop(spec: LoadSpec, index: int, tally: LoadTally) -> None:
     conn.close()
 
 
+def lower_priority(nice: int) -> None:
+    """Run this process (started in a session of its own) at ``nice``. With autogroups (Linux's
+    default for desktop kernels and this machine) CPU is shared between sessions first and a
+    thread's nice value only orders it within its own session, so the session's nice is set as
+    well (``/proc/self/autogroup``; raising it needs no privilege)."""
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        autogroup.write_text(str(nice))
+
+
 def load_worker(spec: LoadSpec) -> dict[str, Any]:
+    if spec.nice:
+        lower_priority(spec.nice)
     tally = LoadTally()
     threads = [threading.Thread(target=_connection_loop, args=(spec, i, tally), daemon=True)
                for i in range(spec.connections)]
@@ -276,6 +291,7 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)
     api: dict[str, Any] = field(default_factory=dict)
     capture_figures: dict[str, Any] = field(default_factory=dict)
+    runqueue: dict[str, float] = field(default_factory=dict)  # --perf-sched: waits by cause
 
 
 @dataclass
@@ -289,6 +305,8 @@ class Rig:
     files_since: str
     submitted_at: float
     idle_later_threads: int = 0  # threads started since start-up that are not readers
+    labels: dict[int, str] = field(default_factory=dict)  # pid -> role, for --perf-sched
+    perf_sched_s: float = 0.0
     drains_s: list[float] = field(default_factory=list)  # record backlog after each stop
 
     @property
@@ -305,13 +323,15 @@ def run_load(rig: Rig, args: argparse.Namespace, phase: Phase, seconds: float) -
     for i in range(args.clients):
         spec = LoadSpec(port=rig.server.port, job_ids=rig.job_ids, files_since=rig.files_since,
                         start_at=start_at, end_at=start_at + seconds,
-                        connections=args.connections, rate=rate, seed=args.seed + i)
+                        connections=args.connections, rate=rate, seed=args.seed + i,
+                        nice=args.client_nice)
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--load-worker", json.dumps(spec.__dict__)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=args.client_nice > 0))  # a session is an autogroup
     try:
         time.sleep(max(0.0, start_at - time.time()))
-        measure_window(rig, phase, seconds)
+        measure_window(rig, phase, seconds, {p.pid: "load clients" for p in procs})
         tallies = [_collect(p, seconds) for p in procs]
     finally:
         sb.stop_all(procs)
@@ -325,12 +345,35 @@ def _collect(proc: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
     return json.loads(out)
 
 
-def measure_window(rig: Rig, phase: Phase, seconds: float) -> None:
-    a, w0 = sample_cpu(rig.pid), time.time()
-    time.sleep(seconds)
-    b, w1 = sample_cpu(rig.pid), time.time()
-    phase.t0, phase.t1 = w0, w1
-    phase.cpu = cpu_split(rig.pid, rig.startup_tids, a, b)
+def measure_window(rig: Rig, phase: Phase, seconds: float,
+                   labels: dict[int, str] | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix="livesnap-perf-") as tmp:
+        perf = None
+        if rig.perf_sched_s > 0 and phase.capture:
+            perf = runqueue.record(Path(tmp) / "sched.data", min(rig.perf_sched_s, seconds))
+        a, w0 = sample_cpu(rig.pid), time.time()
+        time.sleep(seconds)
+        b, w1 = sample_cpu(rig.pid), time.time()
+        phase.t0, phase.t1 = w0, w1
+        phase.cpu = cpu_split(rig.pid, rig.startup_tids, a, b)
+        if perf is not None:
+            phase.runqueue = perf_blame(rig, perf, Path(tmp) / "sched.data", labels or {})
+
+
+def perf_blame(rig: Rig, perf: subprocess.Popen[bytes], data: Path,
+               labels: dict[int, str]) -> dict[str, float]:
+    """The capture threads' run-queue wait in the window, per second, by what ran instead."""
+    _, err = perf.communicate(timeout=rig.perf_sched_s + 60)
+    if perf.returncode != 0:
+        raise RuntimeError(f"perf sched record failed: {err.decode().strip()[-500:]}")
+    server = psutil.Process(rig.pid)
+    children = {p.pid for p in sb.family([server]) if p.pid != rig.pid}
+    # the capture's threads: the capture process's, or in one process the whole server's
+    watched = children or {rig.pid}
+    roles = {**rig.labels, **labels}
+    if children:
+        roles[rig.pid] = "API process"
+    return runqueue.per_second(runqueue.blame(data, watched, roles))
 
 
 def summarize_api(tallies: list[dict[str, Any]], span: float, cpu: dict[str, float]) -> dict:
@@ -542,7 +585,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         since = time.time() - 60
         log(f"{len(streams.urls)} {args.resolution} streams live; submitting {args.jobs} jobs")
         submitted = submit_jobs(server, sb.job_urls(streams, args.jobs), receiver.url)
-        rig = Rig(server, receiver, startup, list(submitted), sb._iso(since), since)
+        rig = Rig(server, receiver, startup, list(submitted), sb._iso(since), since,
+                  perf_sched_s=args.perf_sched)
+        rig.labels = {os.getpid(): "bench (callback receiver)",
+                      **{p.pid: "nginx (origin)" for p in sb.family(streams.origin_procs())},
+                      **{p.pid: "ffmpeg (publishers)" for p in streams.publisher_procs()}}
         wait_all_capturing(rig, since, timeout=max(40.0, args.jobs * 0.5))
         capturing = True
         for phase in phases:
@@ -684,6 +731,7 @@ def summarize(args: argparse.Namespace, phases: list[Phase], machine: dict[str, 
         "jobs": n, "distinct_streams": args.distinct, "resolution": args.resolution,
         "interval_s": sb.INTERVAL_S, "window_s": args.window, "rounds": args.rounds,
         "clients": args.clients, "connections_per_client": args.connections,
+        "client_nice": args.client_nice,
         "paced_rate": args.paced_rate,
         "engine": service_env(args).get("LIVESNAP_ENGINE", "local"),
         "api_no_capture": no_capture,
@@ -695,6 +743,7 @@ def summarize(args: argparse.Namespace, phases: list[Phase], machine: dict[str, 
         "capture_baseline": base,
         "capture_under_load": under_load,
         "capture_under_paced_load": capture_under(phases, "paced", base, n, api_cpu, quiet_cores),
+        "runqueue_wait_s_per_s": runqueue_by_load(phases),
         "requests": sum(p.api["requests"] for p in loaded),
         "server_errors_5xx": sum(p.api["server_errors_5xx"] for p in loaded),
         "signature_failures": sum(p.api["signature_failures"] for p in loaded),
@@ -702,10 +751,25 @@ def summarize(args: argparse.Namespace, phases: list[Phase], machine: dict[str, 
         "connection_errors": sum(p.api["connection_errors"] for p in loaded),
         "server_alive": alive,
         "phases": [{"name": p.name, "capture": p.capture, "load": p.load,
+                    "t0": round(p.t0, 3), "t1": round(p.t1, 3),
                     "window_s": round(p.t1 - p.t0, 2),
                     "cpu": {k: round(v, 3) for k, v in p.cpu.items()},
-                    "api": p.api, "capture_figures": p.capture_figures} for p in phases],
+                    "api": p.api, "capture_figures": p.capture_figures,
+                    **({"runqueue_wait_s_per_s": p.runqueue} if p.runqueue else {})}
+                   for p in phases],
     }
+
+
+def runqueue_by_load(phases: list[Phase]) -> dict[str, dict[str, float]] | None:
+    """``--perf-sched``: the capture threads' waits by cause, mean per kind of capture window."""
+    out: dict[str, dict[str, float]] = {}
+    for load in ("none", "closed", "paced"):
+        found = [p.runqueue for p in phases if p.capture and p.load == load and p.runqueue]
+        causes = {k for r in found for k in r}
+        if found:
+            means = {k: round(sum(r.get(k, 0.0) for r in found) / len(found), 3) for k in causes}
+            out[load] = dict(sorted(means.items(), key=lambda kv: -kv[1]))
+    return out or None
 
 
 def print_report(s: dict[str, Any]) -> None:
@@ -733,6 +797,8 @@ def print_report(s: dict[str, Any]) -> None:
         if s[key]:
             print(f"{key} / capture alone: {s[key]['over_capture_baseline']}")
             print(f"  within 10 %: {s[key]['within_10_percent']}")
+    for load, causes in (s.get("runqueue_wait_s_per_s") or {}).items():
+        print(f"capture threads' run-queue wait (s/s), windows with load {load}: {causes}")
     print(f"record backlog drained after each stop: {s.get('record_backlog_drain_s')} s")
     print(f"requests {s['requests']}, 5xx {s['server_errors_5xx']}, signature failures "
           f"{s['signature_failures']}, throttled {s['throttled']}, connection errors "
@@ -760,6 +826,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "default per-key quota)")
     parser.add_argument("--client-start-s", type=float, default=1.5,
                         help="seconds the load processes get to start before the window")
+    parser.add_argument("--client-nice", type=int, default=0, choices=range(20),
+                        metavar="0-19", help="run the load processes this nice (their session "
+                        "too), so they stand aside when the server wants the CPU, as remote "
+                        "clients would")
+    parser.add_argument("--perf-sched", type=float, default=0.0, metavar="SECONDS",
+                        help="record the scheduler (perf sched, root) for this long at the start "
+                        "of each capture window and report what the capture threads waited "
+                        "behind (bench/runqueue.py)")
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for livesnap serve (repeatable)")
