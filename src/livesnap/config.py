@@ -286,6 +286,8 @@ class Settings(BaseSettings):
     callback_backoff_base_s: float = Field(default=1.0, gt=0)
     callback_backoff_max_s: float = Field(default=300.0, gt=0)
     callback_max_age_s: float = Field(default=86_400.0, gt=0)
+    # delivered and given-up events (and their attempts) are deleted after this; 0 keeps them
+    callback_retention_days: float = Field(default=7.0, ge=0)
     callback_concurrency: int = Field(default=16, ge=1, le=1024)
 
     @field_validator("blocked_networks")

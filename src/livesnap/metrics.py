@@ -109,6 +109,9 @@ class Metrics:
                                    buckets=IO_BUCKETS, registry=r)
         self.callback_failures = Counter("livesnap_callback_failures",
                                          "Callback delivery attempts that failed.", registry=r)
+        self.callbacks_pruned = Counter("livesnap_callback_events_pruned",
+                                        "Delivered or given-up callback events deleted after "
+                                        "the retention.", registry=r)
 
     # hooks -----------------------------------------------------------------------------------
     def snapshot_stored(self, lag_s: float) -> None:
@@ -199,6 +202,8 @@ class _Outbox(Protocol):
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
     ) -> None: ...
 
+    async def prune_events(self, before_ms: int, limit: int) -> int: ...
+
 
 class MeteredOutbox:
     """The callback dispatcher's outbox, observing each recorded delivery attempt."""
@@ -219,6 +224,11 @@ class MeteredOutbox:
         status = attempt.status_code
         self._metrics.callback(attempt.latency_ms / 1000, status is not None and
                                200 <= status < 300)
+
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        deleted = await self._outbox.prune_events(before_ms, limit)
+        self._metrics.callbacks_pruned.inc(deleted)
+        return deleted
 
 
 @dataclass(frozen=True, kw_only=True)

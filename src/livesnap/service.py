@@ -149,6 +149,7 @@ def callback_policy(settings: Settings) -> DeliveryPolicy:
             cap_s=settings.callback_backoff_max_s, jitter=0.5,
         ),
         max_age_s=settings.callback_max_age_s,
+        retention_s=settings.callback_retention_days * 86_400.0,
         connect_timeout_s=settings.callback_connect_timeout_s,
         read_timeout_s=settings.callback_read_timeout_s,
         total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,

@@ -681,6 +681,38 @@ async def test_requeue_failed_events(store: Store) -> None:
     assert await store.requeue_events("j1", T0 + 60) == 0
 
 
+async def test_prune_events_deletes_only_what_was_done_with_before_the_cutoff(
+        store: Store) -> None:
+    cutoff = T0 + 500
+    delivered_old, delivered_new = event("j1", T0), event("j1", T0 + 1)
+    failed_old, failed_new = event("j1", T0 + 2), event("j1", cutoff)
+    retrying_old, other_job = event("j1", T0 + 3), event("j2", T0)
+    await store.create_job(job("j1"), [delivered_old, delivered_new, failed_old, failed_new,
+                                       retrying_old])
+    await store.create_job(job("j2"), [other_job])
+    done: dict[str, Any] = {"delivered": True, "failed": False, "next_attempt_ms": 0}
+    gave_up: dict[str, Any] = {"delivered": False, "failed": True, "next_attempt_ms": 0}
+    await store.record_attempt(attempt(delivered_old, cutoff - 1), **done)
+    await store.record_attempt(attempt(delivered_new, cutoff), **done)  # not *before* it
+    await store.record_attempt(attempt(failed_old, cutoff + 100), **gave_up)  # created before
+    await store.record_attempt(attempt(failed_new, cutoff + 100), **gave_up)
+    await store.record_attempt(attempt(retrying_old, T0 + 4), delivered=False, failed=False,
+                               next_attempt_ms=T0 * 2)  # old but still being delivered
+    await store.record_attempt(attempt(other_job, T0 + 5), **done)
+
+    assert await store.prune_events(cutoff, limit=2) == 2  # a batch at most
+    assert await store.prune_events(cutoff, limit=10) == 1
+    assert await store.prune_events(cutoff, limit=10) == 0
+    left = {e.id for e in await store.get_events("j1", failed_only=False)}
+    assert left == {delivered_new.id, failed_new.id, retrying_old.id}
+    assert await store.get_events("j2", failed_only=False) == []
+    logged = {a.event_id for a in await store.delivery_log("j1", 100)}
+    assert logged == left  # the attempts of deleted events went with them
+    assert await store.delivery_log("j2", 100) == []
+    assert ids(await store.pending_events("j1")) == [retrying_old.id]
+    assert await store.requeue_events("j1", cutoff) == 1  # the failed one left can be resent
+
+
 async def test_a_locked_database_fails_a_group_once_not_write_by_write(tmp_path: Path) -> None:
     # Splitting a failed group finds a write that broke a constraint; when the database
     # itself is unavailable every write would wait out busy_timeout again, one after another.

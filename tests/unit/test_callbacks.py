@@ -779,3 +779,55 @@ async def test_a_long_answer_is_not_downloaded_and_its_connection_not_reused():
     log = await store.delivery_log(job.id, 10)
     assert [a.status_code for a in log] == [200] * 3
     assert len(set(receiver.ports)) == 3  # closed after 16 KiB, not read to the end
+
+
+# retention -----------------------------------------------------------------------------------
+async def poll(d: CallbackDispatcher) -> None:
+    """One round of the dispatcher's loop, and the deliveries it started."""
+    await d._poll()
+    running = d._running()
+    if running:
+        await asyncio.wait(running)
+
+
+async def test_events_done_with_are_deleted_after_the_retention_once_per_round(
+        store, monkeypatch):
+    import livesnap.callbacks.dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "PRUNE_BATCH", 2)  # several batches in one round
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    job = make_job()
+    await store.create_job(job, [captured(job, n, at_ms=T0 - 10 + n) for n in range(5)])
+    policy = replace(POLICY, retention_s=3600.0, prune_every_s=600.0)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    for _ in range(5):  # one event per poll: a job's events go in order
+        await poll(d)
+    assert len(receiver.requests) == 5
+    await store.create_job(make_job("job-2"), [captured(make_job("job-2"), 0, at_ms=T0)])
+    d2_pending = {e.id for e in await store.pending_events("job-2")}  # never delivered
+
+    clock.advance(3599)  # a round runs (the first ran at the first poll): nothing an hour old
+    await poll(d)
+    assert len(await store.get_events(job.id, failed_only=False)) == 5
+    clock.advance(2)  # an hour old now, but the last round was less than prune_every_s ago
+    await poll(d)
+    assert len(await store.get_events(job.id, failed_only=False)) == 5
+    clock.advance(600)
+    await poll(d)
+    assert await store.get_events(job.id, failed_only=False) == []
+    assert await store.delivery_log(job.id, 10) == []
+    # the undelivered event of the other job was delivered by that poll, and is kept
+    assert {e.id for e in await store.get_events("job-2", failed_only=False)} == d2_pending
+    await d.close(1)
+
+
+async def test_a_retention_of_zero_keeps_every_event(store):
+    clock, receiver = ManualClock(T0 / 1000), Receiver()
+    job = make_job()
+    await store.create_job(job, [captured(job, 0, at_ms=T0)])
+    d = dispatcher(store, receiver, clock, policy=replace(POLICY, retention_s=0.0))
+    await poll(d)
+    clock.advance(365 * 86_400)
+    await poll(d)
+    assert len(await store.get_events(job.id, failed_only=False)) == 1
+    await d.close(1)

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_LEN = 300
 MAX_ADDRESSES = 3  # addresses tried, in resolver order, when a connection is refused
+PRUNE_BATCH = 1000  # events deleted per transaction
+PRUNE_MAX_BATCHES = 100  # per round; a larger backlog goes at the next rounds
 
 
 class Outbox(Protocol):
@@ -56,6 +58,9 @@ class Outbox(Protocol):
     async def record_attempt(
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
     ) -> None: ...
+
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` events done with before ``before_ms``; how many."""
 
 
 class KeySource(Protocol):
@@ -154,6 +159,7 @@ class CallbackDispatcher:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pruned_at: float | None = None  # clock time of the last retention round
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -219,9 +225,33 @@ class CallbackDispatcher:
     async def _poll(self) -> None:
         try:
             await self._launch_due()
+            await self._prune_if_due()
         except LivesnapError as exc:  # StoreError: the database is away; try again later
             logger.warning("cannot read the outbox: %s", exc.message,
                            extra={"action": "callbacks_poll"})
+
+    async def _prune_if_due(self) -> None:
+        """Every ``prune_every_s``: delete events delivered or given up more than
+        ``retention_s`` ago, with their attempts, so the outbox does not grow for ever."""
+        retention, now = self._policy.retention_s, self._clock.time()
+        if retention <= 0 or (self._pruned_at is not None
+                              and now - self._pruned_at < self._policy.prune_every_s):
+            return
+        self._pruned_at = now
+        deleted = await self.prune(before_ms=int((now - retention) * 1000))
+        if deleted:
+            logger.info("deleted %d callback events older than the retention", deleted,
+                        extra={"action": "callbacks_prune", "count": deleted})
+
+    async def prune(self, *, before_ms: int) -> int:
+        """Delete events done with before ``before_ms``, batch by batch; how many."""
+        deleted = 0
+        for _ in range(PRUNE_MAX_BATCHES):
+            count = await self._store.prune_events(before_ms, PRUNE_BATCH)
+            deleted += count
+            if count < PRUNE_BATCH or self._stopping.is_set():
+                break
+        return deleted
 
     async def _sleep(self) -> None:
         with contextlib.suppress(TimeoutError):

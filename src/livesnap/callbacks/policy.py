@@ -32,12 +32,16 @@ class DeliveryPolicy:
     concurrency: int = 16
     poll_interval_s: float = 0.5
     blocked_networks: tuple[Network, ...] = ()
+    retention_s: float = 7 * 86_400.0  # delivered and given-up events are kept this long; 0 = ever
+    prune_every_s: float = 600.0
 
     def __post_init__(self) -> None:
         positive = (self.max_age_s, self.connect_timeout_s, self.read_timeout_s,
                     self.total_timeout_s, self.resolve_timeout_s, self.poll_interval_s)
         if min(positive) <= 0:
             raise ValueError("DeliveryPolicy times must be positive")
+        if self.retention_s < 0 or self.prune_every_s <= 0:
+            raise ValueError("retention_s must be >= 0 and prune_every_s positive")
         if self.min_attempts < 1 or self.concurrency < 1:
             raise ValueError("min_attempts and concurrency must be at least 1")
 

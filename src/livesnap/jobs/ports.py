@@ -120,6 +120,10 @@ class Store(Protocol):
     async def requeue_events(self, job_id: str, now_ms: int) -> int:
         """Mark a job's failed events undelivered and due now; how many (replay)."""
 
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` events delivered before ``before_ms``, or given up and
+        created before it, with their delivery attempts; how many (retention)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class CaptureResult:

@@ -256,6 +256,15 @@ class MemoryStore:
         found.sort(key=lambda item: item[:2], reverse=True)
         return [a for _, _, a in found[: max(limit, 0)]]
 
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        async with self._lock:
+            old = [e.id for e in self._events.values() if _prunable(e, before_ms)]
+            gone = set(old[: max(limit, 0)])
+            for event_id in gone:
+                del self._events[event_id]
+            self._attempts = [a for a in self._attempts if a.event_id not in gone]
+            return len(gone)
+
     async def requeue_events(self, job_id: str, now_ms: int) -> int:
         """Failed events become undelivered, due at ``now_ms``, with a fresh attempt count."""
         async with self._lock:
@@ -268,6 +277,12 @@ class MemoryStore:
 
 
 # pure helpers ----------------------------------------------------------------------------
+def _prunable(event: OutboxEvent, before_ms: int) -> bool:
+    if event.delivered_ms is not None:
+        return event.delivered_ms < before_ms
+    return event.failed and event.created_ms < before_ms
+
+
 def _visible(template: Template, account: str) -> bool:
     return template.account is None or template.account == account
 

@@ -530,6 +530,24 @@ class SqlStore:
         return await self._run(
             "requeue_events", lambda conn: int(conn.execute(stmt).rowcount), write=True)
 
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` events delivered before ``before_ms``, or given up and
+        created before it, with their delivery attempts; how many."""
+        c = outbox_events.c
+        old = select(c.id).where(or_(
+            c.delivered_ms < before_ms,
+            and_(c.delivered_ms.is_(None), c.failed == true(), c.created_ms < before_ms),
+        )).limit(max(limit, 0))
+
+        def body(conn: Connection) -> int:
+            ids = list(conn.scalars(old))  # a batch at a time: one short write transaction
+            if not ids:
+                return 0
+            conn.execute(delete(delivery_attempts).where(delivery_attempts.c.event_id.in_(ids)))
+            return int(conn.execute(delete(outbox_events).where(c.id.in_(ids))).rowcount)
+
+        return await self._run("prune_events", body, write=True)
+
 
 class _GroupCommit:
     """Group commit for ``record_snapshot`` and ``record_attempt``.
