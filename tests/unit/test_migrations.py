@@ -113,6 +113,8 @@ async def test_the_declared_schema_has_what_the_store_relies_on(engine: AsyncEng
     assert {("delivered_ms", "failed", "next_attempt_ms"), ("job_id", "created_ms")} <= (
         outbox_indexes
     )
+    # the retention deletes attempts by event, and SQLite checks the foreign key by it
+    assert ("event_id",) in {i[1] for i in declared["delivery_attempts"]["indexes"]}
 
 
 async def test_migrating_twice_changes_nothing(engine: AsyncEngine) -> None:
@@ -149,4 +151,5 @@ async def test_open_sql_store_migrates_unless_told_not_to(tmp_path: Path) -> Non
 def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
-        "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py"]
+        "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py",
+        "0004_attempts_by_event.py"]

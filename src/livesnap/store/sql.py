@@ -534,13 +534,16 @@ class SqlStore:
         """Delete up to ``limit`` events delivered before ``before_ms``, or given up and
         created before it, with their delivery attempts; how many."""
         c = outbox_events.c
-        old = select(c.id).where(or_(
-            c.delivered_ms < before_ms,
-            and_(c.delivered_ms.is_(None), c.failed == true(), c.created_ms < before_ms),
-        )).limit(max(limit, 0))
+        delivered = select(c.id).where(c.delivered_ms < before_ms)  # ix_outbox_events_due
+        failed = select(c.id).where(c.delivered_ms.is_(None), c.failed == true(),
+                                    c.created_ms < before_ms)
 
         def body(conn: Connection) -> int:
-            ids = list(conn.scalars(old))  # a batch at a time: one short write transaction
+            # a batch at a time: one short write transaction; two queries, as one with OR
+            # would read the whole table
+            ids = list(conn.scalars(delivered.limit(max(limit, 0))))
+            if len(ids) < limit:
+                ids += conn.scalars(failed.limit(limit - len(ids)))
             if not ids:
                 return 0
             conn.execute(delete(delivery_attempts).where(delivery_attempts.c.event_id.in_(ids)))

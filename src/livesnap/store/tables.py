@@ -160,4 +160,6 @@ delivery_attempts = Table(
         ["event_id"], ["outbox_events.id"], name="fk_delivery_attempts_event", ondelete="CASCADE"
     ),
     Index("ix_delivery_attempts_job_at", "job_id", "at_ms"),
+    # deleting events (retention) finds their attempts, and checks the foreign key, by it (0004)
+    Index("ix_delivery_attempts_event", "event_id"),
 )
