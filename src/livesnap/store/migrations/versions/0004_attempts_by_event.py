@@ -1,6 +1,6 @@
 """Delivery attempts indexed by their event: deleting old events (the callback retention)
 deletes their attempts and checks the foreign key once per event, which without this index
-scanned the whole table each time (1000 events a second became 95).
+scanned the whole table each time (95 events deleted a second instead of ~9 700).
 
 Revision ID: 0004
 Revises: 0003
