@@ -127,8 +127,13 @@ def rejected_black(server) -> float:
 def test_black_keyframes_are_skipped_and_the_reason_recorded(
     tmp_path, publisher_factory, make_test_clip
 ):
-    # 12 s of black, then 8 s of picture, looped: longer than a 5 s tick of the system template
-    publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=20))
+    # 12 s of black (longer than the system template's 5 s tick: every loop has a missed tick),
+    # then 5 s of picture. A keyframe is skipped only when a tick starts on the last black
+    # keyframes and the first picture keyframe comes before the next tick: the ticks' phase in
+    # the loop decides it. A 17 s loop moves that phase by 2 s each time round, so one of any
+    # three loops has it, whenever the job happened to start (a 20 s loop kept one phase for
+    # ever, and failed on every machine whose start-up put it elsewhere).
+    publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=17))
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
         client = ice_client(server.endpoint)
         job_id = submit(client, "system", publisher.url)
@@ -141,8 +146,13 @@ def test_black_keyframes_are_skipped_and_the_reason_recorded(
                 "no usable keyframe in a tick (black)" in e for e in seen_errors) and [
                 f for f in raw_files(server, job_id) if f["SkippedFrames"] >= 1]
 
-        wait_until(skipped_snapshot, 60, "a missed black tick and a snapshot after skipped frames",
-                   step=0.3)
+        def files_seen() -> str:
+            return "files (stream ms, skipped): " + ", ".join(
+                f"({f['StreamTimestamp']}, {f['SkippedFrames']})" for f in raw_files(server, job_id))
+
+        wait_until(skipped_snapshot, 3 * 17 + 30,
+                   "a missed black tick and a snapshot after skipped frames", step=0.3,
+                   detail=files_seen)
         assert rejected_black(server) >= 1
         files = raw_files(server, job_id)
         assert files and all(f["Quality"] == "ok" for f in files)
