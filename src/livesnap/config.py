@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livesnap.jobs.connect import DEFAULT_PER_TICK_MIN_INTERVAL_S
 from livesnap.jobs.urls import DEFAULT_BLOCKED_NETWORKS, Network, parse_networks
 
 
@@ -252,6 +253,8 @@ class Settings(BaseSettings):
     probe_timeout_s: float = Field(default=10.0, gt=0)
     outage_window_s: float = Field(default=1800.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # jobs in ConnectMode auto connect per tick from this TimeInterval on (docs/capture.md)
+    per_tick_min_interval_s: float = Field(default=DEFAULT_PER_TICK_MIN_INTERVAL_S, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     log_json: bool = False
     log_level: str = "INFO"

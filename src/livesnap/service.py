@@ -136,6 +136,7 @@ def session_options(settings: Settings) -> SessionOptions:
         backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
         outage_window_s=settings.outage_window_s,
         capture_timeout_s=settings.probe_timeout_s,
+        per_tick_min_interval_s=settings.per_tick_min_interval_s,
     )
 
 
@@ -229,7 +230,8 @@ async def build_service(
     manager.attach_engine(engine)
     deps = api_deps(settings, manager, keys, clock)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
-                          secret=load_or_create_secret(settings.data_dir), now=clock.time)
+                          secret=load_or_create_secret(settings.data_dir), now=clock.time,
+                          per_tick_min_interval_s=settings.per_tick_min_interval_s)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
     app = create_app(deps, extra_routes=[*console_routes(console), *ops])
     # one dispatcher per outbox: a capture process delivers the callbacks itself, and events

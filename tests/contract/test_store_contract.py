@@ -20,6 +20,7 @@ from sqlalchemy import event as sa_event
 from livesnap.errors import JobNotFound, StoreError
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
+    ConnectMode,
     DeliveryAttempt,
     EventType,
     FileQuery,
@@ -512,6 +513,21 @@ async def test_image_options_round_trip_on_templates_and_jobs(store: Store) -> N
     await store.create_job(job("j1", image=IMAGE))
     loaded = await store.load_job("j1")
     assert loaded is not None and loaded.image == IMAGE
+
+
+async def test_connect_mode_round_trips_on_templates_and_jobs(store: Store) -> None:
+    await store.create_template(template("t1", connect_mode=ConnectMode.PER_TICK))
+    await store.create_template(template("t2"))
+    assert (await store.get_template("acct-a", "t1")).connect_mode is ConnectMode.PER_TICK
+    assert (await store.get_template("acct-a", "t2")).connect_mode is ConnectMode.AUTO
+    assert await store.update_template(template("t1", connect_mode=ConnectMode.PERSISTENT))
+    assert (await store.get_template("acct-a", "t1")).connect_mode is ConnectMode.PERSISTENT
+    await store.create_job(job("j1", connect_mode=ConnectMode.PER_TICK))
+    await store.create_job(job("j2"))
+    loaded = await store.load_job("j1")
+    assert loaded is not None and loaded.connect_mode is ConnectMode.PER_TICK
+    other = await store.load_job("j2")
+    assert other is not None and other.connect_mode is ConnectMode.AUTO
 
 
 async def _seed_files(store: Store) -> list[int]:

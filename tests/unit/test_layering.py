@@ -20,7 +20,7 @@ ALLOWED = {
     "errors": set(),
     "clock": set(),
     "logs": set(),
-    "config": {"jobs.urls"},
+    "config": {"jobs.urls", "jobs.connect"},
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client

@@ -119,7 +119,8 @@ async def test_the_declared_schema_has_what_the_store_relies_on(engine: AsyncEng
 
 async def test_migrating_twice_changes_nothing(engine: AsyncEngine) -> None:
     await migrate(engine)
-    insert = "INSERT INTO templates VALUES ('t', NULL, 'n', 'system', 5, NULL, NULL, 1, 2, NULL)"
+    insert = ("INSERT INTO templates VALUES ('t', NULL, 'n', 'system', 5, NULL, NULL, 1, 2, NULL,"
+              " NULL)")
     async with engine.begin() as conn:
         await conn.execute(text(insert))
     _, before = await schemas(engine)
@@ -152,4 +153,4 @@ def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
         "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py",
-        "0004_attempts_by_event.py"]
+        "0004_attempts_by_event.py", "0005_connect_mode.py"]

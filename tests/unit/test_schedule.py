@@ -105,3 +105,26 @@ def test_a_tick_without_an_accepted_keyframe_is_reported_missed():
     assert sched.take_missed() == [Verdict.FROZEN]
     assert sched.take_missed() == []
     assert sched.accepted() == 0  # the count started again with the new tick
+
+
+def test_closing_a_tick_with_no_keyframe_moves_to_the_next_tick():
+    sched = TickSchedule(interval_ms=60_000, start_ms=0)
+    assert sched.next_tick_ms == 0
+    sched.close_tick(59_000)  # a per-tick connection found nothing for the tick at 0
+    assert sched.next_tick_ms == 60_000
+    assert sched.take_missed() == []  # no verdict: the connection is what failed
+    sched.close_tick(200_000)  # ticks at 60, 120 and 180 s passed too (stream away)
+    assert sched.next_tick_ms == 240_000
+
+
+def test_closing_a_tick_whose_keyframes_were_rejected_reports_it_missed():
+    sched = TickSchedule(interval_ms=60_000, start_ms=0)
+    assert sched.on_keyframe(0.5)
+    sched.rejected(Verdict.BLACK)
+    assert sched.next_tick_ms == 60_000  # selected: the tick after is next already
+    sched.close_tick(58_000)
+    assert sched.take_missed() == [Verdict.BLACK]
+    assert sched.next_tick_ms == 60_000
+    assert not sched.on_keyframe(59.0)  # the retry ended with the window
+    assert sched.on_keyframe(60.1)
+    assert sched.accepted() == 0

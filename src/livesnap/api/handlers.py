@@ -12,6 +12,7 @@ from livesnap.errors import InvalidParameter, MissingParameter
 from livesnap.jobs.imaging import MAX_SIDE
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import (
+    ConnectMode,
     FileQuery,
     ImageChanges,
     ImageFormat,
@@ -47,7 +48,14 @@ def _template_spec(p: Params) -> TemplateSpec:
         overwrite_format=p.text("OverwriteFormat", max_len=255),
         sequence_format=p.text("SequenceFormat", max_len=255),
         image=_image_changes(p),
+        connect_mode=_connect_mode(p),
     )
+
+
+def _connect_mode(p: Params) -> ConnectMode | None:
+    """livesnap's ``ConnectMode`` extension; absent keeps the current (or template's) mode."""
+    mode = p.choice("ConnectMode", tuple(m.value for m in ConnectMode), default=None)
+    return None if mode is None else ConnectMode(mode)
 
 
 def _image_changes(p: Params) -> ImageChanges:
@@ -153,6 +161,7 @@ async def submit_job(ctx: Context, p: Params) -> dict[str, Any]:
         stream_type=kind,
         storage=_snapshot_output(p),
         callback_url=p.text("CallbackUrl", max_len=255),
+        connect_mode=_connect_mode(p),
     )
     job = await ctx.manager.submit_job(ctx.account, spec)
     return {"JobId": job.id}

@@ -66,6 +66,7 @@ def template_item(t: Template) -> dict[str, Any]:
         "TimeInterval": t.interval_s,
         "CreateTime": iso_from_ms(t.created_ms),
         **image_fields(t.image),
+        "ConnectMode": t.connect_mode.value,
     }
 
 
@@ -108,6 +109,7 @@ def job_item(job: Job) -> dict[str, Any]:
         "CreateTime": iso_from_ms(job.created_ms),
         "SnapshotOutput": _output(job),
         "StreamStatus": job.stream_status.value,
+        "ConnectMode": job.connect_mode.value,  # livesnap extension
     }
 
 

@@ -5,11 +5,19 @@ the lifecycle: it starts readers, receives their events through a small bounded 
 each JPEG to the route's upload queue (which stores it in the background, spooling while the
 store is away, and only then has the manager record it), and reconnects with capped exponential
 backoff and jitter. A stream that stays away for the whole outage window pauses the job.
+
+A job runs in one of two connection modes (``jobs.connect``). **Persistent**: one reader stays
+connected and the schedule picks each tick's keyframe from everything it reads. **Per tick**:
+the session sleeps until shortly before each tick (the lead it learns from its own opens),
+connects, keeps the first keyframe at or after the tick (the same schedule, quality gate and
+drain), and disconnects; a failed connect is retried with backoff until the tick's window
+ends, and a window that ends with no capture is a missed tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -42,7 +50,14 @@ from livesnap.errors import (
     StreamNotFound,
 )
 from livesnap.jobs import imaging, naming
-from livesnap.jobs.models import Job, SnapshotFile, StreamStatus, Verdict
+from livesnap.jobs.connect import (
+    DEFAULT_PER_TICK_MIN_INTERVAL_S,
+    LeadOptions,
+    LeadTime,
+    connect_at_ms,
+    resolve,
+)
+from livesnap.jobs.models import ConnectMode, Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.schedule import TickSchedule, ticks_missed
@@ -58,6 +73,12 @@ FAILED_DECODES_BEFORE_RECONNECT = 3
 # upload queue (and its bounded spool) meanwhile.
 RECORD_RETRY_FIRST_S = 0.5
 RECORD_RETRY_MAX_S = 5.0
+# A per-tick retry is only worth starting with this much of the tick's window left.
+PER_TICK_MIN_ATTEMPT_S = 0.5
+
+
+class _StopRequested:
+    """Put on the event queue by ``Session.stop``: wakes a session waiting for its reader."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +94,8 @@ class SessionOptions:
     outage_window_s: float = 1800.0
     capture_timeout_s: float = 10.0
     keyframe_timeout_s: float = 30.0
+    per_tick_min_interval_s: float = DEFAULT_PER_TICK_MIN_INTERVAL_S
+    lead: LeadOptions = field(default_factory=LeadOptions)
 
     @property
     def keyframe_check_s(self) -> float:
@@ -114,7 +137,15 @@ class Session:
         # already (resume after a restart, a takeover by another shard); a start by command
         # or submit (probe) begins afresh: the time the job was stopped is not "missed".
         self._previous_capture_ms = None if probe else job.last_snapshot_ms
-        self._queue: asyncio.Queue[ReaderEvent] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self.mode = resolve(job.connect_mode, interval_s=job.interval_s,
+                            per_tick_min_interval_s=options.per_tick_min_interval_s)
+        self.lead = LeadTime(options.lead)
+        self._capture_asked = asyncio.Event()  # per tick: capture now, between ticks
+        self._one_capture = False  # per tick: the connection ends after its capture
+        self._captured_here = False  # this connection captured
+        self._window_ended = False  # this connection's tick window ended (per tick)
+        self._queue: asyncio.Queue[ReaderEvent | _StopRequested] = asyncio.Queue(
+            maxsize=QUEUE_SIZE)
         self._stopping = asyncio.Event()
         self._reader: StreamReader | None = None
         self._stream_status: StreamStatus | None = None
@@ -133,18 +164,29 @@ class Session:
 
     # control ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the session to end; ``run`` returns once the reader thread has let go."""
+        """Ask the session to end. ``run`` returns once a live reader has let go; a reader
+        still connecting is left to end by itself (it captures nothing more), so a stop
+        during a connect takes effect at once."""
         self._stopping.set()
         if self._reader is not None:
             self._reader.stop()
+        if not self._queue.full():
+            self._queue.put_nowait(_StopRequested())
 
     async def capture_now(self) -> SnapshotFile:
-        """The next keyframe, stored and recorded, whatever the schedule says."""
-        if self._reader is None or self._stream_status is not StreamStatus.LIVE:
+        """The next keyframe, stored and recorded, whatever the schedule says. A per-tick
+        job between ticks connects for it."""
+        per_tick_idle = self.mode is ConnectMode.PER_TICK and self._reader is None
+        if not per_tick_idle and (
+            self._reader is None or self._stream_status is not StreamStatus.LIVE
+        ):
             raise CaptureTimeout("The stream is not live right now.")
         waiter: asyncio.Future[SnapshotFile] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._reader.request_capture()
+        if self._reader is not None:
+            self._reader.request_capture()
+        else:
+            self._capture_asked.set()
         try:
             return await asyncio.wait_for(waiter, self._opts.capture_timeout_s)
         except TimeoutError as exc:
@@ -155,6 +197,9 @@ class Session:
 
     # main loop -------------------------------------------------------------------------------
     async def run(self) -> None:
+        if self.mode is ConnectMode.PER_TICK:
+            await self._run_per_tick()
+            return
         attempt = 0
         outage_since: float | None = None
         await self._set_stream(StreamStatus.CONNECTING)
@@ -183,26 +228,129 @@ class Session:
         if not self.first_live.done():
             self.first_live.cancel()
 
-    async def _wait_backoff(self, attempt: int) -> None:
+    async def _wait_backoff(self, attempt: int, *, limit_s: float | None = None) -> None:
         delay = self._opts.backoff.delay(attempt, self._rand())
+        if limit_s is not None:
+            delay = min(delay, limit_s)
         try:
             await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
             return
 
-    async def _one_connection(self) -> tuple[bool, str]:
-        """Run one reader until it disconnects; (was it live, why it ended)."""
+    # per tick --------------------------------------------------------------------------------
+    async def _run_per_tick(self) -> None:
+        """Connect for each tick, keep its keyframe, disconnect (see the module's docstring)."""
+        await self._set_stream(StreamStatus.CONNECTING)
+        interval_ms = self.job.interval_s * 1000
+        last_good = self._clock.monotonic()  # the outage window counts from the last capture
+        while not self._stopping.is_set():
+            tick_ms = self.schedule.next_tick_ms
+            lead_s = self.lead.lead_s(self.job.interval_s)
+            wake_ms = connect_at_ms(tick_ms=tick_ms, lead_s=lead_s, now_ms=self._now_ms())
+            asked = await self._sleep_until(wake_ms)
+            if self._stopping.is_set():
+                break
+            if asked:  # capture now: until it is served, or its timeout
+                end_ms = self._now_ms() + round(self._opts.capture_timeout_s * 1000)
+            else:  # the tick's window ends where the next tick's connect begins
+                end_ms = tick_ms + interval_ms - round(lead_s * 1000)
+            captured, reason = await self._tick_window(end_ms, asked=asked)
+            if self._stopping.is_set():
+                break
+            if self._probe and not self.first_live.done():
+                self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
+                return
+            if captured:
+                last_good = self._clock.monotonic()
+                continue
+            if not asked:
+                self.schedule.close_tick(self._now_ms())
+                # the gap across a failed tick says nothing of the GOP (effective interval)
+                self.schedule.reset_gaps()
+                for verdict in self.schedule.take_missed():
+                    await self._on_tick_missed(TickMissed(verdict=verdict))
+            if self._clock.monotonic() - last_good >= self._opts.outage_window_s:
+                await self._reports.stream_gone(
+                    self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}"
+                )
+                return
+        if not self.first_live.done():
+            self.first_live.cancel()
+
+    async def _sleep_until(self, wake_ms: int) -> bool:
+        """Sleep until ``wake_ms`` (wall clock), a stop, or a capture-now request (True)."""
+        if self._capture_asked.is_set():
+            self._capture_asked.clear()
+            return True
+        delay = (wake_ms - self._now_ms()) / 1000
+        if delay <= 0:
+            return False
+        waits = [asyncio.ensure_future(self._stopping.wait()),
+                 asyncio.ensure_future(self._capture_asked.wait())]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if self._capture_asked.is_set() and not self._stopping.is_set():
+            self._capture_asked.clear()
+            return True
+        return False
+
+    async def _tick_window(self, end_ms: int, *, asked: bool) -> tuple[bool, str]:
+        """Connect (again, with backoff) until a capture or ``end_ms``; (captured, why not)."""
+        attempt = 0
+        reason = ""
+        while not self._stopping.is_set():
+            remaining_s = (end_ms - self._now_ms()) / 1000
+            if remaining_s < PER_TICK_MIN_ATTEMPT_S and attempt > 0:
+                break
+            was_live, reason = await self._one_connection(
+                until_ms=end_ms, one_capture=True, capture_now=asked)
+            if self._captured_here or self._stopping.is_set():
+                return self._captured_here, reason
+            if self._probe and not self.first_live.done():
+                return False, reason  # a probing start fails at once
+            if not was_live:
+                await self._set_stream(StreamStatus.RECONNECTING, error=reason)
+                self._metrics.reconnect()
+            remaining_s = (end_ms - self._now_ms()) / 1000
+            if remaining_s < PER_TICK_MIN_ATTEMPT_S:
+                break
+            await self._wait_backoff(attempt, limit_s=remaining_s - PER_TICK_MIN_ATTEMPT_S)
+            attempt += 1
+        return False, reason or "no keyframe in the tick"
+
+    def _now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    # one connection --------------------------------------------------------------------------
+    async def _one_connection(
+        self, *, until_ms: int | None = None, one_capture: bool = False,
+        capture_now: bool = False,
+    ) -> tuple[bool, str]:
+        """Run one reader until it disconnects; (was it live, why it ended).
+
+        Per tick: ``until_ms`` ends the connection at that wall-clock time, ``one_capture``
+        after its first capture, and ``capture_now`` asks the reader for the next keyframe.
+        """
         blocked = await self._blocked_reason()
         if blocked:
             return False, blocked
         loop = asyncio.get_running_loop()
 
         def emit(event: ReaderEvent) -> None:  # called on the reader thread
-            loop.call_soon_threadsafe(self._enqueue, event)
+            if not loop.is_closed():  # a reader left to finish a connect may outlive it
+                loop.call_soon_threadsafe(self._enqueue, event)
 
+        source = self._opts.source
+        if until_ms is not None:  # per tick: an open may not outlast the tick's window
+            window_s = max(PER_TICK_MIN_ATTEMPT_S, (until_ms - self._now_ms()) / 1000)
+            source = dataclasses.replace(
+                source, open_timeout_s=min(source.open_timeout_s, window_s))
         reader = StreamReader(
             self.job.stream_url,
-            options=self._opts.source,
+            options=source,
             selector=self.schedule,
             emit=emit,
             name=f"reader-{self.job.id[:8]}",
@@ -211,14 +359,30 @@ class Session:
             feedback=self.schedule,
         )
         self._reader = reader
+        self._one_capture, self._captured_here = one_capture, False
+        if capture_now:
+            reader.request_capture()
         reader.start()
         if self._stopping.is_set():
             reader.stop()
+        timer = None
+        if until_ms is not None:
+            self._window_ended = False
+            timer = loop.call_later(max(0.0, (until_ms - self._now_ms()) / 1000),
+                                    self._end_window, reader)
         try:
             return await self._drain_events()
         finally:
+            if timer is not None:
+                timer.cancel()
             self._reader = None
-            await asyncio.to_thread(reader.join, self._opts.source.rw_timeout_s + 5)
+            # a stop during the connect does not wait for it (the reader ends by itself)
+            if not self._stopping.is_set():
+                await asyncio.to_thread(reader.join, self._opts.source.rw_timeout_s + 5)
+
+    def _end_window(self, reader: StreamReader) -> None:
+        self._window_ended = True
+        reader.stop()
 
     async def _blocked_reason(self) -> str:
         host = urlsplit(self.job.stream_url).hostname or ""
@@ -228,14 +392,14 @@ class Session:
             return exc.message
         return ""
 
-    def _enqueue(self, event: ReaderEvent) -> None:
+    def _enqueue(self, event: ReaderEvent | _StopRequested) -> None:
         """On the loop: keep control events; if the queue is full, drop the oldest capture."""
         if self._queue.full():
             self._drop_one_capture()
         self._queue.put_nowait(event)
 
     def _drop_one_capture(self) -> None:
-        kept: list[ReaderEvent] = []
+        kept: list[ReaderEvent | _StopRequested] = []
         dropped = False
         while not self._queue.empty():
             item = self._queue.get_nowait()
@@ -253,15 +417,22 @@ class Session:
         restart = ""  # why this session stopped the reader itself
         while True:
             event = await self._next_event()
+            if isinstance(event, _StopRequested):
+                if not was_live:  # still connecting: the reader ends by itself
+                    return False, "stopped"
+                continue  # live: it lets go at its next packet, with Disconnected
             if isinstance(event, Disconnected):
-                reason = restart if restart and event.reason == "stopped" else event.reason
-                return was_live or event.was_live, reason
+                return was_live or event.was_live, self._why_ended(event, restart)
             if isinstance(event, Connected):
                 was_live = True
                 await self._on_connected(event)
             elif isinstance(event, Captured):
                 failed_in_row = 0
                 await self._on_captured(event.frame)
+                if self._one_capture and self._reader is not None:
+                    self._captured_here = True  # per tick: this connection is done
+                    self._reader.stop()
+                    restart = "tick captured"
             elif isinstance(event, CaptureFailed):
                 failed_in_row += 1
                 if await self._on_capture_failed(event, failed_in_row):
@@ -274,7 +445,16 @@ class Session:
             elif isinstance(event, TickMissed):
                 await self._on_tick_missed(event)
 
-    async def _next_event(self) -> ReaderEvent:
+    def _why_ended(self, event: Disconnected, restart: str) -> str:
+        if event.reason != "stopped":
+            return event.reason
+        if restart:
+            return restart
+        if self._window_ended:
+            return "no keyframe before the tick's window ended"
+        return event.reason
+
+    async def _next_event(self) -> ReaderEvent | _StopRequested:
         """The reader's next event; while none comes, watch the keyframes of a live stream."""
         while True:
             try:
@@ -304,6 +484,8 @@ class Session:
         ), "stream_changed")
 
     async def _on_connected(self, event: Connected) -> None:
+        if self.mode is ConnectMode.PER_TICK:
+            self.lead.observe(event.opened_s)
         reader = self._reader
         self._keyframes_seen = reader.stats.keyframes if reader is not None else 0
         self._keyframe_at = self._clock.monotonic()

@@ -226,11 +226,15 @@ class CapturedFrame:
 
 @dataclass(frozen=True)
 class Connected:
-    """The first video packet arrived: the stream is live."""
+    """The first video packet arrived: the stream is live.
+
+    ``opened_s``: seconds from the reader's start (before connecting) to that packet.
+    """
 
     codec: str
     width: int
     height: int
+    opened_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,7 @@ class StreamReader:
             target=self._run, name=f"livesnap-reader-{name}", daemon=True
         )
         self._live = False
+        self._started = 0.0  # time.monotonic() when the thread began to connect
         # The open container's video stream, for `stop` (see there); None while
         # there is none. The lock keeps `stop` from touching a closed container.
         self._video: VideoStream | None = None
@@ -433,6 +438,7 @@ class StreamReader:
         # Nothing may escape this function: the owner learns about the end of
         # the connection only from the Disconnected emitted in `finally`.
         reason = "internal error"
+        self._started = time.monotonic()
         try:
             reason = self._read()
         except _OpenDeadlineError as exc:
@@ -507,7 +513,8 @@ class StreamReader:
         if not self._live:
             self._live = True
             ctx = video.codec_context
-            self._send(Connected(codec=ctx.name, width=ctx.width, height=ctx.height))
+            self._send(Connected(codec=ctx.name, width=ctx.width, height=ctx.height,
+                                 opened_s=time.monotonic() - self._started))
         if packet.has_sidedata("new_extradata"):
             # New SPS/PPS (e.g. the publisher restarted its encoder with another
             # size), attached to this packet only. Keep it even if this keyframe

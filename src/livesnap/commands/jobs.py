@@ -11,6 +11,7 @@ import typer
 
 from livesnap.commands.common import Cli, CommandError, api_command, paging_params, parse_time
 from livesnap.commands.output import Column, detail_table, list_table, page_caption
+from livesnap.commands.templates import ConnectModeOpt, mode_params
 
 app = typer.Typer(
     help="Submit and control snapshot jobs: submit, list, get, start, stop, restart, capture.",
@@ -82,13 +83,15 @@ def submit_job(
         help="Job name (default: the last part of the URL).")] = None,
     template: Annotated[str, typer.Option(help="Template id.")] = "system",
     callback_url: Annotated[str | None, typer.Option(help="Where to POST events.")] = None,
+    connect_mode: ConnectModeOpt = None,
     wait: Annotated[bool, typer.Option(help="Wait until the job has started.")] = False,
     wait_timeout: Annotated[float, typer.Option(
         min=1, help="Seconds to wait with --wait.")] = 30.0,
 ) -> None:
     """Submit a job for a live stream; it starts by itself once the stream is live."""
     output = {"StorageType": storage_type.value, "Endpoint": storage_endpoint, "Bucket": bucket}
-    params = _submit_params(url, name or _default_name(url), template, output, callback_url)
+    params = [*_submit_params(url, name or _default_name(url), template, output, callback_url),
+              *mode_params(connect_mode)]
     body = cli.call("SubmitLiveSnapshotJob", params)
     job_id = str(body["JobId"])
     if not wait:

@@ -45,6 +45,23 @@ PointerOpt = Annotated[bool | None, typer.Option(
     help="Write <overwrite key>.latest.json naming the newest snapshot (extension).")]
 
 
+class ConnectMode(StrEnum):
+    auto = "auto"
+    persistent = "persistent"
+    per_tick = "per-tick"
+
+
+ConnectModeOpt = Annotated[ConnectMode | None, typer.Option(
+    "--connect-mode",
+    help="Hold the stream open (persistent), connect once per tick (per-tick), or choose by "
+         "interval (auto, the default) (extension).")]
+
+
+def mode_params(mode: ConnectMode | None) -> list[tuple[str, str]]:
+    """``ConnectMode`` when given (the server keeps the current one otherwise)."""
+    return [] if mode is None else [("ConnectMode", mode.value)]
+
+
 def _image_params(
     image_format: ImageFormat | None, quality: int | None, width: int | None,
     height: int | None, gate: bool | None, pointer: bool | None,
@@ -73,6 +90,7 @@ LIST_COLUMNS = (
     Column("TemplateName", "Name"),
     Column("Type", "Type"),
     Column("TimeInterval", "Interval (s)"),
+    Column("ConnectMode", "Connect"),
     Column("CreateTime", "Created"),
 )
 
@@ -122,10 +140,12 @@ def create_template(
     height: HeightOpt = None,
     quality_gate: GateOpt = None,
     latest_pointer: PointerOpt = None,
+    connect_mode: ConnectModeOpt = None,
 ) -> None:
     """Create a template; prints its id (give --overwrite, --sequence or both)."""
     params = [*_spec(name, interval, overwrite, sequence),
-              *_image_params(image_format, quality, width, height, quality_gate, latest_pointer)]
+              *_image_params(image_format, quality, width, height, quality_gate, latest_pointer),
+              *mode_params(connect_mode)]
     body = cli.call("CreateLiveSnapshotTemplate", params)
     cli.show(body, lambda: str(body["TemplateId"]))
 
@@ -161,6 +181,7 @@ def update_template(
     height: HeightOpt = None,
     quality_gate: GateOpt = None,
     latest_pointer: PointerOpt = None,
+    connect_mode: ConnectModeOpt = None,
 ) -> None:
     """Change a template; fields not given keep their value (--overwrite '' clears it)."""
     current = cli.call("GetLiveSnapshotTemplate", [("TemplateId", template_id)])
@@ -169,7 +190,8 @@ def update_template(
     params = [("TemplateId", template_id), *_spec(
         str(merged["TemplateName"]), int(merged["TimeInterval"]),
         merged["OverwriteFormat"], merged["SequenceFormat"]),
-        *_image_params(image_format, quality, width, height, quality_gate, latest_pointer)]
+        *_image_params(image_format, quality, width, height, quality_gate, latest_pointer),
+        *mode_params(connect_mode)]
     body = cli.call("UpdateLiveSnapshotTemplate", params)
     cli.show(body, lambda: f"updated template {template_id}")
 

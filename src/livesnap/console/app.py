@@ -24,6 +24,7 @@ from livesnap.console.forms import FormError, read_form
 from livesnap.console.pages import Pages
 from livesnap.console.session import DEFAULT_MAX_AGE_S, Session, csrf_matches
 from livesnap.errors import LivesnapError
+from livesnap.jobs.connect import DEFAULT_PER_TICK_MIN_INTERVAL_S
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import StorageTarget
 
@@ -43,6 +44,8 @@ class ConsoleDeps:
     secret: bytes = field(repr=False)
     now: Callable[[], float] = time.time
     session_max_age_s: int = DEFAULT_MAX_AGE_S
+    # what ConnectMode auto means (LIVESNAP_PER_TICK_MIN_INTERVAL_S), to say so on job pages
+    per_tick_min_interval_s: float = DEFAULT_PER_TICK_MIN_INTERVAL_S
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,7 @@ class EditorViews:
     def __init__(self, console: Console) -> None:
         self.manager = console.deps.manager
         self.pages = console.pages
+        self.per_tick_min_interval_s = console.deps.per_tick_min_interval_s
 
     async def index(self, request: Request, visit: Visit) -> Response:
         return await self._list(request, visit,
@@ -114,7 +115,8 @@ class EditorViews:
         read_only = template is not None and template.type is TemplateType.SYSTEM
         title = "New template" if template is None else f"Template {template.name}"
         context = {"title": title, "form": form, "template": template, "read_only": read_only,
-                   "notice": notice}
+                   "notice": notice,
+                   "per_tick_min_interval": f"{self.per_tick_min_interval_s:g}"}
         status = 200
         if form.errors:
             status = 403 if read_only else 400

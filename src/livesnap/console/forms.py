@@ -15,7 +15,7 @@ from starlette.requests import Request
 from livesnap.errors import LivesnapError
 from livesnap.jobs import imaging, naming
 from livesnap.jobs.manager import check_template_spec
-from livesnap.jobs.models import ImageChanges, ImageFormat, Template, TemplateSpec
+from livesnap.jobs.models import ConnectMode, ImageChanges, ImageFormat, Template, TemplateSpec
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -64,9 +64,11 @@ class TemplateForm:
     height: str = "0"
     quality_gate: bool = True
     latest_pointer: bool = False
+    connect_mode: str = ConnectMode.AUTO.value
     errors: dict[str, str] = field(default_factory=dict)
 
     FORMATS = tuple(f.value for f in ImageFormat)
+    MODES = tuple(m.value for m in ConnectMode)
 
     @classmethod
     def from_form(cls, form: dict[str, str]) -> TemplateForm:
@@ -80,7 +82,8 @@ class TemplateForm:
                    image_format=value("image_format") or ImageFormat.JPG.value,
                    quality=value("quality"), width=value("width") or "0",
                    height=value("height") or "0",
-                   quality_gate="quality_gate" in form, latest_pointer="latest_pointer" in form)
+                   quality_gate="quality_gate" in form, latest_pointer="latest_pointer" in form,
+                   connect_mode=value("connect_mode") or ConnectMode.AUTO.value)
 
     @classmethod
     def from_template(cls, template: Template) -> TemplateForm:
@@ -96,6 +99,7 @@ class TemplateForm:
             height=str(image.height),
             quality_gate=image.quality_gate,
             latest_pointer=image.latest_pointer,
+            connect_mode=template.connect_mode.value,
         )
 
     def validate(self) -> TemplateSpec | None:
@@ -141,6 +145,8 @@ class TemplateForm:
         except ValueError:
             self.errors["interval"] = "Enter a whole number of seconds between 5 and 3600."
         image = self._image()
+        if self.connect_mode not in self.MODES:
+            self.errors["connect_mode"] = f"Choose one of: {', '.join(self.MODES)}."
         if self.errors or image is None:
             return None
         return TemplateSpec(
@@ -149,6 +155,7 @@ class TemplateForm:
             overwrite_format=self.overwrite_format or None,
             sequence_format=self.sequence_format or None,
             image=image,
+            connect_mode=ConnectMode(self.connect_mode),
         )
 
     def _image(self) -> ImageChanges | None:

@@ -18,8 +18,9 @@ from starlette.routing import BaseRoute, Route
 from livesnap.console import present
 from livesnap.console.app import Console, Visit, status_for
 from livesnap.errors import LivesnapError
-from livesnap.jobs import imaging
+from livesnap.jobs import connect, imaging
 from livesnap.jobs.models import (
+    ConnectMode,
     DeliveryAttempt,
     FileQuery,
     Job,
@@ -207,7 +208,8 @@ class WallViews:
         recent = await self._files(visit.account, job.id, 0, now_ms + DAY_MS,
                                    limit=FILMSTRIP, newest_first=True)
         context: dict[str, Any] = {
-            "title": job.name, "tile": tile, "job": job, "details": job_details(job),
+            "title": job.name, "tile": tile, "job": job, "details": job_details(
+                job, per_tick_min_interval_s=self.console.deps.per_tick_min_interval_s),
             "filmstrip": [f for f in recent if not f.is_overlay],
             "browse": await self._browse(request, visit.account, job.id, now_ms),
             "deliveries": await self._deliveries(visit.account, job),
@@ -235,7 +237,27 @@ class WallViews:
         return attempts
 
 
-def job_details(job: Job) -> list[tuple[str, str]]:
+def connect_text(job: Job, *, per_tick_min_interval_s: float) -> str:
+    """The job's ``ConnectMode``, and what ``auto`` means for it on this node."""
+    mode = connect.resolve(job.connect_mode, interval_s=job.interval_s,
+                           per_tick_min_interval_s=per_tick_min_interval_s)
+    if job.connect_mode is ConnectMode.AUTO:
+        return f"auto ({mode.value})"
+    return mode.value
+
+
+def next_capture_text(job: Job, *, per_tick_min_interval_s: float) -> str:
+    """When a started per-tick job connects next: one interval after its last capture
+    (its ticks keep to the interval; the capture lands on the first keyframe after one)."""
+    mode = connect.resolve(job.connect_mode, interval_s=job.interval_s,
+                           per_tick_min_interval_s=per_tick_min_interval_s)
+    if (mode is not ConnectMode.PER_TICK or job.status is not JobStatus.STARTED
+            or job.last_snapshot_ms is None):
+        return "—"
+    return f"by about {present.utc_text(job.last_snapshot_ms + job.interval_s * 1000)}"
+
+
+def job_details(job: Job, *, per_tick_min_interval_s: float) -> list[tuple[str, str]]:
     """Every field of the job, under its API name."""
     effective = job.effective_interval_ms
     return [
@@ -249,6 +271,8 @@ def job_details(job: Job) -> list[tuple[str, str]]:
         ("LastSnapshotTime", present.utc_text(job.last_snapshot_ms) or "—"),
         ("TimeInterval", f"{job.interval_s} s"),
         ("EffectiveInterval", f"{effective / 1000:g} s" if effective else "—"),
+        ("ConnectMode", connect_text(job, per_tick_min_interval_s=per_tick_min_interval_s)),
+        ("NextCapture", next_capture_text(job, per_tick_min_interval_s=per_tick_min_interval_s)),
         ("TemplateId", job.template_id),
         ("TemplateName", job.template_name),
         ("StreamInput.Type", job.stream_type),

@@ -33,6 +33,7 @@ from livesnap.jobs import imaging, naming, urls
 from livesnap.jobs.events import captured_event, status_event
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
+    ConnectMode,
     DeleteResult,
     DeliveryAttempt,
     FileQuery,
@@ -204,6 +205,7 @@ class JobManager:
             created_ms=now,
             modified_ms=now,
             image=image,
+            connect_mode=spec.connect_mode or ConnectMode.AUTO,
         )
         await self._store.create_template(template)
         return template
@@ -227,6 +229,7 @@ class JobManager:
             sequence_format=spec.sequence_format or None,
             modified_ms=self._now_ms(),
             image=image,
+            connect_mode=spec.connect_mode or current.connect_mode,
         )
         if not await self._store.update_template(updated):
             raise TemplateNotFound()
@@ -257,6 +260,7 @@ class JobManager:
             overwrite_format=template.overwrite_format,
             sequence_format=template.sequence_format,
             image=template.image,
+            connect_mode=spec.connect_mode or template.connect_mode,
             stream_url=spec.stream_url,
             stream_type=spec.stream_type,
             storage=spec.storage,

@@ -52,6 +52,19 @@ class ImageFormat(StrEnum):
     PNG = "png"
 
 
+class ConnectMode(StrEnum):
+    """How a job's capture holds its stream (a livesnap extension; see ``jobs.connect``).
+
+    ``persistent`` keeps one connection open and reads every byte; ``per-tick`` connects
+    shortly before each tick, takes one keyframe and disconnects; ``auto`` picks per tick
+    when the interval is long enough for that to be cheaper.
+    """
+
+    AUTO = "auto"
+    PERSISTENT = "persistent"
+    PER_TICK = "per-tick"
+
+
 class Verdict(StrEnum):
     """What the frame-quality gate said of a captured picture (livesnap extension)."""
 
@@ -119,6 +132,7 @@ class Template(_Evolve):
     created_ms: int
     modified_ms: int
     image: ImageOptions = ImageOptions()
+    connect_mode: ConnectMode = ConnectMode.AUTO
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +170,7 @@ class Job(_Evolve):
     effective_interval_ms: int | None = None
     image: ImageOptions = ImageOptions()
     missed_ticks: int = 0  # ticks with no capture while started (restart, failover, outage)
+    connect_mode: ConnectMode = ConnectMode.AUTO  # copied from the template, or given at submit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +284,7 @@ class TemplateSpec:
     overwrite_format: str | None
     sequence_format: str | None
     image: ImageChanges = ImageChanges()
+    connect_mode: ConnectMode | None = None  # None keeps the current value (auto when new)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +297,7 @@ class JobSpec:
     stream_type: str
     storage: StorageTarget
     callback_url: str | None
+    connect_mode: ConnectMode | None = None  # None: the template's
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -102,6 +102,24 @@ class TickSchedule:
             missed, self._missed = self._missed, []
             return missed
 
+    @property
+    def next_tick_ms(self) -> int:
+        """The tick the next capture is for."""
+        with self._lock:
+            return self._next_tick_ms
+
+    def close_tick(self, now_ms: int) -> None:
+        """A per-tick connection ends at ``now_ms`` without the tick's capture: a tick whose
+        keyframes the gate rejected is missed (``take_missed``), and the next tick is the
+        first one after ``now_ms``."""
+        with self._lock:
+            if self._retry is not None:
+                self._missed.append(self._retry)
+                self._retry, self._skipped = None, 0
+            if now_ms >= self._next_tick_ms:
+                passed = (now_ms - self._next_tick_ms) // self.interval_ms + 1
+                self._next_tick_ms += passed * self.interval_ms
+
     def _note_capture(self, now_ms: int) -> None:
         if self._last_capture_ms is not None:
             self._gaps = [*self._gaps, now_ms - self._last_capture_ms][-self._GAPS_KEPT :]

@@ -64,8 +64,8 @@ class MemoryStore:
         return found if found is not None and _visible(found, account) else None
 
     async def update_template(self, template: Template) -> bool:
-        """Replace name, interval, formats, image options and modified time; id, type and
-        created stay."""
+        """Replace name, interval, formats, image options, connect mode and modified time;
+        id, type and created stay."""
         async with self._lock:
             old = self._custom(template.account, template.id)
             if old is None:
@@ -77,6 +77,7 @@ class MemoryStore:
                 sequence_format=template.sequence_format,
                 modified_ms=template.modified_ms,
                 image=template.image,
+                connect_mode=template.connect_mode,
             )
             return True
 

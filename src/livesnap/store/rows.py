@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from livesnap.jobs.models import (
+    ConnectMode,
     DeliveryAttempt,
     EventType,
     ImageFormat,
@@ -54,6 +55,15 @@ def image_from_text(text: str | None) -> ImageOptions:
     return ImageOptions(**options)
 
 
+def mode_text(mode: ConnectMode) -> str | None:
+    """The ``connect_mode`` column: NULL for ``auto`` (rows written before it existed too)."""
+    return None if mode is ConnectMode.AUTO else mode.value
+
+
+def mode_from_text(text: str | None) -> ConnectMode:
+    return ConnectMode.AUTO if text is None else ConnectMode(text)
+
+
 def template_values(template: Template) -> dict[str, Any]:
     return {
         "id": template.id,
@@ -66,6 +76,7 @@ def template_values(template: Template) -> dict[str, Any]:
         "created_ms": template.created_ms,
         "modified_ms": template.modified_ms,
         "image": image_text(template.image),
+        "connect_mode": mode_text(template.connect_mode),
     }
 
 
@@ -81,6 +92,7 @@ def template_from_row(row: Row) -> Template:
         created_ms=row["created_ms"],
         modified_ms=row["modified_ms"],
         image=image_from_text(row["image"]),
+        connect_mode=mode_from_text(row["connect_mode"]),
     )
 
 
@@ -101,6 +113,7 @@ def job_values(job: Job) -> dict[str, Any]:
         storage_endpoint=job.storage.endpoint,
         storage_bucket=job.storage.bucket,
         image=image_text(job.image),
+        connect_mode=mode_text(job.connect_mode),
     )
     return values
 
@@ -117,6 +130,7 @@ def job_from_row(row: Row) -> Job:
         status=JobStatus(row["status"]),
         stream_status=StreamStatus(row["stream_status"]),
         image=image_from_text(row["image"]),
+        connect_mode=mode_from_text(row["connect_mode"]),
     )
 
 

@@ -315,8 +315,8 @@ class SqlStore:
         return None if row is None else rows.template_from_row(row)
 
     async def update_template(self, template: Template) -> bool:
-        """Replace name, interval, formats, image options and modified time; id, type and
-        created stay."""
+        """Replace name, interval, formats, image options, connect mode and modified time;
+        id, type and created stay."""
         if template.account is None:
             return False
         changes = rows.template_values(template)

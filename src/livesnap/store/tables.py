@@ -44,6 +44,7 @@ templates = Table(
     Column("created_ms", BigInteger(), nullable=False),
     Column("modified_ms", BigInteger(), nullable=False),
     Column("image", Text(), nullable=True),  # JSON ImageOptions; NULL = defaults (0002)
+    Column("connect_mode", String(), nullable=True),  # ConnectMode; NULL = auto (0005)
     PrimaryKeyConstraint("id", name="pk_templates"),
     Index("ix_templates_account_created", "account", "created_ms"),
 )
@@ -78,6 +79,7 @@ jobs = Table(
     Column("last_sequence", BigInteger(), nullable=False),
     Column("effective_interval_ms", BigInteger(), nullable=True),
     Column("image", Text(), nullable=True),  # copied from the template at submit (0002)
+    Column("connect_mode", String(), nullable=True),  # ConnectMode; NULL = auto (0005)
     PrimaryKeyConstraint("id", name="pk_jobs"),
     Index("ix_jobs_account_created", "account", "created_ms"),
     Index("ix_jobs_status", "status"),
