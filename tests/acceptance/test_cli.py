@@ -278,6 +278,30 @@ def test_image_extensions_through_the_cli(env):
     ok_json(env, "templates", "delete", template_id)
 
 
+def test_connect_mode_through_the_cli(env, publisher_factory):
+    publisher = publisher_factory()
+    created = ok_json(env, "templates", "create", "archive", "--interval", "60",
+                      "--sequence", "a/{JobId}/{UnixTimestamp}.jpg", "--connect-mode", "per-tick")
+    template_id = created["TemplateId"]
+    assert ok_json(env, "templates", "get", template_id)["ConnectMode"] == "per-tick"
+    ok_json(env, "templates", "update", template_id, "--interval", "30")
+    got = ok_json(env, "templates", "get", template_id)
+    assert (got["TimeInterval"], got["ConnectMode"]) == (30, "per-tick")  # kept
+    listed = ok_json(env, "templates", "list", "--type", "custom", "--page-size", "100")
+    assert {t["TemplateId"]: t["ConnectMode"] for t in listed["TemplateList"]}[template_id] == (
+        "per-tick")
+    # the job overrides its template's mode
+    detail = ok_json(env, "jobs", "submit", publisher.url, "--template", template_id, *STORAGE,
+                     "--connect-mode", "persistent", "--wait", "--wait-timeout", "30")
+    assert detail["ConnectMode"] == "persistent"
+    table = livesnap(env, "jobs", "get", detail["JobId"])
+    assert table.returncode == 0 and "persistent" in table.stdout
+    line = failed(env, 2, "templates", "update", template_id, "--connect-mode", "sometimes")
+    assert line.startswith("livesnap: usage: Invalid value for '--connect-mode'"), line
+    ok_json(env, "jobs", "stop", detail["JobId"])
+    ok_json(env, "templates", "delete", template_id)
+
+
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 def test_unreachable_database_is_one_line_and_exit_2(tmp_path, command):
     # nothing listens on port 1: the migration at start fails at once

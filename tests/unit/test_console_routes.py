@@ -14,6 +14,7 @@ from livesnap.config import AccessKey, KeyRing
 from livesnap.console import ConsoleDeps, console_routes
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import (
+    ConnectMode,
     FileQuery,
     JobSpec,
     JobStatus,
@@ -291,3 +292,42 @@ async def test_system_template_is_read_only(console):
 async def test_static_files_are_served(console):
     assert (await console.client.get("/console/static/console.js")).status_code == 200
     assert (await console.client.get("/console/static/console.css")).status_code == 200
+
+
+async def test_the_connect_mode_is_edited_on_templates_and_shown_on_job_pages(console):
+    await console.login()
+    token = await console.csrf("/console/templates/new")
+    form = {"csrf_token": token, "name": "archive", "interval": "60", "overwrite_format": "",
+            "sequence_format": "snap/{JobId}/{UnixTimestamp}.jpg", "connect_mode": "sometimes"}
+    bad = await console.client.post("/console/templates/new", data=form)
+    assert bad.status_code == 400 and 'id="connect_mode-error"' in bad.text
+    created = await console.client.post("/console/templates/new",
+                                        data={**form, "connect_mode": "per-tick"})
+    assert created.status_code == 303
+    template_id = created.headers["location"].split("?")[0].rsplit("/", 1)[1]
+    template = await console.manager.get_template("acct-a", template_id)
+    assert template.connect_mode is ConnectMode.PER_TICK
+    editor = await console.client.get(f"/console/templates/{template_id}")
+    assert '<option value="per-tick" selected>' in editor.text
+
+    # the system template (5 s) under auto: persistent, and no next capture to announce
+    job = await console.job()
+    page = await console.client.get(f"/console/jobs/{job.id}")
+    assert "auto (persistent)" in page.text
+    # a per-tick job that captured says when its next capture is due
+    spec = JobSpec(name="slow", template_id=template_id, stream_url="rtmp://127.0.0.1/live/b",
+                   stream_type="rtmp", callback_url=None,
+                   storage=StorageTarget(storage_type=StorageType.LOCAL, endpoint="e",
+                                         bucket="b"))
+    slow = await console.manager.submit_job("acct-a", spec)
+    for _ in range(50):
+        if (await console.manager.get_job("acct-a", slow.id)).status is JobStatus.STARTED:
+            break
+        await asyncio.sleep(0.01)
+    taken = 1_800_000_000_000
+    await console.manager.snapshot_stored(slow, CaptureReport(
+        job_id=slow.id, create_ms=taken, sequence=1, sequence_key=f"snap/{slow.id}/1.jpg",
+        overwrite_key=None, width=64, height=36, size=4, stream_time_ms=None, lag_ms=5))
+    page = await console.client.get(f"/console/jobs/{slow.id}")
+    assert "per-tick" in page.text
+    assert "by about 2027-01-15 08:01:00 UTC" in page.text  # one interval after the capture
