@@ -170,6 +170,32 @@ def test_submit_wait_that_never_starts_exits_1(env, rtmp_origin):
     assert line.startswith("livesnap: JobNotStarted: job ") and "still init" in line
 
 
+def test_submit_warns_when_the_stream_is_not_live(env):
+    done = livesnap(env, "jobs", "submit", "rtmp://127.0.0.1:1/live/nobody", *STORAGE)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert ok_json(env, "jobs", "get", job_id)["Status"] == "init"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("livesnap: warning: the stream is not live (")
+    assert f"livesnap jobs start {job_id}" in lines[0]
+
+
+def test_local_storage_needs_no_endpoint_and_object_stores_do(env, publisher_factory):
+    publisher = publisher_factory()
+    done = livesnap(env, "jobs", "submit", publisher.url, "--storage-type", "local",
+                    "--bucket", "shots")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # live: no warning
+    got = ok_json(env, "jobs", "get", done.stdout.strip())
+    assert got["SnapshotOutput"] == {"StorageType": "local", "Endpoint": "local",
+                                     "Bucket": "shots"}
+    ok_json(env, "jobs", "stop", got["JobId"])
+    line = failed(env, 2, "jobs", "submit", publisher.url, "--bucket", "b")
+    assert line == ("livesnap: MissingParameter: --storage-endpoint is needed with "
+                    "--storage-type oss")
+
+
 def test_unknown_job_exits_1(env):
     assert failed(env, 1, "jobs", "get", "no-such-job") == "livesnap: JobNotFound: No such job."
 

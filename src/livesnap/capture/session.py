@@ -176,8 +176,8 @@ class Session:
     async def capture_now(self) -> SnapshotFile:
         """The next keyframe, stored and recorded, whatever the schedule says. A per-tick
         job between ticks connects for it."""
-        per_tick_idle = self.mode is ConnectMode.PER_TICK and self._reader is None
-        if not per_tick_idle and (
+        per_tick = self.mode is ConnectMode.PER_TICK
+        if not per_tick and (
             self._reader is None or self._stream_status is not StreamStatus.LIVE
         ):
             raise CaptureTimeout("The stream is not live right now.")
@@ -281,7 +281,8 @@ class Session:
         """Sleep until ``wake_ms`` (wall clock), a stop, or a capture-now request (True)."""
         if self._capture_asked.is_set():
             self._capture_asked.clear()
-            return True
+            if any(not w.done() for w in self._waiters):  # not one that timed out meanwhile
+                return True
         delay = (wake_ms - self._now_ms()) / 1000
         if delay <= 0:
             return False

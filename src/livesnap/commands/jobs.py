@@ -9,7 +9,14 @@ from urllib.parse import urlsplit
 
 import typer
 
-from livesnap.commands.common import Cli, CommandError, api_command, paging_params, parse_time
+from livesnap.commands.common import (
+    Cli,
+    CommandError,
+    ExitCode,
+    api_command,
+    paging_params,
+    parse_time,
+)
 from livesnap.commands.output import Column, detail_table, list_table, page_caption
 from livesnap.commands.templates import ConnectModeOpt, mode_params
 
@@ -75,8 +82,9 @@ def submit_job(
     cli: Cli,
     url: Annotated[str, typer.Argument(help="Stream URL, e.g. rtmp://origin/live/cam1.")],
     bucket: Annotated[str, typer.Option(help="SnapshotOutput.Bucket.")],
-    storage_endpoint: Annotated[str, typer.Option(
-        help="SnapshotOutput.Endpoint, e.g. oss-cn-shanghai.aliyuncs.com.")],
+    storage_endpoint: Annotated[str | None, typer.Option(
+        help="SnapshotOutput.Endpoint, e.g. oss-cn-shanghai.aliyuncs.com (with --storage-type "
+             "local: a folder name, default 'local').")] = None,
     storage_type: Annotated[StorageType, typer.Option(
         help="SnapshotOutput.StorageType.")] = StorageType.oss,
     name: Annotated[str | None, typer.Option(
@@ -88,7 +96,16 @@ def submit_job(
     wait_timeout: Annotated[float, typer.Option(
         min=1, help="Seconds to wait with --wait.")] = 30.0,
 ) -> None:
-    """Submit a job for a live stream; it starts by itself once the stream is live."""
+    """Submit a job; livesnap probes the stream at once and starts the job if it is live.
+
+    A job whose stream is not live stays init (the CLI warns): start it with 'livesnap jobs
+    start' once the stream is up.
+    """
+    if storage_endpoint is None:
+        if storage_type is not StorageType.local:
+            raise CommandError("MissingParameter", f"--storage-endpoint is needed with "
+                               f"--storage-type {storage_type.value}", ExitCode.USAGE)
+        storage_endpoint = "local"
     output = {"StorageType": storage_type.value, "Endpoint": storage_endpoint, "Bucket": bucket}
     params = [*_submit_params(url, name or _default_name(url), template, output, callback_url),
               *mode_params(connect_mode)]
@@ -96,9 +113,32 @@ def submit_job(
     job_id = str(body["JobId"])
     if not wait:
         cli.show(body, lambda: job_id)
+        _warn_unless_live(cli, job_id)
         return
     detail = _wait_started(cli, job_id, wait_timeout)
     cli.show(detail, lambda: detail_table(detail, title=f"Job {job_id}"))
+
+
+PROBE_WATCH_S = 3.0  # how long submit watches the probe for a stream that is not live
+
+
+def _warn_unless_live(cli: Cli, job_id: str) -> None:
+    """Warn on stderr when the probe finds the stream not live (a refused or failed open
+    answers within a second or two; a probe still running after ``PROBE_WATCH_S`` is left)."""
+    latest: dict[str, Any] = {}
+
+    def probed() -> bool:
+        latest.update(cli.call("GetLiveSnapshotJob", [("JobId", job_id)]))
+        return latest.get("Status") != "init" or latest.get("StreamStatus") == "offline"
+
+    if not cli.wait_for(f"Probing the stream of job {job_id}", probed, timeout_s=PROBE_WATCH_S,
+                        step_s=0.3):
+        return
+    if latest.get("Status") == "init":
+        why = latest.get("LastError") or latest.get("StatusReason") or "no video"
+        typer.echo(f"livesnap: warning: the stream is not live ({why}); job {job_id} stays "
+                   f"init: check the URL and the publisher, then 'livesnap jobs start {job_id}'",
+                   err=True)
 
 
 def _wait_started(cli: Cli, job_id: str, timeout_s: float) -> dict[str, Any]:
