@@ -124,23 +124,27 @@ def test_stop_during_a_connect_ends_the_job_at_once(
     tmp_path, rtmp_origin, publisher_factory, make_test_clip
 ):
     publisher = publisher_factory(make_test_clip("360p"))
-    # a silent origin holds a connect for up to LIVESNAP_RW_TIMEOUT_S: make that long
-    with LivesnapServer(tmp_path / "data", env={"LIVESNAP_RW_TIMEOUT_S": "30"}) as server:
+    # nginx-rtmp keeps a player of an unpublished stream waiting in silence, for up to
+    # LIVESNAP_RW_TIMEOUT_S: made long, a connect there holds until the open's 20 s deadline
+    server = LivesnapServer(tmp_path / "data", env={"LIVESNAP_RW_TIMEOUT_S": "30"})
+    with server:
         client = ice_client(server.endpoint)
-        job_id = submit(server, create_template(server, ConnectMode="per-tick"), publisher.url)
+        template_id = create_template(server, TimeInterval="60", ConnectMode="per-tick")
+        job_id = submit(server, template_id, publisher.url)
         wait_until(lambda: capture_times(client, job_id), 30, "a first capture")
+        server.kill()  # its connections close with it
         publisher.stop()
-        # nginx-rtmp keeps a player of an unpublished stream waiting: the next tick's
-        # connect hangs there
-        wait_until(lambda: players(rtmp_origin, publisher.url) >= 1, 3 * INTERVAL_S,
-                   "the next tick's connect waiting at the origin")
+        wait_until(lambda: players(rtmp_origin, publisher.url) == 0, 10, "no player left")
+        server.start()  # the job resumes, and its first tick's connect waits at the origin
+        client = ice_client(server.endpoint)
+        wait_until(lambda: players(rtmp_origin, publisher.url) >= 1, 15,
+                   "the resumed job's connect waiting at the origin")
         before = capture_times(client, job_id)
         started = time.monotonic()
         command(server, job_id, "stop")
         took = time.monotonic() - started
         assert took < 10, f"stop waited {took:.1f} s for a connect that holds up to 20 s"
-        job = raw_job(server, job_id)
-        assert job["Status"] == "paused"
+        assert raw_job(server, job_id)["Status"] == "paused"
         publisher.start()  # the abandoned connect may now succeed: it captures nothing
         time.sleep(INTERVAL_S)
         assert capture_times(client, job_id) == before

@@ -144,6 +144,8 @@ class Session:
         self._one_capture = False  # per tick: the connection ends after its capture
         self._captured_here = False  # this connection captured
         self._window_ended = False  # this connection's tick window ended (per tick)
+        # the current connection's events: a new queue for each reader, so that a reader
+        # left to end by itself (per tick, or a stop during a connect) is never heard again
         self._queue: asyncio.Queue[ReaderEvent | _StopRequested] = asyncio.Queue(
             maxsize=QUEUE_SIZE)
         self._stopping = asyncio.Event()
@@ -170,8 +172,7 @@ class Session:
         self._stopping.set()
         if self._reader is not None:
             self._reader.stop()
-        if not self._queue.full():
-            self._queue.put_nowait(_StopRequested())
+        self._wake(self._queue)
 
     async def capture_now(self) -> SnapshotFile:
         """The next keyframe, stored and recorded, whatever the schedule says. A per-tick
@@ -340,9 +341,12 @@ class Session:
             return False, blocked
         loop = asyncio.get_running_loop()
 
+        queue: asyncio.Queue[ReaderEvent | _StopRequested] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._queue = queue
+
         def emit(event: ReaderEvent) -> None:  # called on the reader thread
-            if not loop.is_closed():  # a reader left to finish a connect may outlive it
-                loop.call_soon_threadsafe(self._enqueue, event)
+            if not loop.is_closed():  # a reader left to end by itself may outlive the loop
+                loop.call_soon_threadsafe(self._enqueue, queue, event)
 
         source = self._opts.source
         if until_ms is not None:  # per tick: an open may not outlast the tick's window
@@ -377,13 +381,15 @@ class Session:
             if timer is not None:
                 timer.cancel()
             self._reader = None
-            # a stop during the connect does not wait for it (the reader ends by itself)
-            if not self._stopping.is_set():
+            # neither a stop during a connect nor a per-tick connection waits for the reader
+            # thread: it was told to stop, captures nothing more and ends by itself
+            if not self._stopping.is_set() and not one_capture:
                 await asyncio.to_thread(reader.join, self._opts.source.rw_timeout_s + 5)
 
     def _end_window(self, reader: StreamReader) -> None:
         self._window_ended = True
         reader.stop()
+        self._wake(self._queue)
 
     async def _blocked_reason(self) -> str:
         host = urlsplit(self.job.stream_url).hostname or ""
@@ -393,24 +399,32 @@ class Session:
             return exc.message
         return ""
 
-    def _enqueue(self, event: ReaderEvent | _StopRequested) -> None:
-        """On the loop: keep control events; if the queue is full, drop the oldest capture."""
-        if self._queue.full():
-            self._drop_one_capture()
-        self._queue.put_nowait(event)
+    def _wake(self, queue: asyncio.Queue[ReaderEvent | _StopRequested]) -> None:
+        """Tell the session waiting on ``queue`` to look at its stop flags."""
+        if not queue.full():
+            queue.put_nowait(_StopRequested())
 
-    def _drop_one_capture(self) -> None:
+    def _enqueue(
+        self, queue: asyncio.Queue[ReaderEvent | _StopRequested],
+        event: ReaderEvent | _StopRequested,
+    ) -> None:
+        """On the loop: keep control events; if the queue is full, drop the oldest capture."""
+        if queue.full():
+            self._drop_one_capture(queue)
+        queue.put_nowait(event)
+
+    def _drop_one_capture(self, queue: asyncio.Queue[ReaderEvent | _StopRequested]) -> None:
         kept: list[ReaderEvent | _StopRequested] = []
         dropped = False
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while not queue.empty():
+            item = queue.get_nowait()
             if not dropped and isinstance(item, Captured):
                 dropped = True
                 self.dropped_events += 1
                 continue
             kept.append(item)
         for item in kept[-(QUEUE_SIZE - 1):]:
-            self._queue.put_nowait(item)
+            queue.put_nowait(item)
 
     async def _drain_events(self) -> tuple[bool, str]:
         failed_in_row = 0
@@ -419,8 +433,8 @@ class Session:
         while True:
             event = await self._next_event()
             if isinstance(event, _StopRequested):
-                if not was_live:  # still connecting: the reader ends by itself
-                    return False, "stopped"
+                if self._one_capture or not was_live:  # the reader ends by itself
+                    return was_live, self._why_ended(Disconnected("stopped", was_live), restart)
                 continue  # live: it lets go at its next packet, with Disconnected
             if isinstance(event, Disconnected):
                 return was_live or event.was_live, self._why_ended(event, restart)
@@ -431,9 +445,10 @@ class Session:
                 failed_in_row = 0
                 await self._on_captured(event.frame)
                 if self._one_capture and self._reader is not None:
-                    self._captured_here = True  # per tick: this connection is done
+                    # per tick: this connection is done; the reader ends by itself
+                    self._captured_here = True
                     self._reader.stop()
-                    restart = "tick captured"
+                    return True, "tick captured"
             elif isinstance(event, CaptureFailed):
                 failed_in_row += 1
                 if await self._on_capture_failed(event, failed_in_row):
