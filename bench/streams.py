@@ -26,6 +26,23 @@ origin's and the publishers' CPU are reported on their own and charged to nobody
 The full mode measures the baselines once at ``--baseline-streams`` (one process each costs
 100 MiB, so hundreds of them do not fit), then livesnap at each N of ``--scale`` until the
 machine saturates (missed ticks, or lag p99 over ``--lag-limit-ms``), and reports the knee.
+
+The interval sweep (``--intervals``) measures how the cost follows ``TimeInterval``: at each
+interval I, ``livesnap serve`` with N jobs (``--streams N``, default 20) on a custom template
+with ``TimeInterval=I`` and ``ConnectMode=MODE`` (one run per mode of ``--modes``: persistent
+keeps one connection per job, per-tick connects shortly before each tick; a service that does
+not know the field ignores it, which the output shows), then the best ffmpeg
+(``ffmpeg_discard`` with ``fps=1/I``), one process per job URL. Each window spans
+``max(--window, --window-ticks x I)`` (default max(60 s, 3 I)). Besides CPU and RSS per
+stream: captures per job and tick, missed ticks, ``CaptureLag``, the gaps between a job's
+captures, the distance of each capture to the job's estimated tick (its first capture + k I),
+and the origin's CPU, new connections per second (nginx-rtmp's ``naccepted``) and players
+during the window (:data:`SWEEP_METHOD` has every definition; it is also in the JSON).
+
+    .venv/bin/python bench/streams.py --intervals 5,15,60 --json     # ~20 min at N = 20
+    .venv/bin/python bench/streams.py --intervals --quick            # ~80 s: 2 jobs, 5 and 10 s
+    .venv/bin/python bench/streams.py --intervals 10,30 --modes auto,per-tick --streams 40
+
 Every process started here is stopped before it exits. Only loopback addresses are used.
 """
 
@@ -47,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -251,24 +269,134 @@ def live_streams(resolution: str, distinct: int, clip_seconds: int) -> Iterator[
                 publisher.stop()
 
 
+def _stat_counters(streams: Streams) -> tuple[int | None, int]:
+    """(nginx-rtmp's cumulative ``naccepted``, RTMP clients now playing) from ``/stat``."""
+    root = ET.fromstring(streams.origin.stat_xml())
+    accepted = root.findtext("naccepted")
+    players = sum(1 for client in root.iter("client") if client.find("publishing") is None)
+    return (int(accepted) if accepted and accepted.strip().isdigit() else None), players
+
+
+def origin_players(streams: Streams) -> int:
+    """RTMP clients playing from the origin now (its ``/stat`` clients that do not publish)."""
+    return _stat_counters(streams)[1]
+
+
+class OriginProbe:
+    """What the origin saw over one window: new connections, plays, concurrent players.
+
+    * ``connections``: the difference of nginx-rtmp's ``naccepted`` (``/stat``: every RTMP TCP
+      connection the server accepted since it started) between the window's ends. Exact
+      however short the connections are, which sampling ``ss`` or ``/stat``'s client list is
+      not (a per-tick connection lives for about one GOP).
+    * ``plays``: the ``play:`` commands in the origin's info-level error log between the two
+      ends (read by byte offset, so no 1-second timestamps to parse); a cross-check that the
+      new connections were players.
+    * ``players_mean`` / ``players_max``: ``/stat``'s playing clients sampled every
+      ``sample_s`` (when given; each sample is one small HTTP request to the origin).
+    """
+
+    def __init__(self, streams: Streams, sample_s: float | None = None) -> None:
+        self.streams = streams
+        self.sample_s = sample_s
+        self.samples: list[int] = []
+        self._marks: list[tuple[int | None, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _log(self) -> Path | None:
+        directory = self.streams.origin.directory
+        return None if directory is None else directory / "logs" / "error.log"
+
+    def _mark(self) -> None:
+        accepted: int | None = None
+        with contextlib.suppress(OSError, ET.ParseError):
+            accepted = _stat_counters(self.streams)[0]
+        log = self._log()
+        offset = log.stat().st_size if log is not None and log.exists() else 0
+        self._marks.append((accepted, offset))
+
+    def _sample(self) -> None:
+        assert self.sample_s is not None
+        while not self._stop.wait(self.sample_s):
+            with contextlib.suppress(OSError, ET.ParseError):
+                self.samples.append(origin_players(self.streams))
+
+    def __enter__(self) -> OriginProbe:
+        self._mark()
+        if self.sample_s:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mark()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def figures(self, span: float) -> dict[str, Any]:
+        (a0, off0), (a1, off1) = self._marks[0], self._marks[-1]
+        connections = None if a0 is None or a1 is None else a1 - a0
+        plays = None
+        log = self._log()
+        if log is not None and log.exists():
+            with log.open("rb") as f:
+                f.seek(off0)
+                plays = f.read(max(0, off1 - off0)).count(b" play: name=")
+        return {
+            "connections": connections,
+            "connections_per_s": None if connections is None else round(connections / span, 3),
+            "plays": plays,
+            "players_mean": round(statistics.mean(self.samples), 2) if self.samples else None,
+            "players_max": max(self.samples) if self.samples else None,
+            "player_samples": len(self.samples),
+        }
+
+
+@dataclass
+class WindowFigures:
+    """One measured window: the contenders' CPU (by name), the origin's and the publishers'."""
+
+    cpu_s: dict[str, float]
+    window_s: float
+    origin_cores: float
+    publishers_cores: float
+    wall_start: float
+    wall_end: float
+    origin: dict[str, Any]
+
+
 class Window:
     """Measures CPU of some processes, the origin and the publishers over one window."""
 
-    def __init__(self, streams: Streams, procs: Callable[[], list[psutil.Process]]) -> None:
+    def __init__(
+        self, streams: Streams,
+        procs: Callable[[], list[psutil.Process] | dict[str, list[psutil.Process]]],
+        *, sample_players_s: float | None = None,
+    ) -> None:
         self.streams = streams
         self.procs = procs
+        self.sample_players_s = sample_players_s
 
-    def run(self, seconds: float) -> tuple[float, float, float, float, float, float]:
-        """(cpu_s, window_s, origin_cores, publisher_cores, t0 wall, t1 wall)."""
-        procs = self.procs()
+    def run(self, seconds: float) -> WindowFigures:
+        """CPU of each group of processes (a plain list is the group ``""``) over ``seconds``."""
+        found = self.procs()
+        groups = found if isinstance(found, dict) else {"": found}
         origin, pubs = self.streams.origin_procs(), self.streams.publisher_procs()
-        c0, o0, p0 = cpu_seconds(procs), cpu_seconds(origin), cpu_seconds(pubs)
-        m0, w0 = time.monotonic(), time.time()
-        time.sleep(seconds)
-        c1, o1, p1 = cpu_seconds(procs), cpu_seconds(origin), cpu_seconds(pubs)
-        m1, w1 = time.monotonic(), time.time()
+        with OriginProbe(self.streams, self.sample_players_s) as probe:
+            c0 = {k: cpu_seconds(v) for k, v in groups.items()}
+            o0, p0 = cpu_seconds(origin), cpu_seconds(pubs)
+            m0, w0 = time.monotonic(), time.time()
+            time.sleep(seconds)
+            c1 = {k: cpu_seconds(v) for k, v in groups.items()}
+            o1, p1 = cpu_seconds(origin), cpu_seconds(pubs)
+            m1, w1 = time.monotonic(), time.time()
         span = m1 - m0
-        return c1 - c0, span, (o1 - o0) / span, (p1 - p0) / span, w0, w1
+        return WindowFigures(
+            cpu_s={k: c1[k] - c0[k] for k in groups}, window_s=span,
+            origin_cores=(o1 - o0) / span, publishers_cores=(p1 - p0) / span,
+            wall_start=w0, wall_end=w1, origin=probe.figures(span))
 
 
 # -- baselines: one process per stream -------------------------------------------------------
@@ -291,13 +419,16 @@ class ProcessGroup:
         return found
 
 
-def start_baseline(contender: str, urls: list[str], workdir: Path) -> ProcessGroup:
-    """Start one process per URL for ``contender`` (an ffmpeg variant or the demux floor)."""
+def start_baseline(
+    contender: str, urls: list[str], workdir: Path, *, interval: float = INTERVAL_S,
+) -> ProcessGroup:
+    """Start one process per URL for ``contender`` (an ffmpeg variant or the demux floor);
+    the ffmpeg variants and the capture path take one picture per ``interval`` seconds."""
     procs: list[subprocess.Popen[bytes]] = []
     outputs: list[Path] = []
     if contender == "capture_path":
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", CAPTURE_PATH_CODE, str(INTERVAL_S), *urls],
+            [sys.executable, "-c", CAPTURE_PATH_CODE, str(interval), *urls],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         ))
@@ -317,7 +448,7 @@ def start_baseline(contender: str, urls: list[str], workdir: Path) -> ProcessGro
                 [
                     FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin",
                     *FFMPEG_VARIANTS[contender], "-i", url,
-                    "-vf", f"fps=1/{INTERVAL_S:g}", "-update", "1", "-y", str(out),
+                    "-vf", f"fps=1/{interval:g}", "-update", "1", "-y", str(out),
                 ],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
@@ -366,32 +497,43 @@ def job_urls(streams: Streams, n: int) -> list[str]:
 
 def measure_baselines(
     streams: Streams, contenders: dict[str, int], *, warmup: float, window: float,
-    workdir: Path, ready_timeout: float = 40.0,
+    workdir: Path, ready_timeout: float = 40.0, interval: float = INTERVAL_S,
+    ready_when: str = "output", sample_players_s: float | None = None,
 ) -> list[Measurement]:
     """Run the given baselines ({contender: N}) side by side and measure each one's processes.
 
     Each baseline's CPU is its own processes' CPU, so running several together only adds
-    noise; the full mode runs them one at a time.
+    noise; the full mode runs them one at a time. The window starts ``warmup`` seconds after
+    every process is running: for ``ready_when="output"`` when each ffmpeg wrote its first
+    picture (the floor and the capture path say ``ready``); for ``"playing"`` when the origin
+    lists one more player per process (ffmpeg's ``fps=1/I`` writes its first picture only
+    after about 1.5 I, too long to wait for at long intervals).
     """
     groups: list[ProcessGroup] = []
     try:
+        players_before = origin_players(streams) if ready_when == "playing" else 0
         for contender, n in contenders.items():
-            groups.append(start_baseline(contender, job_urls(streams, n), workdir))
+            groups.append(start_baseline(contender, job_urls(streams, n), workdir,
+                                         interval=interval))
+        expected_players = players_before + sum(len(g.procs) for g in groups)
+
+        def ready() -> bool:
+            if ready_when == "playing":
+                return origin_players(streams) >= expected_players
+            return all(g.ready() for g in groups)
+
         deadline = time.monotonic() + ready_timeout
-        while not all(g.ready() for g in groups):
-            if time.monotonic() > deadline:
+        while not ready():
+            exited = [g.contender for g in groups if any(p.poll() is not None for p in g.procs)]
+            if time.monotonic() > deadline or exited:
                 late = [g.contender for g in groups if not g.ready()]
-                raise RuntimeError(f"baselines not running after {ready_timeout:.0f} s: {late}")
+                raise RuntimeError(f"baselines not running after {ready_timeout:.0f} s: {late}"
+                                   f"{f' (exited: {exited})' if exited else ''}")
             time.sleep(0.2)
         time.sleep(warmup)
         ps = {g.contender: g.psutil_procs() for g in groups}
-        origin, pubs = streams.origin_procs(), streams.publisher_procs()
-        c0 = {k: cpu_seconds(v) for k, v in ps.items()}
-        o0, p0, m0 = cpu_seconds(origin), cpu_seconds(pubs), time.monotonic()
-        time.sleep(window)
-        c1 = {k: cpu_seconds(v) for k, v in ps.items()}
-        o1, p1, m1 = cpu_seconds(origin), cpu_seconds(pubs), time.monotonic()
-        span = m1 - m0
+        figures = Window(streams, lambda: ps, sample_players_s=sample_players_s).run(window)
+        span = figures.window_s
         results = []
         for group in groups:
             alive = sum(1 for p in group.procs if p.poll() is None)
@@ -399,11 +541,12 @@ def measure_baselines(
             n = group.streams
             results.append(Measurement(
                 contender=group.contender, streams=n, window_s=span,
-                cpu_s=c1[group.contender] - c0[group.contender],
+                cpu_s=figures.cpu_s[group.contender],
                 rss_mib_per_stream=rss / n / MIB,
-                origin_cores=(o1 - o0) / span, publishers_cores=(p1 - p0) / span,
+                origin_cores=figures.origin_cores, publishers_cores=figures.publishers_cores,
                 processes_alive=alive,
-                extra={"measured_alongside": [g.contender for g in groups if g is not group]},
+                extra={"measured_alongside": [g.contender for g in groups if g is not group],
+                       "interval_s": interval, "origin": figures.origin},
             ))
         return results
     finally:
@@ -515,15 +658,96 @@ def missed_ticks(create_ms: list[int], t0_ms: int, t1_ms: int, interval_ms: int)
     return sum(max(0, int((b - a - slack) // interval_ms)) for a, b in itertools.pairwise(points))
 
 
+def tick_figures(
+    creates: dict[str, list[int]], t0_ms: int, t1_ms: int, interval_ms: int,
+) -> dict[str, Any]:
+    """How the captures of each job in [t0, t1] kept to the job's ticks.
+
+    ``creates`` holds every capture's ``CreateTimestamp`` (ms) per job since it was submitted.
+
+    * captures per job and per tick: the window's captures of a job over the ticks the window
+      holds (``window / interval``): 1.0 is one capture per tick;
+    * gaps: ``CreateTimestamp`` minus the job's previous one, for each capture in the window;
+      with a GOP of G the gaps of a job that captures every tick are ``interval ± G``;
+    * delay to the tick: the service does not publish a job's tick times (they are aligned to
+      its session's start), so the job's first capture stands for its phase and its k-th tick
+      is estimated as ``first + k * interval``. A capture's delay is
+      ``d = (CreateTimestamp - first) mod interval``, taken as ``min(d, interval - d)`` (the
+      distance to the nearest estimated tick, so a capture a little *before* the estimate,
+      possible because the first capture itself came up to one GOP after its real tick,
+      counts as small, not as almost one interval). It is therefore a distance to a tick
+      estimate, with up to one GOP of error, not an absolute delay: the absolute keyframe
+      arrival -> stored delay is ``CaptureLag``.
+    """
+    per_job: list[int] = []
+    gaps: list[float] = []
+    delays: list[float] = []
+    for stamps in creates.values():
+        ordered = sorted(stamps)
+        inside = [t for t in ordered if t0_ms <= t <= t1_ms]
+        per_job.append(len(inside))
+        gaps += [b - a for a, b in itertools.pairwise(ordered) if t0_ms <= b <= t1_ms]
+        if ordered:
+            for t in inside:
+                d = (t - ordered[0]) % interval_ms
+                delays.append(min(d, interval_ms - d))
+    ticks = (t1_ms - t0_ms) / interval_ms
+    expected = len(creates) * ticks
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return {
+        "captures_per_job_per_tick": (round(sum(per_job) / expected, 3) if expected else None),
+        "captures_per_job_min": min(per_job, default=None),
+        "captures_per_job_max": max(per_job, default=None),
+        "ticks_per_job_in_window": round(ticks, 2),
+        "gap_ms_min": rounded(percentile(gaps, 0)),
+        "gap_ms_p50": rounded(percentile(gaps, 50)),
+        "gap_ms_p99": rounded(percentile(gaps, 99)),
+        "gap_ms_max": rounded(percentile(gaps, 100)),
+        "gap_samples": len(gaps),
+        "tick_delay_p50_ms": rounded(percentile(delays, 50)),
+        "tick_delay_p99_ms": rounded(percentile(delays, 99)),
+        "tick_delay_samples": len(delays),
+    }
+
+
+def create_template(
+    server: LivesnapServer, interval: float, extensions: dict[str, str],
+) -> tuple[str, dict[str, Any]]:
+    """A custom template like the system one (both formats) with ``TimeInterval=interval``
+    and livesnap's extension fields (``ConnectMode``, ``ImageFormat``, ...) through the core
+    SDK's CommonRequest. Returns its id and what GetLiveSnapshotTemplate says of it (a field
+    the server does not know is ignored on create and absent from that answer)."""
+    if interval != int(interval):
+        raise ValueError(f"TimeInterval is whole seconds, not {interval}")
+    acs = core_client(server.endpoint)
+    name = "bench-" + "-".join([f"{int(interval)}s", *(f"{v}" for v in extensions.values())])
+    params = {"TemplateName": name[:128], "TimeInterval": str(int(interval)),
+              "OverwriteFormat": "snapshot/{JobId}.jpg",
+              "SequenceFormat": "snapshot/{JobId}/{UnixTimestamp}.jpg", **extensions}
+    body = json.loads(acs.do_action_with_exception(
+        core_request("CreateLiveSnapshotTemplate", "POST", body=params)))
+    template_id = str(body["TemplateId"])
+    detail = json.loads(acs.do_action_with_exception(
+        core_request("GetLiveSnapshotTemplate", "GET", {"TemplateId": template_id})))
+    return template_id, detail
+
+
 def measure_livesnap(
     streams: Streams, n: int, *, warmup: float, window: float, workdir: Path,
     env: dict[str, str] | None = None, ready_timeout: float | None = None,
     idle_window: float = 3.0, callbacks: bool = True, variant: str = "default",
+    interval: float = INTERVAL_S, template: dict[str, str] | None = None,
+    settle: float = 2.5, sample_players_s: float | None = None,
 ) -> Measurement:
     """N jobs through the real service; CPU/RSS of ``livesnap serve``; ticks and lag from records.
 
     Without ``callbacks`` the jobs have no CallbackUrl (to see what delivering them costs);
-    the lag is then only the session's own ``CaptureLag``.
+    the lag is then only the session's own ``CaptureLag``. The jobs use the system template
+    (5 s) unless ``interval`` differs or ``template`` gives extension fields: then a custom
+    template (:func:`create_template`).
     """
     urls = job_urls(streams, n)
     data_dir = Path(tempfile.mkdtemp(prefix="ls-", dir=workdir))
@@ -535,7 +759,7 @@ def measure_livesnap(
     with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
-        time.sleep(2.5)  # the fresh service (and a capture process) settles before its idle size
+        time.sleep(settle)  # the fresh service (and a capture process) settles before its idle size
         idle_rss = rss_bytes([proc])
         idle0, idle_t0 = cpu_seconds([proc]), time.monotonic()
         time.sleep(idle_window)
@@ -543,17 +767,21 @@ def measure_livesnap(
         client = ice_client(server.endpoint)
         from alibabacloud_ice20201109 import models as m
 
+        template_id, template_detail = "system", None
+        if template is not None or interval != INTERVAL_S:
+            template_id, template_detail = create_template(server, interval, template or {})
         output = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
             storage_type="oss", endpoint="oss-bench.example.com", bucket="bench")
         submitted: dict[str, float] = {}
         for i, url in enumerate(urls):
             body = client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
-                job_name=f"bench-{i}", template_id="system", snapshot_output=output,
+                job_name=f"bench-{i}", template_id=template_id, snapshot_output=output,
                 callback_url=receiver.url if callbacks else None,
                 stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
             )).body
             submitted[body.job_id] = time.time()
-        timeout = ready_timeout or max(30.0, 10 + n * 0.15)
+        # A job's first capture may wait for its first tick (a per-tick job, a long interval).
+        timeout = ready_timeout or max(30.0, 10 + n * 0.15, interval + 2 * GOP_S + 10)
         deadline = time.monotonic() + timeout
         def started() -> int:
             if callbacks:
@@ -569,9 +797,15 @@ def measure_livesnap(
                     + server.log()[-3000:])
             time.sleep(0.2 if callbacks else 1.0)
         time.sleep(warmup)
-        cpu_s, span, origin_cores, pub_cores, w0, w1 = Window(streams, lambda: [proc]).run(window)
+        figures = Window(streams, lambda: [proc], sample_players_s=sample_players_s).run(window)
+        cpu_s, span, w0, w1 = figures.cpu_s[""], figures.window_s, figures.wall_start, \
+            figures.wall_end
         rss = rss_bytes([proc])
         threads = proc.num_threads()
+        job_detail: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # what the service says of one job (ConnectMode?)
+            job_detail = json.loads(core_client(server.endpoint).do_action_with_exception(
+                core_request("GetLiveSnapshotJob", "GET", {"JobId": next(iter(submitted))})))
         # The authoritative records: per job, what was written in the window.
         t0_ms, t1_ms = int(w0 * 1000), int(w1 * 1000)
         creates: dict[str, list[int]] = {}
@@ -601,7 +835,8 @@ def measure_livesnap(
     record_lags = [_epoch_ms(e["EventTime"]) - e["CreateTimestamp"] for _, e in in_window]
     delivery = [a * 1000 - _epoch_ms(e["EventTime"]) for a, e in in_window]
     captures = sum(1 for stamps in creates.values() for t in stamps if t0_ms <= t <= t1_ms)
-    missed = sum(missed_ticks(s, t0_ms, t1_ms, int(INTERVAL_S * 1000)) for s in creates.values())
+    interval_ms = int(interval * 1000)
+    missed = sum(missed_ticks(s, t0_ms, t1_ms, interval_ms) for s in creates.values())
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 1)
@@ -609,7 +844,8 @@ def measure_livesnap(
     return Measurement(
         contender="livesnap", streams=n, window_s=span, cpu_s=cpu_s,
         rss_mib_per_stream=(rss - idle_rss) / n / MIB,
-        origin_cores=origin_cores, publishers_cores=pub_cores, processes_alive=alive,
+        origin_cores=figures.origin_cores, publishers_cores=figures.publishers_cores,
+        processes_alive=alive,
         extra={
             "rss_total_mib": round(rss / MIB, 1),
             "rss_idle_mib": round(idle_rss / MIB, 1),
@@ -618,7 +854,7 @@ def measure_livesnap(
             "service_idle_cores": round(idle_cores, 4),
             "callbacks_in_window": len(in_window),
             "captures": captures,
-            "expected_captures": round(n * span / INTERVAL_S, 1),
+            "expected_captures": round(n * span / interval, 1),
             "missed_ticks": missed,
             "lag_p50_ms": rounded(percentile(record_lags, 50)),
             "lag_p99_ms": rounded(percentile(record_lags, 99)),
@@ -632,6 +868,13 @@ def measure_livesnap(
             "env": env or {},
             "callbacks": callbacks,
             "variant": variant,
+            "interval_s": interval,
+            "template_id": template_id,
+            "template_extensions": template or {},
+            "template_detail": template_detail,
+            "job_connect_mode": job_detail.get("ConnectMode"),
+            **tick_figures(creates, t0_ms, t1_ms, interval_ms),
+            "origin": figures.origin,
         },
     )
 
@@ -831,6 +1074,254 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     return summarize(args, baselines, scaling, notes, variants)
 
 
+# -- the interval sweep -----------------------------------------------------------------------
+
+CONNECT_MODES = ("auto", "persistent", "per-tick")
+SWEEP_METHOD = {
+    "cpu": "user+system CPU of every process of the contender (livesnap serve and its children; "
+           "each ffmpeg) over the window, per stream and per minute of wall (= stream) time",
+    "window": "max(--window, --window-ticks x interval), after every job captured once (livesnap) "
+              "or every ffmpeg is playing (the origin lists it), then --warmup",
+    "captures_per_job_per_tick": "files whose CreateTimestamp is in the window / (jobs x window "
+                                 "/ interval)",
+    "missed_ticks": "per job, gaps between consecutive captures (window edges included) longer "
+                    "than interval + GOP + 0.5 s, in whole intervals",
+    "gap_ms": "CreateTimestamp minus the job's previous CreateTimestamp, for captures in the "
+              "window (interval +- GOP when every tick is captured)",
+    "tick_delay_ms": "distance to the nearest estimated tick: d = (CreateTimestamp - the job's "
+                     "first CreateTimestamp) mod interval, min(d, interval - d); the first "
+                     "capture stands for the tick phase, so this carries up to one GOP of error",
+    "capture_lag_ms": "the service's own CaptureLag (keyframe arrival -> JPEG handed to storage)",
+    "origin_cpu_s_per_min": "nginx (master and worker) CPU over the contender's window, per "
+                            "minute; it includes serving the publishers (origin_idle: no player)",
+    "origin_connections_per_s": "difference of nginx-rtmp's cumulative /stat <naccepted> "
+                                "(accepted RTMP connections) between the window's ends / window; "
+                                "origin_plays counts the play commands its info log wrote in "
+                                "the window; players_mean samples /stat's players every second; "
+                                "origin_connections_per_job_per_tick = connections / (jobs x "
+                                "window / interval): ~1 per-tick, ~0 persistent (the API reports "
+                                "the mode asked for, so this shows what auto resolved to)",
+    "ffmpeg_best": "ffmpeg -discard:v nokey -skip_frame nokey -i URL -vf fps=1/I -update 1 "
+                   "out.jpg, one process per job URL",
+}
+
+
+@dataclass
+class SweepRow:
+    """One contender at one interval (and connect mode, for livesnap)."""
+
+    interval_s: float
+    mode: str | None  # the ConnectMode asked for; None for ffmpeg
+    measurement: Measurement
+
+
+def sweep_window(args: argparse.Namespace, interval: float) -> float:
+    return max(args.window, args.window_ticks * interval)
+
+
+def run_sweep(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """livesnap (one run per connect mode) and the best ffmpeg at each interval of the list."""
+    n = args.scale[0]
+    env = dict(kv.split("=", 1) for kv in args.env)
+    skipped = set(args.skip)
+    rows: list[SweepRow] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="livesnap-bench-") as tmp, \
+            live_streams(args.resolution, args.distinct, args.clip_seconds) as streams:
+        workdir = Path(tmp)
+        log(f"{len(streams.urls)} distinct {args.resolution} streams live on "
+            f"{streams.origin.rtmp_base}; {n} jobs per contender")
+        idle = Window(streams, lambda: []).run(args.origin_idle_window)
+        log(f"origin with no player: {idle.origin_cores * 60:.3f} CPU-s/min")
+        for interval in args.intervals:
+            window = sweep_window(args, interval)
+            for mode in args.modes if "livesnap" not in skipped else []:
+                log(f"I={interval:g} s: livesnap ConnectMode={mode}, {n} jobs, "
+                    f"{window:g} s window ...")
+                found = measure_livesnap(
+                    streams, n, warmup=args.warmup, window=window, workdir=workdir, env=env,
+                    idle_window=0.3 if args.quick else 3.0, settle=0.5 if args.quick else 2.5,
+                    variant=f"{interval:g}s/{mode}", interval=interval,
+                    template={"ConnectMode": mode}, sample_players_s=1.0)
+                rows.append(SweepRow(interval, mode, found))
+                log("  " + sweep_line(rows[-1]))
+            if "ffmpeg_discard" not in skipped:
+                log(f"I={interval:g} s: best ffmpeg, {n} processes, {window:g} s window ...")
+                [found] = measure_baselines(
+                    streams, {"ffmpeg_discard": n}, warmup=args.warmup, window=window,
+                    workdir=workdir, interval=interval, ready_when="playing",
+                    sample_players_s=1.0)
+                rows.append(SweepRow(interval, None, found))
+                log("  " + sweep_line(rows[-1]))
+    return summarize_sweep(args, rows, idle, notes)
+
+
+def sweep_line(row: SweepRow) -> str:
+    m, o = row.measurement, row.measurement.extra["origin"]
+    text = (f"{m.contender}{'/' + row.mode if row.mode else ''}: "
+            f"{m.cpu_s_per_stream_min:.3f} CPU-s/stream-min ({m.cores:.2f} cores), origin "
+            f"{m.origin_cores * 60:.3f} CPU-s/min, {o['connections_per_s']} conn/s")
+    if m.contender == "livesnap":
+        x = m.extra
+        text += (f", captures {x['captures']}/{x['expected_captures']}, missed "
+                 f"{x['missed_ticks']}, capture lag p99 {x['capture_lag_p99_ms']} ms")
+    return text
+
+
+def sweep_row_dict(row: SweepRow) -> dict[str, Any]:
+    m, x = row.measurement, row.measurement.extra
+    o = x["origin"]
+    data: dict[str, Any] = {
+        "interval_s": row.interval_s,
+        "contender": "livesnap" if m.contender == "livesnap" else "ffmpeg_best",
+        "mode": row.mode,
+        "streams": m.streams,
+        "window_s": round(m.window_s, 2),
+        "cpu_s_per_stream_min": round(m.cpu_s_per_stream_min, 4),
+        "cores": round(m.cores, 3),
+        "rss_mib_per_stream": round(m.rss_mib_per_stream, 2),
+        "processes_alive": m.processes_alive,
+        "origin_cpu_s_per_min": round(m.origin_cores * 60, 4),
+        "origin_connections": o["connections"],
+        "origin_connections_per_s": o["connections_per_s"],
+        # ~1 when each job/process connects once per tick, ~0 when it stays connected
+        "origin_connections_per_job_per_tick": (
+            None if o["connections"] is None
+            else round(o["connections"] / (m.streams * m.window_s / row.interval_s), 3)),
+        "origin_plays": o["plays"],
+        "origin_players_mean": o["players_mean"],
+        "origin_players_max": o["players_max"],
+        "publishers_cores": round(m.publishers_cores, 4),
+    }
+    if m.contender == "livesnap":
+        detail = x["template_detail"] or {}
+        data.update({
+            "connect_mode_requested": row.mode,
+            # What the service says back: None while it does not know ConnectMode.
+            "connect_mode_echoed": detail.get("ConnectMode", x.get("job_connect_mode")),
+            **{k: x[k] for k in (
+                "captures", "expected_captures", "captures_per_job_per_tick",
+                "captures_per_job_min", "captures_per_job_max", "missed_ticks",
+                "capture_lag_p50_ms", "capture_lag_p99_ms", "lag_p50_ms", "lag_p99_ms",
+                "gap_ms_min", "gap_ms_p50", "gap_ms_p99", "gap_ms_max",
+                "tick_delay_p50_ms", "tick_delay_p99_ms", "tick_delay_samples",
+                "first_snapshot_s_max", "service_idle_cores")},
+        })
+    return data
+
+
+def summarize_sweep(
+    args: argparse.Namespace, rows: list[SweepRow], idle: WindowFigures, notes: list[str],
+) -> dict[str, Any]:
+    """The sweep's JSON object: one row per (interval, contender, mode) and the ratios."""
+    table = [sweep_row_dict(r) for r in rows]
+    ratios = []
+    for interval in args.intervals:
+        best = next((r for r in table if r["interval_s"] == interval
+                     and r["contender"] == "ffmpeg_best"), None)
+        persistent = next((r for r in table if r["interval_s"] == interval
+                           and r["mode"] == "persistent"), None)
+        for r in table:
+            if r["interval_s"] != interval or r["contender"] != "livesnap":
+                continue
+            ratios.append({
+                "interval_s": interval, "mode": r["mode"],
+                "ffmpeg_best_over_livesnap": ratio(
+                    best and best["cpu_s_per_stream_min"], r["cpu_s_per_stream_min"]),
+                "livesnap_over_persistent": ratio(
+                    r["cpu_s_per_stream_min"], persistent and persistent["cpu_s_per_stream_min"]),
+                "origin_cpu_over_ffmpeg_best": ratio(
+                    r["origin_cpu_s_per_min"], best and best["origin_cpu_s_per_min"]),
+            })
+    ignored = sorted({r["mode"] for r in table
+                      if r["contender"] == "livesnap" and r["connect_mode_echoed"] is None})
+    if ignored:
+        notes.append("the service did not echo ConnectMode for " + ", ".join(ignored) + " (not "
+                     "in GetLiveSnapshotTemplate/Job): it ignored the field, so those rows "
+                     "measure its default connection behaviour, not the mode")
+    if args.quick:
+        notes.append("quick mode: short windows (a tick or two), figures are a smoke test only")
+    return {
+        "kind": "interval_sweep",
+        "date": datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "resolution": args.resolution,
+        "distinct_streams": args.distinct,
+        "gop_s": GOP_S,
+        "streams": args.scale[0],
+        "intervals_s": args.intervals,
+        "connect_modes": args.modes,
+        "warmup_s": args.warmup,
+        "window_min_s": args.window,
+        "window_ticks": args.window_ticks,
+        "origin_idle": {"window_s": round(idle.window_s, 2),
+                        "cpu_s_per_min": round(idle.origin_cores * 60, 4),
+                        "connections": idle.origin["connections"]},
+        "publishers_cores": round(statistics.mean(
+            [idle.publishers_cores, *(r.measurement.publishers_cores for r in rows)]), 4),
+        "rows": table,
+        "ratios": ratios,
+        "method": SWEEP_METHOD,
+        "measurements": [r.measurement.as_dict() for r in rows],
+        "notes": notes,
+    }
+
+
+def print_sweep_table(summary: dict[str, Any]) -> None:
+    mach = summary["machine"]
+    print(f"\n{summary['date']}  {mach['cpu']} x{mach['cores']}, {mach['memory_gib']} GiB, "
+          f"PyAV {mach['pyav']} (FFmpeg {mach['pyav_ffmpeg']}), {mach['ffmpeg_cli']}")
+    print(f"interval sweep: {summary['resolution']}25 H.264 (GOP {summary['gop_s']:g} s) over "
+          f"{summary['distinct_streams']} distinct stream(s), {summary['streams']} jobs/processes "
+          f"per contender; window max({summary['window_min_s']:g} s, "
+          f"{summary['window_ticks']:g} x I) after {summary['warmup_s']:g} s warm-up; origin "
+          f"with no player {summary['origin_idle']['cpu_s_per_min']:.3f} CPU-s/min\n")
+
+    def cell(value: object, fmt: str = "") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    def pair(row: dict[str, Any], low: str, high: str, width: int) -> str:
+        if row["contender"] != "livesnap":
+            return " " * width
+        text = f"{cell(row[low], '.0f')}/{cell(row[high], '.0f')}"
+        return f"{text:>{width}s}"
+
+    head = (f"{'I (s)':>5s} {'contender':11s} {'mode':10s} {'echo':10s} {'win s':>6s} "
+            f"{'CPU-s/str-min':>13s} {'cores':>5s} {'cap/tick':>8s} {'missed':>6s} "
+            f"{'caplag p50/p99 ms':>17s} {'tick-dly p50/p99 ms':>19s} {'gap p50/p99 ms':>15s} "
+            f"{'origin CPU-s/min':>16s} {'conn/s':>6s} {'conn/job/tick':>13s} {'players':>7s}")
+    print(head)
+    for r in summary["rows"]:
+        live = r["contender"] == "livesnap"
+        print(f"{r['interval_s']:5g} {r['contender']:11s} {cell(r['mode']):10s} "
+              f"{cell(r.get('connect_mode_echoed')) if live else '':10s} {r['window_s']:6.1f} "
+              f"{r['cpu_s_per_stream_min']:13.3f} {r['cores']:5.2f} "
+              f"{cell(r.get('captures_per_job_per_tick'), '.2f') if live else '':>8s} "
+              f"{cell(r.get('missed_ticks')) if live else '':>6s} "
+              f"{pair(r, 'capture_lag_p50_ms', 'capture_lag_p99_ms', 17)} "
+              f"{pair(r, 'tick_delay_p50_ms', 'tick_delay_p99_ms', 19)} "
+              f"{pair(r, 'gap_ms_p50', 'gap_ms_p99', 15)} "
+              f"{r['origin_cpu_s_per_min']:16.3f} "
+              f"{cell(r['origin_connections_per_s'], '.2f'):>6s} "
+              f"{cell(r['origin_connections_per_job_per_tick'], '.2f'):>13s} "
+              f"{cell(r['origin_players_mean'], '.1f'):>7s}")
+    print("\nratios (same interval, same run):")
+    for q in summary["ratios"]:
+        print(f"  I={q['interval_s']:g} s {q['mode']:10s}: ffmpeg_best / livesnap "
+              f"{cell(q['ffmpeg_best_over_livesnap'])}, livesnap / persistent "
+              f"{cell(q['livesnap_over_persistent'])}, origin CPU livesnap / ffmpeg_best "
+              f"{cell(q['origin_cpu_over_ffmpeg_best'])}")
+    print("\n'echo' is the ConnectMode the service reports for the template ('-': ignored). "
+          "tick delay = distance of each capture to the job's nearest estimated tick "
+          "(first capture + k x I), so up to one GOP of error; caplag = the service's "
+          "CaptureLag; conn/s = new RTMP connections to the origin (nginx-rtmp naccepted), "
+          "conn/job/tick = the same per job and tick (~1 per-tick, ~0 persistent); players = "
+          "mean concurrent players.")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's, driven by Playwright as in the console tests
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
@@ -1011,9 +1502,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "for FILE.png also the PNG, drawn by headless Chromium)")
     parser.add_argument("--keep-going", action="store_true",
                         help="measure every N even after saturation")
+    sweep = parser.add_argument_group(
+        "interval sweep", "--intervals runs the sweep instead of the cost comparison: at each "
+        "interval, livesnap with N jobs (--streams, one value; default 20, quick 2) on a custom "
+        "template per ConnectMode, then the best ffmpeg with fps=1/I, one process per job; "
+        "--window is then the shortest window (default 60 s, quick 5 s)")
+    sweep.add_argument("--intervals", nargs="?", const="", metavar="S,S,...",
+                       help="TimeIntervals to sweep, whole seconds 5-3600 (default 5,15,60; "
+                            "with --quick 5,10)")
+    sweep.add_argument("--modes", metavar="MODE,...",
+                       help="ConnectMode values to measure livesnap with, of "
+                            f"{','.join(CONNECT_MODES)} (default persistent,per-tick)")
+    sweep.add_argument("--window-ticks", type=float,
+                       help="a window spans at least this many intervals (default 3, quick 1)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.distinct = args.distinct or (2 if quick else 8)
+    if args.intervals is not None:
+        parse_sweep_args(parser, args)
+    elif args.modes is not None or args.window_ticks is not None:
+        parser.error("--modes and --window-ticks need --intervals")
     args.scale = args.scale or ([2] if quick else [20, 40, 80, 120, 160, 200, 240, 320])
     args.baseline_streams = args.baseline_streams or (2 if quick else 20)
     args.fps_streams = args.fps_streams or (1 if quick else 2)
@@ -1023,6 +1531,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
     return args
+
+
+def parse_sweep_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The sweep's defaults (``--quick``: 2 jobs, 5 and 10 s, one-tick windows) and checks."""
+    quick = args.quick
+    text = args.intervals or ("5,10" if quick else "5,15,60")
+    try:
+        args.intervals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--intervals: whole seconds, comma-separated, not {text!r}")
+    if not args.intervals or any(not 5 <= v <= 3600 for v in args.intervals):
+        parser.error("--intervals: each TimeInterval must be 5-3600 s (the API's range)")
+    args.modes = (args.modes or "persistent,per-tick").split(",")
+    unknown = set(args.modes) - set(CONNECT_MODES)
+    if unknown or len(set(args.modes)) != len(args.modes):
+        parser.error(f"--modes: each of {', '.join(CONNECT_MODES)} at most once")
+    if args.scale and len(args.scale) != 1:
+        parser.error("--intervals takes one --streams N")
+    if args.variant or args.plot or args.only:
+        parser.error("--variant, --plot and --only do not apply to --intervals")
+    args.scale = args.scale or [2 if quick else 20]
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 10.0)
+    args.window = args.window if args.window is not None else (5.0 if quick else 60.0)
+    args.window_ticks = args.window_ticks if args.window_ticks is not None else (
+        1.0 if quick else 3.0)
+    args.origin_idle_window = 1.0 if quick else 10.0
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -1041,6 +1575,13 @@ def main(argv: list[str]) -> int:
             and any("bench" in part for part in p.info["cmdline"][1:2])]
     if busy:
         log(f"warning: other benchmark processes are running: {busy}")
+    if args.intervals is not None:
+        summary = run_sweep(args, log)
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            print_sweep_table(summary)
+        return 0
     summary = run(args, log)
     if args.plot:
         written = plot(summary, args.plot)

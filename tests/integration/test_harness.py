@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import av
 import pytest
+from tests.integration.test_bench_quick import finite_positive, load_bench
 from tests.support.fixtures import ClipFactory, PublisherFactory
 from tests.support.servers import (
     CLIP_SIZES,
@@ -172,3 +173,56 @@ def test_servers_stop_and_leave_nothing_behind(clip_720p: Path) -> None:
         assert pid_alive(pg_pid)
     assert not pid_alive(pg_pid)
     assert not pg_dir.exists()
+
+
+@pytest.mark.timeout(150)
+def test_bench_interval_sweep_quick_mode(capsys) -> None:
+    """bench/streams.py --intervals: one row per (interval, contender, mode), CPU figures, ratios,
+    and the origin's new-connection count (checked against a player opened here)."""
+    bench = load_bench()
+    argv = ["--intervals", "5", "--modes", "persistent,per-tick", "--quick", "--json",
+            "--resolution", "720p", "--distinct", "1", "--streams", "1",
+            "--clip-seconds", "10", "--warmup", "0", "--window", "6.5"]  # fmt: skip
+    # a 6.5 s window: more than the longest gap between two captures at 5 s with a 2 s GOP
+    assert bench.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+
+    assert summary["kind"] == "interval_sweep" and summary["mode"] == "quick"
+    assert summary["intervals_s"] == [5] and summary["streams"] == 1
+    rows = {(r["interval_s"], r["contender"], r["mode"]): r for r in summary["rows"]}
+    assert set(rows) == {(5, "livesnap", "persistent"), (5, "livesnap", "per-tick"),
+                         (5, "ffmpeg_best", None)}
+    # the per-tick job connected again inside the window, the others stayed connected
+    assert rows[(5, "livesnap", "per-tick")]["origin_connections"] >= 1
+    for (interval, contender, mode), row in rows.items():
+        assert finite_positive(row["cpu_s_per_stream_min"]), row
+        assert row["window_s"] >= max(6.5, interval) and row["processes_alive"] >= 1, row
+        assert row["origin_cpu_s_per_min"] >= 0 and row["origin_connections"] is not None, row
+        if contender == "livesnap":
+            assert row["connect_mode_requested"] == mode
+            assert row["connect_mode_echoed"] == mode, row  # the template got the field
+            assert row["captures"] >= 1 and row["missed_ticks"] >= 0, row
+            assert row["captures_per_job_per_tick"] > 0, row
+            assert row["tick_delay_samples"] == row["captures"], row
+            assert 0 <= row["tick_delay_p50_ms"] <= row["tick_delay_p99_ms"], row
+            assert row["capture_lag_p99_ms"] is not None and row["capture_lag_p99_ms"] >= 0, row
+        if contender == "ffmpeg_best" or mode == "persistent":
+            # connected before the window opened: no new connection inside it
+            assert row["origin_connections"] == 0, row
+            assert row["origin_connections_per_job_per_tick"] == 0, row
+    assert {(q["interval_s"], q["mode"]) for q in summary["ratios"]} == {
+        (5, "persistent"), (5, "per-tick")}
+    for q in summary["ratios"]:
+        assert finite_positive(q["ffmpeg_best_over_livesnap"]), q
+        assert finite_positive(q["livesnap_over_persistent"]), q
+    bench.print_sweep_table(summary)
+    table = capsys.readouterr().out
+    assert table.count("ffmpeg_best") >= 1 and "per-tick" in table
+
+    # The connection count itself: a player opened inside a probe is one connection, one play.
+    with bench.live_streams("720p", 1, 10) as streams:
+        with bench.OriginProbe(streams) as probe:
+            with av.open(streams.urls[0], options=LIVE_OPTIONS) as player:
+                next(player.demux(player.streams.video[0]))
+        figures = probe.figures(1.0)
+    assert (figures["connections"], figures["plays"]) == (1, 1), figures
