@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 FAILURE_STAGES = ("decode", "store")
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCRAPE_TIMEOUT_S = 2.0
 
 JobCounts = Mapping[tuple[str, str], int]
@@ -60,6 +61,7 @@ class Metrics:
         self._gauges()
         self._capture()
         self._io()
+        self._api()
 
     def _gauges(self) -> None:
         r = self.registry
@@ -113,7 +115,21 @@ class Metrics:
                                         "Delivered or given-up callback events deleted after "
                                         "the retention.", registry=r)
 
+    def _api(self) -> None:
+        r = self.registry
+        self.api_requests = Counter(
+            "livesnap_api_requests", "API requests answered, by action and by code (OK, or the "
+            "ICE error code; action '-' when the request named no known action).",
+            ["action", "code"], registry=r)
+        self.api_latency = Histogram(
+            "livesnap_api_request_seconds", "Time to answer one API request, by action.",
+            ["action"], buckets=API_BUCKETS, registry=r)
+
     # hooks -----------------------------------------------------------------------------------
+    def api_request(self, action: str, code: str, seconds: float) -> None:
+        self.api_requests.labels(action=action, code=code).inc()
+        self.api_latency.labels(action=action).observe(max(seconds, 0.0))
+
     def snapshot_stored(self, lag_s: float) -> None:
         self.snapshots.inc()
         self.lag.observe(max(lag_s, 0.0))

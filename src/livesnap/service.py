@@ -166,12 +166,16 @@ def rate_limiter(settings: Settings) -> KeyRateLimiter | None:
     return KeyRateLimiter(RateLimit(rate=settings.rate_limit_rps, burst=settings.rate_limit_burst))
 
 
-def api_deps(settings: Settings, manager: JobManager, keys: KeyRing, clock: Clock) -> ApiDeps:
+def api_deps(
+    settings: Settings, manager: JobManager, keys: KeyRing, clock: Clock,
+    metrics: Metrics | None = None,
+) -> ApiDeps:
     return ApiDeps(
         manager=manager, keys=keys, clock=clock, nonces=NonceCache(), host_id=settings.host_id,
         body=BodyLimits(max_bytes=settings.max_request_bytes,
                         read_timeout_s=settings.body_timeout_s),
         limiter=rate_limiter(settings),
+        observe=metrics.api_request if metrics is not None else None,
     )
 
 
@@ -228,7 +232,7 @@ async def build_service(
             metrics=metrics,
         )
     manager.attach_engine(engine)
-    deps = api_deps(settings, manager, keys, clock)
+    deps = api_deps(settings, manager, keys, clock, metrics)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
                           secret=load_or_create_secret(settings.data_dir), now=clock.time,
                           per_tick_min_interval_s=settings.per_tick_min_interval_s)

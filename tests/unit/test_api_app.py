@@ -183,3 +183,36 @@ async def test_arbitrary_parameters_never_give_5xx(client, action, params, post)
     if resp.status_code >= 400:
         after = len(client.store._jobs), len(client.store._templates)  # type: ignore[attr-defined]
         assert after == before
+
+
+async def test_every_answer_is_counted_by_action_and_code():
+    from livesnap.metrics import Metrics
+
+    metrics = Metrics(process=False)
+    manager = JobManager(store=MemoryStore(), clock=SystemClock())
+    manager.attach_engine(NoCapture())
+    await manager.open()
+    app = create_app(ApiDeps(manager=manager, keys=KEYS, clock=SystemClock(),
+                             nonces=NonceCache(), observe=metrics.api_request))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as c:
+        assert (await call(c, "ListLiveSnapshotTemplates")).status_code == 200
+        assert (await call(c, "ListLiveSnapshotTemplates")).status_code == 200
+        assert_error(await call(c, "GetLiveSnapshotJob", {"JobId": "nope"}), 404, "JobNotFound")
+        assert_error(await call(c, "ListLiveSnapshotJobs", key=("testid", "wrong")), 400,
+                     "SignatureDoesNotMatch")
+        assert_error(await call(c, "NoSuchAction"), 404, "InvalidAction.NotFound")
+    await manager.close(1)
+    text = metrics.render()[0].decode()
+
+    def count(action: str, code: str) -> float:
+        line = f'livesnap_api_requests_total{{action="{action}",code="{code}"}} '
+        found = [ln for ln in text.splitlines() if ln.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    assert count("ListLiveSnapshotTemplates", "OK") == 2
+    assert count("GetLiveSnapshotJob", "JobNotFound") == 1
+    # refused before the action is read: no action label, so no unbounded label values
+    assert count("-", "SignatureDoesNotMatch") == 1
+    assert count("-", "InvalidAction.NotFound") == 1
+    assert 'livesnap_api_request_seconds_count{action="ListLiveSnapshotTemplates"} 2.0' in text

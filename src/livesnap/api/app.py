@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,8 @@ class ApiDeps:
     host_id: str = "livesnap"
     body: BodyLimits = field(default_factory=BodyLimits)
     limiter: KeyRateLimiter | None = None  # None: no request-rate quota
+    # told of every answered request: (action or "-", "OK" or the ICE error code, seconds)
+    observe: Callable[[str, str, float], None] | None = None
 
 
 class ApiError(Exception):
@@ -194,7 +197,9 @@ def _check_rate(deps: ApiDeps, caller: Caller) -> None:
     )
 
 
-async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str, Any]:
+async def _handle(
+    deps: ApiDeps, request: Request, request_id: str, seen: dict[str, str]
+) -> dict[str, Any]:
     body = await _read_body(request, deps.body)
     signed = _signed_request(request, body)
     caller = verify(
@@ -203,6 +208,7 @@ async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str,
     _check_rate(deps, caller)
     params = _params(signed)
     action = _action(signed, params)
+    seen["action"] = action
     account = deps.keys.account_for(caller.access_key_id) or ""
     ctx = Context(manager=deps.manager, account=account, now_ms=int(deps.clock.time() * 1000))
     job_id = (params.raw("JobId") or "")[:128]
@@ -213,26 +219,39 @@ async def _handle(deps: ApiDeps, request: Request, request_id: str) -> dict[str,
 
 def rpc_endpoint(deps: ApiDeps) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        request_id = protocol.new_request_id()
-        if request.method not in RPC_METHODS:
-            return _error(deps, request_id, 405, "UnsupportedHTTPMethod",
-                          f"The HTTP method {request.method} is not supported; use GET or POST.")
-        try:
-            result = await _handle(deps, request, request_id)
-        except SignatureError as exc:
-            return _error(deps, request_id, exc.status, exc.code, exc.message)
-        except ApiError as exc:
-            return _error(deps, request_id, exc.status, exc.code, exc.message, exc.headers)
-        except LivesnapError as exc:
-            status, code = protocol.error_for(exc)
-            return _error(deps, request_id, status, code, exc.message)
-        except Exception:
-            logger.exception("internal error", extra={"action": "api", "request_id": request_id})
-            status, code, message = protocol.INTERNAL_ERROR
-            return _error(deps, request_id, status, code, message)
-        return _respond(200, {"RequestId": request_id, **result})
+        started = time.perf_counter()
+        seen = {"action": "-"}  # a known action once the request names one
+        response, code = await _answer(deps, request, seen)
+        if deps.observe is not None:
+            deps.observe(seen["action"], code, time.perf_counter() - started)
+        return response
 
     return endpoint
+
+
+async def _answer(
+    deps: ApiDeps, request: Request, seen: dict[str, str]
+) -> tuple[Response, str]:
+    """The response, and "OK" or the ICE error code it carries."""
+    request_id = protocol.new_request_id()
+    if request.method not in RPC_METHODS:
+        code = "UnsupportedHTTPMethod"
+        return _error(deps, request_id, 405, code, f"The HTTP method {request.method} is not "
+                      "supported; use GET or POST."), code
+    try:
+        result = await _handle(deps, request, request_id, seen)
+    except SignatureError as exc:
+        return _error(deps, request_id, exc.status, exc.code, exc.message), exc.code
+    except ApiError as exc:
+        return _error(deps, request_id, exc.status, exc.code, exc.message, exc.headers), exc.code
+    except LivesnapError as exc:
+        status, code = protocol.error_for(exc)
+        return _error(deps, request_id, status, code, exc.message), code
+    except Exception:
+        logger.exception("internal error", extra={"action": "api", "request_id": request_id})
+        status, code, message = protocol.INTERNAL_ERROR
+        return _error(deps, request_id, status, code, message), code
+    return _respond(200, {"RequestId": request_id, **result}), "OK"
 
 
 def _error(
