@@ -249,6 +249,10 @@ class IceClient:
         return sign_acs3(action, params, self._credentials, host=host, now=self._now(),
                          nonce=self._nonce(), path=path)
 
+    @property
+    def access_key_id(self) -> str:
+        return self._credentials.access_key_id
+
     def call(self, action: str, params: Params = ()) -> dict[str, Any]:
         """Run one action; the response JSON. Raises ``ApiError`` or ``TransportError``."""
         prepared = self.prepare(action, params)

@@ -203,12 +203,15 @@ def test_unknown_job_exits_1(env):
 @pytest.mark.parametrize("scheme", ["acs3", "rpc"])
 def test_bad_secret_exits_1_with_signature_does_not_match(env, scheme):
     line = failed(env, 1, "jobs", "list", "--signature", scheme, "--access-key-secret", "wrong")
-    assert line.startswith("livesnap: SignatureDoesNotMatch: ")
+    assert line == ("livesnap: SignatureDoesNotMatch: the server refused the request's signature: "
+                    "check the secret for key testid (LIVESNAP_ACCESS_KEY_SECRET, "
+                    "--access-key-secret or the profile)")
 
 
 def test_unknown_key_exits_1(env):
     line = failed(env, 1, "jobs", "list", "--access-key-id", "nobody")
-    assert line.startswith("livesnap: InvalidAccessKeyId.NotFound: ")
+    assert line.startswith("livesnap: InvalidAccessKeyId.NotFound: the server knows no access "
+                           "key nobody: check the key id")
 
 
 def test_server_down_exits_3(env):

@@ -175,13 +175,27 @@ def run(action: Callable[[Cli], None], flags: ConnectionFlags, *, as_json: bool)
             action(cli)
         except ApiError as exc:
             exit_code = ExitCode.SERVER if exc.server_side else ExitCode.API_ERROR
-            raise fail(exc.code, exc.message, exit_code) from exc
+            message = _what_to_check(exc.code, client.access_key_id) or exc.message
+            raise fail(exc.code, message, exit_code) from exc
         except TransportError as exc:
             raise fail("ConnectionFailed", exc.message, ExitCode.SERVER) from exc
         except ClientError as exc:
             raise fail("ClientError", exc.message, ExitCode.SERVER) from exc
         except CommandError as exc:
             raise fail(exc.code, exc.message, exc.exit_code) from exc
+
+
+def _what_to_check(code: str, key_id: str) -> str:
+    """For the errors a user fixes on their side, what to check (instead of the server's
+    text, which for a bad signature is the whole string it signed)."""
+    where = "LIVESNAP_ACCESS_KEY_SECRET, --access-key-secret or the profile"
+    if code in ("SignatureDoesNotMatch", "IncompleteSignature"):
+        return f"the server refused the request's signature: check the secret for key " \
+               f"{key_id} ({where})"
+    if code == "InvalidAccessKeyId.NotFound":
+        return f"the server knows no access key {key_id}: check the key id " \
+               "(LIVESNAP_ACCESS_KEY_ID, --access-key-id or the profile)"
+    return ""
 
 
 # --------------------------------------------------------------------------- values
