@@ -1142,7 +1142,8 @@ def run_sweep(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
                     streams, n, warmup=args.warmup, window=window, workdir=workdir, env=env,
                     idle_window=0.3 if args.quick else 3.0, settle=0.5 if args.quick else 2.5,
                     variant=f"{interval:g}s/{mode}", interval=interval,
-                    template={"ConnectMode": mode}, sample_players_s=1.0)
+                    template={"ConnectMode": mode}, sample_players_s=1.0,
+                    callbacks=args.sweep_callbacks)
                 rows.append(SweepRow(interval, mode, found))
                 log("  " + sweep_line(rows[-1]))
             if "ffmpeg_discard" not in skipped:
@@ -1513,6 +1514,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sweep.add_argument("--modes", metavar="MODE,...",
                        help="ConnectMode values to measure livesnap with, of "
                             f"{','.join(CONNECT_MODES)} (default persistent,per-tick)")
+    sweep.add_argument("--no-callbacks", dest="sweep_callbacks", action="store_false",
+                       help="livesnap's jobs get no CallbackUrl (default: callbacks to a "
+                            "receiver in this process, as in the cost comparison)")
     sweep.add_argument("--window-ticks", type=float,
                        help="a window spans at least this many intervals (default 3, quick 1)")
     args = parser.parse_args(argv)
