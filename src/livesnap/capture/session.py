@@ -208,19 +208,13 @@ class Session:
             was_live, reason = await self._one_connection()
             if self._stopping.is_set():
                 break
-            if self._probe and not self.first_live.done():
-                # A probing start fails at once instead of retrying: the caller gets
-                # StreamNotFound and nothing keeps running.
-                self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
+            if self._probe_failed(reason):
                 return
             if was_live:
                 attempt, outage_since = 0, self._clock.monotonic()
                 self.schedule.reset_gaps()
             outage_since = outage_since or self._clock.monotonic()
-            if self._clock.monotonic() - outage_since >= self._opts.outage_window_s:
-                await self._reports.stream_gone(
-                    self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}"
-                )
+            if await self._outage_over(outage_since, reason):
                 return
             await self._set_stream(StreamStatus.RECONNECTING, error=reason)
             self._metrics.reconnect()
@@ -258,8 +252,7 @@ class Session:
             captured, reason = await self._tick_window(end_ms, asked=asked)
             if self._stopping.is_set():
                 break
-            if self._probe and not self.first_live.done():
-                self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
+            if self._probe_failed(reason):
                 return
             if captured:
                 last_good = self._clock.monotonic()
@@ -270,13 +263,27 @@ class Session:
                 self.schedule.reset_gaps()
                 for verdict in self.schedule.take_missed():
                     await self._on_tick_missed(TickMissed(verdict=verdict))
-            if self._clock.monotonic() - last_good >= self._opts.outage_window_s:
-                await self._reports.stream_gone(
-                    self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}"
-                )
+            if await self._outage_over(last_good, reason):
                 return
         if not self.first_live.done():
             self.first_live.cancel()
+
+    def _probe_failed(self, reason: str) -> bool:
+        """A probing start whose stream is not live fails at once instead of retrying: the
+        caller gets StreamNotFound and nothing keeps running."""
+        if not self._probe or self.first_live.done():
+            return False
+        self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
+        return True
+
+    async def _outage_over(self, since: float, reason: str) -> bool:
+        """The stream has been away for the whole outage window since ``since`` (monotonic):
+        the job is paused."""
+        if self._clock.monotonic() - since < self._opts.outage_window_s:
+            return False
+        await self._reports.stream_gone(
+            self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}")
+        return True
 
     async def _sleep_until(self, wake_ms: int) -> bool:
         """Sleep until ``wake_ms`` (wall clock), a stop, or a capture-now request (True)."""
@@ -316,6 +323,10 @@ class Session:
             if not was_live:
                 await self._set_stream(StreamStatus.RECONNECTING, error=reason)
                 self._metrics.reconnect()
+            else:  # live, but no keyframe it could keep: LastError says so until a capture
+                await self._report(self._reports.stream_changed(
+                    self.job.id, StreamStatus.LIVE, error=reason), "stream_changed")
+                self._stream_written = None  # the next connect writes live again, clearing it
             remaining_s = (end_ms - self._now_ms()) / 1000
             if remaining_s < PER_TICK_MIN_ATTEMPT_S:
                 break
