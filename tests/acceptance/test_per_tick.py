@@ -209,3 +209,41 @@ def test_connect_mode_is_validated_and_kept_by_an_update_that_omits_it(tmp_path)
         listed = client.list_live_snapshot_templates(
             m.ListLiveSnapshotTemplatesRequest(type="custom")).body.template_list
         assert [t.template_id for t in listed] == [template_id]
+
+
+def test_a_per_tick_job_pauses_once_the_outage_window_passes_without_a_capture(
+    tmp_path, rtmp_origin, publisher_factory, make_test_clip
+):
+    publisher = publisher_factory(make_test_clip("360p"))
+    env = {**FAST, "LIVESNAP_OUTAGE_WINDOW_S": "8"}
+    with LivesnapServer(tmp_path / "data", env=env) as server:
+        client = ice_client(server.endpoint)
+        job_id = submit(server, create_template(server, ConnectMode="per-tick"), publisher.url)
+        wait_until(lambda: capture_times(client, job_id), 30, "a first capture")
+        publisher.stop()
+        job = wait_until(lambda: (j := raw_job(server, job_id))["Status"] == "paused" and j,
+                         8 + 3 * INTERVAL_S, "paused after the outage window")
+        assert job["StatusReason"].startswith("stream offline for 8 s: "), job
+        assert job["StreamStatus"] == "offline"
+
+
+def test_a_per_tick_window_with_only_black_keyframes_is_a_missed_tick_with_its_reason(
+    tmp_path, rtmp_origin, publisher_factory, make_test_clip
+):
+    # 12 s of black then 5 s of picture, looped: some 5 s tick's window sees black keyframes only
+    publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=17))
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        client = ice_client(server.endpoint)
+        job_id = submit(server, create_template(server, ConnectMode="per-tick"), publisher.url)
+        wait_until(lambda: get_job(client, job_id).status == "started", 30, "started")
+        errors: set[str] = set()
+
+        def black_tick_then_picture() -> bool:
+            errors.add(raw_job(server, job_id)["LastError"])
+            return any("no usable keyframe in a tick (black)" in e for e in errors) and bool(
+                capture_times(client, job_id))
+
+        wait_until(black_tick_then_picture, 3 * 17 + 30,
+                   "a tick missed for black keyframes, and a capture")
+        job = raw_job(server, job_id)
+        assert job["Status"] == "started" and job["ConnectMode"] == "per-tick"

@@ -236,7 +236,6 @@ class Session:
     async def _run_per_tick(self) -> None:
         """Connect for each tick, keep its keyframe, disconnect (see the module's docstring)."""
         await self._set_stream(StreamStatus.CONNECTING)
-        interval_ms = self.job.interval_s * 1000
         last_good = self._clock.monotonic()  # the outage window counts from the last capture
         while not self._stopping.is_set():
             tick_ms = self.schedule.next_tick_ms
@@ -245,10 +244,7 @@ class Session:
             asked = await self._sleep_until(wake_ms)
             if self._stopping.is_set():
                 break
-            if asked:  # capture now: until it is served, or its timeout
-                end_ms = self._now_ms() + round(self._opts.capture_timeout_s * 1000)
-            else:  # the tick's window ends where the next tick's connect begins
-                end_ms = tick_ms + interval_ms - round(lead_s * 1000)
+            end_ms = self._window_end_ms(tick_ms, lead_s, asked=asked)
             captured, reason = await self._tick_window(end_ms, asked=asked)
             if self._stopping.is_set():
                 break
@@ -267,6 +263,19 @@ class Session:
                 return
         if not self.first_live.done():
             self.first_live.cancel()
+
+    def _window_end_ms(self, tick_ms: int, lead_s: float, *, asked: bool) -> int:
+        """When a per-tick connection gives up. A capture now: after its timeout. A tick: where
+        the next tick's connect begins, but never sooner than one interval (at most the
+        capture timeout) after connecting, so that an origin that sends nothing until its next
+        keyframe has a whole GOP to send it; a probing start gets the whole probe time."""
+        now_ms = self._now_ms()
+        timeout_ms = round(self._opts.capture_timeout_s * 1000)
+        if asked or (self._probe and not self.first_live.done()):
+            return now_ms + timeout_ms
+        interval_ms = self.job.interval_s * 1000
+        return max(tick_ms + interval_ms - round(lead_s * 1000),
+                   now_ms + min(interval_ms, timeout_ms))
 
     def _probe_failed(self, reason: str) -> bool:
         """A probing start whose stream is not live fails at once instead of retrying: the
