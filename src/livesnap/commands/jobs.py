@@ -135,10 +135,10 @@ def _warn_unless_live(cli: Cli, job_id: str) -> None:
                         step_s=0.3):
         return
     if latest.get("Status") == "init":
-        why = latest.get("LastError") or latest.get("StatusReason") or "no video"
-        typer.echo(f"livesnap: warning: the stream is not live ({why}); job {job_id} stays "
-                   f"init: check the URL and the publisher, then 'livesnap jobs start {job_id}'",
-                   err=True)
+        why = str(latest.get("LastError") or latest.get("StatusReason") or "no video")
+        typer.echo(f"livesnap: warning: the stream is not live: {why.rstrip('.')}; job {job_id} "
+                   f"stays init: check the URL and the publisher, then 'livesnap jobs start "
+                   f"{job_id}'", err=True)
 
 
 def _wait_started(cli: Cli, job_id: str, timeout_s: float) -> dict[str, Any]:
