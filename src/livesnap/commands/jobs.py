@@ -129,13 +129,15 @@ def _warn_unless_live(cli: Cli, job_id: str) -> None:
 
     def probed() -> bool:
         latest.update(cli.call("GetLiveSnapshotJob", [("JobId", job_id)]))
-        return latest.get("Status") != "init" or latest.get("StreamStatus") == "offline"
+        # a failed probe leaves the job init with its reason in LastError (a fresh job is
+        # init and offline too, before its probe has begun)
+        return latest.get("Status") != "init" or bool(latest.get("LastError"))
 
     if not cli.wait_for(f"Probing the stream of job {job_id}", probed, timeout_s=PROBE_WATCH_S,
                         step_s=0.3):
         return
     if latest.get("Status") == "init":
-        why = str(latest.get("LastError") or latest.get("StatusReason") or "no video")
+        why = str(latest.get("LastError"))
         typer.echo(f"livesnap: warning: the stream is not live: {why.rstrip('.')}; job {job_id} "
                    f"stays init: check the URL and the publisher, then 'livesnap jobs start "
                    f"{job_id}'", err=True)
