@@ -271,16 +271,21 @@ class Session:
         keyframe has a whole GOP to send it; a probing start gets the whole probe time."""
         now_ms = self._now_ms()
         timeout_ms = round(self._opts.capture_timeout_s * 1000)
-        if asked or (self._probe and not self.first_live.done()):
+        if asked or self._probing:
             return now_ms + timeout_ms
         interval_ms = self.job.interval_s * 1000
         return max(tick_ms + interval_ms - round(lead_s * 1000),
                    now_ms + min(interval_ms, timeout_ms))
 
+    @property
+    def _probing(self) -> bool:
+        """A start by submit or command that has not seen its stream live yet."""
+        return self._probe and not self.first_live.done()
+
     def _probe_failed(self, reason: str) -> bool:
         """A probing start whose stream is not live fails at once instead of retrying: the
         caller gets StreamNotFound and nothing keeps running."""
-        if not self._probe or self.first_live.done():
+        if not self._probing:
             return False
         self.first_live.set_exception(StreamNotFound(f"No such stream ({reason})."))
         return True
@@ -327,7 +332,7 @@ class Session:
                 until_ms=end_ms, one_capture=True, capture_now=asked)
             if self._captured_here or self._stopping.is_set():
                 return self._captured_here, reason
-            if self._probe and not self.first_live.done():
+            if self._probing:
                 return False, reason  # a probing start fails at once
             if not was_live:
                 await self._set_stream(StreamStatus.RECONNECTING, error=reason)
@@ -454,10 +459,10 @@ class Session:
             event = await self._next_event()
             if isinstance(event, _StopRequested):
                 if self._one_capture or not was_live:  # the reader ends by itself
-                    return was_live, self._why_ended(Disconnected("stopped", was_live), restart)
+                    return was_live, self._why_ended("stopped", restart)
                 continue  # live: it lets go at its next packet, with Disconnected
             if isinstance(event, Disconnected):
-                return was_live or event.was_live, self._why_ended(event, restart)
+                return was_live or event.was_live, self._why_ended(event.reason, restart)
             if isinstance(event, Connected):
                 was_live = True
                 await self._on_connected(event)
@@ -481,14 +486,15 @@ class Session:
             elif isinstance(event, TickMissed):
                 await self._on_tick_missed(event)
 
-    def _why_ended(self, event: Disconnected, restart: str) -> str:
-        if event.reason != "stopped":
-            return event.reason
+    def _why_ended(self, reader_reason: str, restart: str) -> str:
+        """Why the connection ended: the reader's reason, unless the session stopped it."""
+        if reader_reason != "stopped":
+            return reader_reason
         if restart:
             return restart
         if self._window_ended:
             return "no keyframe before the tick's window ended"
-        return event.reason
+        return reader_reason
 
     async def _next_event(self) -> ReaderEvent | _StopRequested:
         """The reader's next event; while none comes, watch the keyframes of a live stream."""

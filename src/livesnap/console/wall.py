@@ -237,20 +237,16 @@ class WallViews:
         return attempts
 
 
-def connect_text(job: Job, *, per_tick_min_interval_s: float) -> str:
-    """The job's ``ConnectMode``, and what ``auto`` means for it on this node."""
-    mode = connect.resolve(job.connect_mode, interval_s=job.interval_s,
-                           per_tick_min_interval_s=per_tick_min_interval_s)
+def connect_text(job: Job, mode: ConnectMode) -> str:
+    """The job's ``ConnectMode``, and what ``auto`` means for it on this node (``mode``)."""
     if job.connect_mode is ConnectMode.AUTO:
         return f"auto ({mode.value})"
     return mode.value
 
 
-def next_capture_text(job: Job, *, per_tick_min_interval_s: float) -> str:
+def next_capture_text(job: Job, mode: ConnectMode) -> str:
     """When a started per-tick job connects next: one interval after its last capture
     (its ticks keep to the interval; the capture lands on the first keyframe after one)."""
-    mode = connect.resolve(job.connect_mode, interval_s=job.interval_s,
-                           per_tick_min_interval_s=per_tick_min_interval_s)
     if (mode is not ConnectMode.PER_TICK or job.status is not JobStatus.STARTED
             or job.last_snapshot_ms is None):
         return "—"
@@ -260,6 +256,8 @@ def next_capture_text(job: Job, *, per_tick_min_interval_s: float) -> str:
 def job_details(job: Job, *, per_tick_min_interval_s: float) -> list[tuple[str, str]]:
     """Every field of the job, under its API name."""
     effective = job.effective_interval_ms
+    mode = connect.resolve(job.connect_mode, interval_s=job.interval_s,
+                           per_tick_min_interval_s=per_tick_min_interval_s)
     return [
         ("JobId", job.id),
         ("JobName", job.name),
@@ -271,8 +269,8 @@ def job_details(job: Job, *, per_tick_min_interval_s: float) -> list[tuple[str, 
         ("LastSnapshotTime", present.utc_text(job.last_snapshot_ms) or "—"),
         ("TimeInterval", f"{job.interval_s} s"),
         ("EffectiveInterval", f"{effective / 1000:g} s" if effective else "—"),
-        ("ConnectMode", connect_text(job, per_tick_min_interval_s=per_tick_min_interval_s)),
-        ("NextCapture", next_capture_text(job, per_tick_min_interval_s=per_tick_min_interval_s)),
+        ("ConnectMode", connect_text(job, mode)),
+        ("NextCapture", next_capture_text(job, mode)),
         ("TemplateId", job.template_id),
         ("TemplateName", job.template_name),
         ("StreamInput.Type", job.stream_type),
