@@ -86,6 +86,7 @@ class Recorder:
         self.tls = tls
         self.requests: list[Request] = []
         self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -99,9 +100,15 @@ class Recorder:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        # wait_closed does not close the connections a handler still holds (the client's
+        # pooled keep-alive one): left to the garbage collector, their transports warned
+        # "unclosed transport" during whatever test ran next on this worker
+        for writer in list(self._writers):
+            writer.close()
         await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             connect = (await reader.readline()).decode().strip()
             await _read_headers(reader)
@@ -113,6 +120,7 @@ class Recorder:
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client hung up: nothing to record
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _one_request(self, connect: str, reader, writer) -> bool:
