@@ -216,7 +216,7 @@ class _Outbox(Protocol):
 
     async def record_attempt(
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
-    ) -> None: ...
+    ) -> list[str]: ...
 
     async def prune_events(self, before_ms: int, limit: int) -> int: ...
 
@@ -233,13 +233,14 @@ class MeteredOutbox:
 
     async def record_attempt(
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
-    ) -> None:
-        await self._outbox.record_attempt(
+    ) -> list[str]:
+        pending = await self._outbox.record_attempt(
             attempt, delivered=delivered, failed=failed, next_attempt_ms=next_attempt_ms
         )
         status = attempt.status_code
         self._metrics.callback(attempt.latency_ms / 1000, status is not None and
                                200 <= status < 300)
+        return pending
 
     async def prune_events(self, before_ms: int, limit: int) -> int:
         deleted = await self._outbox.prune_events(before_ms, limit)

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 
@@ -23,6 +22,7 @@ from livesnap.api.app import ApiDeps, BodyLimits, create_app
 from livesnap.api.ratelimit import KeyRateLimiter, RateLimit
 from livesnap.api.signature import NonceCache
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.http11 import CallbackClient
 from livesnap.callbacks.keys import CallbackKeys
 from livesnap.callbacks.policy import DeliveryPolicy
 from livesnap.capture.session import SessionOptions
@@ -239,15 +239,15 @@ async def build_service(
     ops = ops_routes(metrics, ops_probes(store, manager, router))
     app = create_app(deps, extra_routes=[*console_routes(console), *ops])
     # one dispatcher per outbox: a capture process delivers the callbacks itself, and events
-    # written here (a stop, a delete) wake it
+    # written here (a stop, a delete) wake it; in one process they are handed over in memory
     process = engine if isinstance(engine, CaptureProcess) else None
     dispatcher: CallbackDispatcher | None = None
-    client: httpx.AsyncClient | None = None
+    client: CallbackClient | None = None
     if process is not None:
-        manager.on_events_written(process.notify)
+        manager.on_events_written(lambda _events: process.notify())
     else:
         dispatcher, client = callback_dispatcher(settings, store, metrics, clock)
-        manager.on_events_written(dispatcher.notify)
+        manager.on_events_written(dispatcher.offer)
     try:
         if process is not None:
             await process.open()
@@ -270,7 +270,7 @@ async def build_service(
 
 def callback_dispatcher(
     settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock
-) -> tuple[CallbackDispatcher, httpx.AsyncClient]:
+) -> tuple[CallbackDispatcher, CallbackClient]:
     """The outbox's dispatcher (not started) and the HTTP client it posts with."""
     delivery = callback_policy(settings)
     callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())

@@ -122,7 +122,7 @@ class ShardHost:
         if self._callbacks:
             self._dispatcher, client = callback_dispatcher(
                 settings, base, self._metrics or Metrics(process=False), clock)
-            manager.on_events_written(self._dispatcher.notify)
+            manager.on_events_written(self._dispatcher.offer)
             self._dispatcher.start()
         runtime = ShardRuntime(
             name=self.name, shards=self.shards, epoch=epoch, store=base, engine=supervisor,

@@ -40,7 +40,7 @@ from livesnap.jobs.models import (
     TemplateType,
     Verdict,
 )
-from livesnap.jobs.ports import Store
+from livesnap.jobs.ports import PENDING_LIMIT, Store
 from livesnap.store import MemoryStore, SqlStore, open_sql_store
 from livesnap.store.sql import SQLITE_THREAD_NAME
 
@@ -614,6 +614,24 @@ async def test_record_attempt_of_an_unknown_event_is_a_store_error(store: Store)
         )
 
 
+async def test_record_attempt_names_what_the_job_still_has_to_deliver(store: Store) -> None:
+    mine = [event("j1", T0 + n) for n in range(4)]
+    await store.create_job(job("j1"), mine)
+    await store.create_job(job("j2"), [event("j2", T0)])
+
+    async def record(ev: OutboxEvent, *, delivered: bool, failed: bool = False) -> list[str]:
+        return await store.record_attempt(attempt(ev, T0 + 50), delivered=delivered,
+                                          failed=failed, next_attempt_ms=T0 + 60)
+
+    left = ids(mine)
+    assert await record(mine[0], delivered=True) == left[1:]  # another job's are not counted
+    assert await record(mine[1], delivered=False, failed=True) == left[2:]  # given up
+    assert await record(mine[2], delivered=False) == left[2:]  # to retry: still pending
+    many = [event("j3", T0 + n) for n in range(PENDING_LIMIT + 5)]
+    await store.create_job(job("j3"), many)
+    assert await record(many[0], delivered=True) == [e.id for e in many[1:PENDING_LIMIT + 2]]
+
+
 async def test_concurrent_attempts_are_each_recorded_and_fail_alone(store: Store) -> None:
     events = [event("j1", T0 + n) for n in range(30)]
     await store.create_job(job("j1"), events)
@@ -626,7 +644,9 @@ async def test_concurrent_attempts_are_each_recorded_and_fail_alone(store: Store
                                           failed=False, next_attempt_ms=0))  # unknown event
     results = await asyncio.gather(*writes, return_exceptions=True)
     assert isinstance(results.pop(7), StoreError)
-    assert results == [None] * 30
+    # the last write is in the last group: it sees every other write done
+    still = [ev.id for n, ev in enumerate(events) if n % 2 and n % 5]
+    assert results[-1] == still
     stored = {e.id: e for e in await store.get_events("j1", failed_only=False)}
     for n, ev in enumerate(events):
         got = stored[ev.id]

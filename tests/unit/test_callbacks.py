@@ -26,6 +26,7 @@ from livesnap.api.handlers import ACTIONS, Context
 from livesnap.api.params import Params
 from livesnap.callbacks import payload, signing
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.http11 import CallbackClient, HttpxPoster
 from livesnap.callbacks.keys import CallbackKeys
 from livesnap.callbacks.policy import DeliveryPolicy, decide
 from livesnap.clock import ManualClock
@@ -323,7 +324,7 @@ POLICY = DeliveryPolicy(
 
 
 def dispatcher(store, receiver, clock, *, policy=POLICY, resolver=None, keys=None):
-    client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
+    client = HttpxPoster(httpx.AsyncClient(transport=httpx.MockTransport(receiver)))
     return CallbackDispatcher(
         store=store, client=client, clock=clock, policy=policy, rand=lambda: 0.0,
         keys=keys or CallbackKeys({"acct": KEY}), resolver=resolver or FakeResolver(),
@@ -524,7 +525,7 @@ async def test_replay_requeues_failed_events_through_the_api():
                             min_attempts=1, blocked_networks=BLOCKED)
     receiver = Receiver(500)
     d = dispatcher(store, receiver, clock, policy=policy)
-    manager.on_events_written(d.notify)
+    manager.on_events_written(d.offer)
     await d.dispatch_once()
     assert (await event_state(store, job.id))[event.id].failed
     ctx = Context(manager=manager, account="acct", now_ms=int(clock.time() * 1000))
@@ -546,24 +547,25 @@ async def test_replay_requeues_failed_events_through_the_api():
         await manager.delivery_log("someone-else", job.id, 10)
 
 
-async def test_the_manager_wakes_the_dispatcher_when_it_writes_events():
+async def test_the_manager_hands_over_the_events_it_writes():
     store, clock = MemoryStore(), ManualClock(T0 / 1000)
     manager = JobManager(store=store, clock=clock)
-    woken = []
-    manager.on_events_written(lambda: woken.append(1))
+    woken: list[list[OutboxEvent]] = []
+    manager.on_events_written(lambda events: woken.append(list(events)))
     job = make_job()
     await store.create_job(job)
     report = CaptureReport(job_id=job.id, create_ms=T0, sequence=1, sequence_key="k/1.jpg",
                            overwrite_key=None, width=1, height=1, size=1, stream_time_ms=None,
                            lag_ms=None)
     await manager.snapshot_stored(job, report)
-    assert woken == [1]
     await manager.stream_changed(job.id, StreamStatus.RECONNECTING, error="eof")
-    assert woken == [1, 1]
-    types = [e.type for e in await store.pending_events(job.id)]
-    assert types == [EventType.CAPTURED, EventType.STATUS_CHANGED]
+    pending = await store.pending_events(job.id)
+    assert [e.type for e in pending] == [EventType.CAPTURED, EventType.STATUS_CHANGED]
+    assert woken == [[pending[0]], [pending[1]]]  # each write's events, as committed
     await manager.snapshot_stored(job.evolve(callback_url=None), replace(report, create_ms=T0 + 5))
-    assert woken == [1, 1]  # no callback URL, no event, no wake-up
+    assert len(woken) == 2  # no callback URL, no event, nothing handed over
+    await manager.replay_failed("acct", job.id)
+    assert len(woken) == 2  # nothing failed, nothing requeued
 
 
 # lifecycle ---------------------------------------------------------------------------------
@@ -671,18 +673,12 @@ async def test_a_delivery_that_ends_during_a_poll_is_not_sent_again_from_its_sta
     assert len(await store.delivery_log(job.id, 10)) == 1
 
 
-def test_the_production_client_reuses_only_http_connections_and_no_redirects_or_proxy():
+def test_the_production_client_takes_the_policys_timeouts_and_keeps_a_slot_per_delivery():
     policy = DeliveryPolicy(connect_timeout_s=2, read_timeout_s=5, concurrency=7)
     client = callback_client(policy)
-    assert client.follow_redirects is False and client.trust_env is False
-    assert client.timeout == httpx.Timeout(connect=2, read=5, write=5, pool=2)
-
-    def pool(url: str):  # private, but the only way to see the limits
-        return client._transport_for_url(httpx.URL(url))._pool
-
-    assert pool("http://203.0.113.7:8080/cb")._max_keepalive_connections == 7
-    assert pool("https://203.0.113.7/cb")._max_keepalive_connections == 0  # TLS names
-    assert pool("http://203.0.113.7/cb")._keepalive_expiry == 2.0
+    assert isinstance(client, CallbackClient)
+    assert (client.connect_timeout_s, client.read_timeout_s) == (2, 5)
+    assert (client.max_idle, client.idle_expiry_s) == (7, 2.0)
 
 
 class KeepAliveReceiver:
@@ -831,3 +827,123 @@ async def test_a_retention_of_zero_keeps_every_event(store):
     await poll(d)
     assert len(await store.get_events(job.id, failed_only=False)) == 1
     await d.close(1)
+
+
+# delivery from memory ----------------------------------------------------------------------
+def count_polls(store) -> list[int]:
+    """Count ``due_heads`` calls on ``store`` (the dispatcher's poll)."""
+    polls: list[int] = []
+    real = store.due_heads
+
+    async def due_heads(now_ms, limit):
+        polls.append(now_ms)
+        return await real(now_ms, limit)
+
+    store.due_heads = due_heads
+    return polls
+
+
+async def write_and_offer(store, d: CallbackDispatcher, job: Job, n: int) -> OutboxEvent:
+    """What the manager does: commit the event with its file, then hand it over."""
+    event = captured(job, n)
+    assert await store.record_snapshot(make_file(job, event.created_ms - 50), [event])
+    d.offer([event])
+    return event
+
+
+async def test_a_known_jobs_offered_events_go_out_without_a_poll(store):
+    clock, receiver = ManualClock(T0 / 1000 + 60), Receiver()
+    d = dispatcher(store, receiver, clock,
+                   policy=DeliveryPolicy(poll_interval_s=30, blocked_networks=BLOCKED))
+    job = make_job()
+    await store.create_job(job)
+    polls = count_polls(store)
+    d.start()
+    await until(lambda: polls)  # the first round, at start
+    first = await write_and_offer(store, d, job, 1)  # not known yet: the poll delivers it
+    await until(lambda: receiver.requests)
+    await until(lambda: job.id in d._known)  # its attempt showed nothing else pending
+    rounds = len(polls)
+    later = [await write_and_offer(store, d, job, n) for n in (2, 3, 4)]
+    await until(lambda: len(receiver.requests) == 4)
+    await d.close(1)
+    assert len(polls) == rounds  # from memory: no poll since
+    assert receiver.event_ids() == [e.id for e in (first, *later)]
+    state = await event_state(store, job.id)
+    assert all(e.delivered_ms is not None for e in state.values())
+
+
+async def test_a_job_waiting_for_a_retry_keeps_its_order_through_the_poll(store):
+    clock, receiver = ManualClock(T0 / 1000 + 60), Receiver(200, 500)
+    policy = DeliveryPolicy(poll_interval_s=0.02, backoff=Backoff(base_s=10, cap_s=10, jitter=0),
+                            blocked_networks=BLOCKED)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    job = make_job()
+    await store.create_job(job)
+    d.start()
+    first = await write_and_offer(store, d, job, 1)
+    await until(lambda: job.id in d._known)
+    failing = await write_and_offer(store, d, job, 2)  # from memory; answered 500
+    await until(lambda: len(receiver.requests) == 2)
+    await until(lambda: job.id not in d._known)  # its event waits for a retry
+    after = await write_and_offer(store, d, job, 3)  # may not overtake the retry
+    await asyncio.sleep(0.2)
+    assert receiver.event_ids() == [first.id, failing.id]
+    clock.advance(10)
+    await until(lambda: len(receiver.requests) == 4)
+    await d.close(1)
+    assert receiver.event_ids() == [first.id, failing.id, failing.id, after.id]
+
+
+async def test_notify_forgets_what_memory_knew(store):
+    clock, receiver = ManualClock(T0 / 1000 + 60), Receiver()
+    d = dispatcher(store, receiver, clock,
+                   policy=DeliveryPolicy(poll_interval_s=30, blocked_networks=BLOCKED))
+    job = make_job()
+    await store.create_job(job)
+    polls = count_polls(store)
+    d.start()
+    await write_and_offer(store, d, job, 1)
+    await until(lambda: job.id in d._known)
+    # another process wrote an event for the job: this one knows it only from the outbox
+    foreign = captured(job, 2)
+    assert await store.record_snapshot(make_file(job, foreign.created_ms - 50), [foreign])
+    rounds = len(polls)
+    d.notify()
+    assert job.id not in d._known
+    mine = await write_and_offer(store, d, job, 3)  # left to the poll, after the foreign one
+    await until(lambda: len(receiver.requests) == 3)
+    await d.close(1)
+    assert len(polls) > rounds
+    assert receiver.event_ids()[1:] == [foreign.id, mine.id]
+
+
+async def test_offers_beyond_the_concurrency_wait_for_a_slot_in_order():
+    clock, store, receiver = ManualClock(T0 / 1000 + 60), MemoryStore(), Receiver()
+    d = dispatcher(store, receiver, clock, policy=DeliveryPolicy(
+        poll_interval_s=30, concurrency=1, blocked_networks=BLOCKED))
+    jobs = [make_job(f"job-{n}") for n in range(3)]
+    d.start()
+    for job in jobs:
+        await store.create_job(job)
+        await write_and_offer(store, d, job, 0)
+    await until(lambda: all(j.id in d._known for j in jobs) and not d._inflight, 5)
+    sent = [await write_and_offer(store, d, job, n) for n in (1, 2) for job in jobs]
+    await until(lambda: len(receiver.requests) == 9)
+    await d.close(1)
+    delivered = receiver.event_ids()[3:]
+    assert sorted(delivered) == sorted(e.id for e in sent)
+    for job in jobs:  # each job's in the order written
+        assert [i for i in delivered if i.startswith(job.id)] == [f"{job.id}-ev1", f"{job.id}-ev2"]
+
+
+async def test_an_offer_to_a_dispatcher_that_is_not_running_waits_for_the_poll():
+    clock, store, receiver = ManualClock(T0 / 1000 + 60), MemoryStore(), Receiver()
+    d = dispatcher(store, receiver, clock)
+    job = make_job()
+    await store.create_job(job)
+    event = await write_and_offer(store, d, job, 1)
+    await asyncio.sleep(0.05)
+    assert receiver.requests == [] and d._wake.is_set()
+    assert await d.dispatch_once() == 1
+    assert receiver.event_ids() == [event.id]

@@ -85,8 +85,9 @@ class FakeOutbox:
     async def due_heads(self, now_ms: int, limit: int) -> list:
         return []
 
-    async def record_attempt(self, attempt, *, delivered, failed, next_attempt_ms) -> None:
+    async def record_attempt(self, attempt, *, delivered, failed, next_attempt_ms) -> list[str]:
         self.recorded.append(attempt)
+        return [] if delivered else [attempt.event_id]
 
 
 async def test_metered_outbox_observes_each_recorded_attempt():
@@ -96,7 +97,8 @@ async def test_metered_outbox_observes_each_recorded_attempt():
     for status in (200, 500, None):
         attempt = DeliveryAttempt(event_id="e", job_id="j", at_ms=1, status_code=status,
                                   latency_ms=250, error="")
-        await outbox.record_attempt(attempt, delivered=False, failed=False, next_attempt_ms=2)
+        assert await outbox.record_attempt(attempt, delivered=False, failed=False,
+                                           next_attempt_ms=2) == [attempt.event_id]
     assert value(m, "livesnap_callback_seconds_count") == 3
     assert value(m, "livesnap_callback_failures_total") == 2
     assert len(inner.recorded) == 3 and await outbox.due_heads(0, 1) == []

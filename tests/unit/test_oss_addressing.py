@@ -10,7 +10,6 @@ from the recorded request with the configured secret.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import hmac
 import re
@@ -18,10 +17,7 @@ import ssl
 from dataclasses import dataclass, field
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.tls import make_certificates
 
 from livesnap.config import StorageCredential
 from livesnap.outputs.base import ObjectMeta
@@ -42,41 +38,6 @@ class Request:
     target: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_certificates(hosts: list[str]) -> tuple[bytes, bytes, bytes]:
-    """A throw-away CA and a server certificate for ``hosts``: (ca, cert, key) as PEM."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    key = ec.generate_private_key(ec.SECP256R1())
-
-    def build(subject: str, public_key, serial: int) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name("ca"))
-                .public_key(public_key).serial_number(serial)
-                .not_valid_before(now - dt.timedelta(hours=1))
-                .not_valid_after(now + dt.timedelta(hours=1)))
-
-    ca = (build("ca", ca_key.public_key(), 1)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (build(hosts[0], key.public_key(), 2)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
 
 
 class Recorder:

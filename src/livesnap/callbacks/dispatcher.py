@@ -7,6 +7,15 @@ attempt is written back (``record_attempt``) before the job's next event can be 
 the store always holds the truth: after a restart delivery resumes where it stopped, and an
 attempt that was in flight at a crash is simply made again with the same ``EventId``.
 
+The fast path: events this process has just committed are handed over in memory (``offer``)
+and delivered without a poll when their job is *known*: its last recorded attempt showed
+that the outbox held nothing undelivered for it but the events offered since (the store
+answers that in the attempt's own transaction). A job with anything else to deliver (a
+retry waiting for its time, a backlog after a restart, events written by another process)
+is not known, and the poll delivers its events, oldest first, until a recorded attempt finds
+it known again. The memory is only ever a copy of what the outbox holds: forgetting it
+(``notify``: written elsewhere) costs a poll, never an event.
+
 The dispatcher shares nothing with capture but the event loop and the store; a receiver
 that hangs costs one delivery slot for at most ``total_timeout_s``.
 
@@ -20,13 +29,14 @@ cannot redirect it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import ipaddress
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,11 +44,12 @@ from typing import Protocol
 import httpx
 
 from livesnap.callbacks import payload, signing
+from livesnap.callbacks.http11 import CallbackClient, Poster
 from livesnap.callbacks.policy import DeliveryPolicy, Outcome, decide
 from livesnap.clock import Clock
 from livesnap.errors import LivesnapError
 from livesnap.jobs.models import DeliveryAttempt, OutboxEvent
-from livesnap.jobs.ports import Resolver
+from livesnap.jobs.ports import PENDING_LIMIT, Resolver
 from livesnap.jobs.urls import CALLBACK_SCHEMES, blocked_address
 
 logger = logging.getLogger(__name__)
@@ -57,7 +68,8 @@ class Outbox(Protocol):
 
     async def record_attempt(
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
-    ) -> None: ...
+    ) -> list[str]:
+        """Write the attempt; the job's events still undelivered and not failed after it."""
 
     async def prune_events(self, before_ms: int, limit: int) -> int:
         """Delete up to ``limit`` events done with before ``before_ms``; how many."""
@@ -97,38 +109,12 @@ class PoolResolver:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-KEEPALIVE_EXPIRY_S = 2.0  # under the usual 5 s idle timeout of receivers (uvicorn, Node)
-MAX_ANSWER_BYTES = 16 * 1024  # of an answer's body read so that its connection is reused
-
-
-def callback_client(policy: DeliveryPolicy) -> httpx.AsyncClient:
-    """The httpx client the dispatcher is meant to use in production.
-
-    Plain http connections are kept alive for ``KEEPALIVE_EXPIRY_S`` and reused: requests go to
-    a pinned address, the pool is keyed by that address and port, and one HTTP/1.1 connection
-    may carry requests for any host name (the ``Host`` header names it). https connections
-    are never reused: a TLS connection verified for one host name must not carry a request
-    for another name served from the same address, and the pool does not tell names apart.
-    No redirects (a redirect target would skip the network check) and no proxy from the
-    environment.
-    """
-
-    def transport(keepalive: int) -> httpx.AsyncHTTPTransport:
-        return httpx.AsyncHTTPTransport(trust_env=False, limits=httpx.Limits(
-            max_connections=policy.concurrency, max_keepalive_connections=keepalive,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S))
-
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            connect=policy.connect_timeout_s,
-            read=policy.read_timeout_s,
-            write=policy.read_timeout_s,
-            pool=policy.connect_timeout_s,
-        ),
-        mounts={"http://": transport(policy.concurrency), "https://": transport(0)},
-        follow_redirects=False,
-        trust_env=False,
-    )
+def callback_client(policy: DeliveryPolicy) -> CallbackClient:
+    """The client the dispatcher is meant to use in production (``http11``): plain http
+    connections kept alive and reused per address, https never reused, no redirects, no
+    proxy from the environment."""
+    return CallbackClient(connect_timeout_s=policy.connect_timeout_s,
+                          read_timeout_s=policy.read_timeout_s, max_idle=policy.concurrency)
 
 
 class CallbackDispatcher:
@@ -138,7 +124,7 @@ class CallbackDispatcher:
         self,
         *,
         store: Outbox,
-        client: httpx.AsyncClient,
+        client: Poster,
         clock: Clock,
         keys: KeySource,
         policy: DeliveryPolicy,
@@ -156,6 +142,12 @@ class CallbackDispatcher:
         self._resolver = resolver
         self._rand = rand
         self._inflight: dict[str, asyncio.Task[None]] = {}  # job id -> its delivery
+        # Known jobs (see the module's doc): each one's offered events not yet started.
+        self._known: dict[str, list[OutboxEvent]] = {}
+        self._waiting: dict[str, None] = {}  # known jobs with events, waiting for a slot
+        self._offers_missed: dict[str, int] = {}  # per job: offers the poll must deliver
+        self._finished_in_poll: set[str] | None = None  # jobs done while a poll query ran
+        self._starved = False  # the last poll found more due than it could start
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -169,8 +161,49 @@ class CallbackDispatcher:
             self._task.add_done_callback(_report_crash)
 
     def notify(self) -> None:
-        """New events were written: poll now instead of at the next interval."""
+        """Events were written that were not offered (by another process, or old events made
+        due again): forget what memory knows and poll now instead of at the next interval."""
+        self._known.clear()
+        self._waiting.clear()
         self._wake.set()
+
+    def offer(self, events: Sequence[OutboxEvent]) -> None:
+        """Events this process has just committed to the outbox, to deliver from memory where
+        their job is known; the rest, and an empty offer, are left to the poll (now)."""
+        if not events:
+            self.notify()
+            return
+        running = self._task is not None and not self._stopping.is_set()
+        now = self._now_ms()
+        for event in events:
+            job = event.job_id
+            queue = self._known.get(job) if running else None
+            if queue is None or len(queue) >= PENDING_LIMIT or event.next_attempt_ms > now:
+                self._forget(job)
+                self._offers_missed[job] = self._offers_missed.get(job, 0) + 1
+                self._wake.set()
+                continue
+            # in outbox order (created_ms, then the order of writing)
+            at = bisect.bisect_right([e.created_ms for e in queue], event.created_ms)
+            queue.insert(at, event)
+            self._pump(job)
+
+    def _forget(self, job: str) -> None:
+        """The job is not known any more: its events are the poll's."""
+        self._known.pop(job, None)
+        self._waiting.pop(job, None)
+
+    def _pump(self, job: str) -> None:
+        """Start the known job's next offered event if it has none in flight and a slot is
+        free (else it waits for one)."""
+        queue = self._known.get(job)
+        if not queue or job in self._inflight or self._stopping.is_set():
+            return
+        if len(self._inflight) >= self._policy.concurrency:
+            self._waiting[job] = None
+            return
+        self._waiting.pop(job, None)
+        self._start(queue.pop(0))
 
     def stop(self) -> None:
         """Ask the loop to stop; deliveries in flight go on until ``close``."""
@@ -259,25 +292,53 @@ class CallbackDispatcher:
                 await self._wake.wait()
 
     async def _launch_due(self) -> int:
-        # A job leaves _inflight only here, before the query: a delivery that finishes while
-        # the query runs keeps its job blocked, because the query may predate its record.
-        self._inflight = {j: t for j, t in self._inflight.items() if not t.done()}
         free = self._policy.concurrency - len(self._inflight)
+        self._starved = free <= 0
         if free <= 0 or self._stopping.is_set():
             return 0
-        heads = await self._store.due_heads(self._now_ms(), free + len(self._inflight))
+        # A delivery that ends while the query runs keeps its job out of this round: the
+        # query may predate its record and name the event just delivered.
+        finished: set[str] = set()
+        self._finished_in_poll = finished
+        limit = free + len(self._inflight)
+        try:
+            heads = await self._store.due_heads(self._now_ms(), limit)
+        finally:
+            self._finished_in_poll = None
         if self._stopping.is_set():
             return 0  # close() may already have collected the tasks to wait for
-        fresh = [e for e in heads if e.job_id not in self._inflight][:free]
-        for event in fresh:
-            task = asyncio.create_task(self._deliver(event), name=f"callback-{event.id}")
-            self._inflight[event.job_id] = task
-            task.add_done_callback(self._finished)
-        return len(fresh)
+        fresh = [e for e in heads if e.job_id not in self._inflight and e.job_id not in finished]
+        free = self._policy.concurrency - len(self._inflight)
+        # more may be due than this round could start: the next finished delivery polls
+        self._starved = len(heads) >= limit or len(fresh) > free or bool(finished)
+        for event in fresh[:free]:
+            queue = self._known.get(event.job_id)
+            if queue:  # offered, and waiting for a slot: the poll starts it
+                queue[:] = [e for e in queue if e.id != event.id]
+            self._start(event)
+        return min(len(fresh), free)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._wake.set()  # the job's next event may be due now
+    def _start(self, event: OutboxEvent) -> None:
+        task = asyncio.create_task(self._deliver(event), name=f"callback-{event.id}")
+        self._inflight[event.job_id] = task
+        task.add_done_callback(functools.partial(self._finished, event.job_id))
+
+    def _finished(self, job: str, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(job) is task:
+            del self._inflight[job]
+        if self._finished_in_poll is not None:
+            self._finished_in_poll.add(job)
         _report_crash(task)
+        if job in self._known:
+            self._pump(job)
+        else:
+            self._wake.set()  # the job's next event is the poll's
+        for waiting in list(self._waiting):  # a slot is free
+            if len(self._inflight) >= self._policy.concurrency:
+                break
+            self._pump(waiting)
+        if self._starved:
+            self._wake.set()
 
     def _running(self) -> list[asyncio.Task[None]]:
         return [t for t in self._inflight.values() if not t.done()]
@@ -294,16 +355,30 @@ class CallbackDispatcher:
             event_id=event.id, job_id=event.job_id, at_ms=at_ms, status_code=status,
             latency_ms=latency_ms, error=error[:MAX_ERROR_LEN],
         )
+        job = event.job_id
+        missed = self._offers_missed.get(job, 0)
         try:
-            await self._store.record_attempt(
+            pending = await self._store.record_attempt(
                 attempt, delivered=outcome.delivered, failed=outcome.failed,
                 next_attempt_ms=outcome.next_attempt_ms,
             )
         except LivesnapError as exc:  # the event stays due and is sent again (same EventId)
+            self._forget(job)
             logger.warning("cannot record a callback attempt: %s", exc.message,
                            extra={"action": "callback_record", "job_id": event.job_id})
             return
+        self._learn(job, pending, missed)
         _log_attempt(event, attempt, outcome)
+
+    def _learn(self, job: str, pending: list[str], missed: int) -> None:
+        """After a recorded attempt: the job is known if all it still has to deliver was
+        offered here, and nothing was left to the poll while the attempt was written."""
+        offered = {e.id for e in self._known.get(job, ())}
+        if self._offers_missed.get(job, 0) == missed and offered.issuperset(pending):
+            self._offers_missed.pop(job, None)
+            self._known.setdefault(job, [])
+        else:
+            self._forget(job)
 
     async def _attempt(self, event: OutboxEvent) -> tuple[int | None, str]:
         """HTTP status (None if no response) and an error text ("" on a 2xx)."""
@@ -347,6 +422,8 @@ class CallbackDispatcher:
         return _Target(urls=pinned, host_header=url.netloc.decode("ascii"), sni_hostname=sni)
 
     async def _resolve(self, host: str) -> list[str]:
+        if _plain_ip(host):  # nothing to look up (and no thread to wake for it)
+            return [host]
         try:
             async with asyncio.timeout(self._policy.resolve_timeout_s):
                 addresses = await self._resolver.resolve(host)
@@ -387,34 +464,7 @@ class CallbackDispatcher:
     async def _post_one(
         self, url: httpx.URL, body: bytes, headers: dict[str, str], sni: str | None
     ) -> int:
-        extensions = {"sni_hostname": sni} if sni else None
-        request = self._client.stream(
-            "POST", url, content=body, headers=headers, extensions=extensions
-        )
-        async with request as response:
-            await _drain(response)
-            return response.status_code
-
-
-async def _drain(response: httpx.Response) -> None:
-    """Read a short answer's body, so that its connection can carry the next callback.
-
-    The status decides the attempt; the body is read only up to ``MAX_ANSWER_BYTES`` (a
-    receiver cannot make us download a large or endless one: past that the connection is
-    closed instead of reused), and a connection that breaks while it is read does not undo
-    the status already received.
-    """
-    received = 0
-    if response.is_stream_consumed:  # an answer made in memory (tests' mock transport)
-        return
-    try:
-        async for chunk in response.aiter_raw():
-            received += len(chunk)
-            if received > MAX_ANSWER_BYTES:
-                return
-    except httpx.HTTPError as exc:
-        logger.debug("callback answer's body not read: %s", _describe(exc),
-                     extra={"action": "callback_answer"})
+        return await self._client.post(url, body, headers, sni)
 
 
 def _plain_ip(address: str) -> bool:

@@ -149,7 +149,7 @@ class JobManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: dict[str, int] = {}  # account -> starts between limit check and status
         self._probes: set[asyncio.Task[None]] = set()
-        self._events_hook: Callable[[], None] | None = None
+        self._events_hook: Callable[[Sequence[OutboxEvent]], None] | None = None
 
     def attach_engine(self, engine: CaptureEngine) -> None:
         """The capture engine (it needs the manager too, so it is attached after both exist)."""
@@ -421,8 +421,8 @@ class JobManager:
         if changed and before.callback_url:
             events.append(status_event(self._new_id(), before, after, reason=reason, now_ms=now))
         updated = await self._store.update_job(job_id, patch, now_ms=now, events=events)
-        if events:
-            self._events_written()
+        if events and updated is not None:
+            self._events_written(events)
         return updated
 
     # files ---------------------------------------------------------------------------------
@@ -457,13 +457,15 @@ class JobManager:
         return ""
 
     # callbacks -------------------------------------------------------------------------------
-    def on_events_written(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` after each write that enqueued callback events (wakes the dispatcher)."""
+    def on_events_written(self, hook: Callable[[Sequence[OutboxEvent]], None]) -> None:
+        """Call ``hook`` with the events of each write that enqueued callback events, once it
+        committed (the dispatcher delivers them from memory); with none when older events
+        were made due again."""
         self._events_hook = hook
 
-    def _events_written(self) -> None:
+    def _events_written(self, events: Sequence[OutboxEvent]) -> None:
         if self._events_hook is not None:
-            self._events_hook()
+            self._events_hook(events)
 
     async def delivery_log(self, account: str, job_id: str, limit: int) -> list[DeliveryAttempt]:
         """The job's most recent callback delivery attempts, newest first."""
@@ -475,7 +477,7 @@ class JobManager:
         job = await self.get_job(account, job_id)
         count = await self._store.requeue_events(job.id, self._now_ms())
         if count:
-            self._events_written()
+            self._events_written(())
         logger.info("callbacks replayed",
                     extra={"action": "replay_callbacks", "job_id": job.id, "count": count})
         return count
@@ -511,7 +513,7 @@ class JobManager:
         if not await self._store.record_snapshot(file, events, report.missed_ticks):
             return None
         if events:
-            self._events_written()
+            self._events_written(events)
         return file
 
     async def stream_changed(

@@ -29,6 +29,8 @@ from livesnap.jobs.models import (
     Verdict,
 )
 
+# ``Store.record_attempt`` lists at most this many + 1 of a job's pending events
+PENDING_LIMIT = 32
 
 class Store(Protocol):
     """Persistence. Every method is one transaction; account scoping is done here."""
@@ -110,8 +112,11 @@ class Store(Protocol):
         delivered: bool,
         failed: bool,
         next_attempt_ms: int,
-    ) -> None:
-        """Log one delivery attempt and update its event."""
+    ) -> list[str]:
+        """Log one delivery attempt and update its event; the ids of the job's events still
+        undelivered and not failed once it is written, oldest first, at most
+        ``PENDING_LIMIT + 1`` of them (the dispatcher learns from it whether it knows all that
+        the job still has to deliver)."""
 
     async def delivery_log(self, job_id: str, limit: int) -> list[DeliveryAttempt]: ...
 

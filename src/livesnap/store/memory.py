@@ -28,6 +28,7 @@ from livesnap.jobs.models import (
     TemplateQuery,
     TemplateType,
 )
+from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store.rows import encode_data
 
 T = TypeVar("T", Template, Job)
@@ -236,7 +237,7 @@ class MemoryStore:
         delivered: bool,
         failed: bool,
         next_attempt_ms: int,
-    ) -> None:
+    ) -> list[str]:
         async with self._lock:
             found = self._events.get(attempt.event_id)
             if found is None:
@@ -250,6 +251,9 @@ class MemoryStore:
                 last_error=attempt.error,
                 delivered_ms=attempt.at_ms if delivered else found.delivered_ms,
             )
+            job_id = attempt.job_id
+            pending = self._select_events(lambda e: _undelivered(e) and e.job_id == job_id)
+            return [e.id for e in pending[: PENDING_LIMIT + 1]]
 
     async def delivery_log(self, job_id: str, limit: int) -> list[DeliveryAttempt]:
         async with self._lock:

@@ -61,6 +61,7 @@ from livesnap.jobs.models import (
     TemplateQuery,
     TemplateType,
 )
+from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store import rows
 from livesnap.store.migrate import migrate as apply_migrations
 from livesnap.store.tables import (
@@ -123,7 +124,7 @@ class _AttemptWrite:
     delivered: bool
     failed: bool
     next_attempt_ms: int
-    done: asyncio.Future[None]
+    done: asyncio.Future[list[str]]
 
 
 _Write = _SnapshotWrite | _AttemptWrite
@@ -469,10 +470,10 @@ class SqlStore:
         delivered: bool,
         failed: bool,
         next_attempt_ms: int,
-    ) -> None:
+    ) -> list[str]:
         write = _AttemptWrite(attempt, delivered, failed, next_attempt_ms, _future())
         self._group.submit(write)
-        await write.done
+        return await write.done
 
     async def _write_group(self, group: Sequence[_Write]) -> list[Any]:
         """One transaction for all of ``group``; each write's result, in order."""
@@ -480,14 +481,14 @@ class SqlStore:
         attempts = [w for w in group if isinstance(w, _AttemptWrite)]
         op = "record_snapshot" if snapshots else "record_attempt"
 
-        def body(conn: Connection) -> dict[int, bool]:
+        def body(conn: Connection) -> tuple[dict[int, bool], dict[str, list[str]]]:
             recorded = self._write_snapshots(conn, snapshots) if snapshots else {}
-            if attempts:
-                _write_attempts(conn, attempts)
-            return recorded
+            pending = _write_attempts(conn, attempts) if attempts else {}
+            return recorded, pending
 
-        recorded = await self._run(op, body, write=True)
-        return [recorded.get(id(w)) if isinstance(w, _SnapshotWrite) else None for w in group]
+        recorded, pending = await self._run(op, body, write=True)
+        return [recorded.get(id(w)) if isinstance(w, _SnapshotWrite)
+                else pending.get(w.attempt.job_id, []) for w in group]
 
     def _write_snapshots(
         self, conn: Connection, writes: Sequence[_SnapshotWrite]
@@ -626,7 +627,8 @@ def _settle(write: _Write, outcome: object) -> None:
         done.set_result(outcome)
 
 
-def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> None:
+def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> dict[str, list[str]]:
+    """Log the attempts, update their events; per job, its events still pending after them."""
     conn.execute(insert(delivery_attempts), [rows.attempt_values(w.attempt) for w in writes])
     changes = [{
         "b_id": w.attempt.event_id,
@@ -636,6 +638,11 @@ def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> None:
         "b_delivered": w.attempt.at_ms if w.delivered else None,
     } for w in writes]
     conn.execute(_RECORD_ATTEMPT, changes)
+    jobs = sorted({w.attempt.job_id for w in writes})
+    pending: dict[str, list[str]] = {}
+    for job_id, event_id in conn.execute(_PENDING_OF_JOBS, {"b_jobs": jobs}):
+        pending.setdefault(job_id, []).append(event_id)
+    return pending
 
 
 # query pieces ----------------------------------------------------------------------------
@@ -757,7 +764,26 @@ def _due_heads_stmt() -> Select[Any]:
     )
 
 
+def _pending_of_jobs_stmt() -> Select[Any]:
+    """The undelivered, not failed events of the jobs ``b_jobs`` (an expanding list), at most
+    ``PENDING_LIMIT + 1`` per job: their job and id, oldest first. Found through the due index
+    (``delivered_ms`` NULL, not failed), which holds only what is still to deliver, never a
+    job's whole history."""
+    c = outbox_events.c
+    rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
+    pending = (
+        select(c.job_id, c.id, c.created_ms, c.seq, rank.label("job_rank"))
+        .where(c.delivered_ms.is_(None), c.failed == false(),
+               c.job_id.in_(bindparam("b_jobs", expanding=True)))
+        .subquery()
+    )
+    p = pending.c
+    return (select(p.job_id, p.id).where(p.job_rank <= PENDING_LIMIT + 1)
+            .order_by(p.created_ms, p.seq))
+
+
 _DUE_HEADS = _due_heads_stmt()
+_PENDING_OF_JOBS = _pending_of_jobs_stmt()
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
 _RECORD_ATTEMPT = _record_attempt_stmt()
 
