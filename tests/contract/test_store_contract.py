@@ -674,6 +674,28 @@ async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> 
         await sql.close()
 
 
+async def test_sql_store_writes_that_come_soon_after_a_group_join_the_next_one(
+        tmp_path: Path) -> None:
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", group_gap_s=1.0)
+    try:
+        await sql.create_job(job("j1"), [event("j1", T0 + n) for n in range(5)])
+        assert sql.sync_engine is not None
+        begun: list[int] = []
+        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        assert await sql.record_snapshot(snap("j1", T0), [])  # the writer was idle: alone
+        assert len(begun) == 1
+        # right after it, one at a time as the loop hands them in: they wait for the gap
+        # and share one transaction
+        writes = []
+        for n in range(1, 5):
+            writes.append(asyncio.ensure_future(sql.record_snapshot(snap("j1", T0 + n), [])))
+            await asyncio.sleep(0)
+        assert await asyncio.gather(*writes) == [True] * 4
+        assert len(begun) == 2
+    finally:
+        await sql.close()
+
+
 async def test_delivery_log_newest_first(store: Store) -> None:
     e1, e2, other = event("j1"), event("j1"), event("j2")
     await store.create_job(job("j1"), [e1, e2])

@@ -209,3 +209,14 @@ async def test_https_verifies_the_callback_host_name_and_never_keeps_a_connectio
     assert server.connections >= 2 and len(server.seen) == 2
     assert [s.connection for s in server.seen] == [1, 2]  # one connection per request
     assert all("Connection: close" in s.head for s in server.seen)
+
+
+async def test_the_signed_headers_user_agent_is_sent_once():
+    async with serving() as server:
+        c = client()
+        url = httpx.URL(f"http://127.0.0.1:{server.port}/cb")
+        assert await c.post(url, b"{}", {"Host": "h", "User-Agent": "livesnap-callbacks/1"},
+                            None) == 200
+        await c.aclose()
+    agents = [line for line in server.seen[0].head if line.lower().startswith("user-agent:")]
+    assert agents == ["User-Agent: livesnap-callbacks/1"]

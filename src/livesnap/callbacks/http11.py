@@ -234,7 +234,7 @@ class CallbackClient:
 
 
 def _request(url: httpx.URL, body: bytes, headers: dict[str, str], *, keep_alive: bool) -> bytes:
-    fields = {**headers, "Content-Length": str(len(body)), "User-Agent": USER_AGENT}
+    fields = {"User-Agent": USER_AGENT, **headers, "Content-Length": str(len(body))}
     if not keep_alive:
         fields["Connection"] = "close"
     lines = [f"POST {url.raw_path.decode('ascii')} HTTP/1.1"]

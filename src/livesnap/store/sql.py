@@ -108,6 +108,10 @@ class Fence:
 
 
 _GROUP_MAX = 200  # writes per group transaction (far below SQLite's bound-parameter limit)
+# Group commits start at least this far apart: under load the records and attempts of
+# this long wait for one transaction instead of taking one each (a write that finds the
+# writer idle for longer commits at once).
+GROUP_GAP_S = 0.02
 
 
 @dataclass(eq=False)
@@ -191,6 +195,7 @@ class SqlStore:
         on_fenced: Callable[[], None] | None = None,
         threaded: _ThreadedSqlite | None = None,
         write_lock: asyncio.Lock | None = None,
+        group_gap_s: float = GROUP_GAP_S,
     ) -> None:
         self._engine = engine
         self._fence = fence
@@ -203,7 +208,7 @@ class SqlStore:
         if write_lock is None and engine.dialect.name == "sqlite":
             write_lock = asyncio.Lock()
         self._write_lock = write_lock
-        self._group = _GroupCommit(self)
+        self._group = _GroupCommit(self, group_gap_s)
         # the file records' idempotent insert (the key is the files table's unique index)
         self._insert_files = self._dialect_insert(files).on_conflict_do_nothing(
             index_elements=["job_id", "create_ms"]).returning(files.c.job_id, files.c.create_ms)
@@ -248,7 +253,8 @@ class SqlStore:
     def fenced(self, fence: Fence, on_fenced: Callable[[], None] | None = None) -> SqlStore:
         """A view of this store whose writes are refused once ``fence`` is stale."""
         return SqlStore(self._engine, fence=fence, on_fenced=on_fenced,
-                        threaded=self._threaded, write_lock=self._write_lock)
+                        threaded=self._threaded, write_lock=self._write_lock,
+                        group_gap_s=self._group.gap_s)
 
     def _check_fence(self, conn: Connection, fence: Fence) -> None:
         # FOR SHARE: take_epoch's UPDATE of the row waits for this transaction to end, so
@@ -565,10 +571,17 @@ class _GroupCommit:
     breaks a constraint, its writes are made again one by one, so one bad write (an unknown
     job, a taken event id) fails alone; a stale fence or a failing database fails them all at
     once, as each would have.
+
+    Groups start at least ``gap_s`` apart: a write that finds the writer idle for longer
+    commits at once, and under load the writes of the last ``gap_s`` share a transaction
+    (at 200 streams, 40 records and 40 callback attempts a second take about 20
+    transactions instead of about 70; each costs ~0.4 ms of CPU whatever it holds).
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, gap_s: float = GROUP_GAP_S) -> None:
         self._store = store
+        self.gap_s = gap_s
+        self._started = -gap_s  # loop time of the last group's start
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -579,7 +592,18 @@ class _GroupCommit:
             self._writer = asyncio.create_task(self._run(), name="store-group-commit")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
+            wait = self._started + self.gap_s - loop.time()
+            if wait > 0:
+                try:
+                    await asyncio.sleep(wait)  # what comes meanwhile joins this group
+                except BaseException as exc:  # the loop is closing: nobody may wait forever
+                    for w in self._queue:
+                        _settle(w, exc)
+                    self._queue.clear()
+                    raise
+            self._started = loop.time()
             group = [w for w in self._queue[:_GROUP_MAX] if not w.done.done()]
             del self._queue[:_GROUP_MAX]
             try:
@@ -853,8 +877,11 @@ def _threaded_sqlite(engine: AsyncEngine) -> _ThreadedSqlite | None:
     return _ThreadedSqlite(sync_engine)
 
 
-async def open_sql_store(url: str, *, migrate: bool = True) -> SqlStore:
-    """Connect, bring the schema up to date (unless ``migrate=False``) and return the store."""
+async def open_sql_store(
+    url: str, *, migrate: bool = True, group_gap_s: float = GROUP_GAP_S
+) -> SqlStore:
+    """Connect, bring the schema up to date (unless ``migrate=False``) and return the store
+    (``group_gap_s``: see ``_GroupCommit``)."""
     engine = create_store_engine(url)
     if migrate:
         try:
@@ -862,4 +889,4 @@ async def open_sql_store(url: str, *, migrate: bool = True) -> SqlStore:
         except BaseException:
             await engine.dispose()
             raise
-    return SqlStore(engine, threaded=_threaded_sqlite(engine))
+    return SqlStore(engine, threaded=_threaded_sqlite(engine), group_gap_s=group_gap_s)
