@@ -110,9 +110,8 @@ async def test_the_declared_schema_has_what_the_store_relies_on(engine: AsyncEng
     assert ("uq_files_job_create", ("job_id", "create_ms")) in declared["files"]["unique"]
     assert declared["jobs"]["columns"]["last_sequence"] == ("BIGINT", False)
     outbox_indexes = {i[1] for i in declared["outbox_events"]["indexes"]}
-    assert {("delivered_ms", "failed", "next_attempt_ms"), ("job_id", "created_ms")} <= (
-        outbox_indexes
-    )
+    assert {("delivered_ms", "failed", "next_attempt_ms"), ("job_id", "created_ms"),
+            ("job_id", "created_ms", "seq")} <= outbox_indexes
     # the retention deletes attempts by event, and SQLite checks the foreign key by it
     assert ("event_id",) in {i[1] for i in declared["delivery_attempts"]["indexes"]}
 
@@ -153,4 +152,15 @@ def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
         "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py",
-        "0004_attempts_by_event.py", "0005_connect_mode.py"]
+        "0004_attempts_by_event.py", "0005_connect_mode.py", "0006_pending_events.py"]
+
+
+async def test_a_jobs_pending_events_are_found_through_the_partial_index(
+        engine: AsyncEngine) -> None:
+    from livesnap.store.sql import _PENDING_OF_JOB
+
+    await migrate(engine)
+    sql = str(_PENDING_OF_JOB.compile(dialect=engine.dialect))
+    async with engine.connect() as conn:
+        plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", ("j", 33, 0))).all()
+    assert any("ix_outbox_events_pending" in str(row) for row in plan), plan

@@ -653,7 +653,7 @@ def _settle(write: _Write, outcome: object) -> None:
 
 def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> dict[str, list[str]]:
     """Log the attempts, update their events; per job, its events still pending after them."""
-    conn.execute(insert(delivery_attempts), [rows.attempt_values(w.attempt) for w in writes])
+    conn.execute(_INSERT_ATTEMPTS, [rows.attempt_values(w.attempt) for w in writes])
     changes = [{
         "b_id": w.attempt.event_id,
         "b_failed": w.failed,
@@ -662,11 +662,8 @@ def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> dict[s
         "b_delivered": w.attempt.at_ms if w.delivered else None,
     } for w in writes]
     conn.execute(_RECORD_ATTEMPT, changes)
-    jobs = sorted({w.attempt.job_id for w in writes})
-    pending: dict[str, list[str]] = {}
-    for job_id, event_id in conn.execute(_PENDING_OF_JOBS, {"b_jobs": jobs}):
-        pending.setdefault(job_id, []).append(event_id)
-    return pending
+    jobs = dict.fromkeys(w.attempt.job_id for w in writes)
+    return {job: list(conn.scalars(_PENDING_OF_JOB, {"b_job": job})) for job in jobs}
 
 
 # query pieces ----------------------------------------------------------------------------
@@ -788,26 +785,22 @@ def _due_heads_stmt() -> Select[Any]:
     )
 
 
-def _pending_of_jobs_stmt() -> Select[Any]:
-    """The undelivered, not failed events of the jobs ``b_jobs`` (an expanding list), at most
-    ``PENDING_LIMIT + 1`` per job: their job and id, oldest first. Found through the due index
-    (``delivered_ms`` NULL, not failed), which holds only what is still to deliver, never a
-    job's whole history."""
+def _pending_of_job_stmt() -> Select[Any]:
+    """The first ``PENDING_LIMIT + 1`` undelivered, not failed events of the job ``b_job``:
+    their ids, oldest first (through ``ix_outbox_events_pending``)."""
     c = outbox_events.c
-    rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
-    pending = (
-        select(c.job_id, c.id, c.created_ms, c.seq, rank.label("job_rank"))
-        .where(c.delivered_ms.is_(None), c.failed == false(),
-               c.job_id.in_(bindparam("b_jobs", expanding=True)))
-        .subquery()
+    return (
+        select(c.id)
+        .where(c.job_id == bindparam("b_job"), c.delivered_ms.is_(None), c.failed == false())
+        .order_by(c.created_ms, c.seq)
+        .limit(PENDING_LIMIT + 1)
     )
-    p = pending.c
-    return (select(p.job_id, p.id).where(p.job_rank <= PENDING_LIMIT + 1)
-            .order_by(p.created_ms, p.seq))
 
 
 _DUE_HEADS = _due_heads_stmt()
-_PENDING_OF_JOBS = _pending_of_jobs_stmt()
+_PENDING_OF_JOB = _pending_of_job_stmt()
+_INSERT_ATTEMPTS = insert(delivery_attempts)
+_INSERT_EVENTS = insert(outbox_events)
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
 _RECORD_ATTEMPT = _record_attempt_stmt()
 
@@ -824,7 +817,7 @@ def _undelivered() -> Select[Any]:
 
 def _insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     if events:
-        conn.execute(insert(outbox_events), [rows.event_values(e) for e in events])
+        conn.execute(_INSERT_EVENTS, [rows.event_values(e) for e in events])
 
 
 # engine ----------------------------------------------------------------------------------

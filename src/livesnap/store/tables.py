@@ -21,9 +21,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
+# an outbox event still to deliver (the partial index ix_outbox_events_pending holds these),
+# as SQLAlchemy writes the dispatcher's condition (SQLite's planner matches it word for word)
+PENDING_WHERE = {"sqlite": "delivered_ms IS NULL AND failed = 0",
+                 "postgresql": "delivered_ms IS NULL AND failed = false"}
 
 
 def surrogate_key() -> BigInteger:
@@ -145,6 +150,10 @@ outbox_events = Table(
     UniqueConstraint("id", name="uq_outbox_events_id"),
     Index("ix_outbox_events_due", "delivered_ms", "failed", "next_attempt_ms"),
     Index("ix_outbox_events_job_created", "job_id", "created_ms"),
+    # what a job still has to deliver, in order; only pending rows, never a job's history
+    Index("ix_outbox_events_pending", "job_id", "created_ms", "seq",
+          sqlite_where=text(PENDING_WHERE["sqlite"]),
+          postgresql_where=text(PENDING_WHERE["postgresql"])),
 )
 
 delivery_attempts = Table(
