@@ -94,3 +94,22 @@ def test_render_cost_reports_every_variant_against_the_baseline(capsys) -> None:
     assert set(result["ms_per_capture"]) == set(bench.VARIANTS)
     assert result["ratio_to_baseline"]["jpg (baseline)"] == 1.0
     assert all(finite_positive(v) for v in result["ms_per_capture"].values())
+
+
+@pytest.mark.timeout(150)
+def test_snapshot_path_bench_quick_mode() -> None:
+    """bench/snapshot_path.py --quick: the whole service in its process with stand-in readers;
+    snapshots and callbacks flow only in the measured phase, and a CPU figure comes out."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "snapshot_path.py"), "--quick", "--json"],
+        capture_output=True, text=True, timeout=140, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    idle, busy = out["phases"]
+    assert (idle["name"], idle["snapshots"], idle["callbacks"]) == ("idle", 0, 0)
+    # 20 jobs at 5 s over a 6 s window: about 24 captures, each called back
+    assert busy["name"] == "snapshots" and busy["snapshots"] >= 10, out
+    assert busy["callbacks"] >= busy["snapshots"] // 2, out
+    assert finite_positive(out["ms_per_snapshot_gross"]) and out["callbacks"] is True
