@@ -851,15 +851,22 @@ async def write_and_offer(store, d: CallbackDispatcher, job: Job, n: int) -> Out
     return event
 
 
-async def test_a_known_jobs_offered_events_go_out_without_a_poll(store):
-    clock, receiver = ManualClock(T0 / 1000 + 60), Receiver()
-    d = dispatcher(store, receiver, clock,
+async def started_slow_poller(store) -> tuple[CallbackDispatcher, Receiver, Job, list[int]]:
+    """A running dispatcher whose poll comes every 30 s (so memory must do the work), a
+    receiver, a job, and the list its polls are counted in."""
+    receiver = Receiver()
+    d = dispatcher(store, receiver, ManualClock(T0 / 1000 + 60),
                    policy=DeliveryPolicy(poll_interval_s=30, blocked_networks=BLOCKED))
     job = make_job()
     await store.create_job(job)
     polls = count_polls(store)
     d.start()
     await until(lambda: polls)  # the first round, at start
+    return d, receiver, job, polls
+
+
+async def test_a_known_jobs_offered_events_go_out_without_a_poll(store):
+    d, receiver, job, polls = await started_slow_poller(store)
     first = await write_and_offer(store, d, job, 1)  # not known yet: the poll delivers it
     await until(lambda: receiver.requests)
     await until(lambda: job.id in d._known)  # its attempt showed nothing else pending
@@ -896,13 +903,7 @@ async def test_a_job_waiting_for_a_retry_keeps_its_order_through_the_poll(store)
 
 
 async def test_notify_forgets_what_memory_knew(store):
-    clock, receiver = ManualClock(T0 / 1000 + 60), Receiver()
-    d = dispatcher(store, receiver, clock,
-                   policy=DeliveryPolicy(poll_interval_s=30, blocked_networks=BLOCKED))
-    job = make_job()
-    await store.create_job(job)
-    polls = count_polls(store)
-    d.start()
+    d, receiver, job, polls = await started_slow_poller(store)
     await write_and_offer(store, d, job, 1)
     await until(lambda: job.id in d._known)
     # another process wrote an event for the job: this one knows it only from the outbox
