@@ -29,7 +29,7 @@ from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
 from livesnap.callbacks.http11 import CallbackClient, HttpxPoster
 from livesnap.callbacks.keys import CallbackKeys
 from livesnap.callbacks.policy import DeliveryPolicy, decide
-from livesnap.clock import ManualClock
+from livesnap.clock import ManualClock, SystemClock
 from livesnap.config import Settings, parse_callback_keys
 from livesnap.errors import JobNotFound, StoreError
 from livesnap.jobs.events import captured_event, status_event
@@ -948,3 +948,31 @@ async def test_an_offer_to_a_dispatcher_that_is_not_running_waits_for_the_poll()
     assert receiver.requests == [] and d._wake.is_set()
     assert await d.dispatch_once() == 1
     assert receiver.event_ids() == [event.id]
+
+
+async def test_a_quiet_dispatcher_polls_rarely_but_wakes_for_notify_and_its_own_retries():
+    store, receiver = MemoryStore(), Receiver(500)
+    policy = DeliveryPolicy(poll_interval_s=0.01, idle_poll_interval_s=30,
+                            backoff=Backoff(base_s=0.3, cap_s=0.3, jitter=0),
+                            blocked_networks=BLOCKED)
+    d = dispatcher(store, receiver, SystemClock(), policy=policy)
+    job = make_job()
+    await store.create_job(job)
+    polls = count_polls(store)
+    d.start()
+    await until(lambda: polls)  # found nothing due: the next poll is 30 s away
+    event = captured(job, 0, at_ms=int(time.time() * 1000))
+    await store.record_snapshot(make_file(job, event.created_ms - 50), [event])
+    await asyncio.sleep(0.3)  # written without a word: not seen (a busy poll would have)
+    assert receiver.requests == [] and len(polls) == 1
+    d.notify()
+    await until(lambda: receiver.requests)  # answered 500: a retry 0.3 s later
+    await until(lambda: len(receiver.requests) == 2, 3)  # woken for it, not 30 s later
+    await d.close(1)
+    assert receiver.event_ids() == [event.id, event.id]
+
+
+def test_the_idle_poll_may_not_be_shorter_than_the_busy_one():
+    with pytest.raises(ValueError, match="idle_poll_interval_s"):
+        DeliveryPolicy(poll_interval_s=1, idle_poll_interval_s=0.5)
+    assert DeliveryPolicy(poll_interval_s=0.7).idle_poll_s == 0.7

@@ -148,6 +148,8 @@ class CallbackDispatcher:
         self._offers_missed: dict[str, int] = {}  # per job: offers the poll must deliver
         self._finished_in_poll: set[str] | None = None  # jobs done while a poll query ran
         self._starved = False  # the last poll found more due than it could start
+        self._quiet = False  # the last poll found nothing due: sleep idle_poll_interval_s
+        self._retry_at_ms: int | None = None  # the earliest retry this dispatcher scheduled
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -287,13 +289,23 @@ class CallbackDispatcher:
         return deleted
 
     async def _sleep(self) -> None:
+        """Until woken, or the next poll: soon while the outbox has work, after
+        ``idle_poll_interval_s`` once a poll found nothing due (but not past a retry this
+        dispatcher scheduled)."""
+        timeout = self._policy.poll_interval_s
+        if self._quiet:
+            timeout = self._policy.idle_poll_s
+            if self._retry_at_ms is not None:
+                until_retry = (self._retry_at_ms - self._now_ms()) / 1000
+                timeout = min(timeout, max(until_retry, self._policy.poll_interval_s))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._policy.poll_interval_s):
+            async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
     async def _launch_due(self) -> int:
         free = self._policy.concurrency - len(self._inflight)
         self._starved = free <= 0
+        self._quiet = False  # until a poll finds nothing due
         if free <= 0 or self._stopping.is_set():
             return 0
         # A delivery that ends while the query runs keeps its job out of this round: the
@@ -301,13 +313,17 @@ class CallbackDispatcher:
         finished: set[str] = set()
         self._finished_in_poll = finished
         limit = free + len(self._inflight)
+        now_ms = self._now_ms()
         try:
-            heads = await self._store.due_heads(self._now_ms(), limit)
+            heads = await self._store.due_heads(now_ms, limit)
         finally:
             self._finished_in_poll = None
         if self._stopping.is_set():
             return 0  # close() may already have collected the tasks to wait for
         fresh = [e for e in heads if e.job_id not in self._inflight and e.job_id not in finished]
+        self._quiet = not heads
+        if self._retry_at_ms is not None and self._retry_at_ms <= now_ms:
+            self._retry_at_ms = None  # due by now: this poll saw it
         free = self._policy.concurrency - len(self._inflight)
         # more may be due than this round could start: the next finished delivery polls
         self._starved = len(heads) >= limit or len(fresh) > free or bool(finished)
@@ -368,6 +384,10 @@ class CallbackDispatcher:
                            extra={"action": "callback_record", "job_id": event.job_id})
             return
         self._learn(job, pending, missed)
+        if not (outcome.delivered or outcome.failed):
+            retry = outcome.next_attempt_ms
+            self._retry_at_ms = retry if self._retry_at_ms is None else min(retry,
+                                                                             self._retry_at_ms)
         _log_attempt(event, attempt, outcome)
 
     def _learn(self, job: str, pending: list[str], missed: int) -> None:

@@ -31,15 +31,26 @@ class DeliveryPolicy:
     resolve_timeout_s: float = 5.0
     concurrency: int = 16
     poll_interval_s: float = 0.5
+    # after a poll that found nothing due; None: poll_interval_s. Longer only where every
+    # writer of the outbox hands its events over (offer) or says so (notify): one node.
+    idle_poll_interval_s: float | None = None
     blocked_networks: tuple[Network, ...] = ()
     retention_s: float = 7 * 86_400.0  # delivered and given-up events are kept this long; 0 = ever
     prune_every_s: float = 600.0
+
+    @property
+    def idle_poll_s(self) -> float:
+        return self.poll_interval_s if self.idle_poll_interval_s is None \
+            else self.idle_poll_interval_s
 
     def __post_init__(self) -> None:
         positive = (self.max_age_s, self.connect_timeout_s, self.read_timeout_s,
                     self.total_timeout_s, self.resolve_timeout_s, self.poll_interval_s)
         if min(positive) <= 0:
             raise ValueError("DeliveryPolicy times must be positive")
+        if self.idle_poll_interval_s is not None and (
+                self.idle_poll_interval_s < self.poll_interval_s):
+            raise ValueError("idle_poll_interval_s may not be shorter than poll_interval_s")
         if self.retention_s < 0 or self.prune_every_s <= 0:
             raise ValueError("retention_s must be >= 0 and prune_every_s positive")
         if self.min_attempts < 1 or self.concurrency < 1:

@@ -1,0 +1,36 @@
+"""The node's wiring choices that an operator never sees but pays for in idle CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from starlette.applications import Starlette
+
+from livesnap.config import Settings
+from livesnap.service import NODE_IDLE_POLL_S, _Server, callback_policy, uvicorn_config
+
+
+def test_one_node_polls_its_quiet_outbox_rarely_and_a_cluster_as_often_as_ever(tmp_path):
+    for engine in ("local", "process"):
+        policy = callback_policy(Settings(data_dir=tmp_path, engine=engine))
+        assert policy.idle_poll_s == NODE_IDLE_POLL_S > policy.poll_interval_s
+    clustered = callback_policy(Settings(data_dir=tmp_path, engine="ray"))
+    assert clustered.idle_poll_s == clustered.poll_interval_s  # shards' events are only polled
+
+
+async def test_the_http_server_stops_when_asked(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=port)
+    server = _Server(uvicorn_config(Starlette(), settings))
+    serving = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    server.request_exit()
+    await asyncio.wait_for(serving, 10)
+    assert serving.done() and serving.exception() is None
