@@ -475,16 +475,11 @@ class CallbackDispatcher:
         *others, last = target.urls
         for url in others:
             try:
-                return await self._post_one(url, body, headers, target.sni_hostname)
+                return await self._client.post(url, body, headers, target.sni_hostname)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 logger.debug("address failed, trying the next: %s", _describe(exc),
                              extra={"action": "callback_connect", "address": url.host})
-        return await self._post_one(last, body, headers, target.sni_hostname)
-
-    async def _post_one(
-        self, url: httpx.URL, body: bytes, headers: dict[str, str], sni: str | None
-    ) -> int:
-        return await self._client.post(url, body, headers, sni)
+        return await self._client.post(last, body, headers, target.sni_hostname)
 
 
 def _plain_ip(address: str) -> bool:

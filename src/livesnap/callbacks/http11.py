@@ -109,7 +109,7 @@ class CallbackClient:
             except _Stale:
                 logger.debug("kept callback connection was closed by the receiver",
                              extra={"action": "callback_connect", "address": host})
-        conn = await self._connect(host, port, sni if https else None, https)
+        conn = await self._connect(host, port, sni, https)
         try:
             return await self._exchange(conn, request, None if https else (host, port))
         except _Stale as exc:  # not kept: never raised for a new connection
@@ -148,9 +148,11 @@ class CallbackClient:
         """Close kept connections past their expiry, whichever receiver they go to."""
         self._swept = now
         for key, conns in list(self._idle.items()):
-            fresh = [c for c in conns if c.usable(now, self.idle_expiry_s)]
+            fresh = []
             for conn in conns:
-                if conn not in fresh:
+                if conn.usable(now, self.idle_expiry_s):
+                    fresh.append(conn)
+                else:
                     conn.close()
             if fresh:
                 self._idle[key] = fresh

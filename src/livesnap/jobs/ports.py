@@ -32,6 +32,7 @@ from livesnap.jobs.models import (
 # ``Store.record_attempt`` lists at most this many + 1 of a job's pending events
 PENDING_LIMIT = 32
 
+
 class Store(Protocol):
     """Persistence. Every method is one transaction; account scoping is done here."""
 

@@ -593,28 +593,24 @@ class _GroupCommit:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue:
-            wait = self._started + self.gap_s - loop.time()
-            if wait > 0:
-                try:
+        group: list[_Write] = []
+        try:
+            while self._queue:
+                wait = self._started + self.gap_s - loop.time()
+                if wait > 0:
                     await asyncio.sleep(wait)  # what comes meanwhile joins this group
-                except BaseException as exc:  # the loop is closing: nobody may wait forever
-                    for w in self._queue:
-                        _settle(w, exc)
-                    self._queue.clear()
-                    raise
-            self._started = loop.time()
-            group = [w for w in self._queue[:_GROUP_MAX] if not w.done.done()]
-            del self._queue[:_GROUP_MAX]
-            try:
+                self._started = loop.time()
+                group = [w for w in self._queue[:_GROUP_MAX] if not w.done.done()]
+                del self._queue[:_GROUP_MAX]
                 if group:
                     await self._commit(group)
-            except BaseException as exc:
-                # cancelled (the loop is closing) or a bug: no caller may wait forever
-                for w in (*group, *self._queue):
-                    _settle(w, exc)
-                self._queue.clear()
-                raise
+                group = []
+        except BaseException as exc:
+            # cancelled (the loop is closing) or a bug: no caller may wait forever
+            for w in (*group, *self._queue):
+                _settle(w, exc)
+            self._queue.clear()
+            raise
 
     async def _commit(self, group: Sequence[_Write]) -> None:
         try:
@@ -785,20 +781,7 @@ def _due_heads_stmt() -> Select[Any]:
     )
 
 
-def _pending_of_job_stmt() -> Select[Any]:
-    """The first ``PENDING_LIMIT + 1`` undelivered, not failed events of the job ``b_job``:
-    their ids, oldest first (through ``ix_outbox_events_pending``)."""
-    c = outbox_events.c
-    return (
-        select(c.id)
-        .where(c.job_id == bindparam("b_job"), c.delivered_ms.is_(None), c.failed == false())
-        .order_by(c.created_ms, c.seq)
-        .limit(PENDING_LIMIT + 1)
-    )
-
-
 _DUE_HEADS = _due_heads_stmt()
-_PENDING_OF_JOB = _pending_of_job_stmt()
 _INSERT_ATTEMPTS = insert(delivery_attempts)
 _INSERT_EVENTS = insert(outbox_events)
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
@@ -813,6 +796,13 @@ def _undelivered() -> Select[Any]:
     return _events_oldest_first().where(
         outbox_events.c.delivered_ms.is_(None), outbox_events.c.failed == false()
     )
+
+
+# The first ``PENDING_LIMIT + 1`` undelivered, not failed events of the job ``b_job``: their
+# ids, oldest first (through ``ix_outbox_events_pending``).
+_PENDING_OF_JOB = (_undelivered().with_only_columns(outbox_events.c.id)
+                   .where(outbox_events.c.job_id == bindparam("b_job"))
+                   .limit(PENDING_LIMIT + 1))
 
 
 def _insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None:
