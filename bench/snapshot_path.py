@@ -45,9 +45,9 @@ from typing import Any
 import psutil
 import simplejpeg
 
-import livesnap.capture.session as session_module
+import livesnap.capture.shared as shared_module
 from livesnap.capture.encode import EncodedImage
-from livesnap.capture.source import Captured, CapturedFrame, Connected, Disconnected
+from livesnap.capture.source import Captured, CapturedFrame, Connected, Disconnected, Tap
 from livesnap.config import AccessKey, KeyRing, Settings
 from livesnap.jobs.models import JobQuery, JobSpec, JobStatus, StorageTarget, StorageType
 from livesnap.service import build_service
@@ -71,17 +71,17 @@ def picture() -> bytes:
 
 
 class SyntheticReader:
-    """Stands in for ``StreamReader``: keyframes every ``gop`` seconds, no network, no decode."""
+    """Stands in for ``StreamReader`` under the stream hub: keyframes every ``gop`` seconds,
+    no network, no decode. Each bench job has a stream of its own, so nothing joins it."""
 
     gop_s = 2.0
     keep = True
     image: EncodedImage | None = None
 
-    def __init__(self, url: str, *, selector: Any, emit: Callable[[Any], None],
-                 feedback: Any = None, **_: Any) -> None:
-        self._selector, self._emit, self._feedback = selector, emit, feedback
+    def __init__(self, url: str, *, tap: Tap, on_closed: Callable[[Any], None] | None = None,
+                 **_: Any) -> None:
+        self.tap, self._on_closed = tap, on_closed
         self._stop = threading.Event()
-        self._capture = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.keyframes = 0
 
@@ -92,8 +92,12 @@ class SyntheticReader:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def attach(self, tap: Tap) -> bool:
+        return False
+
+    def detach(self, tap: Tap) -> bool:
         self._stop.set()
+        return False
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.ident is None:
@@ -101,28 +105,28 @@ class SyntheticReader:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def request_capture(self) -> None:
-        self._capture.set()
-
     def _run(self) -> None:
-        self._emit(Connected(codec="h264", width=1920, height=1080, opened_s=0.01))
+        tap = self.tap
+        tap.emit(Connected(codec="h264", width=1920, height=1080, opened_s=0.01))
         phase = random.random() * self.gop_s
         while not self._stop.wait(phase):
             phase = self.gop_s
             now = time.time()
             self.keyframes += 1
-            wanted = self._selector.on_keyframe(now)
-            if self._feedback is not None:
-                self._feedback.take_missed()
-            if not (wanted and self.keep) and not self._capture.is_set():
+            wanted = tap.selector.on_keyframe(now)
+            if tap.feedback is not None:
+                tap.feedback.take_missed()
+            if not (wanted and self.keep) and not tap.requested.is_set():
                 continue
-            self._capture.clear()
-            if self._feedback is not None and wanted:
-                self._feedback.accepted()
+            tap.requested.clear()
+            if tap.feedback is not None and wanted:
+                tap.feedback.accepted()
             assert self.image is not None
-            self._emit(Captured(CapturedFrame(image=self.image, stream_time=now,
-                                              arrival_wall=now, encoded_wall=now)))
-        self._emit(Disconnected("stopped", was_live=True))
+            tap.emit(Captured(CapturedFrame(image=self.image, stream_time=now,
+                                            arrival_wall=now, encoded_wall=now)))
+        if self._on_closed is not None:
+            self._on_closed(self)
+        tap.emit(Disconnected("stopped", was_live=True))
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -193,7 +197,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     SyntheticReader.gop_s = args.gop
     SyntheticReader.image = EncodedImage(data=picture(), width=1920, height=1080,
                                          content_type="image/jpeg")
-    session_module.StreamReader = SyntheticReader  # type: ignore[misc,assignment]
+    shared_module.StreamReader = SyntheticReader  # type: ignore[misc,assignment]
     proc = psutil.Process()
     results: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix="livesnap-bench-") as tmp, receiver() as url:

@@ -23,6 +23,15 @@ origin's and the publishers' CPU are reported on their own and charged to nobody
     .venv/bin/python bench/streams.py --json           # full: baselines, then N = 20, 40, ...
     .venv/bin/python bench/streams.py --streams 200 --skip ffmpeg_fps,ffmpeg_nokey
 
+livesnap's jobs each hold a connection of their own here, as each ffmpeg process does: the
+jobs stand for streams of their own and share the ``--distinct`` publishers only to save CPU.
+Jobs that really watch one stream share its connection and decode (the service's default);
+``--env LIVESNAP_SHARE_STREAMS=true`` measures that, for example against the same jobs
+unshared in the same run:
+
+    .venv/bin/python bench/streams.py --only livesnap --distinct 2 --streams 40 \
+        --env LIVESNAP_SHARE_STREAMS=true --variant unshared:LIVESNAP_SHARE_STREAMS=false
+
 The full mode measures the baselines once at ``--baseline-streams`` (one process each costs
 100 MiB, so hundreds of them do not fit), then livesnap at each N of ``--scale`` until the
 machine saturates (missed ticks, or lag p99 over ``--lag-limit-ms``), and reports the knee.
@@ -754,6 +763,10 @@ def measure_livesnap(
     server_env = {
         "LIVESNAP_MAX_JOBS_PER_ACCOUNT": str(max(n, 100)),
         "LIVESNAP_MAX_JOBS_PER_NODE": str(max(n, 500)),
+        # a connection per job, as each ffmpeg has: the bench's jobs stand for streams of their
+        # own and only share publishers to save CPU (--env LIVESNAP_SHARE_STREAMS=true measures
+        # jobs that really watch the same stream)
+        "LIVESNAP_SHARE_STREAMS": "false",
         **(env or {}),
     }
     with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:

@@ -249,6 +249,7 @@ class Settings(BaseSettings):
     capture: bool = True
     jpeg_quality: int = Field(default=85, ge=1, le=100)
     skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)
+    share_streams: bool = True  # jobs on the same stream URL share one connection (capture.md)
     rw_timeout_s: float = Field(default=5.0, gt=0)
     probe_timeout_s: float = Field(default=10.0, gt=0)
     outage_window_s: float = Field(default=1800.0, gt=0)

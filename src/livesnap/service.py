@@ -137,6 +137,7 @@ def session_options(settings: Settings) -> SessionOptions:
         outage_window_s=settings.outage_window_s,
         capture_timeout_s=settings.probe_timeout_s,
         per_tick_min_interval_s=settings.per_tick_min_interval_s,
+        share_streams=settings.share_streams,
     )
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from livesnap.capture.metrics import CaptureMetrics, NoCaptureMetrics
 from livesnap.capture.pointer import latest_pointer
 from livesnap.capture.render import Renderer
+from livesnap.capture.shared import StreamHub
 from livesnap.capture.source import (
     Captured,
     CapturedFrame,
@@ -36,6 +37,7 @@ from livesnap.capture.source import (
     Disconnected,
     FrameRejected,
     ReaderEvent,
+    ReaderHandle,
     SourceOptions,
     StreamReader,
     TickMissed,
@@ -87,6 +89,8 @@ class SessionOptions:
 
     ``keyframe_timeout_s``: a live stream that brings no keyframe for this long gets a
     ``LastError`` saying so (the demuxer drops non-key packets, so nothing else would show it).
+    ``share_streams``: a node's sessions on the same stream URL share one connection and one
+    decode per keyframe (``capture.shared``); off, each session connects on its own.
     """
 
     source: SourceOptions = field(default_factory=SourceOptions)
@@ -96,6 +100,7 @@ class SessionOptions:
     keyframe_timeout_s: float = 30.0
     per_tick_min_interval_s: float = DEFAULT_PER_TICK_MIN_INTERVAL_S
     lead: LeadOptions = field(default_factory=LeadOptions)
+    share_streams: bool = True
 
     @property
     def keyframe_check_s(self) -> float:
@@ -117,8 +122,10 @@ class Session:
         probe: bool = False,
         rand: Callable[[], float] = random.random,
         metrics: CaptureMetrics | None = None,
+        streams: StreamHub | None = None,
     ) -> None:
         self.job = job
+        self._streams = streams  # None: every connection is the session's own
         self._metrics = metrics or NoCaptureMetrics()
         self._probe = probe
         self._reports = reports
@@ -149,7 +156,7 @@ class Session:
         self._queue: asyncio.Queue[ReaderEvent | _StopRequested] = asyncio.Queue(
             maxsize=QUEUE_SIZE)
         self._stopping = asyncio.Event()
-        self._reader: StreamReader | None = None
+        self._reader: ReaderHandle | None = None
         self._stream_status: StreamStatus | None = None
         self._stream_written: StreamStatus | None = None  # what the job row says
         self._last_create_ms = 0
@@ -378,7 +385,8 @@ class Session:
             window_s = max(PER_TICK_MIN_ATTEMPT_S, (until_ms - self._now_ms()) / 1000)
             source = dataclasses.replace(
                 source, open_timeout_s=min(source.open_timeout_s, window_s))
-        reader = StreamReader(
+        connect = StreamReader if self._streams is None else self._streams.reader
+        reader = connect(
             self.job.stream_url,
             options=source,
             selector=self.schedule,
@@ -411,7 +419,7 @@ class Session:
             if not self._stopping.is_set() and not one_capture:
                 await asyncio.to_thread(reader.join, self._opts.source.rw_timeout_s + 5)
 
-    def _end_window(self, reader: StreamReader) -> None:
+    def _end_window(self, reader: ReaderHandle) -> None:
         self._window_ended = True
         reader.stop()
         self._wake(self._queue)
@@ -526,8 +534,8 @@ class Session:
         ), "stream_changed")
 
     async def _on_connected(self, event: Connected) -> None:
-        if self.mode is ConnectMode.PER_TICK:
-            self.lead.observe(event.opened_s)
+        if self.mode is ConnectMode.PER_TICK and not event.joined:
+            self.lead.observe(event.opened_s)  # a connection joined says nothing of opens
         reader = self._reader
         self._keyframes_seen = reader.stats.keyframes if reader is not None else 0
         self._keyframe_at = self._clock.monotonic()

@@ -39,6 +39,7 @@ stream (an FLV header followed by garbage) fails after ``open_timeout_s``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -51,7 +52,7 @@ import av
 import av.error
 
 from livesnap.capture.encode import EncodedImage
-from livesnap.capture.render import Renderer
+from livesnap.capture.render import Rendered, Renderer
 from livesnap.jobs.models import ImageOptions, Verdict
 
 if TYPE_CHECKING:
@@ -69,10 +70,13 @@ __all__ = [
     "GateFeedback",
     "KeyframeSelector",
     "ReaderEvent",
+    "ReaderHandle",
     "ReaderStats",
     "SourceOptions",
     "StreamReader",
+    "Tap",
     "TickMissed",
+    "make_tap",
     "protocol_options",
     "tune_malloc",
 ]
@@ -244,13 +248,15 @@ class Connected:
 
     ``width``/``height`` as the container states them (0 when it does not: the probe
     decodes nothing). ``opened_s``: seconds from the reader's start (before connecting)
-    to that packet.
+    to that packet. ``joined``: the subscriber joined a connection that was live already
+    (``opened_s`` is then 0 and says nothing about how long an open takes).
     """
 
     codec: str
     width: int
     height: int
     opened_s: float = 0.0
+    joined: bool = False
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,22 @@ class ReaderStats:
     rejected: int = 0
 
 
+class ReaderHandle(Protocol):
+    """What a session holds of its connection: a ``StreamReader`` of its own, or its share
+    of one (``capture.shared.SharedReader``)."""
+
+    @property
+    def stats(self) -> ReaderStats: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+    def request_capture(self) -> None: ...
+
+
 class _NoFrameError(Exception):
     """The keyframe gave no picture (no frame out of the decoder, or no video decoder)."""
 
@@ -347,11 +369,78 @@ class _OpenDeadlineError(Exception):
     """``av.open`` ran out of ``open_timeout_s`` (the message says what FFmpeg was at)."""
 
 
+class Tap:
+    """One subscriber of a reader: a job's keyframe selection, rendering and events.
+
+    A reader starts with one tap (its owner's); a shared reader (``capture.shared``) takes
+    more with :meth:`StreamReader.attach`. Everything but ``requested`` is used only by the
+    reader thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        selector: KeyframeSelector,
+        emit: Callable[[ReaderEvent], None],
+        renderer: Renderer,
+        feedback: GateFeedback | None,
+        log_ids: dict[str, str],
+    ) -> None:
+        self.selector = selector
+        self.emit = emit
+        self.renderer = renderer
+        self.feedback = feedback
+        self.log_ids = log_ids
+        self.requested = threading.Event()  # capture the next keyframe whatever the selector says
+
+    def send(self, event: ReaderEvent) -> None:
+        try:
+            self.emit(event)
+        except Exception:
+            # A broken owner callback must not kill the reader (or skip the
+            # final Disconnected); it is the owner's bug, so log it loudly.
+            logger.exception(
+                "reader event callback failed",
+                extra={"action": "capture.emit_failed", **self.log_ids},
+            )
+
+    def share_key(self) -> tuple[ImageOptions, int] | None:
+        """Taps with the same key get the same picture from the same keyframe; None: this
+        tap's picture depends on its own past (the quality gate compares with it)."""
+        if self.renderer.options.quality_gate:
+            return None
+        return self.renderer.options, self.renderer.quality
+
+
+def make_tap(
+    *,
+    options: SourceOptions,
+    selector: KeyframeSelector,
+    emit: Callable[[ReaderEvent], None],
+    name: str,
+    job_id: str | None = None,
+    renderer: Renderer | None = None,
+    feedback: GateFeedback | None = None,
+) -> Tap:
+    """A tap; without a renderer: JPEG at the source size, no gate (ICE's behaviour)."""
+    return Tap(
+        selector=selector,
+        emit=emit,
+        renderer=renderer or Renderer(
+            ImageOptions(quality_gate=False), default_quality=options.jpeg_quality),
+        feedback=feedback,
+        # carried on every log line of this tap (``job_id`` when the owner has one)
+        log_ids={"reader": name, **({"job_id": job_id} if job_id else {})},
+    )
+
+
 class StreamReader:
     """Reads one stream in a daemon thread and emits :data:`ReaderEvent` s.
 
     A reader serves one connection: once it has emitted :class:`Disconnected`
-    it is finished, and the owner creates a new one to reconnect.
+    it is finished, and the owner creates a new one to reconnect. It may serve
+    several subscribers (:meth:`attach`): the keyframe is decoded once for all
+    that want it, and taps with the same picture options share the picture.
     """
 
     def __init__(
@@ -359,27 +448,36 @@ class StreamReader:
         url: str,
         *,
         options: SourceOptions,
-        selector: KeyframeSelector,
-        emit: Callable[[ReaderEvent], None],
         name: str,
+        selector: KeyframeSelector | None = None,
+        emit: Callable[[ReaderEvent], None] | None = None,
         job_id: str | None = None,
         renderer: Renderer | None = None,
         feedback: GateFeedback | None = None,
+        tap: Tap | None = None,
+        on_closed: Callable[[StreamReader], None] | None = None,
     ) -> None:
+        """The first subscriber is ``tap``, or one made from ``selector``, ``emit``,
+        ``renderer`` and ``feedback``. ``on_closed`` is called in the reader thread as the
+        connection ends, before the subscribers hear ``Disconnected``."""
+        if tap is None:
+            if selector is None or emit is None:
+                raise TypeError("a reader needs a tap, or a selector and emit")
+            tap = make_tap(options=options, selector=selector, emit=emit, name=name,
+                           job_id=job_id, renderer=renderer, feedback=feedback)
         self._url = url
         self._options = options
-        self._selector = selector
-        # Without a renderer: JPEG at the source size, no gate (ICE's behaviour).
-        self._renderer = renderer or Renderer(
-            ImageOptions(quality_gate=False), default_quality=options.jpeg_quality
-        )
-        self._feedback = feedback
-        self._emit = emit
+        self.tap = tap
+        # Replaced, never changed in place: the reader thread iterates over the tuple it
+        # read. The lock orders attach/detach against the connection's first and last events.
+        self._taps: tuple[Tap, ...] = (self.tap,)
+        self._taps_lock = threading.Lock()
+        self._connected: Connected | None = None
+        self._closing = False
+        self._on_closed = on_closed
         self._name = name
-        # carried on every log line of this reader (``job_id`` when the owner has one)
-        self._log_ids = {"reader": name, **({"job_id": job_id} if job_id else {})}
+        self._log_ids = self.tap.log_ids
         self._stop = threading.Event()
-        self._capture_requested = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"livesnap-reader-{name}", daemon=True
         )
@@ -402,6 +500,11 @@ class StreamReader:
     def name(self) -> str:
         """The name given at construction (used in the thread name and logs)."""
         return self._name
+
+    @property
+    def subscribers(self) -> int:
+        """Taps attached now (the owner's included while it is)."""
+        return len(self._taps)
 
     @property
     def stats(self) -> ReaderStats:
@@ -437,6 +540,37 @@ class StreamReader:
             if self._video is not None:
                 self._video.discard = av.stream.Discard.default
 
+    def attach(self, tap: Tap) -> bool:
+        """Add a subscriber; False if this connection is ending (open a new one then).
+
+        A tap joining a live connection gets ``Connected(joined=True)`` at once, then the
+        same events as the others from the next keyframe on.
+        """
+        with self._taps_lock:
+            if self._closing or self._stop.is_set():
+                return False
+            self._taps = (*self._taps, tap)
+            if self._connected is not None:  # in the lock: before any capture for this tap
+                tap.send(dataclasses.replace(self._connected, opened_s=0.0, joined=True))
+        return True
+
+    def detach(self, tap: Tap) -> bool:
+        """Remove a subscriber; True if it left while others keep the connection.
+
+        A tap that leaves others behind gets ``Disconnected("stopped")`` at once. The last
+        tap stops the reader instead (:meth:`stop`), and hears its ``Disconnected`` as
+        an owner does.
+        """
+        with self._taps_lock:
+            if tap not in self._taps:
+                return True
+            if len(self._taps) == 1:
+                self.stop()  # in the lock: no tap may attach to a stopping reader
+                return False
+            self._taps = tuple(t for t in self._taps if t is not tap)
+            tap.send(Disconnected(reason="stopped", was_live=self._live))
+        return True
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True if it has ended (or was never started)."""
         if self._thread.ident is None:
@@ -446,7 +580,7 @@ class StreamReader:
 
     def request_capture(self) -> None:
         """Capture the next keyframe whatever the selector says. Thread-safe."""
-        self._capture_requested.set()
+        self.tap.requested.set()
 
     # -- reader thread ------------------------------------------------------
 
@@ -474,7 +608,13 @@ class StreamReader:
                 reason,
                 extra={"action": "capture.disconnected", **self._log_ids},
             )
-            self._send(Disconnected(reason=reason, was_live=self._live))
+            with self._taps_lock:
+                self._closing = True
+                taps = self._taps
+            if self._on_closed is not None:
+                self._on_closed(self)  # before the taps hear it: they may reconnect at once
+            for tap in taps:
+                tap.send(Disconnected(reason=reason, was_live=self._live))
 
     def _read(self) -> str:
         if self._stop.is_set():
@@ -529,8 +669,12 @@ class StreamReader:
         if not self._live:
             self._live = True
             ctx = video.codec_context
-            self._send(Connected(codec=ctx.name, width=ctx.width, height=ctx.height,
-                                 opened_s=time.monotonic() - self._started))
+            connected = Connected(codec=ctx.name, width=ctx.width, height=ctx.height,
+                                  opened_s=time.monotonic() - self._started)
+            with self._taps_lock:
+                self._connected = connected
+                for tap in self._taps:
+                    tap.send(connected)
         if packet.has_sidedata("new_extradata"):
             # New SPS/PPS (e.g. the publisher restarted its encoder with another
             # size), attached to this packet only. Keep it even if this keyframe
@@ -546,18 +690,22 @@ class StreamReader:
         if not packet.is_keyframe:
             return extradata
         self._keyframes += 1
-        wanted = self._selector.on_keyframe(arrival)
-        if self._feedback is not None:
-            for verdict in self._feedback.take_missed():
-                self._send(TickMissed(verdict=verdict))
-        requested = self._capture_requested.is_set()
-        if requested:
-            # A request that lands between is_set and clear is served by this
-            # same capture, which is what "the next keyframe" means anyway.
-            self._capture_requested.clear()
-        if wanted or requested:
-            # A capture the user asked for is kept whatever the gate says.
-            self._capture(video, packet, extradata, arrival, gate=not requested)
+        wanting: list[tuple[Tap, bool]] = []  # (tap, gated): who captures this keyframe
+        for tap in self._taps:
+            wanted = tap.selector.on_keyframe(arrival)
+            if tap.feedback is not None:
+                for verdict in tap.feedback.take_missed():
+                    tap.send(TickMissed(verdict=verdict))
+            requested = tap.requested.is_set()
+            if requested:
+                # A request that lands between is_set and clear is served by this
+                # same capture, which is what "the next keyframe" means anyway.
+                tap.requested.clear()
+            if wanted or requested:
+                # A capture the user asked for is kept whatever the gate says.
+                wanting.append((tap, not requested))
+        if wanting:
+            self._capture(video, packet, extradata, arrival, wanting)
         return extradata
 
     def _capture(
@@ -566,41 +714,62 @@ class StreamReader:
         packet: Packet[VideoStream],
         extradata: bytes | None,
         arrival: float,
-        *,
-        gate: bool,
+        wanting: list[tuple[Tap, bool]],
     ) -> None:
-        feedback = self._feedback if gate else None
+        """Decode the keyframe once and render it for every tap that wants it."""
         try:
-            rendered = self._renderer.render(
-                self._decode(video.codec_context.name, packet, extradata), gate=gate
-            )
+            frame = self._decode(video.codec_context.name, packet, extradata)
         except (av.error.FFmpegError, ValueError, _NoFrameError) as exc:
-            self._failed += 1
-            logger.warning(
-                "keyframe capture failed: %r",
-                exc,
-                extra={"action": "capture.failed", **self._log_ids},
-            )
-            if feedback is not None and self._renderer.options.quality_gate:
-                feedback.rejected(Verdict.DECODE_ERROR)  # the tick's next keyframe may do
-            self._send(CaptureFailed(reason=_describe_error(exc)))
+            for tap, gated in wanting:
+                self._capture_failed(tap, gated, exc)
             return
+        shared: dict[tuple[ImageOptions, int], Rendered] = {}
+        stream_time = _seconds(packet, video)
+        for tap, gated in wanting:
+            key = tap.share_key()
+            try:
+                rendered = shared.get(key) if key is not None else None
+                if rendered is None:
+                    rendered = tap.renderer.render(frame, gate=gated)
+                    if key is not None:
+                        shared[key] = rendered
+            except (av.error.FFmpegError, ValueError) as exc:
+                self._capture_failed(tap, gated, exc)
+                continue
+            self._deliver(tap, gated, rendered, stream_time, arrival)
+
+    def _capture_failed(self, tap: Tap, gated: bool, exc: Exception) -> None:
+        self._failed += 1
+        logger.warning(
+            "keyframe capture failed: %r",
+            exc,
+            extra={"action": "capture.failed", **tap.log_ids},
+        )
+        if gated and tap.feedback is not None and tap.renderer.options.quality_gate:
+            tap.feedback.rejected(Verdict.DECODE_ERROR)  # the tick's next keyframe may do
+        tap.send(CaptureFailed(reason=_describe_error(exc)))
+
+    def _deliver(
+        self, tap: Tap, gated: bool, rendered: Rendered, stream_time: float | None,
+        arrival: float,
+    ) -> None:
+        feedback = tap.feedback if gated else None
         if rendered.image is None:
             self._rejected += 1
             if feedback is not None:
                 feedback.rejected(rendered.verdict)
-            self._send(FrameRejected(verdict=rendered.verdict))
+            tap.send(FrameRejected(verdict=rendered.verdict))
             return
         self._captured += 1
         frame = CapturedFrame(
             image=rendered.image,
-            stream_time=_seconds(packet, video),
+            stream_time=stream_time,
             arrival_wall=arrival,
             encoded_wall=time.time(),
             verdict=rendered.verdict,
             skipped=feedback.accepted() if feedback is not None else 0,
         )
-        self._send(Captured(frame=frame))
+        tap.send(Captured(frame=frame))
 
     def _decode(
         self, codec_name: str, packet: Packet[VideoStream], extradata: bytes | None
@@ -623,19 +792,8 @@ class StreamReader:
         if not frames:
             raise _NoFrameError("decoder returned no picture for the keyframe")
         # The frame (and with it the decoder's buffer pool) is released once the
-        # caller has rendered it; only the encoded bytes leave the reader.
+        # callers have rendered it; only the encoded bytes leave the reader.
         return frames[-1]
-
-    def _send(self, event: ReaderEvent) -> None:
-        try:
-            self._emit(event)
-        except Exception:
-            # A broken owner callback must not kill the reader (or skip the
-            # final Disconnected); it is the owner's bug, so log it loudly.
-            logger.exception(
-                "reader event callback failed",
-                extra={"action": "capture.emit_failed", **self._log_ids},
-            )
 
 
 def _select_video(container: InputContainer) -> VideoStream | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from livesnap.capture.metrics import CaptureMetrics
 from livesnap.capture.session import Session, SessionOptions
+from livesnap.capture.shared import StreamHub
 from livesnap.clock import Clock
 from livesnap.errors import JobLimitExceeded, JobNotStarted, StreamNotFound
 from livesnap.jobs.models import Job, StreamStatus
@@ -50,6 +51,7 @@ class CaptureSupervisor:
         self._probe_timeout_s = probe_timeout_s
         self._running: dict[str, _Running] = {}
         self._metrics = metrics
+        self.streams = StreamHub() if options.share_streams else None
 
     def is_running(self, job_id: str) -> bool:
         entry = self._running.get(job_id)
@@ -75,7 +77,7 @@ class CaptureSupervisor:
             raise JobLimitExceeded("Job limit exceeded: this node runs its maximum of jobs.")
         session = Session(
             job, reports=self._reports, sinks=self._sinks, clock=self._clock,
-            options=self._options, probe=probe, metrics=self._metrics,
+            options=self._options, probe=probe, metrics=self._metrics, streams=self.streams,
         )
         task = asyncio.create_task(self._run(session), name=f"session-{job.id}")
         self._running[job.id] = _Running(session=session, task=task)
