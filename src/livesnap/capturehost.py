@@ -28,21 +28,27 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
+from livesnap.cluster.assign import owner
 from livesnap.cluster.shard import RemoteEngine, error_reply, raise_reply
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
+from livesnap.jobs.models import OutboxEvent
+
+if TYPE_CHECKING:  # imported by child_main at run time (shardhost imports service, and that this)
+    from livesnap.shardhost import ShardHost
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHILD_SHARD", "CaptureProcess", "child_main"]
+__all__ = ["CHILD_SHARD", "CaptureProcess", "CaptureProcesses", "child_main"]
 
 CHILD_SHARD = "local"  # the child's shard name: the only shard, so it owns every job
 RESTART_MIN_S = 1.0
@@ -52,10 +58,23 @@ _NO_REPLY = 0  # request id of a message that gets no answer (notify)
 
 
 class CaptureProcess(RemoteEngine):
-    """The serving process's ``CaptureEngine``: commands go to the capture child."""
+    """The serving process's ``CaptureEngine``: commands go to the capture child.
 
-    def __init__(self, settings: Settings, *, timeout_s: float, api_nice: int = 0) -> None:
+    One child (``name`` ``local``, ``names`` ``[local]``) owns every job and delivers the
+    callbacks. One of several (:class:`CaptureProcesses`) owns the jobs rendezvous hashing
+    gives its name among ``names``, and hands the callback events it writes to ``on_events``
+    (the serving process's dispatcher) instead of delivering them.
+    """
+
+    def __init__(
+        self, settings: Settings, *, timeout_s: float, api_nice: int = 0,
+        name: str = CHILD_SHARD, names: Sequence[str] = (CHILD_SHARD,),
+        on_events: Callable[[list[OutboxEvent]], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self.name = name
+        self._names = list(names)
+        self._on_events = on_events
         self._timeout_s = timeout_s
         self._api_nice = api_nice
         self._ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks
@@ -95,8 +114,10 @@ class CaptureProcess(RemoteEngine):
     def _start_child(self) -> tuple[BaseProcess, Connection]:
         """(On the spawner thread.) A new child and the parent's end of its pipe."""
         parent_end, child_end = self._ctx.Pipe()
-        proc = self._ctx.Process(target=child_main, args=(self._settings, child_end),
-                                 name="livesnap-capture", daemon=False)
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(self._settings, child_end, self.name, self._names, self._on_events is None),
+            name=f"livesnap-capture-{self.name}", daemon=False)
         proc.start()
         child_end.close()  # the child's copy is the only one left: its exit closes the pipe
         return proc, parent_end
@@ -110,7 +131,7 @@ class CaptureProcess(RemoteEngine):
                                         name="capture-pipe", daemon=True)
         self._reader.start()
         logger.info("capture process started", extra={"action": "capture_process",
-                                                       "pid": proc.pid})
+                                                       "pid": proc.pid, "shard": self.name})
 
     def _read(self, conn: Connection, gone: asyncio.Event) -> None:
         """The reader thread: replies to their futures; the end of the pipe to ``gone``."""
@@ -121,6 +142,10 @@ class CaptureProcess(RemoteEngine):
                 rid, reply = conn.recv()
             except (EOFError, OSError):
                 break
+            if rid == _NO_REPLY:  # the child wrote callback events
+                if self._on_events is not None:
+                    loop.call_soon_threadsafe(self._on_events, reply["events"])
+                continue
             loop.call_soon_threadsafe(self._answer, rid, reply)
         loop.call_soon_threadsafe(self._lost, conn, gone)
 
@@ -228,6 +253,66 @@ class CaptureProcess(RemoteEngine):
         return families
 
 
+class CaptureProcesses(RemoteEngine):
+    """Capture in ``count`` child processes, ``local-0`` … (``LIVESNAP_CAPTURE_PROCESSES``):
+    each owns the jobs rendezvous hashing of the job id gives it, as a cluster's shards do,
+    and is restarted on its own when it dies. The callback events they write come to
+    ``on_events`` (the serving process's dispatcher, one per outbox); ``notify`` is not needed.
+    """
+
+    def __init__(
+        self, settings: Settings, count: int, *, timeout_s: float, api_nice: int = 0,
+        on_events: Callable[[list[OutboxEvent]], None],
+    ) -> None:
+        names = [f"{CHILD_SHARD}-{i}" for i in range(count)]
+        self._names = names
+        self._api_nice = api_nice
+        self.children = {
+            name: CaptureProcess(settings, timeout_s=timeout_s, name=name, names=names,
+                                 on_events=on_events)
+            for name in names}
+
+    def owner(self, job_id: str) -> CaptureProcess:
+        return self.children[owner(job_id, self._names)]
+
+    async def open(self) -> None:
+        """Start every child, then lower this process's priority by ``api_nice``, every
+        child's spawner thread excepted (so restarted children keep the capture's)."""
+        for child in self.children.values():
+            await child.open()
+        if self._api_nice > 0:
+            renice_threads(self._api_nice,
+                           keep={c._spawner_tid() for c in self.children.values()})
+
+    async def shutdown(self, timeout_s: float) -> None:
+        await asyncio.gather(*(c.shutdown(timeout_s) for c in self.children.values()))
+
+    async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
+        return await self.owner(job_id)._command(method, job_id, *args)
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restarts for c in self.children.values())
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Every child's shard report, with its name and pid."""
+        reports = []
+        for child in self.children.values():
+            try:
+                report = await child.status()
+            except ShardUnavailable as exc:
+                report = {"ready": False, "error": exc.message}
+            reports.append({**report, "name": child.name, "pid": child.pid})
+        return reports
+
+    async def metric_families(self) -> list[Metric]:
+        """Every child's metrics (``Metrics.adopt`` adds up families of the same name)."""
+        families: list[Metric] = []
+        for child in self.children.values():
+            families += await child.metric_families()
+        return families
+
+
 def renice_threads(increment: int, *, keep: set[int]) -> None:
     """Make every thread of this process but ``keep`` ``increment`` nicer (Linux keeps a nice
     value per thread; threads started later inherit their creator's). Raising one's own
@@ -244,21 +329,28 @@ def renice_threads(increment: int, *, keep: set[int]) -> None:
 
 
 # the child ---------------------------------------------------------------------------------
-def child_main(settings: Settings, conn: Connection) -> None:
-    """The capture process: a capture shard owning every job, serving its parent's pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from livesnap.capture.source import tune_malloc
+class _ParentPipe:
+    """The child's end of the pipe: answers to commands, and events handed over."""
 
-    tune_malloc()  # before any reader thread exists (docs/performance.md)
-    from livesnap.metrics import Metrics
-    from livesnap.shardhost import ShardHost
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()  # command threads and the shard's loop send
+        self.host: ShardHost | None = None
 
-    host = ShardHost(settings, CHILD_SHARD, [CHILD_SHARD], fence=False, callbacks=True,
-                     metrics=Metrics(process=False))
-    send_lock = threading.Lock()
+    def send(self, message: tuple[int, dict[str, Any]]) -> None:
+        with self._lock:
+            try:
+                self._conn.send(message)
+            except OSError as exc:  # the parent is gone (a new one polls the outbox)
+                logger.warning("nothing sent: parent gone", extra={"reason": str(exc)})
 
-    def answer(rid: int, method: str, args: tuple[Any, ...]) -> None:
+    def forward(self, events: Sequence[OutboxEvent]) -> None:
+        """(On the shard's loop, after their commit.) Callback events for the parent."""
+        self.send((_NO_REPLY, {"events": list(events)}))
+
+    def answer(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+        host = self.host
+        assert host is not None
         try:
             if method == "metrics":
                 reply: dict[str, Any] = {"families": host.metric_families()}
@@ -271,12 +363,27 @@ def child_main(settings: Settings, conn: Connection) -> None:
         except Exception as exc:  # a bug here must not leave the caller waiting
             logger.exception("capture command failed", extra={"action": method})
             reply = error_reply(ShardUnavailable(f"Capture command failed: {exc}"))
-        with send_lock:
-            try:
-                conn.send((rid, reply))
-            except OSError as exc:
-                logger.warning("reply not sent: parent gone", extra={"reason": str(exc)})
+        self.send((rid, reply))
 
+
+def child_main(
+    settings: Settings, conn: Connection, name: str = CHILD_SHARD,
+    names: Sequence[str] = (CHILD_SHARD,), callbacks: bool = True,
+) -> None:
+    """A capture process: the capture shard ``name`` of ``names``, serving its parent's pipe;
+    it delivers the callbacks itself (``callbacks``) or sends its events to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from livesnap.capture.source import tune_malloc
+
+    tune_malloc()  # before any reader thread exists (docs/performance.md)
+    from livesnap.metrics import Metrics
+    from livesnap.shardhost import ShardHost
+
+    pipe = _ParentPipe(conn)
+    host = pipe.host = ShardHost(
+        settings, name, list(names), fence=False, callbacks=callbacks,
+        metrics=Metrics(process=False), on_events=None if callbacks else pipe.forward)
     timeout_s = settings.shutdown_timeout_s
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="ls-command") as pool:
         while True:
@@ -292,6 +399,6 @@ def child_main(settings: Settings, conn: Connection) -> None:
             if method == "notify":
                 host.notify()
                 continue
-            pool.submit(answer, _rid, method, args)
+            pool.submit(pipe.answer, _rid, method, args)
         host.close(timeout_s + 5.0)
     conn.close()

@@ -269,6 +269,8 @@ class Settings(BaseSettings):
     # where capture runs: local = in this process; process = in one child process on this
     # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
     engine: Literal["local", "process", "ray"] = "local"
+    # process: how many capture processes (0 = one per CPU core); not 1 with local: process
+    capture_processes: int = Field(default=1, ge=0, le=256)
     # process: the serving process's threads run this much nicer than the capture process
     api_nice: int = Field(default=5, ge=0, le=19)
     ray_address: str = ""  # "" = the Ray node on this host ("auto")
@@ -313,6 +315,13 @@ class Settings(BaseSettings):
             raise ValueError("callback_backoff_max_s must be at least callback_backoff_base_s")
         return self
 
+    @model_validator(mode="after")
+    def _several_capture_processes(self) -> Settings:
+        """Asking for several capture processes (or one per core) means the process engine."""
+        if self.engine == "local" and self.capture_processes != 1:
+            self.engine = "process"
+        return self
+
     def configured_callback_keys(self) -> dict[str, str]:
         """Account → callback key from ``LIVESNAP_CALLBACK_KEYS`` (empty if unset)."""
         if self.callback_keys is None:
@@ -334,6 +343,11 @@ class Settings(BaseSettings):
 
     def networks(self) -> tuple[Network, ...]:
         return parse_networks(self.blocked_networks.split(","))
+
+    @property
+    def capture_process_count(self) -> int:
+        """How many capture processes ``capture_processes`` asks for (0: one per core)."""
+        return self.capture_processes or max(1, len(os.sched_getaffinity(0)))
 
     def resolved_database_url(self) -> str:
         if self.database_url is not None and self.database_url.get_secret_value():

@@ -171,9 +171,14 @@ class Metrics:
             self.streams.labels(stream_status=stream).set(count)
 
     def adopt(self, families: list[Metric]) -> None:
-        """Another process's metrics of this service (the capture process's), added to this
-        one's on every render until the next ``adopt``."""
-        self._adopted = {family.name: family for family in families}
+        """Other processes' metrics of this service (the capture processes'), added to this
+        one's on every render until the next ``adopt``; families of the same name add up."""
+        adopted: dict[str, Metric] = {}
+        for family in families:
+            seen = adopted.get(family.name)
+            adopted[family.name] = (family if seen is None or seen.type != family.type
+                                    else _combined(seen, family))
+        self._adopted = adopted
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header (Prometheus text 0.0.4 unless asked for
@@ -196,19 +201,25 @@ class _Merged:
             if other is None or other.type != family.type:
                 yield family
                 continue
-            merged = Metric(family.name, family.documentation, family.type, family.unit)
-            values: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
-            for sample in [*family.samples, *other.samples]:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                seen = values.get(key)
-                if seen is None:
-                    values[key] = sample
-                elif sample.name.endswith("_created"):
-                    values[key] = seen._replace(value=min(seen.value, sample.value))
-                else:
-                    values[key] = seen._replace(value=seen.value + sample.value)
-            merged.samples = list(values.values())
-            yield merged
+            yield _combined(family, other)
+
+
+def _combined(family: Metric, other: Metric) -> Metric:
+    """Two families of one name and type as one: samples with the same labels add up,
+    creation times take the earlier."""
+    merged = Metric(family.name, family.documentation, family.type, family.unit)
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
+    for sample in [*family.samples, *other.samples]:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        seen = values.get(key)
+        if seen is None:
+            values[key] = sample
+        elif sample.name.endswith("_created"):
+            values[key] = seen._replace(value=min(seen.value, sample.value))
+        else:
+            values[key] = seen._replace(value=seen.value + sample.value)
+    merged.samples = list(values.values())
+    return merged
 
 
 class _Outbox(Protocol):

@@ -29,7 +29,7 @@ from livesnap.capture.session import SessionOptions
 from livesnap.capture.source import SourceOptions
 from livesnap.capture.standin import NoCapture
 from livesnap.capture.supervisor import CaptureSupervisor
-from livesnap.capturehost import CaptureProcess
+from livesnap.capturehost import CaptureProcess, CaptureProcesses
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
 from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
@@ -198,7 +198,8 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
         await stats.ping(store)
 
     engine = manager.engine
-    remote = engine.metric_families if isinstance(engine, CaptureProcess) else None
+    remote = (engine.metric_families if isinstance(engine, CaptureProcess | CaptureProcesses)
+              else None)
     return Probes(job_counts=job_counts, ping=ping, sessions=engine.running_count,
                   spool_bytes=lambda: router.spool.size_bytes, remote=remote)
 
@@ -226,11 +227,25 @@ async def build_service(
         store=store, clock=clock, policy=policy, resolver=SystemResolver(),
         remover=routes, storage=routes,
     )
+    # one dispatcher per outbox: the one capture process delivers the callbacks itself, and
+    # events written here (a stop, a delete) wake it; otherwise this process delivers them,
+    # handed over in memory (written here, or by several capture processes over their pipes)
+    one_child = (settings.capture and settings.engine == "process"
+                 and settings.capture_process_count == 1)
+    dispatcher: CallbackDispatcher | None = None
+    client: CallbackClient | None = None
+    if not one_child:
+        dispatcher, client = callback_dispatcher(settings, store, metrics, clock)
+        manager.on_events_written(dispatcher.offer)
     engine: CaptureEngine
     if settings.engine == "ray":
         engine = ray_engine(settings, store)
     elif not settings.capture:
         engine = NoCapture()
+    elif dispatcher is not None and settings.engine == "process":
+        engine = CaptureProcesses(settings, settings.capture_process_count,
+                                  timeout_s=settings.shard_call_timeout_s,
+                                  api_nice=settings.api_nice, on_events=dispatcher.offer)
     elif settings.engine == "process":
         engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s,
                                 api_nice=settings.api_nice)
@@ -247,16 +262,9 @@ async def build_service(
                           per_tick_min_interval_s=settings.per_tick_min_interval_s)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
     app = create_app(deps, extra_routes=[*console_routes(console), *ops])
-    # one dispatcher per outbox: a capture process delivers the callbacks itself, and events
-    # written here (a stop, a delete) wake it; in one process they are handed over in memory
-    process = engine if isinstance(engine, CaptureProcess) else None
-    dispatcher: CallbackDispatcher | None = None
-    client: CallbackClient | None = None
-    if process is not None:
-        manager.on_events_written(lambda _events: process.notify())
-    else:
-        dispatcher, client = callback_dispatcher(settings, store, metrics, clock)
-        manager.on_events_written(dispatcher.offer)
+    process = engine if isinstance(engine, CaptureProcess | CaptureProcesses) else None
+    if isinstance(engine, CaptureProcess):
+        manager.on_events_written(lambda _events: engine.notify())
     try:
         if process is not None:
             await process.open()

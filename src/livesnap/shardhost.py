@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +32,7 @@ from livesnap.cluster.shard import ShardRuntime, ShardStats, TickLedger, error_r
 from livesnap.config import Settings
 from livesnap.errors import LivesnapError, ShardUnavailable
 from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.jobs.models import OutboxEvent
 from livesnap.logs import setup_logging
 from livesnap.metrics import Metrics
 from livesnap.service import (
@@ -56,15 +57,18 @@ class ShardHost:
     def __init__(
         self, settings: Settings, name: str, shards: list[str], *, fence: bool = True,
         callbacks: bool = False, metrics: Metrics | None = None,
+        on_events: Callable[[Sequence[OutboxEvent]], None] | None = None,
     ) -> None:
-        """``fence=False`` and ``callbacks=True``: the one capture process of a node
-        (``capturehost``), which its parent never runs twice at once and which delivers the
-        node's callbacks; ``metrics`` collects its capture, storage and callback metrics."""
+        """``fence=False``: a capture process of a node (``capturehost``), which its parent
+        never runs twice at once; ``callbacks=True``: it delivers the node's callbacks (the
+        only capture process), else ``on_events`` gets the events it wrote (several);
+        ``metrics`` collects its capture, storage and callback metrics."""
         self.settings = settings
         self.name = name
         self.shards = list(shards)
         self._fence = fence
         self._callbacks = callbacks
+        self._on_events = on_events
         self._metrics = metrics
         self._dispatcher: CallbackDispatcher | None = None
         self._sessions: Callable[[], int] = lambda: 0
@@ -124,6 +128,8 @@ class ShardHost:
                 settings, base, self._metrics or Metrics(process=False), clock)
             manager.on_events_written(self._dispatcher.offer)
             self._dispatcher.start()
+        elif self._on_events is not None:
+            manager.on_events_written(self._on_events)
         runtime = ShardRuntime(
             name=self.name, shards=self.shards, epoch=epoch, store=base, engine=supervisor,
             ledger=ledger, stats=stats, reconcile_s=settings.shard_reconcile_s,

@@ -160,3 +160,61 @@ def test_the_capture_process_ends_when_serve_is_killed(tmp_path, publisher_facto
         wait_until(lambda: newest(server.data_dir, job) > restarted_ms, 40, "capture again")
         stamps = [ms for ms, _ in records(server.data_dir, job)]
         assert len(set(stamps)) == len(stamps)
+
+
+# several capture processes ------------------------------------------------------------------
+SEVERAL = {k: v for k, v in ENV.items() if k != "LIVESNAP_ENGINE"} | {
+    "LIVESNAP_CAPTURE_PROCESSES": "2"}  # without LIVESNAP_ENGINE: implies the process engine
+NAMES = ["local-0", "local-1"]
+
+
+def test_two_capture_processes_share_the_jobs_and_serve_delivers_their_callbacks(
+    tmp_path, publisher_factory
+):
+    from livesnap.cluster.assign import owner
+
+    publisher = publisher_factory()
+    with Receiver() as receiver, LivesnapServer(tmp_path / "data", env=SEVERAL) as server:
+        client = ice_client(server.endpoint)
+        wait_until(lambda: len(capture_children(server)) == 2, 20, "two capture processes")
+        jobs: list[str] = []
+        while len(jobs) < 4 or len({owner(j, NAMES) for j in jobs}) < 2:  # both own some
+            jobs.append(submit(client, publisher.url, receiver.url))
+        for job in jobs:
+            wait_until(lambda j=job: len(records(server.data_dir, j)) >= 2, 30,
+                       f"two snapshots of {job}")
+        port = int(publisher.url.split("/")[2].split(":")[1])
+
+        def streams_held(proc: psutil.Process) -> int:
+            return sum(1 for c in proc.net_connections("tcp") if c.raddr and c.raddr.port == port)
+
+        # each process reads the stream once for its own jobs on it; the API reads nothing
+        assert sorted(streams_held(p) for p in capture_children(server)) == [1, 1]
+        assert streams_held(psutil.Process(server.proc.pid)) == 0
+        assert metric(server, "livesnap_capture_sessions") == len(jobs)
+        wait_until(lambda: metric(server, "livesnap_snapshots_total") >= 2 * len(jobs), 20,
+                   "every process's snapshots in /metrics")
+
+        # a killed process is started again and its jobs resume; the other one's go on
+        victim, survivor = capture_children(server)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        killed_ms = int(time.time() * 1000)
+        wait_until(lambda: len(capture_children(server)) == 2
+                   and victim.pid not in [p.pid for p in capture_children(server)],
+                   20, "the killed process started again")
+        assert survivor.is_running()
+        for job in jobs:
+            wait_until(lambda j=job: newest(server.data_dir, j) > killed_ms, 40,
+                       f"{job} captures again")
+        for job in jobs:
+            command(client, job, "stop")
+        for job in jobs:
+            wait_until(lambda j=job: get_job(client, j).status == "paused", 20, "stopped")
+        counts = check_delivered(receiver, server.data_dir)
+        assert counts["events"] >= 3 * len(jobs)
+        for job in jobs:
+            check_one_event_per_record(server.data_dir, job)
+        assert server.terminate(30) < 20
+        assert not survivor.is_running()
+    assert "Traceback" not in server.log()

@@ -131,6 +131,21 @@ def test_adopted_families_add_to_this_process_s():
     assert value(server, "livesnap_snapshots_total") == 0
 
 
+def test_the_families_of_several_processes_add_up():
+    server = Metrics(process=False)
+    children = [Metrics(process=False) for _ in range(3)]
+    for n, child in enumerate(children, start=1):
+        child.sessions.set(n)
+        child.upload(0.2, ok=True)
+        child.rejected.labels(verdict="black" if n < 3 else "frozen").inc()
+    server.adopt([family for child in children for family in child.registry.collect()])
+    assert value(server, "livesnap_capture_sessions") == 1 + 2 + 3
+    assert value(server, "livesnap_upload_seconds_count") == 3
+    assert value(server, "livesnap_frames_rejected_total", verdict="black") == 2
+    assert value(server, "livesnap_frames_rejected_total", verdict="frozen") == 1
+    assert server.render()[0].decode().count("# TYPE livesnap_capture_sessions gauge") == 1
+
+
 async def test_scrape_adopts_the_remote_families_and_keeps_them_when_it_fails():
     server, child = Metrics(process=False), Metrics(process=False)
     child.snapshot_stored(0.01)

@@ -34,3 +34,17 @@ async def test_the_http_server_stops_when_asked(tmp_path):
     server.request_exit()
     await asyncio.wait_for(serving, 10)
     assert serving.done() and serving.exception() is None
+
+
+def test_several_capture_processes_mean_the_process_engine_and_zero_one_per_core(tmp_path):
+    import os
+
+    one = Settings(data_dir=tmp_path)
+    assert (one.engine, one.capture_process_count) == ("local", 1)
+    two = Settings(data_dir=tmp_path, capture_processes=2)
+    assert (two.engine, two.capture_process_count) == ("process", 2)
+    per_core = Settings(data_dir=tmp_path, capture_processes=0)
+    assert per_core.engine == "process"
+    assert per_core.capture_process_count == len(os.sched_getaffinity(0))
+    ray = Settings(data_dir=tmp_path, engine="ray", capture_processes=2)
+    assert ray.engine == "ray"  # a cluster's API node captures nothing itself
