@@ -767,6 +767,7 @@ def measure_livesnap(
         # own and only share publishers to save CPU (--env LIVESNAP_SHARE_STREAMS=true measures
         # jobs that really watch the same stream)
         "LIVESNAP_SHARE_STREAMS": "false",
+        "LIVESNAP_RATE_LIMIT_RPS": "0",  # submitting hundreds of jobs is not what is measured
         **(env or {}),
     }
     with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import simplejpeg
+from tests.acceptance.test_per_tick import players
 from tests.support.waiting import wait_until
 
 from livesnap.capture.render import Renderer
@@ -79,13 +80,6 @@ def hub() -> Iterator[Callable[..., tuple[SharedReader, Sub]]]:
     for reader in made:
         assert reader.join(10), "reader thread did not end"
     until(lambda: streams.connections == 0, 10)
-
-
-def players(origin, url: str) -> int:
-    status = origin.stream_status(url.rsplit("/", 1)[1])
-    if status is None:
-        return 0
-    return status.nclients - (1 if status.publishing else 0)
 
 
 def test_three_jobs_on_one_stream_use_one_connection_and_one_decode_per_keyframe(
