@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -463,6 +464,14 @@ def wait_all_capturing(rig: Rig, since: float, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def stream_connections(rig: Rig) -> int:
+    """The server's ``livesnap_stream_connections`` (its capture processes' included)."""
+    with urllib.request.urlopen(f"http://{rig.server.endpoint}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return round(sum(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("livesnap_stream_connections ")))
+
+
 def later_threads(rig: Rig) -> int:
     sample = sample_cpu(rig.pid)
     return len(set(sample.threads) - rig.startup_tids - {rig.pid} - sample.store_tids)
@@ -479,8 +488,21 @@ def wait_capture_stopped(rig: Rig, timeout: float = 30.0) -> None:
         if later_threads(rig) <= rig.idle_later_threads + EXECUTOR_SLACK:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the stopped jobs' reader threads did not end: {later_threads(rig)} "
-                       f"threads, {rig.idle_later_threads} expected")
+    sample = sample_cpu(rig.pid)
+    left = set(sample.threads) - rig.startup_tids - {rig.pid} - sample.store_tids
+    names = Counter(_thread_name(tid) for tid in left)
+    raise RuntimeError(f"the stopped jobs' reader threads did not end: {len(left)} "
+                       f"threads, {rig.idle_later_threads} expected: {dict(names)}")
+
+
+def _thread_name(tid: int) -> str:
+    """The OS name of a thread of any process (``/proc/<tid>`` works for thread ids too)."""
+    try:
+        status = Path(f"/proc/{tid}/status").read_text()
+    except OSError:
+        return "?"
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return f"{fields.get('Name', '?').strip()} in {fields.get('Tgid', '?').strip()}"
 
 
 def drain_records(rig: Rig, log: Callable[[str], None], quiet_s: float = 5.0,
@@ -620,7 +642,9 @@ def switch_capture(rig: Rig, args: argparse.Namespace, want: bool, capturing: bo
         time.sleep(args.warmup)
     else:
         log(f"stopping {len(rig.job_ids)} jobs ...")
-        rig.idle_later_threads = max(0, later_threads(rig) - len(rig.job_ids))  # a reader a job
+        # a reader per stream connection (jobs on one stream share one)
+        readers = stream_connections(rig)
+        rig.idle_later_threads = max(0, later_threads(rig) - readers)
         command_jobs(rig.server, rig.job_ids, "stop")
         wait_capture_stopped(rig)
         time.sleep(min(args.warmup, 3.0))

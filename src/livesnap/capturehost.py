@@ -21,6 +21,7 @@ under load"); apart, each has its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -35,7 +36,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from livesnap.cluster.assign import owner
 from livesnap.cluster.shard import RemoteEngine, error_reply, raise_reply
@@ -267,6 +268,7 @@ class CaptureProcesses(RemoteEngine):
         names = [f"{CHILD_SHARD}-{i}" for i in range(count)]
         self._names = names
         self._api_nice = api_nice
+        self._last: dict[str, list[Metric]] = {}  # each child's metrics, as last read
         self.children = {
             name: CaptureProcess(settings, timeout_s=timeout_s, name=name, names=names,
                                  on_events=on_events)
@@ -306,11 +308,33 @@ class CaptureProcesses(RemoteEngine):
         return reports
 
     async def metric_families(self) -> list[Metric]:
-        """Every child's metrics (``Metrics.adopt`` adds up families of the same name)."""
+        """Every child's metrics (``Metrics.adopt`` adds up families of the same name; a child
+        that does not answer counts with its last figures), and per child its sessions,
+        connections and restarts (label ``process``)."""
         families: list[Metric] = []
-        for child in self.children.values():
-            families += await child.metric_families()
-        return families
+        sessions = GaugeMetricFamily(
+            "livesnap_capture_process_sessions",
+            "Capture sessions running in each capture process.", labels=["process"])
+        connections = GaugeMetricFamily(
+            "livesnap_capture_process_connections",
+            "Stream connections open in each capture process.", labels=["process"])
+        restarts = CounterMetricFamily(
+            "livesnap_capture_process_restarts",
+            "Times each capture process was started again after it died.", labels=["process"])
+        for name, child in self.children.items():
+            with contextlib.suppress(ShardUnavailable):  # restarting: its last figures
+                self._last[name] = await child.metric_families()
+            own = self._last.get(name, [])
+            families += own
+            sessions.add_metric([name], _value(own, "livesnap_capture_sessions"))
+            connections.add_metric([name], _value(own, "livesnap_stream_connections"))
+            restarts.add_metric([name], child.restarts)
+        return [*families, sessions, connections, restarts]
+
+
+def _value(families: list[Metric], name: str) -> float:
+    """The value of an unlabelled gauge among ``families`` (0 if absent)."""
+    return next((s.value for f in families if f.name == name for s in f.samples), 0.0)
 
 
 def renice_threads(increment: int, *, keep: set[int]) -> None:

@@ -70,6 +70,10 @@ class Metrics:
                              ["stream_status"], registry=r)
         self.sessions = Gauge("livesnap_capture_sessions",
                               "Capture sessions running on this node.", registry=r)
+        self.connections = Gauge(
+            "livesnap_stream_connections",
+            "Stream connections open on this node (jobs on the same stream share one).",
+            registry=r)
         self.database_up = Gauge("livesnap_database_up",
                                  "1 if the last scrape could read the database, else 0.",
                                  registry=r)
@@ -196,12 +200,16 @@ class _Merged:
         self._adopted = adopted
 
     def collect(self) -> Iterator[Metric]:
+        names = set()
         for family in self._registry.collect():
+            names.add(family.name)
             other = self._adopted.get(family.name)
             if other is None or other.type != family.type:
                 yield family
                 continue
             yield _combined(family, other)
+        # families only the other processes have (one sample per capture process)
+        yield from (f for name, f in self._adopted.items() if name not in names)
 
 
 def _combined(family: Metric, other: Metric) -> Metric:
@@ -266,6 +274,7 @@ class Probes:
     job_counts: Callable[[], Awaitable[JobCounts]]
     ping: Callable[[], Awaitable[None]]
     sessions: Callable[[], int]
+    connections: Callable[[], int] | None = None
     spool_bytes: Callable[[], int] | None = None
     remote: Callable[[], Awaitable[list[Metric]]] | None = None  # the capture process's
     timeout_s: float = SCRAPE_TIMEOUT_S
@@ -274,6 +283,8 @@ class Probes:
 async def refresh(metrics: Metrics, probes: Probes) -> None:
     """Recompute the gauges; a slow or failing database leaves them as they were."""
     metrics.sessions.set(probes.sessions())
+    if probes.connections is not None:
+        metrics.connections.set(probes.connections())
     if probes.spool_bytes is not None:
         metrics.spool_size(probes.spool_bytes())
     if probes.remote is not None:

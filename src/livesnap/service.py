@@ -200,8 +200,10 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
     engine = manager.engine
     remote = (engine.metric_families if isinstance(engine, CaptureProcess | CaptureProcesses)
               else None)
+    connections = engine.connection_count if isinstance(engine, CaptureSupervisor) else None
     return Probes(job_counts=job_counts, ping=ping, sessions=engine.running_count,
-                  spool_bytes=lambda: router.spool.size_bytes, remote=remote)
+                  connections=connections, spool_bytes=lambda: router.spool.size_bytes,
+                  remote=remote)
 
 
 @contextlib.asynccontextmanager

@@ -72,6 +72,7 @@ class ShardHost:
         self._metrics = metrics
         self._dispatcher: CallbackDispatcher | None = None
         self._sessions: Callable[[], int] = lambda: 0
+        self._connections: Callable[[], int] = lambda: 0
         self._spool_bytes: Callable[[], int] = lambda: 0
         self.pid = os.getpid()
         self.node, self.restarted = _ray_facts()
@@ -121,6 +122,7 @@ class ShardHost:
         )
         manager.attach_engine(supervisor)
         self._sessions = supervisor.running_count
+        self._connections = supervisor.connection_count
         self._spool_bytes = lambda: router.spool.size_bytes
         client = None
         if self._callbacks:
@@ -225,6 +227,7 @@ class ShardHost:
         if self._metrics is None:
             return []
         self._metrics.sessions.set(self._sessions())
+        self._metrics.connections.set(self._connections())
         self._metrics.spool_size(self._spool_bytes())
         return list(self._metrics.registry.collect())
 

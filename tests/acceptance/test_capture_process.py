@@ -72,7 +72,8 @@ def thread_nice(pid: int) -> dict[int, int]:
 def metric(server: LivesnapServer, name: str) -> float:
     text = httpx.get(f"http://{server.endpoint}/metrics", timeout=10).text
     values = [float(line.split()[-1]) for line in text.splitlines()
-              if line.startswith(name + " ") or line.startswith(name + "{")]
+              if line.startswith(name + " ") or line.startswith(name + "{")
+              or (name.endswith("}") and line.startswith(name))]
     assert values, f"{name} not in /metrics"
     return sum(values)
 
@@ -194,6 +195,13 @@ def test_two_capture_processes_share_the_jobs_and_serve_delivers_their_callbacks
         assert metric(server, "livesnap_capture_sessions") == len(jobs)
         wait_until(lambda: metric(server, "livesnap_snapshots_total") >= 2 * len(jobs), 20,
                    "every process's snapshots in /metrics")
+        for name in NAMES:  # and each process's own figures
+            mine = sum(1 for j in jobs if owner(j, NAMES) == name)
+            assert metric(server, f'livesnap_capture_process_sessions{{process="{name}"}}') == mine
+            assert metric(server,
+                          f'livesnap_capture_process_connections{{process="{name}"}}') == 1
+        assert metric(server, "livesnap_stream_connections") == 2
+        assert metric(server, "livesnap_capture_process_restarts_total") == 0
 
         # a killed process is started again and its jobs resume; the other one's go on
         victim, survivor = capture_children(server)
@@ -204,6 +212,7 @@ def test_two_capture_processes_share_the_jobs_and_serve_delivers_their_callbacks
                    and victim.pid not in [p.pid for p in capture_children(server)],
                    20, "the killed process started again")
         assert survivor.is_running()
+        assert metric(server, "livesnap_capture_process_restarts_total") == 1
         for job in jobs:
             wait_until(lambda j=job: newest(server.data_dir, j) > killed_ms, 40,
                        f"{job} captures again")

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.acceptance.test_capture_e2e import get_job, raw_job
+from tests.acceptance.test_capture_process import metric
 from tests.acceptance.test_per_tick import FAST, capture_times, command, players, submit
 from tests.support.service import LivesnapServer, ice_client
 from tests.support.waiting import wait_until
@@ -38,6 +39,8 @@ def test_jobs_on_one_stream_share_its_connection_and_a_stopped_one_leaves_it_to_
             wait_until(lambda j=job_id: len(capture_times(client, j)) >= 2, 30,
                        f"two captures of {job_id}")
         assert most_players(rtmp_origin, publisher.url, 3) == 1
+        assert metric(server, "livesnap_capture_sessions") == 4
+        assert metric(server, "livesnap_stream_connections") == 1
 
         command(server, jobs[0], "stop")
         assert raw_job(server, jobs[0])["Status"] == "paused"

@@ -168,7 +168,7 @@ daemon on;
 worker_processes 1;
 pid logs/nginx.pid;
 error_log logs/error.log info;
-events { worker_connections 256; }
+events { worker_connections 1024; }  # the benchmarks play hundreds of streams
 rtmp {
   access_log logs/rtmp-access.log;
   server {

@@ -146,6 +146,20 @@ def test_the_families_of_several_processes_add_up():
     assert server.render()[0].decode().count("# TYPE livesnap_capture_sessions gauge") == 1
 
 
+def test_families_only_the_other_processes_have_are_shown_too():
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    server = Metrics(process=False)
+    per_process = GaugeMetricFamily("livesnap_capture_process_sessions", "Sessions.",
+                                    labels=["process"])
+    per_process.add_metric(["local-0"], 3)
+    per_process.add_metric(["local-1"], 4)
+    server.adopt([per_process])
+    assert value(server, "livesnap_capture_process_sessions", process="local-1") == 4
+    server.adopt([])
+    assert "livesnap_capture_process_sessions" not in server.render()[0].decode()
+
+
 async def test_scrape_adopts_the_remote_families_and_keeps_them_when_it_fails():
     server, child = Metrics(process=False), Metrics(process=False)
     child.snapshot_stored(0.01)

@@ -1,9 +1,10 @@
 """One job's capture session: connect → live → (drop) → reconnecting → live …
 
-The PyAV work happens in a ``StreamReader`` thread, one per connection. This asyncio task owns
-the lifecycle: it starts readers, receives their events through a small bounded queue, hands
-each JPEG to the route's upload queue (which stores it in the background, spooling while the
-store is away, and only then has the manager record it), and reconnects with capped exponential
+The PyAV work happens in a ``StreamReader`` thread, one per connection (on a node, sessions on
+the same stream URL share it through ``capture.shared``). This asyncio task owns the
+lifecycle: it starts readers, receives their events through a small bounded queue, hands each
+JPEG to the route's upload queue (which stores it in the background, spooling while the store
+is away, and only then has the manager record it), and reconnects with capped exponential
 backoff and jitter. A stream that stays away for the whole outage window pauses the job.
 
 A job runs in one of two connection modes (``jobs.connect``). **Persistent**: one reader stays

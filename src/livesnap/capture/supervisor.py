@@ -63,6 +63,10 @@ class CaptureSupervisor:
     def running_count(self) -> int:
         return sum(1 for r in self._running.values() if not r.task.done())
 
+    def connection_count(self) -> int:
+        """Stream connections open or opening (without sharing: at most one per session)."""
+        return self.running_count() if self.streams is None else self.streams.connections
+
     def session(self, job_id: str) -> Session | None:
         entry = self._running.get(job_id)
         return None if entry is None or entry.task.done() else entry.session
