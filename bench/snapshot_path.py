@@ -99,6 +99,9 @@ class SyntheticReader:
         self._stop.set()
         return False
 
+    def restart(self, reason: str) -> None:
+        self._stop.set()
+
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.ident is None:
             return True

@@ -39,6 +39,10 @@ ENGINE_HELP = (
     "local: capture in this process; process: in a child process, apart from the API; "
     "ray: send capture to the cluster's shards (env LIVESNAP_ENGINE; default local)."
 )
+CAPTURE_PROCESSES_HELP = (
+    "Capture processes: 1 keeps capture in this process (or one child with --engine process), "
+    "N runs N child processes, 0 one per CPU core (env LIVESNAP_CAPTURE_PROCESSES; default 1)."
+)
 RAY_ADDRESS_HELP = "Ray cluster address (env LIVESNAP_RAY_ADDRESS; default: this host's node)."
 SHARDS_HELP = "Number of capture shards, named shard-0 … (env LIVESNAP_SHARDS; default 4)."
 
@@ -83,11 +87,14 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
     engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
+    capture_processes: Annotated[
+        int | None, typer.Option(help=CAPTURE_PROCESSES_HELP, min=0)] = None,
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
 ) -> None:
     """Run the API server and capture engine (embedded defaults: SQLite, local disk)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url,
-                         engine=engine, ray_address=ray_address)
+                         engine=engine, capture_processes=capture_processes,
+                         ray_address=ray_address)
     setup_logging(level=settings.log_level, json_lines=settings.log_json)
     keys = _keys(settings)
     from livesnap.service import port_is_free

@@ -279,8 +279,10 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
                 taken = wait_until(lambda: (e := pg.epochs()) and all(
                     e[n][0] > old_epochs[n] for n in frozen) and e, 60, "new epochs taken")
                 # the stale instances stop reading: every stream has its publisher plus one
-                # player per job again (the new instances' players)
-                per_stream = Counter(i % STREAMS for i in range(JOBS))
+                # player per shard with jobs on it again (the new instances' players; the jobs
+                # of one shard share their stream's connection)
+                per_stream = {s: len({shard for i, shard in enumerate(jobs.values())
+                                      if i % STREAMS == s}) for s in range(STREAMS)}
                 wait_until(lambda: all(
                     origin.stream_status(f"cl-{i}").nclients == per_stream[i] + 1
                     for i in range(STREAMS)), 30, "stale shards let go of their streams")

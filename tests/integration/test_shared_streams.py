@@ -194,3 +194,17 @@ def test_a_reader_of_its_own_refuses_no_one_but_a_stopping_one_takes_no_one(
         reader.stop()
         assert reader.join(10)
     assert late.events == []
+
+
+def test_a_restart_ends_the_shared_connection_for_every_job_on_it(
+    rtmp_origin, publisher_factory, hub
+):
+    url = publisher_factory().url
+    broken, a = hub(url)
+    _, b = hub(url)
+    until(lambda: a.of(Captured) and b.of(Captured), 15)
+    broken.restart("capture failed 3 times in a row (x); reconnecting")  # as a session does
+    until(lambda: a.of(Disconnected) and b.of(Disconnected), 10)
+    assert a.of(Disconnected)[0].reason == b.of(Disconnected)[0].reason == (
+        "capture failed 3 times in a row (x); reconnecting")
+    until(lambda: hub.streams.connections == 0, 5)

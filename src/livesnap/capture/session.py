@@ -485,11 +485,7 @@ class Session:
                     return True, "tick captured"
             elif isinstance(event, CaptureFailed):
                 failed_in_row += 1
-                if await self._on_capture_failed(event, failed_in_row):
-                    restart = (
-                        f"capture failed {failed_in_row} times in a row ({event.reason});"
-                        " reconnecting"
-                    )
+                restart = await self._on_capture_failed(event, failed_in_row) or restart
             elif isinstance(event, FrameRejected):
                 self._metrics.frame_rejected(event.verdict.value)
             elif isinstance(event, TickMissed):
@@ -550,8 +546,9 @@ class Session:
         if not self.first_live.done():
             self.first_live.set_result(None)
 
-    async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> bool:
-        """Report a failed capture; True if the session stops the reader to reconnect."""
+    async def _on_capture_failed(self, event: CaptureFailed, failed_in_row: int) -> str:
+        """Report a failed capture; why the session ends the connection to reconnect, or
+        "" if it does not."""
         self._metrics.capture_failed("decode")
         logger.warning("capture failed", extra={"action": "capture_failed",
                                                 "job_id": self.job.id, "reason": event.reason})
@@ -559,9 +556,10 @@ class Session:
             self.job.id, StreamStatus.LIVE, error=f"capture failed: {event.reason}"
         ), "stream_changed")
         if failed_in_row >= FAILED_DECODES_BEFORE_RECONNECT and self._reader is not None:
-            self._reader.stop()  # a fresh connection picks up new codec parameters
-            return True
-        return False
+            why = f"capture failed {failed_in_row} times in a row ({event.reason}); reconnecting"
+            self._reader.restart(why)  # a fresh connection picks up new codec parameters
+            return why
+        return ""
 
     async def _on_tick_missed(self, event: TickMissed) -> None:
         logger.info("no usable keyframe in a tick", extra={

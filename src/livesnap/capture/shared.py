@@ -117,6 +117,12 @@ class SharedReader:
         if self._reader is not None:
             self._left = self._reader.detach(self._tap)
 
+    def restart(self, reason: str) -> None:
+        """End the shared connection for every job on it (its captures keep failing, so
+        theirs do too); each reconnects, and the first opens a fresh one."""
+        if self._reader is not None:
+            self._reader.restart(reason)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the connection's thread, unless this subscriber left it to others."""
         if self._reader is None or self._left:

@@ -4,7 +4,9 @@ A :class:`StreamReader` owns a PyAV input container from ``av.open`` to
 ``close``, entirely inside its own daemon thread; nothing else touches the
 container. It reports to its owner through ``emit`` (called in the reader
 thread), which is expected to hand the event to asyncio
-(``loop.call_soon_threadsafe``) and return at once.
+(``loop.call_soon_threadsafe``) and return at once. A reader may serve several
+subscribers (:class:`Tap`: a selector, renderer, gate feedback and ``emit``
+each): ``capture.shared`` attaches the jobs on the same stream to one reader.
 
 The read path is shaped by the measurements in infra.md §2 and §2b, where
 hundreds of streams share one process and two cores:
@@ -16,9 +18,11 @@ hundreds of streams share one process and two cores:
   callback returns at once in C, without the GIL.
 * The demuxer discards non-key video packets and every other stream, so
   Python sees about one packet per GOP instead of one per frame.
-* A keyframe is decoded only when the selector (or ``request_capture``)
+* A keyframe is decoded only when a selector (or ``request_capture``)
   wants it, by a decoder created for that one packet and dropped right after,
-  so an idle stream holds no decoder buffers (~7 MiB at 1080p).
+  so an idle stream holds no decoder buffers (~7 MiB at 1080p). It is decoded
+  once for all subscribers that want it, and encoded once per distinct set of
+  picture options (the quality gate's subscribers each render their own).
 * After the keyframe the decoder is drained with ``decode(None)``: with
   B-frames, an undrained decoder holds the keyframe back for two GOPs.
 
@@ -356,6 +360,10 @@ class ReaderHandle(Protocol):
 
     def stop(self) -> None: ...
 
+    def restart(self, reason: str) -> None:
+        """End the connection for everyone on it (each reconnects): a broken one; ``reason``
+        is what their ``Disconnected`` says."""
+
     def join(self, timeout: float | None = None) -> bool: ...
 
     def request_capture(self) -> None: ...
@@ -474,6 +482,7 @@ class StreamReader:
         self._taps_lock = threading.Lock()
         self._connected: Connected | None = None
         self._closing = False
+        self._restart_reason = ""  # why `restart` ended the connection
         self._on_closed = on_closed
         self._name = name
         self._log_ids = self.tap.log_ids
@@ -540,6 +549,11 @@ class StreamReader:
             if self._video is not None:
                 self._video.discard = av.stream.Discard.default
 
+    def restart(self, reason: str) -> None:
+        """End the connection; its subscribers hear ``Disconnected(reason)`` and reconnect."""
+        self._restart_reason = reason
+        self.stop()
+
     def attach(self, tap: Tap) -> bool:
         """Add a subscriber; False if this connection is ending (open a new one then).
 
@@ -602,7 +616,7 @@ class StreamReader:
             )
         finally:
             if self._stop.is_set():
-                reason = "stopped"
+                reason = self._restart_reason or "stopped"
             logger.info(
                 "reader disconnected: %s",
                 reason,
