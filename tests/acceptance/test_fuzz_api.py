@@ -98,9 +98,13 @@ URLS = [
     "https://127.0.0.1:9/cb?a=1", "http://100.100.100.200/", "srt://127.0.0.1:9",
     "rtsp://127.0.0.1:9/s", "http://[::ffff:169.254.169.254]/", "rtmp://0x7f.1/x",
     "http://%31%32%37.0.0.1:9/", "rtmp://127.0.0.1:9/live/\u202e", "rtmp://\x00/x",
+    # host names the resolver's IDNA codec refuses, and one FFmpeg would resolve raw
+    "rtmp://a..b/live/a", "http://a..b/cb", "rtmp://" + "a" * 64 + ".example/x",
+    "http://\uff45\uff56\uff49\uff4c.example/cb", "RTMP://127.0.0.1:9/live/x",
 ]
 JSON_JUNK = [
     "{", "}", "[", "{not json", "null", "1", '"s"', "[]", "{}", "[1]", "[1.5]", "[true]",
+    "[9223372036854775808]", "[-9223372036854775809]", "[1000000000000000000000000000000]",
     "[null]", '["1"]', "[-1]", "[0]", "[1e400]", "[NaN]", "[Infinity]", "[-Infinity]",
     "[9223372036854775808]", "[1,1,1]", json.dumps(list(range(201))), "[" * 5000,
     '{"a":' * 3000, '{"Type":"rtmp","Url":1}', '{"Type":"rtmp"}', '{"Type":"hls","Url":"x"}',

@@ -405,6 +405,14 @@ def test_skip_loop_filter_option_still_captures(
     assert not run.recorder.of(CaptureFailed)
 
 
+def test_a_scheme_in_capitals_reads_the_stream(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    # URL schemes are case-insensitive and the API accepts RTMP://; FFmpeg knows only rtmp
+    run = run_reader("RTMP" + live_url.removeprefix("rtmp"), answer=True)
+    assert run.recorder.wait_for(Captured, timeout=2 * GOP_S + 5), run.recorder.events
+
+
 def test_selector_false_decodes_nothing(live_url: str, run_reader: Callable[..., Run]) -> None:
     run = run_reader(live_url, answer=False)
 

@@ -138,7 +138,8 @@ async def test_files_window_and_delete_validation(client):
         "JobId": job_id, "StartTime": "2024-01-01T00:00:00Z", "EndTime": "2024-01-01T10:00:00Z"})
     assert ok.json()["FileList"] == []
     assert "NextStartTime" not in ok.json()
-    for stamps in ("[1.5]", "{}", "[]", json.dumps(list(range(201))), "[true]"):
+    for stamps in ("[1.5]", "{}", "[]", json.dumps(list(range(201))), "[true]",
+                   "[9223372036854775808]", "[-9223372036854775809]", json.dumps([10**30])):
         resp = await client.post("/?" + rpc_query("DeleteLiveSnapshotFiles", {
             "JobId": job_id, "CreateTimestampList": stamps}, method="POST"))
         assert_error(resp, 400, "InvalidParameter")

@@ -24,6 +24,7 @@ from livesnap.jobs.models import (
 )
 from livesnap.jobs.ports import CaptureReport
 from livesnap.store import MemoryStore
+from livesnap.store.sql import open_sql_store
 
 KEYS = KeyRing([AccessKey("testid", "testsecret", "acct-a"),
                 AccessKey("otherid", "othersecret", "acct-b")])
@@ -98,9 +99,13 @@ class Console:
         return await self.manager.get_job(account, job.id)
 
 
-@pytest.fixture
-async def console(tmp_path):
-    manager = JobManager(store=MemoryStore(), clock=SystemClock())
+@pytest.fixture(params=["memory"])
+async def console(request, tmp_path):
+    if request.param == "sqlite":
+        store = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'console.db'}")
+    else:
+        store = MemoryStore()
+    manager = JobManager(store=store, clock=SystemClock())
     manager.attach_engine(Engine())
     await manager.open()
     reader = Reader()
@@ -110,6 +115,17 @@ async def console(tmp_path):
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield Console(manager, reader, client)
     await manager.close(1)
+    if request.param == "sqlite":
+        await store.close()
+
+
+@pytest.mark.parametrize("console", ["sqlite"], indirect=True)
+async def test_a_file_address_past_the_databases_integers_is_not_found(console):
+    await console.login()
+    job = await console.job(picture=True)
+    for stamp in ("9223372036854775807", "9223372036854775808", "1" + "0" * 30):
+        image = await console.client.get(f"/console/jobs/{job.id}/files/{stamp}.jpg")
+        assert image.status_code == 404, stamp  # was a plain-text 500 (SQLite overflow)
 
 
 async def test_pages_need_a_session(console):

@@ -50,6 +50,13 @@ def test_stream_urls_allowed(url):
         ("rtmp://h/a b", "spaces"),
         ("rtmp://h:99999/x", "valid URL"),
         ("rtmp://h/" + "x" * 300, "255"),
+        # what the resolver's IDNA codec refused with a UnicodeError (a 500 before)
+        ("rtmp://a..b/live/a", "invalid host name"),
+        ("rtmp://" + "a" * 64 + ".example/x", "invalid host name"),
+        ("rtmp://.example/x", "invalid host name"),
+        # checked as evil.example, resolved by FFmpeg as the raw UTF-8 name
+        ("http://\uff45\uff56\uff49\uff4c.example/x", r"ASCII \(for this host: evil.example\)"),
+        ("rtmp://b\u00fccher.example/x", "xn--bcher-kva.example"),
     ],
 )
 def test_stream_urls_rejected(url, fragment):
@@ -61,6 +68,14 @@ def test_callback_only_http():
     check_callback_url("https://hooks.example.com/x?a=1")
     with pytest.raises(InvalidParameter, match="schemes"):
         check_callback_url("rtmp://h/x")
+    with pytest.raises(InvalidParameter, match="CallbackUrl has an invalid host name"):
+        check_callback_url("http://a..b/cb")
+
+
+@pytest.mark.parametrize("url", ["rtmp://cam.example./live/a", "rtmp://[fe80::1]/x",
+                                 "RTMP://H/app/s", "rtmp://" + "a" * 63 + ".example/x"])
+def test_host_names_at_the_limits_are_allowed(url):
+    assert check_stream_url(url)
 
 
 def test_blocked_networks_default_and_mapped_ipv6():

@@ -28,6 +28,7 @@ from livesnap.jobs.models import (
 from livesnap.jobs.storage import check_target
 
 DAY_MS = 86_400_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the database stores
 SORT = ("asc", "desc")
 
 
@@ -248,6 +249,9 @@ async def delete_files(ctx: Context, p: Params) -> dict[str, Any]:
         raise InvalidParameter("CreateTimestampList must not be empty.")
     if len(stamps) > 200:
         raise InvalidParameter("CreateTimestampList accepts at most 200 entries.")
+    if not all(INT64_MIN <= s <= INT64_MAX for s in stamps):
+        raise InvalidParameter(
+            "CreateTimestampList entries must be Unix times in milliseconds (64-bit integers).")
     results = await ctx.manager.delete_files(
         ctx.account, job_id, stamps, delete_objects=p.boolean("DeleteOriginalFile", default=False)
     )

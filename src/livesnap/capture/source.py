@@ -660,7 +660,7 @@ class StreamReader:
         started = time.monotonic()
         try:
             return av.open(
-                self._url,
+                _lower_scheme(self._url),
                 container_options={**self._options.container_options(),
                                    **protocol_options(self._url)},
                 timeout=(deadline, None),
@@ -808,6 +808,12 @@ class StreamReader:
         # The frame (and with it the decoder's buffer pool) is released once the
         # callers have rendered it; only the encoded bytes leave the reader.
         return frames[-1]
+
+
+def _lower_scheme(url: str) -> str:
+    """FFmpeg knows its protocols by lower-case name only (``RTMP://`` finds none)."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() + sep + rest
 
 
 def _select_video(container: InputContainer) -> VideoStream | None:

@@ -15,6 +15,7 @@ from livesnap.errors import InvalidParameter
 STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https"})
 CALLBACK_SCHEMES = frozenset({"http", "https"})
 MAX_URL_LEN = 255
+MAX_HOST_LEN, MAX_LABEL_LEN = 253, 63  # DNS limits (RFC 1035)
 DEFAULT_BLOCKED_NETWORKS = (
     "169.254.0.0/16",  # link-local, where cloud metadata services live (169.254.169.254)
     "fe80::/10",  # IPv6 link-local
@@ -57,7 +58,29 @@ def _split(name: str, url: str, schemes: frozenset[str]) -> SplitResult:
         raise InvalidParameter(f"{name} must name a host.")
     if port == 0:
         raise InvalidParameter(f"{name} has an invalid port.")
+    _check_host_name(name, parts.hostname)
     return parts
+
+
+def _check_host_name(name: str, host: str) -> None:
+    """Host names in ASCII with labels of 1-63 characters (or an IP address).
+
+    The blocked-network check resolves the name it is given and FFmpeg resolves the one in the
+    URL: a non-ASCII name could resolve differently in each (IDNA or raw UTF-8), so it is
+    refused, naming its ASCII form.
+    """
+    if not host.isascii():
+        try:
+            ascii_form = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidParameter(f"{name} has an invalid host name.") from None
+        raise InvalidParameter(
+            f"{name} must name its host in ASCII (for this host: {ascii_form}).")
+    if is_ip_literal(host):
+        return
+    labels = host.removesuffix(".").split(".")
+    if len(host) > MAX_HOST_LEN or not all(0 < len(label) <= MAX_LABEL_LEN for label in labels):
+        raise InvalidParameter(f"{name} has an invalid host name.")
 
 
 def check_stream_url(url: str) -> str:
