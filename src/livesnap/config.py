@@ -265,7 +265,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers
     body_timeout_s: float = Field(default=30.0, gt=0)
-    keep_alive_s: int = Field(default=5, ge=1)  # idle time between requests on a connection
+    # idle time between requests on a connection: longer than clients' polling intervals
+    keep_alive_s: int = Field(default=75, ge=1)
     # where capture runs: local = in this process; process = in one child process on this
     # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
     engine: Literal["local", "process", "ray"] = "local"

@@ -5,9 +5,12 @@ Part of the edge, with ``service.py``, which hands :func:`guarded_h11` to ``uvic
 * **Request-head deadline.** uvicorn arms its keep-alive timer only after a response, and
   every byte received cancels it, so a client that opens a connection and sends its request
   line and headers one byte at a time (slow-loris) holds the connection forever. Here every
-  request head has a deadline, counted from the connection's start or from the end of the
-  previous response; bytes that arrive do not extend it. When it passes before the head is
-  complete, the connection is closed. (The body has its own deadline in ``api/app.py``.)
+  request head has a deadline, counted from the connection's start or, on a kept-alive
+  connection, from the first byte of the next head; bytes that arrive do not extend it. When
+  it passes before the head is complete, the connection is closed. (The body has its own
+  deadline in ``api/app.py``.) An idle kept-alive connection is uvicorn's: closed after
+  ``timeout_keep_alive``, which is long, so that clients polling every few seconds never
+  send a request just as the server closes their connection.
 * **ICE-shaped protocol errors.** uvicorn answers a malformed request, or a request head
   larger than ``h11_max_incomplete_event_size``, with a plain-text 400; this protocol answers
   with the ICE error envelope instead, so a client only ever sees ICE-shaped errors.
@@ -58,11 +61,8 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the head is complete (or broken)
             self._cancel_head_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # waiting for the next request on a kept-alive connection: a new head, a new deadline
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        elif self._head_deadline is None and not self.transport.is_closing():
+            # the first bytes of the next head on a kept-alive connection: its deadline starts
             self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:

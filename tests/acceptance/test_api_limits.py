@@ -26,6 +26,7 @@ pytestmark = pytest.mark.acceptance
 
 HEADER_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 3
+KEEP_ALIVE_S = 8  # the guarded server's; the default is 75
 LIVENESS_S = 20.0  # a bounded wait for "the server closed it", far above the timeouts
 ICE_FIELDS = {"RequestId", "HostId", "Code", "Message", "Recommend"}
 
@@ -42,7 +43,8 @@ def limited(tmp_path_factory):
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     env = {"LIVESNAP_CAPTURE": "false", "LIVESNAP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-           "LIVESNAP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "LIVESNAP_RATE_LIMIT_RPS": "0"}
+           "LIVESNAP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "LIVESNAP_RATE_LIMIT_RPS": "0",
+           "LIVESNAP_KEEP_ALIVE_S": str(KEEP_ALIVE_S)}
     with LivesnapServer(tmp_path_factory.mktemp("guarded") / "data", env=env) as srv:
         yield srv
 
@@ -278,6 +280,32 @@ def test_idle_and_kept_alive_connections_are_closed(guarded):
             if closed:
                 break
         assert closed
+
+
+def test_a_kept_alive_connection_waits_for_the_next_request_then_closes_when_idle(guarded):
+    request = f"GET /healthz HTTP/1.1\r\nHost: {guarded.endpoint}\r\n\r\n".encode()
+
+    def answer(sock: socket.socket) -> bytes:
+        data = b""
+        while not data.endswith(b"}"):  # /healthz answers a small JSON object
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        return data
+
+    with open_conn(guarded) as sock:
+        sock.sendall(request)
+        assert answer(sock).startswith(b"HTTP/1.1 200")
+        # a client polling less often than the head deadline keeps its connection (it was
+        # closed HEADER_TIMEOUT_S after each answer; a request sent then met a closing socket)
+        time.sleep(2 * HEADER_TIMEOUT_S + 0.5)
+        assert not closed_by_server(sock, 0.1)
+        sock.settimeout(LIVENESS_S)
+        sock.sendall(request)
+        assert answer(sock).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert closed_by_server(sock, LIVENESS_S)  # idle: closed after LIVESNAP_KEEP_ALIVE_S
+        assert time.monotonic() - started > KEEP_ALIVE_S - 1
 
 
 def test_slow_body_gets_408(guarded):

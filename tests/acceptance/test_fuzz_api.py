@@ -381,8 +381,8 @@ def _tamper(tamper: str | None, scheme: str, query: str, headers: dict[str, str]
 class Client:
     """A keep-alive HTTP/1.1 connection that sends exactly the bytes it is given."""
 
-    # the server closes a connection idle for LIVESNAP_KEEP_ALIVE_S (5 s); a request sent as
-    # it does so gets no answer (the usual keep-alive race), so an idle connection is replaced
+    # the server closes a connection idle for LIVESNAP_KEEP_ALIVE_S; a request sent as it does
+    # so gets no answer (the usual keep-alive race), so an idle connection is replaced
     IDLE_S = 2.0
 
     def __init__(self, port: int) -> None:
