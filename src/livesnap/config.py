@@ -284,6 +284,8 @@ class Settings(BaseSettings):
     storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
     storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk
     storage_retry_max_s: float = Field(default=30.0, gt=0)
+    storage_connect_timeout_s: float = Field(default=5.0, gt=0)  # per request to a store
+    storage_request_timeout_s: float = Field(default=30.0, gt=0)
     spool_max_mb: int = Field(default=1024, ge=1)
     spool_max_age_s: float = Field(default=86400.0, gt=0)
     # callbacks (docs/callbacks.md)

@@ -41,7 +41,7 @@ from livesnap.jobs.ports import CaptureEngine, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 from livesnap.outputs.local import LocalSink
-from livesnap.outputs.objectstore import ObjectStoreSink
+from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
 from livesnap.outputs.router import StorageRouter
 from livesnap.outputs.spool import MIB, SpoolLimits
 from livesnap.store import SqlStore, open_sql_store, stats
@@ -113,6 +113,8 @@ def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> Stor
             max_age_s=settings.spool_max_age_s,
             retry_max_s=settings.storage_retry_max_s,
         ),
+        timeouts=Timeouts(connect_s=settings.storage_connect_timeout_s,
+                          request_s=settings.storage_request_timeout_s),
     )
 
 

@@ -16,7 +16,7 @@ from livesnap.jobs.models import JobSpec, StorageTarget, StorageType
 from livesnap.outputs.local import LocalSink
 from livesnap.outputs.objectstore import ObjectStoreSink, address_for, oss_region
 from livesnap.outputs.router import StorageRouter, find_credential
-from livesnap.service import RouterRemover
+from livesnap.service import RouterRemover, storage_router
 from livesnap.store import MemoryStore
 
 OSS = "oss-cn-shanghai.aliyuncs.com"
@@ -171,6 +171,19 @@ async def test_configured_targets_go_to_the_object_store(tmp_path):
     assert isinstance(route.sink, ObjectStoreSink) and not route.fallback
     assert "https://bucket-1.oss-cn-shanghai.aliyuncs.com" in route.description
     assert "sk-very-secret" not in repr(route.sink) + route.description
+
+
+async def test_the_store_request_timeouts_are_settings(tmp_path):
+    entries = [{"storage_type": "oss", "endpoint": OSS, "bucket": "*", "access_key_id": "ak",
+                "access_key_secret": "sk"}]
+    default = storage_router(Settings(data_dir=tmp_path, storage_config=json.dumps(entries)))
+    quick = storage_router(Settings(data_dir=tmp_path, storage_config=json.dumps(entries),
+                                    storage_connect_timeout_s=2, storage_request_timeout_s=7))
+    for r, connect, request in ((default, "5s", "30s"), (quick, "2s", "7s")):
+        sink = r.route("oss", OSS, "bucket-1").sink
+        assert isinstance(sink, ObjectStoreSink)
+        options = sink.store.client_options
+        assert (options["connect_timeout"], options["timeout"]) == (connect, request)
 
 
 async def test_without_the_fallback_an_unconfigured_target_has_no_route(tmp_path):
