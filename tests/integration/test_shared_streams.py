@@ -66,9 +66,10 @@ def hub() -> Iterator[Callable[..., tuple[SharedReader, Sub]]]:
     def join(url: str, *, answer: bool = True,
              image: ImageOptions | None = None) -> tuple[SharedReader, Sub]:
         sub = Sub(answer)
-        renderer = Renderer(image or ImageOptions(quality_gate=False))
-        reader = streams.reader(url, options=OPTIONS, selector=sub, emit=sub.emit,
-                                name=f"sub{len(made)}", renderer=renderer)
+        name = f"sub{len(made)}"
+        tap = make_tap(options=OPTIONS, selector=sub, emit=sub.emit, name=name,
+                       renderer=Renderer(image or ImageOptions(quality_gate=False)))
+        reader = streams.reader(url, options=OPTIONS, name=name, tap=tap)
         reader.start()
         made.append(reader)
         return reader, sub

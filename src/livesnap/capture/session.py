@@ -42,6 +42,7 @@ from livesnap.capture.source import (
     SourceOptions,
     StreamReader,
     TickMissed,
+    make_tap,
 )
 from livesnap.clock import Clock
 from livesnap.errors import (
@@ -386,17 +387,11 @@ class Session:
             window_s = max(PER_TICK_MIN_ATTEMPT_S, (until_ms - self._now_ms()) / 1000)
             source = dataclasses.replace(
                 source, open_timeout_s=min(source.open_timeout_s, window_s))
+        name = f"reader-{self.job.id[:8]}"
+        tap = make_tap(options=source, selector=self.schedule, emit=emit, name=name,
+                       job_id=self.job.id, renderer=self._renderer, feedback=self.schedule)
         connect = StreamReader if self._streams is None else self._streams.reader
-        reader = connect(
-            self.job.stream_url,
-            options=source,
-            selector=self.schedule,
-            emit=emit,
-            name=f"reader-{self.job.id[:8]}",
-            job_id=self.job.id,
-            renderer=self._renderer,
-            feedback=self.schedule,
-        )
+        reader = connect(self.job.stream_url, options=source, name=name, tap=tap)
         self._reader = reader
         self._one_capture, self._captured_here = one_capture, False
         if capture_now:

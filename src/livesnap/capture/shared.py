@@ -19,19 +19,8 @@ only when they name the same stream the same way.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
-from livesnap.capture.render import Renderer
-from livesnap.capture.source import (
-    GateFeedback,
-    KeyframeSelector,
-    ReaderEvent,
-    ReaderStats,
-    SourceOptions,
-    StreamReader,
-    Tap,
-    make_tap,
-)
+from livesnap.capture.source import ReaderStats, SourceOptions, StreamReader, Tap
 
 __all__ = ["SharedReader", "StreamHub"]
 
@@ -48,21 +37,9 @@ class StreamHub:
         """Stream connections open or opening now."""
         return len(self._readers)
 
-    def reader(
-        self,
-        url: str,
-        *,
-        options: SourceOptions,
-        selector: KeyframeSelector,
-        emit: Callable[[ReaderEvent], None],
-        name: str,
-        job_id: str | None = None,
-        renderer: Renderer | None = None,
-        feedback: GateFeedback | None = None,
-    ) -> SharedReader:
-        """A reader of ``url`` for one subscriber, not connected until ``start``."""
-        tap = make_tap(options=options, selector=selector, emit=emit, name=name,
-                       job_id=job_id, renderer=renderer, feedback=feedback)
+    def reader(self, url: str, *, options: SourceOptions, name: str, tap: Tap) -> SharedReader:
+        """A reader of ``url`` for the subscriber ``tap`` (``source.make_tap``), called as a
+        ``StreamReader`` is; not connected until ``start``."""
         return SharedReader(self, url, tap, options=options, name=name)
 
     def _join(self, url: str, tap: Tap, options: SourceOptions, name: str) -> StreamReader:
@@ -98,10 +75,6 @@ class SharedReader:
         self._name = name
         self._reader: StreamReader | None = None
         self._left = False  # detached while others kept the connection
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def stats(self) -> ReaderStats:
