@@ -292,21 +292,6 @@ class CaptureProcesses(RemoteEngine):
     async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
         return await self.owner(job_id)._command(method, job_id, *args)
 
-    @property
-    def restarts(self) -> int:
-        return sum(c.restarts for c in self.children.values())
-
-    async def status(self) -> list[dict[str, Any]]:
-        """Every child's shard report, with its name and pid."""
-        reports = []
-        for child in self.children.values():
-            try:
-                report = await child.status()
-            except ShardUnavailable as exc:
-                report = {"ready": False, "error": exc.message}
-            reports.append({**report, "name": child.name, "pid": child.pid})
-        return reports
-
     async def metric_families(self) -> list[Metric]:
         """Every child's metrics (``Metrics.adopt`` adds up families of the same name; a child
         that does not answer counts with its last figures), and per child its sessions,
