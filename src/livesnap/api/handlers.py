@@ -12,6 +12,8 @@ from livesnap.errors import InvalidParameter, MissingParameter
 from livesnap.jobs.imaging import MAX_SIDE
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import (
+    INT64_MAX,
+    INT64_MIN,
     ConnectMode,
     FileQuery,
     ImageChanges,
@@ -28,7 +30,6 @@ from livesnap.jobs.models import (
 from livesnap.jobs.storage import check_target
 
 DAY_MS = 86_400_000
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the database stores
 SORT = ("asc", "desc")
 
 

@@ -20,6 +20,7 @@ from livesnap.console.app import Console, Visit, status_for
 from livesnap.errors import LivesnapError
 from livesnap.jobs import connect, imaging
 from livesnap.jobs.models import (
+    INT64_MAX,
     ConnectMode,
     DeliveryAttempt,
     FileQuery,
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-MAX_CREATE_MS = 2**63 - 1  # the database's largest integer
 WALL_PAGE = 100
 WALL_MAX_PAGES = 5
 FILMSTRIP = 12
@@ -158,7 +158,7 @@ class WallViews:
         found: list[SnapshotFile] = []
         if job is not None:
             ms = int(request.path_params["create_ms"])
-            if ms <= MAX_CREATE_MS:  # a larger one names no file (and no database integer)
+            if ms <= INT64_MAX:  # a larger one names no file (and no database integer)
                 found = await self._files(visit.account, job.id, ms, ms, limit=1,
                                           newest_first=False)
         return await self._image(job, found[0] if found else None)

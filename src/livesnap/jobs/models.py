@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Any, Generic, Self, TypeVar
 
 SYSTEM_TEMPLATE_ID = "system"
+# Timestamps and counts are stored as 64-bit integers: a value outside names nothing stored.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class JobStatus(StrEnum):
