@@ -248,3 +248,29 @@ def test_legacy_core_sdk(server):
     assert info.value.get_http_status() == 400
     assert info.value.get_error_msg().startswith(
         "Specified signature is not matched with our calculation. server string to sign is:GET&%2F&")
+
+
+def test_legacy_core_sdk_in_xml(server):
+    """The legacy SDK's ``do_action`` with ``set_accept_format("XML")`` sends Format=XML and
+    gets Alibaba's XML shape (``do_action_with_exception`` always asks for JSON)."""
+    import xml.etree.ElementTree as ET
+
+    acs = core_client(server.endpoint)
+
+    def xml_call(action, method, query=None, body=None):
+        request = core_request(action, method, query, body)
+        request.set_accept_format("XML")
+        return ET.fromstring(acs.do_action(request))
+
+    body = {"TemplateName": "xml", "TimeInterval": "10", "OverwriteFormat": "o/{JobId}.jpg"}
+    created = xml_call("CreateLiveSnapshotTemplate", "POST", body=body)
+    assert created.tag == "CreateLiveSnapshotTemplateResponse"
+    template_id = created.findtext("TemplateId")
+    listed = xml_call("ListLiveSnapshotTemplates", "GET", {"Type": "custom"})
+    names = {t.findtext("TemplateId"): t.findtext("TemplateName")
+             for t in listed.findall("TemplateList")}
+    assert names[template_id] == "xml"
+    assert int(listed.findtext("TotalCount")) == len(names)
+    error = xml_call("GetLiveSnapshotJob", "GET", {"JobId": "nope"})
+    assert (error.tag, error.findtext("Code")) == ("Error", "JobNotFound")
+    assert error.findtext("RequestId")

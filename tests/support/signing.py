@@ -29,6 +29,7 @@ def rpc_query(
     body: list[tuple[str, str]] | None = None,
     now: datetime | None = None,
     nonce: str | None = None,
+    fmt: str = "JSON",
 ) -> str:
     """The signed query string for an RPC request (``body`` pairs are signed too)."""
     stamp = (now or datetime.now(tz=UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -36,7 +37,7 @@ def rpc_query(
     common = [
         ("Action", action),
         ("Version", "2020-11-09"),
-        ("Format", "JSON"),
+        ("Format", fmt),
         ("AccessKeyId", key_id),
         ("SignatureMethod", "HMAC-SHA1"),
         ("SignatureVersion", "1.0"),

@@ -217,3 +217,161 @@ async def test_every_answer_is_counted_by_action_and_code():
     assert count("-", "SignatureDoesNotMatch") == 1
     assert count("-", "InvalidAction.NotFound") == 1
     assert 'livesnap_api_request_seconds_count{action="ListLiveSnapshotTemplates"} 2.0' in text
+
+
+# --------------------------------------------------------------------------- parameter placement
+
+
+def signed_pairs(action, params, *, method="POST", fmt="JSON"):
+    """Every pair of a signed RPC request, Signature included, in the order it was signed."""
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(rpc_query(action, params, method=method, fmt=fmt), keep_blank_values=True)
+
+
+async def post_placed(client, pairs, in_query=()):
+    """A form POST with the pairs named in ``in_query`` in the query and the rest in the body."""
+    query = [p for p in pairs if p[0] in in_query]
+    return await client.post("/?" + urlencode(query), content=urlencode(
+        [p for p in pairs if p[0] not in in_query]),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+
+
+@pytest.mark.parametrize("in_query", [
+    (),  # all in the body, as older clients in other languages send them
+    ("Action", "Version", "Signature"),
+    ("AccessKeyId", "Timestamp", "SignatureNonce", "TemplateName"),
+], ids=["all-in-body", "routing-in-query", "common-split"])
+async def test_every_parameter_may_come_from_query_or_body(client, in_query):
+    pairs = signed_pairs("CreateLiveSnapshotTemplate", {
+        "TemplateName": "placed", "TimeInterval": "10", "OverwriteFormat": "o/{JobId}.jpg"})
+    resp = await post_placed(client, pairs, in_query)
+    assert resp.status_code == 200, resp.text
+    got = (await call(client, "GetLiveSnapshotTemplate", {"TemplateId": resp.json()["TemplateId"]}))
+    assert got.json()["TemplateName"] == "placed"
+
+
+async def test_a_parameter_in_both_query_and_body(client):
+    """The same value twice is one parameter; two different values are refused."""
+    params = {"TemplateName": "twice", "TimeInterval": "10", "OverwriteFormat": "o.jpg"}
+    pairs = signed_pairs("CreateLiveSnapshotTemplate", [*params.items(), ("TimeInterval", "10")])
+    resp = await post_placed(client, pairs, ("TimeInterval",))
+    assert resp.status_code == 200, resp.text
+    pairs = signed_pairs("CreateLiveSnapshotTemplate", [*params.items(), ("TimeInterval", "20")])
+    resp = await post_placed(client, pairs, ("TimeInterval",))
+    body = assert_error(resp, 400, "InvalidParameter")
+    assert body["Message"] == (
+        'The parameter "TimeInterval" is given more than once with different values.')
+    listed = (await call(client, "ListLiveSnapshotTemplates", {"Type": "custom"})).json()
+    assert [t["TimeInterval"] for t in listed["TemplateList"]] == [10]
+
+
+# --------------------------------------------------------------------------- Format=XML
+
+
+def flat_json(value, path=""):
+    """(path, text) leaves of a JSON answer, in the order the XML shape gives them."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in flat_json(v, f"{path}/{k}")] or [
+            (path, "")]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in flat_json(item, path)]
+    if value is None:
+        return []
+    return [(path, ("true" if value else "false") if isinstance(value, bool) else str(value))]
+
+
+def flat_xml(element, path=""):
+    if len(element):
+        return [leaf for child in element for leaf in flat_xml(child, f"{path}/{child.tag}")]
+    return [(path, element.text or "")]
+
+
+MASKED = {"/RequestId", "/TemplateId", "/JobId", "/CreateTime", "/LastModified", "/Recommend"}
+
+
+def xml_leaves(resp, root):
+    import xml.etree.ElementTree as ET
+
+    assert resp.headers["content-type"] == "text/xml;charset=utf-8"
+    assert resp.content.startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
+    tree = ET.fromstring(resp.content)
+    assert tree.tag == root
+    return [(p, "*" if p in MASKED else v) for p, v in flat_xml(tree)]
+
+
+def json_leaves(resp):
+    assert resp.headers["content-type"] == "application/json;charset=utf-8"
+    return [(p, "*" if p in MASKED else v) for p, v in flat_json(resp.json())]
+
+
+async def both_formats(client, action, params, *, fresh=None):
+    """The same call answered in JSON and in XML (``fresh`` rebuilds the params per call)."""
+    answers = []
+    for fmt in ("JSON", "XML"):
+        current = fresh() if fresh else params
+        body = list(current.items())
+        query = rpc_query(action, {}, method="POST", body=body, fmt=fmt)
+        answers.append(await client.post("/?" + query, content=urlencode(body), headers={
+            "content-type": "application/x-www-form-urlencoded"}))
+    return answers
+
+
+async def test_every_action_answers_in_xml_as_in_json(client):
+    async def same(action, params=None, *, fresh=None, root=None):
+        as_json, as_xml = await both_formats(client, action, params or {}, fresh=fresh)
+        assert as_json.status_code == as_xml.status_code
+        leaves = json_leaves(as_json)
+        assert xml_leaves(as_xml, root or f"{action}Response") == leaves
+        return as_json.json(), leaves
+
+    template = {"TemplateName": "x", "TimeInterval": "10", "OverwriteFormat": "o/{JobId}.jpg",
+                "SequenceFormat": "s/{JobId}/{Sequence}.jpg"}
+    created, _ = await same("CreateLiveSnapshotTemplate", template)
+    tid = created["TemplateId"]
+    await same("UpdateLiveSnapshotTemplate", {**template, "TemplateId": tid, "TemplateName": "y"})
+    await same("GetLiveSnapshotTemplate", {"TemplateId": tid})
+    _, listed = await same("ListLiveSnapshotTemplates", {"Type": "custom"})
+    assert ("/TemplateList/TemplateName", "x") in listed  # one element per item, repeated
+    job = {"JobName": "j", "TemplateId": tid, "StreamInput": INPUT, "SnapshotOutput": OUTPUT,
+           "CallbackUrl": "http://127.0.0.1:9/cb"}
+    submitted, _ = await same("SubmitLiveSnapshotJob", job)
+    jid = submitted["JobId"]
+    _, got = await same("GetLiveSnapshotJob", {"JobId": jid})
+    assert ("/StreamInput/Url", "rtmp://127.0.0.1:1/live/none") in got  # nested object
+    await same("ListLiveSnapshotJobs")
+    await same("ListLiveSnapshotFiles", {"JobId": jid, "StartTime": "2024-01-01T00:00:00Z",
+                                         "EndTime": "2024-01-01T10:00:00Z"})
+    _, deleted = await same("DeleteLiveSnapshotFiles",
+                            {"JobId": jid, "CreateTimestampList": "[5, 6]"})
+    assert [v for p, v in deleted if p.endswith("/Result")] == ["FileNotFound"] * 2
+    await same("ListLiveSnapshotCallbackAttempts", {"JobId": jid})
+    await same("ReplayLiveSnapshotCallbacks", {"JobId": jid})
+    await same("SendLiveSnapshotJobCommand", {"JobId": jid, "Command": "explode"}, root="Error")
+    await same("SendLiveSnapshotJobCommand", {"JobId": jid, "Command": "stop"})
+    await same("DeleteLiveSnapshotTemplate", {"TemplateId": "nope"}, root="Error")
+    victims = [(await call(client, "CreateLiveSnapshotTemplate", template,
+                           method="POST")).json()["TemplateId"] for _ in range(2)]
+    await same("DeleteLiveSnapshotTemplate", fresh=lambda: {"TemplateId": victims.pop()})
+
+
+async def test_xml_errors_and_the_format_rule(client):
+    import xml.etree.ElementTree as ET
+
+    resp = await client.get("/?Action=GetLiveSnapshotJob&Version=2020-11-09&Format=xml")
+    assert resp.status_code == 400
+    error = ET.fromstring(resp.content)
+    assert error.tag == "Error"
+    assert [c.tag for c in error] == ["RequestId", "HostId", "Code", "Message", "Recommend"]
+    assert error.findtext("Code") == "IncompleteSignature"
+    # no Format: JSON, which is what every SDK asks for
+    assert (await call(client, "ListLiveSnapshotJobs")).json()["TotalCount"] == 0
+    bad = await client.get("/?" + rpc_query("ListLiveSnapshotJobs", {}, fmt="YAML"))
+    assert "must be JSON or XML" in assert_error(bad, 400, "InvalidParameter")["Message"]
+    # text XML cannot carry is replaced, never a 5xx
+    name = "bad\x01name<&>"
+    created = await client.post("/?" + rpc_query("CreateLiveSnapshotTemplate", {
+        "TemplateName": name, "TimeInterval": "10", "OverwriteFormat": "o.jpg"},
+        method="POST", fmt="XML"))
+    assert created.status_code < 500, created.text
+    ET.fromstring(created.content)

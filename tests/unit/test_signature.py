@@ -96,7 +96,8 @@ def to_signed(raw: dict[str, Any]) -> SignedRequest:
 
 def request_time(req: SignedRequest) -> datetime:
     """The time a request claims to have been signed at."""
-    stamp = req.headers.get("x-acs-date") or dict(parse_query(req.raw_query))["Timestamp"]
+    pairs = parse_query(req.raw_query) + parse_query(req.body.decode() if req.form else "")
+    stamp = req.headers.get("x-acs-date") or dict(pairs)["Timestamp"]
     return datetime.fromisoformat(stamp)
 
 
@@ -846,14 +847,14 @@ def test_no_signature_at_all() -> None:
             body=b"",
             form=False,
         ),
-        # RPC parameters are detected in the query only
+        # a Signature in a body that is not a form is not a parameter
         SignedRequest(
             method="POST",
             path="/",
             raw_query="",
-            headers={"content-type": "application/x-www-form-urlencoded"},
+            headers={"content-type": "text/plain"},
             body=b"Signature=abc&AccessKeyId=testid",
-            form=True,
+            form=False,
         ),
     ):
         err = error_of(req, now=NOW)
@@ -939,6 +940,62 @@ def test_rpc_common_parameters_may_come_from_the_form_body() -> None:
     nonces = NonceCache()
     check(req, nonces=nonces)
     assert nonces.seen(AK, "in-body", NOW.timestamp())
+
+
+def placed(req: SignedRequest, placement: str) -> SignedRequest:
+    """The signed GET ``req`` re-sent as a form POST with its pairs moved.
+
+    ``body``: every pair, Signature included, in the body; ``split``: alternate pairs;
+    ``both``: every pair in the query and the body (signed as sent, twice).
+    """
+    pairs = parse_query(req.raw_query)
+    signature = next(v for k, v in pairs if k == "Signature")
+    unsigned = [(k, v) for k, v in pairs if k != "Signature"]
+    if placement == "both":
+        unsigned = unsigned + unsigned
+    query = {"body": [], "split": unsigned[::2], "both": unsigned[: len(unsigned) // 2]}[placement]
+    form = [p for p in unsigned if p not in query] if placement != "both" else unsigned[len(query):]
+    to_sign = f"POST&%2F&{enc(canonical(unsigned))}"
+    digest = hmac.new((SECRET + "&").encode(), to_sign.encode(), hashlib.sha1).digest()
+    signature = base64.b64encode(digest).decode()
+    in_query = placement == "split"
+    return SignedRequest(
+        method="POST", path="/",
+        raw_query=wire([*query, *([("Signature", signature)] if in_query else [])]),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        body=wire([*form, *([] if in_query else [("Signature", signature)])]).encode(),
+        form=True,
+    )
+
+
+@pytest.mark.parametrize("placement", ["body", "split", "both"])
+def test_rpc_parameters_in_any_placement(placement: str) -> None:
+    """Older clients send every parameter, Signature included, in the form body."""
+    req = placed(sign_rpc(nonce="placed"), placement)
+    nonces = NonceCache()
+    assert check(req, nonces=nonces) == Caller(AK, "HMAC-SHA1")
+    assert nonces.seen(AK, "placed", NOW.timestamp())
+    if placement == "body":
+        assert req.raw_query == ""
+
+
+def test_rpc_all_in_body_is_signed_over_the_body() -> None:
+    req = placed(sign_rpc(), "body")
+    tampered = replace(req, body=req.body.replace(b"GetLiveSnapshotJob", b"GetLiveSnapshotJob2"))
+    assert error_of(tampered, now=NOW).code == "SignatureDoesNotMatch"
+    assert error_of(replace(req, form=False), now=NOW).code == "IncompleteSignature"
+
+
+def test_rpc_legacy_core_sdk_post_with_every_parameter_in_the_body() -> None:
+    """The legacy SDK's own signer, its pairs put in the body as other-language clients do."""
+    params = {"Action": "GetLiveSnapshotJob", "Version": "2020-11-09", "Format": "JSON",
+              "JobId": "j-1"}
+    url, _ = get_signed_url(params, AK, SECRET, "JSON", "POST", {})
+    raw_query = url.split("?", 1)[1]
+    req = SignedRequest(method="POST", path="/", raw_query="",
+                        headers={"content-type": "application/x-www-form-urlencoded"},
+                        body=raw_query.encode(), form=True)
+    assert check(req, now=datetime.now(UTC)).access_key_id == AK
 
 
 # --------------------------------------------------------------------------- check order

@@ -2,8 +2,9 @@
 
 Pipeline per request: read the body (bounded in size and time) → verify the signature →
 take a token from the caller's access-key bucket → route on ``Action`` or ``x-acs-action`` →
-check ``Version`` → parse parameters → call the handler → JSON.
-Every answer is a JSON object with ``RequestId``; never a redirect, never a 500 for bad input.
+check ``Version`` → parse parameters → call the handler → JSON, or XML when ``Format=XML``.
+Every answer is an object with ``RequestId``; never a redirect, never a 500 for bad input.
+Parameters, the common ones included, are read from the union of query string and form body.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 API_VERSION = "2020-11-09"
 MAX_BODY = 1024 * 1024
 JSON_TYPE = "application/json;charset=utf-8"
+XML_TYPE = "text/xml;charset=utf-8"
+FORMATS = ("json", "xml")  # the common parameter Format, case-insensitive; JSON when absent
 THROTTLED = "Throttling.User"
 # the SDKs use GET and POST; the others were accepted before and stay accepted
 RPC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
@@ -79,11 +82,24 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+@dataclass(kw_only=True)
+class _Seen:
+    """What is known of a request so far, for its answer and its metrics."""
+
+    action: str = "-"  # a known action once the request names one
+    format: str = "json"
+
+
 def _respond(
-    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    status: int, body: dict[str, Any], seen: _Seen, headers: Mapping[str, str] | None = None
 ) -> Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(data, status_code=status, media_type=JSON_TYPE, headers=headers)
+    if seen.format == "xml":
+        root = f"{seen.action}Response" if status == 200 else "Error"
+        data, media_type = protocol.xml_document(root, body), XML_TYPE
+    else:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        media_type = JSON_TYPE
+    return Response(data, status_code=status, media_type=media_type, headers=headers)
 
 
 def _too_large(limits: BodyLimits) -> ApiError:
@@ -156,7 +172,22 @@ def _params(req: SignedRequest) -> Params:
         except UnicodeDecodeError as exc:
             raise ApiError(400, "InvalidParameter", "The request body is not UTF-8.") from exc
         pairs += _decode_pairs(text, "body")
-    return Params(pairs)
+    params = Params(pairs)
+    wanted = (params.raw("Format") or "json").lower()
+    if wanted not in FORMATS:
+        raise ApiError(400, "InvalidParameter",
+                       f'The parameter "Format" must be JSON or XML, not {wanted[:32]!r}.')
+    return params
+
+
+def _wanted_format(raw_query: str, form_body: bytes = b"") -> str:
+    """"xml" when the request's first ``Format`` says so; malformed parts are ignored here
+    (they are refused with their own error later, in the format asked for if it was found)."""
+    for raw in (raw_query, form_body.decode("utf-8", "replace")):
+        for name, value in parse_qsl(raw, keep_blank_values=True, max_num_fields=None):
+            if name == "Format":
+                return "xml" if value.lower() == "xml" else "json"
+    return "json"
 
 
 def _action(req: SignedRequest, params: Params) -> str:
@@ -198,17 +229,19 @@ def _check_rate(deps: ApiDeps, caller: Caller) -> None:
 
 
 async def _handle(
-    deps: ApiDeps, request: Request, request_id: str, seen: dict[str, str]
+    deps: ApiDeps, request: Request, request_id: str, seen: _Seen
 ) -> dict[str, Any]:
+    seen.format = _wanted_format(request.scope.get("query_string", b"").decode("latin-1"))
     body = await _read_body(request, deps.body)
     signed = _signed_request(request, body)
+    seen.format = _wanted_format(signed.raw_query, body if signed.form else b"")
     caller = verify(
         signed, secret_for=deps.keys.secret_for, now=_now(deps.clock), nonces=deps.nonces
     )
     _check_rate(deps, caller)
     params = _params(signed)
     action = _action(signed, params)
-    seen["action"] = action
+    seen.action = action
     account = deps.keys.account_for(caller.access_key_id) or ""
     ctx = Context(manager=deps.manager, account=account, now_ms=int(deps.clock.time() * 1000))
     job_id = (params.raw("JobId") or "")[:128]
@@ -220,45 +253,45 @@ async def _handle(
 def rpc_endpoint(deps: ApiDeps) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        seen = {"action": "-"}  # a known action once the request names one
+        seen = _Seen()
         response, code = await _answer(deps, request, seen)
         if deps.observe is not None:
-            deps.observe(seen["action"], code, time.perf_counter() - started)
+            deps.observe(seen.action, code, time.perf_counter() - started)
         return response
 
     return endpoint
 
 
-async def _answer(
-    deps: ApiDeps, request: Request, seen: dict[str, str]
-) -> tuple[Response, str]:
+async def _answer(deps: ApiDeps, request: Request, seen: _Seen) -> tuple[Response, str]:
     """The response, and "OK" or the ICE error code it carries."""
     request_id = protocol.new_request_id()
     if request.method not in RPC_METHODS:
         code = "UnsupportedHTTPMethod"
-        return _error(deps, request_id, 405, code, f"The HTTP method {request.method} is not "
-                      "supported; use GET or POST."), code
+        return _error(deps, request_id, seen, 405, code, f"The HTTP method {request.method} "
+                      "is not supported; use GET or POST."), code
     try:
         result = await _handle(deps, request, request_id, seen)
     except SignatureError as exc:
-        return _error(deps, request_id, exc.status, exc.code, exc.message), exc.code
+        return _error(deps, request_id, seen, exc.status, exc.code, exc.message), exc.code
     except ApiError as exc:
-        return _error(deps, request_id, exc.status, exc.code, exc.message, exc.headers), exc.code
+        return _error(deps, request_id, seen, exc.status, exc.code, exc.message,
+                      exc.headers), exc.code
     except LivesnapError as exc:
         status, code = protocol.error_for(exc)
-        return _error(deps, request_id, status, code, exc.message), code
+        return _error(deps, request_id, seen, status, code, exc.message), code
     except Exception:
         logger.exception("internal error", extra={"action": "api", "request_id": request_id})
         status, code, message = protocol.INTERNAL_ERROR
-        return _error(deps, request_id, status, code, message), code
-    return _respond(200, {"RequestId": request_id, **result}), "OK"
+        return _error(deps, request_id, seen, status, code, message), code
+    return _respond(200, {"RequestId": request_id, **result}, seen), "OK"
 
 
 def _error(
-    deps: ApiDeps, request_id: str, status: int, code: str, message: str,
+    deps: ApiDeps, request_id: str, seen: _Seen, status: int, code: str, message: str,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _respond(status, protocol.error_body(request_id, deps.host_id, code, message), headers)
+    body = protocol.error_body(request_id, deps.host_id, code, message)
+    return _respond(status, body, seen, headers)
 
 
 async def healthz(_: Request) -> Response:

@@ -21,12 +21,19 @@ MAX_VALUE_LEN = 64 * 1024
 
 
 class Params:
-    """Read-only view of the request's parameters (later duplicates win)."""
+    """Read-only view of the request's parameters.
+
+    A name may occur more than once (in the query, the body or both) only with the same
+    value each time; a name given twice with different values is refused, since which one
+    was meant cannot be known.
+    """
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self._values: dict[str, str] = {}
         for name, value in pairs:
-            self._values[name] = value
+            if self._values.setdefault(name, value) != value:
+                raise InvalidParameter(
+                    f'The parameter "{name[:64]}" is given more than once with different values.')
 
     def __contains__(self, name: str) -> bool:
         return name in self._values

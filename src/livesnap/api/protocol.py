@@ -8,8 +8,10 @@ extensions, which the SDK ignores.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
+from xml.sax.saxutils import escape
 
 from livesnap import errors
 from livesnap.api.params import iso_from_ms
@@ -55,6 +57,40 @@ def error_body(request_id: str, host_id: str, code: str, message: str) -> dict[s
         "Message": message,
         "Recommend": f"See docs/api.md#errors for {code} (request {request_id}).",
     }
+
+
+# characters XML 1.0 cannot carry, even escaped: replaced, so that any stored text renders
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_document(root: str, body: dict[str, Any]) -> bytes:
+    """``body`` in Alibaba's XML shape under ``<root>``.
+
+    An object is an element with a child per field; a list is its name repeated once per
+    item (an empty list gives no element); booleans are ``true``/``false``; a null field is
+    left out. Element names are the response's field names, which are fixed ASCII words.
+    """
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>']
+    _xml_element(root, body, parts)
+    return "".join(parts).encode("utf-8")
+
+
+def _xml_element(name: str, value: Any, parts: list[str]) -> None:
+    if value is None:
+        return
+    if isinstance(value, list):
+        for item in value:
+            _xml_element(name, item, parts)
+        return
+    parts.append(f"<{name}>")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _xml_element(key, item, parts)
+    elif isinstance(value, bool):
+        parts.append("true" if value else "false")
+    else:
+        parts.append(escape(_NOT_XML.sub("\ufffd", str(value))))
+    parts.append(f"</{name}>")
 
 
 def template_item(t: Template) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Schemes (spec §6):
 
 * **ACS3-HMAC-SHA256** - selected when the ``Authorization`` header starts with ``ACS3-``.
 * **RPC-HMAC-SHA1** (``SignatureMethod=HMAC-SHA1``, ``SignatureVersion=1.0``) - selected
-  otherwise when the query string has a ``Signature`` parameter.
+  otherwise when the query string or the form body has a ``Signature`` parameter.
 * Anything else is rejected with ``IncompleteSignature``.
 
 Order of checks (the first failing check decides the error):
@@ -39,9 +39,13 @@ Policy decisions not fixed by the spec:
 * STS is not supported by this service: ``x-acs-security-token`` / ``SecurityToken`` are
   neither required nor validated (they are covered by the signature when sent). The caller
   is identified solely by the access key that signed the request.
-* RPC common parameters are read from the query followed by the form body; the first
-  occurrence wins. A ``Signature`` value whose ``+`` arrived unescaped (decoded as a space)
-  is compared with the space turned back into ``+``.
+* RPC parameters, common ones and ``Signature`` included, are read from the union of the
+  query string and the form body, in any split between the two (older clients put every
+  parameter in the body). The string to sign covers every pair as sent, query first, except
+  ``Signature``; when a name occurs more than once the first occurrence is the one read (the
+  HTTP layer refuses a name given twice with different values before this runs). A
+  ``Signature`` value whose ``+`` arrived unescaped (decoded as a space) is compared with the
+  space turned back into ``+``.
 * A nonce is remembered until its request could no longer pass the timestamp check
   (request timestamp + window), and at least ``NonceCache.window_s`` after it was first seen.
 """
@@ -567,15 +571,14 @@ def _rpc_common(params: Sequence[tuple[str, str]]) -> _RpcCommon:
 
 def _verify_rpc(
     req: SignedRequest,
-    query: Sequence[tuple[str, str]],
+    params: Sequence[tuple[str, str]],
     secret_for: Callable[[str], str | None],
     now: datetime,
     nonces: NonceCache,
     window: timedelta,
 ) -> Caller:
-    params = list(query) + (_parse_form(req.body) if req.form else [])
     common = _rpc_common(params)
-    given = next(value for name, value in query if name == "Signature").replace(" ", "+")
+    given = next(value for name, value in params if name == "Signature").replace(" ", "+")
     secret = _lookup_secret(secret_for, common.access_key_id)
     stamp = parse_timestamp(common.timestamp)
     string_to_sign = rpc_string_to_sign(req.method, [p for p in params if p[0] != "Signature"])
@@ -625,7 +628,7 @@ def verify(
     authorization = req.headers.get("authorization", "").strip()
     if authorization.startswith("ACS3-"):
         return _verify_acs3(req, secret_for, now, nonces, window)
-    query = parse_query(req.raw_query)
-    if any(name == "Signature" for name, _ in query):
-        return _verify_rpc(req, query, secret_for, now, nonces, window)
+    params = parse_query(req.raw_query) + (_parse_form(req.body) if req.form else [])
+    if any(name == "Signature" for name, _ in params):
+        return _verify_rpc(req, params, secret_for, now, nonces, window)
     raise _incomplete("No signature was found in the request.")
