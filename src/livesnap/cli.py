@@ -45,6 +45,11 @@ CAPTURE_PROCESSES_HELP = (
 )
 RAY_ADDRESS_HELP = "Ray cluster address (env LIVESNAP_RAY_ADDRESS; default: this host's node)."
 SHARDS_HELP = "Number of capture shards, named shard-0 … (env LIVESNAP_SHARDS; default 4)."
+TLS_CERT_HELP = (
+    "PEM certificate, with its intermediates (full chain): serve HTTPS instead of HTTP; "
+    "needs --tls-key (env LIVESNAP_TLS_CERT)."
+)
+TLS_KEY_HELP = "Unencrypted PEM private key of --tls-cert (env LIVESNAP_TLS_KEY)."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -58,8 +63,10 @@ def _settings(**overrides: object) -> Settings:
         return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise _fail(f"invalid setting {where}: {first['msg']}") from exc
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise _fail(f"invalid setting {where}: {message}" if where
+                    else f"invalid settings: {message}") from exc
 
 
 def _keys(settings: Settings) -> KeyRing:
@@ -90,16 +97,22 @@ def serve(
     capture_processes: Annotated[
         int | None, typer.Option(help=CAPTURE_PROCESSES_HELP, min=0)] = None,
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help=TLS_CERT_HELP)] = None,
+    tls_key: Annotated[Path | None, typer.Option(help=TLS_KEY_HELP)] = None,
 ) -> None:
     """Run the API server and capture engine (embedded defaults: SQLite, local disk)."""
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url,
                          engine=engine, capture_processes=capture_processes,
-                         ray_address=ray_address)
+                         ray_address=ray_address, tls_cert=tls_cert, tls_key=tls_key)
     setup_logging(level=settings.log_level, json_lines=settings.log_json)
-    keys = _keys(settings)
+    from livesnap.httpserver import tls_problem
     from livesnap.service import port_is_free
     from livesnap.service import serve as run
 
+    problem = tls_problem(settings.tls_cert, settings.tls_key)
+    if problem:
+        raise _fail(problem)
+    keys = _keys(settings)
     if settings.port and not port_is_free(settings.host, settings.port):
         raise _fail(f"port {settings.port} on {settings.host} is already in use")
     if settings.capture and settings.engine == "local":

@@ -267,6 +267,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     # idle time between requests on a connection: longer than clients' polling intervals
     keep_alive_s: int = Field(default=75, ge=1)
+    # HTTPS on the API port: a PEM certificate (full chain) and its unencrypted PEM key, both
+    # or neither (docs/configuration.md#https)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # where capture runs: local = in this process; process = in one child process on this
     # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
     engine: Literal["local", "process", "ray"] = "local"
@@ -317,6 +321,24 @@ class Settings(BaseSettings):
         if self.callback_backoff_max_s < self.callback_backoff_base_s:
             raise ValueError("callback_backoff_max_s must be at least callback_backoff_base_s")
         return self
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("cert", "key") if self.tls_key is None else ("key", "cert")
+            raise ValueError(f"HTTPS needs a certificate and its key: tls_{given} is given but "
+                             f"not tls_{missing} (--tls-{missing}, LIVESNAP_TLS_{missing.upper()})")
+        return self
+
+    @property
+    def scheme(self) -> Literal["http", "https"]:
+        """``https`` when the API port speaks TLS."""
+        return "https" if self.tls_cert is not None else "http"
 
     @model_validator(mode="after")
     def _several_capture_processes(self) -> Settings:

@@ -1,6 +1,7 @@
 """uvicorn's HTTP/1.1 protocol (h11) with the guards livesnap needs against slow or broken clients.
 
-Part of the edge, with ``service.py``, which hands :func:`guarded_h11` to ``uvicorn.Config``.
+Part of the edge, with ``service.py``, which hands :func:`guarded_h11` to ``uvicorn.Config``
+and checks a TLS certificate and key with :func:`tls_problem` before uvicorn loads them.
 
 * **Request-head deadline.** uvicorn arms its keep-alive timer only after a response, and
   every byte received cancels it, so a client that opens a connection and sends its request
@@ -21,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+from pathlib import Path
 from typing import Any, ClassVar
 
 import h11
@@ -116,3 +119,44 @@ def guarded_h11(*, header_timeout_s: float, host_id: str) -> type[GuardedH11Prot
         "LivesnapH11Protocol", (GuardedH11Protocol,),
         {"header_timeout_s": header_timeout_s, "host_id": host_id},
     )
+
+
+class _EncryptedKey(Exception):
+    """The TLS key asks for a password (OpenSSL would otherwise prompt on the terminal)."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def tls_problem(cert: Path | None, key: Path | None) -> str | None:
+    """Why a certificate and key cannot serve TLS, in one line naming the file; None when
+    they load (or when TLS is off)."""
+    if cert is None or key is None:
+        return None
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            return f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        return f"the TLS key {key} is encrypted: give an unencrypted key"
+    except ssl.SSLError as exc:
+        return _load_failure(cert, key, exc)
+    return None
+
+
+def _load_failure(cert: Path, key: Path, exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, or (its bare "PEM lib") which of the two files does not parse."""
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return f"the TLS key {key} is not the key of the certificate {cert}"
+    if exc.reason:
+        return f"the TLS certificate {cert} and key {key} do not load: {exc.reason}"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        return f"the TLS certificate {cert} holds no PEM certificate"
+    return f"the TLS key {key} is not a PEM private key"

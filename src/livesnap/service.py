@@ -355,8 +355,9 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _request_exit, server, sig)
-        logger.info("listening", extra={"action": "serve", "host": settings.host,
-                                        "port": settings.port})
+        url = f"{settings.scheme}://{settings.host}:{settings.port}"
+        logger.info("listening on %s", url, extra={"action": "serve", "host": settings.host,
+                                                   "port": settings.port, "url": url})
         try:
             await server.serve()
         finally:
@@ -366,12 +367,14 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    """uvicorn over livesnap's guarded h11 protocol (request-head deadline, ICE-shaped 400s)."""
+    """uvicorn over livesnap's guarded h11 protocol (request-head deadline, ICE-shaped 400s),
+    with TLS when a certificate and key are configured."""
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=settings.keep_alive_s,
         http=guarded_h11(header_timeout_s=settings.header_timeout_s, host_id=settings.host_id),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
     )
 
 

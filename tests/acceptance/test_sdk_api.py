@@ -266,7 +266,7 @@ def test_legacy_core_sdk_in_xml(server):
     created = xml_call("CreateLiveSnapshotTemplate", "POST", body=body)
     assert created.tag == "CreateLiveSnapshotTemplateResponse"
     template_id = created.findtext("TemplateId")
-    listed = xml_call("ListLiveSnapshotTemplates", "GET", {"Type": "custom"})
+    listed = xml_call("ListLiveSnapshotTemplates", "GET", {"Type": "custom", "PageSize": "100"})
     names = {t.findtext("TemplateId"): t.findtext("TemplateName")
              for t in listed.findall("TemplateList")}
     assert names[template_id] == "xml"

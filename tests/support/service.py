@@ -36,6 +36,11 @@ class LivesnapServer:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def scheme(self) -> str:
+        """``https`` when started with a TLS certificate (``LIVESNAP_TLS_CERT``)."""
+        return "https" if self.extra_env.get("LIVESNAP_TLS_CERT") else "http"
+
     def start(self, timeout: float = 30.0) -> LivesnapServer:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update({"LIVESNAP_ACCESS_KEYS": KEYS, "LIVESNAP_LOG_LEVEL": "INFO", **self.extra_env})
@@ -53,7 +58,10 @@ class LivesnapServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"livesnap exited early:\n{self.log()}")
             try:
-                if httpx.get(f"http://{self.endpoint}/healthz", timeout=1).status_code == 200:
+                # the health probe alone skips certificate checks: the TLS tests check them
+                health = httpx.get(f"{self.scheme}://{self.endpoint}/healthz", timeout=1,
+                                   verify=False)
+                if health.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -102,30 +110,42 @@ class LivesnapServer:
         RUNNING.discard(self)
 
 
-def ice_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret", v2: bool = False):
-    """The official ``alibabacloud-ice20201109`` client (ACS3, or RPC HMAC-SHA1 with v2)."""
+def ice_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret", v2: bool = False,
+               protocol: str | None = "http", ca: str | None = None):
+    """The official ``alibabacloud-ice20201109`` client (ACS3, or RPC HMAC-SHA1 with v2).
+
+    ``protocol=None`` leaves the SDK's own default (HTTPS); ``ca``: a PEM file of CAs to trust.
+    """
     from alibabacloud_ice20201109.client import Client
     from alibabacloud_tea_openapi.utils_models import Config
 
     extra = {"signature_algorithm": "v2"} if v2 else {}
-    config = Config(access_key_id=key, access_key_secret=secret, endpoint=endpoint,
-                    protocol="http", read_timeout=60000, connect_timeout=5000, **extra)
+    if protocol is not None:
+        extra["protocol"] = protocol
+    config = Config(access_key_id=key, access_key_secret=secret, endpoint=endpoint, ca=ca,
+                    read_timeout=60000, connect_timeout=5000, **extra)
     return Client(config)
 
 
-def core_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret"):
-    """The legacy ``aliyun-python-sdk-core`` AcsClient."""
+def core_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret",
+                verify: str | None = None):
+    """The legacy ``aliyun-python-sdk-core`` AcsClient (``verify``: a PEM file of CAs)."""
     from aliyunsdkcore.client import AcsClient
 
     port = int(endpoint.rsplit(":", 1)[1])
-    return AcsClient(key, secret, "cn-shanghai", port=port, timeout=60)
+    client = AcsClient(key, secret, "cn-shanghai", port=port, timeout=60, verify=verify)
+    # The client pools kept-alive sockets that only its __del__ closes, so when the garbage
+    # collector takes it (and its sockets) in a later test, an "unclosed socket"
+    # ResourceWarning fails that test. Asking for no keep-alive makes urllib3 close each one.
+    client.session.headers["Connection"] = "close"
+    return client
 
 
-def core_request(action: str, method: str = "GET", query=None, body=None):
+def core_request(action: str, method: str = "GET", query=None, body=None, protocol: str = "http"):
     from aliyunsdkcore.request import CommonRequest
 
     req = CommonRequest(domain="127.0.0.1", version="2020-11-09", action_name=action)
-    req.set_protocol_type("http")
+    req.set_protocol_type(protocol)
     req.set_method(method)
     for k, v in (query or {}).items():
         req.add_query_param(k, v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,8 +15,17 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _alt_name(host: str) -> x509.GeneralName:
+    """An IP address SAN for an address (clients that connect by IP check it), else a DNS one."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 def make_certificates(hosts: list[str]) -> tuple[bytes, bytes, bytes]:
-    """A throw-away CA and a server certificate for ``hosts``: (ca, cert, key) as PEM."""
+    """A throw-away CA and a server certificate for ``hosts`` (names or IP addresses):
+    (ca, cert, key) as PEM."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     key = ec.generate_private_key(ec.SECP256R1())
@@ -34,7 +44,7 @@ def make_certificates(hosts: list[str]) -> tuple[bytes, bytes, bytes]:
                                        encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     cert = (build(hosts[0], key.public_key(), 2)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
+            .add_extension(x509.SubjectAlternativeName([_alt_name(h) for h in hosts]),
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)

@@ -17,7 +17,8 @@ Order of checks (the first failing check decides the error):
 1. **Parse** - ACS3: split ``Authorization``; only ``ACS3-HMAC-SHA256`` is supported;
    ``SignedHeaders`` must cover ``host``, ``x-acs-action``, ``x-acs-version``, ``x-acs-date``,
    ``x-acs-signature-nonce``, ``x-acs-content-sha256`` (and ``content-type`` when the request
-   has one) and every signed header must be present with ``x-acs-signature-nonce`` non-empty
+   has one and a body: the SDK's async client sends an unsigned ``Content-Type`` with its
+   empty GETs, and a type without a body says nothing) and every signed header must be present with ``x-acs-signature-nonce`` non-empty
    (all ``IncompleteSignature``). RPC: ``AccessKeyId``, ``Timestamp``, ``SignatureNonce``,
    ``SignatureMethod``, ``SignatureVersion`` must be present and non-empty, checked in that
    order (``MissingParameter``); then method and version values (``InvalidParameter``).
@@ -483,12 +484,13 @@ def acs3_signature(secret: str, string_to_sign: str) -> str:
     ).hexdigest()
 
 
-def _check_acs3_policy(auth: Authorization, headers: Mapping[str, str]) -> str:
+def _check_acs3_policy(auth: Authorization, req: SignedRequest) -> str:
     """Apply the parse-stage ACS3 rules; return the request nonce."""
+    headers = req.headers
     if auth.algorithm != ACS3_ALGORITHM:
         raise _incomplete(f"Unsupported signature algorithm {auth.algorithm!r}.")
     required = list(ACS3_REQUIRED_SIGNED_HEADERS)
-    if "content-type" in headers:
+    if "content-type" in headers and req.body:
         required.append("content-type")
     for name in required:
         if name not in auth.signed_headers:
@@ -516,7 +518,7 @@ def _verify_acs3(
     window: timedelta,
 ) -> Caller:
     auth = parse_authorization(req.headers["authorization"])
-    nonce = _check_acs3_policy(auth, req.headers)
+    nonce = _check_acs3_policy(auth, req)
     secret = _lookup_secret(secret_for, auth.credential)
     stamp = parse_timestamp(req.headers["x-acs-date"].strip())
     _check_payload(req)
