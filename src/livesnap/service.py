@@ -32,7 +32,12 @@ from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.capturehost import CaptureProcess, CaptureProcesses
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
-from livesnap.console import ConsoleDeps, console_routes, load_or_create_secret
+from livesnap.console import (
+    REVOKED_FILE,
+    ConsoleDeps,
+    console_routes,
+    load_or_create_secret,
+)
 from livesnap.errors import OutputError, StoreError
 from livesnap.httpserver import MAX_HEAD_BYTES, guarded_h11
 from livesnap.jobs.manager import JobManager, Limits, Policy
@@ -263,6 +268,7 @@ async def build_service(
     deps = api_deps(settings, manager, keys, clock, metrics)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
                           secret=load_or_create_secret(settings.data_dir), now=clock.time,
+                          revoked_path=settings.data_dir / REVOKED_FILE,
                           per_tick_min_interval_s=settings.per_tick_min_interval_s)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
     app = create_app(deps, extra_routes=[*console_routes(console), *ops])

@@ -139,6 +139,18 @@ def test_console_wall_job_page_and_sessions(tmp_path, publisher_factory, browser
         picture = other.request.get(f"{base}/console/jobs/{jobs['stage-cam']}/latest.jpg")
         assert picture.status == 404
 
+        # logging out revokes the session itself: a copy of its cookie is refused, also by
+        # the server started again after a crash
+        copied = other.context.cookies()
+        other.get_by_role("button", name="Log out").click()
+        expect(other).to_have_url(f"{base}/console/login")
+        server.restart()
+        replay = browser.new_context()
+        replay.add_cookies(copied)
+        replayed = replay.new_page()
+        replayed.goto(f"{base}/console/")
+        expect(replayed).to_have_url(f"{base}/console/login")
+
 
 def test_template_editor_sets_the_picture_extensions(tmp_path, publisher_factory, browser: Browser):
     publisher = publisher_factory()

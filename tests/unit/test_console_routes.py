@@ -347,3 +347,36 @@ async def test_the_connect_mode_is_edited_on_templates_and_shown_on_job_pages(co
     page = await console.client.get(f"/console/jobs/{slow.id}")
     assert "per-tick" in page.text
     assert "by about 2027-01-15 08:01:00 UTC" in page.text  # one interval after the capture
+
+
+async def test_a_logged_out_cookie_no_longer_logs_in(console):
+    """Logout revokes the session itself, not only the browser's copy of the cookie."""
+    await console.login()
+    job = await console.job()
+    stolen = dict(console.client.cookies)
+    assert (await console.client.get(f"/console/jobs/{job.id}/state.json")).status_code == 200
+    token = await console.csrf("/console/")
+    assert (await console.client.post("/console/logout",
+                                      data={"csrf_token": token})).status_code == 303
+    console.client.cookies.clear()
+    console.client.cookies.update(stolen)
+    assert (await console.client.get("/console/")).status_code == 303
+    assert (await console.client.get(f"/console/jobs/{job.id}/state.json")).status_code == 401
+    console.client.cookies.clear()
+    await console.login()  # a new login is a new session
+    assert (await console.client.get("/console/")).status_code == 200
+
+
+async def test_wrong_logins_are_limited_per_key_and_per_address(console):
+    from livesnap.console.attempts import PER_KEY
+
+    for _ in range(PER_KEY):
+        assert (await console.login(secret="wrong")).status_code == 401
+    refused = await console.login(secret="wrong")
+    assert refused.status_code == 429
+    assert "Too many wrong logins" in refused.text
+    assert int(refused.headers["retry-after"]) > 0
+    # while the key is held, not even its right secret is compared
+    assert (await console.login()).status_code == 429
+    # another key from the same address still logs in: the address has room left
+    assert (await console.login("otherid", "othersecret")).status_code == 303

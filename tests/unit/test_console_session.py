@@ -12,9 +12,12 @@ import pytest
 from starlette.requests import Request
 
 from livesnap.console import present
+from livesnap.console.attempts import LoginAttempts
 from livesnap.console.auth import safe_next, same_origin
 from livesnap.console.forms import TemplateForm, field_for_message
 from livesnap.console.session import (
+    REVOKED_FILE,
+    Revocations,
     Session,
     anonymous,
     csrf_matches,
@@ -33,6 +36,59 @@ NOW = 1_700_000_000.0
 def session(**changes):
     base = dict(account="acct-a", key_id="testid", csrf="tok-123", issued_s=int(NOW))
     return Session(**{**base, **changes})
+
+
+# logout and wrong logins ----------------------------------------------------------------------
+
+
+def test_revocations_outlive_a_restart_and_then_expire(tmp_path):
+    path = tmp_path / REVOKED_FILE
+    revocations = Revocations(max_age_s=3600, now_s=NOW, path=path)
+    revocations.revoke(session(csrf="gone"), NOW)
+    assert revocations.revoked(session(csrf="gone", issued_s=int(NOW) + 60), NOW + 60)
+    assert not revocations.revoked(session(csrf="kept"), NOW)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = Revocations(max_age_s=3600, now_s=NOW + 10, path=path)
+    assert again.revoked(session(csrf="gone"), NOW + 10)
+    # once no cookie carrying it can be valid, the token is forgotten
+    assert not again.revoked(session(csrf="gone"), NOW + 3601)
+    later = Revocations(max_age_s=3600, now_s=NOW + 3601, path=path)
+    assert len(later) == 0
+    later.revoke(session(csrf="new"), NOW + 3601)
+    assert json.loads(path.read_text()) == {"new": NOW + 3601 + 3600}
+
+
+def test_a_broken_revocation_file_is_an_error(tmp_path):
+    path = tmp_path / REVOKED_FILE
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="revoked console sessions"):
+        Revocations(max_age_s=60, now_s=NOW, path=path)
+
+
+def test_wrong_logins_drain_over_the_window():
+    attempts = LoginAttempts(per_key=3, per_address=5, window_s=60)
+    for _ in range(3):
+        assert attempts.wait_s("k", "10.0.0.1", NOW) == 0
+        attempts.failed("k", "10.0.0.1", NOW)
+    assert attempts.wait_s("k", "10.0.0.1", NOW) == pytest.approx(20)  # one drains in 20 s
+    assert attempts.wait_s("k", "10.0.0.2", NOW) == pytest.approx(20)  # per key, any address
+    assert attempts.wait_s("other", "10.0.0.1", NOW) == 0
+    assert attempts.wait_s("k", "10.0.0.1", NOW + 20) == 0
+    for key in ("a", "b", "c", "d"):  # the address fills up across keys
+        attempts.failed(key, "10.0.0.1", NOW + 20)
+    assert attempts.wait_s("e", "10.0.0.1", NOW + 20) > 0
+    assert attempts.wait_s("e", "10.0.0.3", NOW + 20) == 0
+
+
+def test_wrong_logins_are_tracked_within_a_bound():
+    attempts = LoginAttempts(per_key=3, per_address=3, window_s=60, max_tracked=100)
+    attempts.failed("target", "1.1.1.1", NOW)
+    attempts.failed("target", "1.1.1.1", NOW)
+    for i in range(200):
+        attempts.failed(f"k{i}", f"10.0.{i // 256}.{i % 256}", NOW + 1)
+    assert len(attempts._buckets) <= 100
+    attempts.failed("target", "1.1.1.1", NOW + 1)
+    assert attempts.wait_s("target", "1.1.1.1", NOW + 1) > 0  # the fullest are kept
 
 
 # signing --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Server-rendered (Jinja2) with a little plain JavaScript; see docs/console.md.
 
 from livesnap.console.app import ConsoleDeps, SnapshotReader
 from livesnap.console.routes import console_routes
-from livesnap.console.session import load_or_create_secret
+from livesnap.console.session import REVOKED_FILE, load_or_create_secret
 
-__all__ = ["ConsoleDeps", "SnapshotReader", "console_routes", "load_or_create_secret"]
+__all__ = ["REVOKED_FILE", "ConsoleDeps", "SnapshotReader", "console_routes",
+           "load_or_create_secret"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -19,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from livesnap.config import KeyRing
+from livesnap.console.attempts import LoginAttempts
 from livesnap.console.auth import HOME_PATH, LOGIN_PATH, Auth, safe_next, same_origin
 from livesnap.console.forms import FormError, read_form
 from livesnap.console.pages import Pages
-from livesnap.console.session import DEFAULT_MAX_AGE_S, Session, csrf_matches
+from livesnap.console.session import DEFAULT_MAX_AGE_S, Revocations, Session, csrf_matches
 from livesnap.errors import LivesnapError
 from livesnap.jobs.connect import DEFAULT_PER_TICK_MIN_INTERVAL_S
 from livesnap.jobs.manager import JobManager
@@ -44,6 +46,9 @@ class ConsoleDeps:
     secret: bytes = field(repr=False)
     now: Callable[[], float] = time.time
     session_max_age_s: int = DEFAULT_MAX_AGE_S
+    # where logged-out sessions are remembered across restarts (None: in memory only)
+    revoked_path: Path | None = None
+    attempts: LoginAttempts = field(default_factory=LoginAttempts)
     # what ConnectMode auto means (LIVESNAP_PER_TICK_MIN_INTERVAL_S), to say so on job pages
     per_tick_min_interval_s: float = DEFAULT_PER_TICK_MIN_INTERVAL_S
 
@@ -69,8 +74,11 @@ class Console:
 
     def __init__(self, deps: ConsoleDeps) -> None:
         self.deps = deps
+        revocations = Revocations(max_age_s=deps.session_max_age_s, now_s=deps.now(),
+                                  path=deps.revoked_path)
         self.auth = Auth(keys=deps.keys, secret=deps.secret, now=deps.now,
-                         max_age_s=deps.session_max_age_s)
+                         max_age_s=deps.session_max_age_s, revocations=revocations,
+                         attempts=deps.attempts)
         self.pages = Pages(self.auth)
 
     def now_ms(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -42,8 +43,18 @@ class LoginViews:
         if isinstance(checked, Response):
             return checked
         key_id = checked.get("access_key_id", "").strip()
-        new = self.auth.login(key_id, checked.get("access_key_secret", ""))
         next_path = safe_next(checked.get("next"))
+        address = request.client.host if request.client else ""
+        wait_s = self.auth.login_wait_s(key_id, address)
+        if wait_s > 0:
+            logger.info("console login throttled", extra={"action": "console_login"})
+            response = self._page(
+                request, session, status=429, key_id=key_id, next_path=next_path,
+                error=f"Too many wrong logins for this access key or from this address. "
+                      f"Try again in {math.ceil(wait_s)} s.")
+            response.headers["Retry-After"] = str(math.ceil(wait_s))
+            return response
+        new = self.auth.login(key_id, checked.get("access_key_secret", ""), address)
         if new is None:
             logger.info("console login refused", extra={"action": "console_login"})
             return self._page(request, session, status=401, error=WRONG_KEY,
@@ -54,6 +65,9 @@ class LoginViews:
         return response
 
     async def logout(self, request: Request, visit: Visit) -> Response:
+        self.auth.logout(visit.session)
+        logger.info("console logout", extra={"action": "console_logout",
+                                             "account": visit.account})
         response = RedirectResponse(LOGIN_PATH, status_code=303)
         self.auth.store(response, self.auth.anonymous(), request)
         return response

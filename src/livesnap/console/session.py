@@ -5,7 +5,10 @@ HMAC-SHA256 under a random secret kept in the data directory (mode 0600). A cook
 ``v1.<payload>.<signature>``, both parts unpadded base64url; the payload is compact JSON with
 the account, the access key id that logged in, the CSRF token and the issue time. A visitor
 who has not logged in yet gets a session with an empty account: it carries the CSRF token
-that protects the login form itself. Everything here is pure except the secret file.
+that protects the login form itself. Logging out revokes the session: its CSRF token, which
+is new at every login and so names one logged-in session, goes on a revocation list kept in
+the data directory until every cookie that could carry it has expired. Everything here is pure
+except the secret file and that list.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 VERSION = "v1"
 SECRET_FILE = "console-session.key"  # noqa: S105 (a file name, not a secret)
+REVOKED_FILE = "console-revoked.json"
 SECRET_BYTES = 32
 DEFAULT_MAX_AGE_S = 12 * 3600
 
@@ -150,3 +154,52 @@ def _read_secret(path: Path) -> bytes:
     if len(secret) < 16:
         raise ValueError(f"{path} holds a session secret shorter than 16 bytes")
     return secret
+
+
+class Revocations:
+    """Logged-out sessions, by CSRF token, until no cookie carrying them can still be valid.
+
+    A session's cookie is re-issued while it is used, so a revoked token is kept for the
+    longest a cookie may live after the logout (``max_age_s``). With a ``path`` the list is
+    read at start and rewritten (atomically) at each logout, so a restart keeps it.
+    """
+
+    def __init__(self, *, max_age_s: int, now_s: float, path: Path | None = None) -> None:
+        self._max_age_s = max_age_s
+        self._path = path
+        self._until: dict[str, float] = _read_revoked(path, now_s) if path else {}
+
+    def revoke(self, session: Session, now_s: float) -> None:
+        self._until = {t: u for t, u in self._until.items() if u > now_s}
+        self._until[session.csrf] = now_s + self._max_age_s
+        if self._path is not None:
+            _write_revoked(self._path, self._until)
+
+    def revoked(self, session: Session, now_s: float) -> bool:
+        until = self._until.get(session.csrf)
+        return until is not None and until > now_s
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+def _read_revoked(path: Path, now_s: float) -> dict[str, float]:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} does not hold a list of revoked console sessions")
+    return {str(t): float(u) for t, u in raw.items()
+            if isinstance(u, (int, float)) and u > now_s}
+
+
+def _write_revoked(path: Path, until: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(until, fh)
+    os.replace(temporary, path)
