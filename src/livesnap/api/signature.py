@@ -18,10 +18,11 @@ Order of checks (the first failing check decides the error):
    ``SignedHeaders`` must cover ``host``, ``x-acs-action``, ``x-acs-version``, ``x-acs-date``,
    ``x-acs-signature-nonce``, ``x-acs-content-sha256`` (and ``content-type`` when the request
    has one and a body: the SDK's async client sends an unsigned ``Content-Type`` with its
-   empty GETs, and a type without a body says nothing) and every signed header must be present with ``x-acs-signature-nonce`` non-empty
-   (all ``IncompleteSignature``). RPC: ``AccessKeyId``, ``Timestamp``, ``SignatureNonce``,
-   ``SignatureMethod``, ``SignatureVersion`` must be present and non-empty, checked in that
-   order (``MissingParameter``); then method and version values (``InvalidParameter``).
+   empty GETs, and a type without a body says nothing) and every signed header must be
+   present with ``x-acs-signature-nonce`` non-empty (all ``IncompleteSignature``).
+   RPC: ``AccessKeyId``, ``Timestamp``, ``SignatureNonce``, ``SignatureMethod``,
+   ``SignatureVersion`` must be present and non-empty, checked in that order
+   (``MissingParameter``); then method and version values (``InvalidParameter``).
 2. **Access key lookup** - ``InvalidAccessKeyId.NotFound`` (404).
 3. **Timestamp format** - ``yyyy-MM-ddTHH:mm:ssZ`` (``InvalidTimeStamp.Format``).
 4. **Signature** - ACS3 first compares the SHA-256 of the raw body with
