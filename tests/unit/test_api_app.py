@@ -375,3 +375,21 @@ async def test_xml_errors_and_the_format_rule(client):
         method="POST", fmt="XML"))
     assert created.status_code < 500, created.text
     ET.fromstring(created.content)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    action=st.sampled_from(ACTIONS),
+    params=st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=8),
+)
+async def test_arbitrary_parameters_in_xml_give_well_formed_answers(client, action, params):
+    import xml.etree.ElementTree as ET
+
+    body = list(params.items())
+    query = rpc_query(action, {}, method="POST", body=body, fmt="XML")
+    resp = await client.post("/?" + query, content=urlencode(body),
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code < 500, resp.text
+    root = ET.fromstring(resp.content)
+    assert root.tag == ("Error" if resp.status_code >= 400 else f"{action}Response")
+    assert root.findtext("RequestId")
