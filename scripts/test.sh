@@ -5,12 +5,19 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium)
+PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium
+  # the RTSP camera of the tests: GStreamer's RTSP server, driven from the system python3
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 
 system_deps_present() {
   [[ -x /usr/bin/ffmpeg && -x /usr/sbin/nginx && -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] &&
     [[ -x /usr/bin/chromium ]] &&
-    compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null
+    compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null &&
+    compgen -G '/usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib' >/dev/null &&
+    compgen -G '/usr/lib/*/gstreamer-1.0/libgstx264.so' >/dev/null &&
+    compgen -G '/usr/lib/*/gstreamer-1.0/libgstx265.so' >/dev/null &&
+    /usr/bin/python3 -c 'import gi' 2>/dev/null
 }
 
 if ! system_deps_present; then

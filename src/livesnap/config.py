@@ -251,6 +251,8 @@ class Settings(BaseSettings):
     skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)
     share_streams: bool = True  # jobs on the same stream URL share one connection (capture.md)
     rw_timeout_s: float = Field(default=5.0, gt=0)
+    # how RTSP media travels: tcp (interleaved, through NAT) or udp (docs/capture.md)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
     probe_timeout_s: float = Field(default=10.0, gt=0)
     outage_window_s: float = Field(default=1800.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)

@@ -677,3 +677,107 @@ class PostgresServer(_Managed):
         if result.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE {name} failed:\n{result.stderr}")
         return self.url(name)
+
+
+# --------------------------------------------------------------------------------------------
+# RTSP server (Debian's GStreamer RTSP server, driven by tests/support/rtsp_server.py)
+# --------------------------------------------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # has python3-gi and GStreamer's typelibs; the venv does not
+RTSP_SCRIPT = REPO_ROOT / "tests" / "support" / "rtsp_server.py"
+RTSP_PACKAGES = ("gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi "
+                 "gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad")
+
+
+class RtspServer(_Managed):
+    """A live 640x360 test picture (moving colour bars) at ``rtsp://127.0.0.1:<port>/cam``,
+    H.264 or H.265.
+
+    ``user``/``password`` require that account (basic or digest authentication). The port
+    stays the same across :meth:`restart`, as a camera's does.
+    """
+
+    def __init__(self, *, codec: str = "h264", user: str = "", password: str = "") -> None:
+        self.codec, self.user, self.password = codec, user, password
+        self.port = free_port()
+        self._proc: subprocess.Popen[str] | None = None
+        self._log: IO[str] | None = None
+
+    def url(self, *, user: str | None = None, password: str | None = None) -> str:
+        """The stream URL, with the server's account (or the one given) in it."""
+        user = self.user if user is None else user
+        password = self.password if password is None else password
+        credentials = f"{user}:{password}@" if user else ""
+        return f"rtsp://{credentials}127.0.0.1:{self.port}/cam"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 15.0) -> Self:
+        if not Path(SYSTEM_PYTHON).exists():
+            raise RuntimeError(f"{SYSTEM_PYTHON} is missing: apt-get install {RTSP_PACKAGES}")
+        self._log = tempfile.TemporaryFile("w+")
+        command = [SYSTEM_PYTHON, str(RTSP_SCRIPT), "--port", str(self.port),
+                   "--codec", self.codec]
+        if self.user:
+            command += ["--user", self.user, "--password", self.password]
+        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=self._log, text=True, start_new_session=True)
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = self._proc.stdout.readline()  # "ready", or "" when it exited
+        if line.strip() != "ready" or time.monotonic() > deadline:
+            errors = self._errors()
+            self.stop()
+            raise RuntimeError(f"the RTSP server did not start ({errors}); "
+                               f"it needs: apt-get install {RTSP_PACKAGES}")
+        return self
+
+    def _errors(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read()[-2000:]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``; the port is free afterwards."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(timeout)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+        self._proc, self._log = None, None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the connections stay open and nothing is sent (a camera that hangs)."""
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGCONT)
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def client_connections(self) -> int:
+        """Established TCP connections to the server's port from any local process."""
+        return established_to(self.port)
+
+
+def established_to(port: int) -> int:
+    """Established IPv4 TCP connections whose remote end is 127.0.0.1:``port``."""
+    remote = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table)
+        return sum(1 for row in table
+                   if (fields := row.split()) and fields[2] == remote and fields[3] == "01")

@@ -3,7 +3,9 @@ address reaches loopback, and FFmpeg must not follow HTTP redirects past the che
 
 from __future__ import annotations
 
-from livesnap.capture.source import protocol_options
+import pytest
+
+from livesnap.capture.source import SourceOptions, protocol_options
 from livesnap.jobs.urls import blocked_address, parse_networks
 
 
@@ -18,7 +20,18 @@ def test_unspecified_address_counts_as_loopback():
 
 
 def test_http_sources_do_not_follow_redirects():
-    assert protocol_options("http://origin/live/a.flv") == {"max_redirects": "0"}
-    assert protocol_options("HTTPS://origin/live/a.flv") == {"max_redirects": "0"}
-    for url in ("rtmp://origin/live/a", "rtsp://cam/1", "srt://origin:9000"):
-        assert protocol_options(url) == {}
+    options = SourceOptions()
+    assert protocol_options("http://origin/live/a.flv", options) == {"max_redirects": "0"}
+    assert protocol_options("HTTPS://origin/live/a.flv", options) == {"max_redirects": "0"}
+    assert protocol_options("rtmp://origin/live/a", options) == {}
+
+
+def test_rtsp_reads_over_tcp_with_its_own_io_timeout():
+    """RTSP opens its connection itself: rw_timeout never reaches it, its ``timeout`` does."""
+    options = SourceOptions(rw_timeout_s=2.5)
+    for url in ("rtsp://cam/1", "RTSPS://cam/1"):
+        assert protocol_options(url, options) == {"rtsp_transport": "tcp", "timeout": "2500000"}
+    udp = SourceOptions(rtsp_transport="udp")
+    assert protocol_options("rtsp://cam/1", udp)["rtsp_transport"] == "udp"
+    with pytest.raises(ValueError, match="rtsp_transport"):
+        SourceOptions(rtsp_transport="http")

@@ -90,6 +90,7 @@ logger = logging.getLogger(__name__)
 _MICROSECONDS = 1_000_000
 # A decoder list that names no decoder: the stream probe may open none (SourceOptions).
 PROBE_DECODES_NOTHING = "none"
+RTSP_TRANSPORTS = ("tcp", "udp")
 
 # glibc mallopt() parameters (malloc.h) and the values tune_malloc sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -171,6 +172,9 @@ class SourceOptions:
             an open costs ~1.9 instead of ~6.7 ms of CPU at 1080p, as long in
             wall time (docs/performance.md). What it loses: ``Connected`` may
             carry width and height 0 when the container does not state them.
+        rtsp_transport: how RTSP media travels: ``tcp`` (interleaved in the
+            RTSP connection: one TCP connection, works through NAT and
+            firewalls) or ``udp`` (RTP over UDP ports the server is told).
     """
 
     rw_timeout_s: float = 5.0
@@ -180,6 +184,7 @@ class SourceOptions:
     jpeg_quality: int = 85
     skip_loop_filter: bool = False
     probe_decode: bool = False
+    rtsp_transport: str = "tcp"
 
     def __post_init__(self) -> None:
         if self.rw_timeout_s <= 0:
@@ -192,6 +197,8 @@ class SourceOptions:
             raise ValueError(f"analyzeduration_us must be >= 0, got {self.analyzeduration_us}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be within 1..100, got {self.jpeg_quality}")
+        if self.rtsp_transport not in RTSP_TRANSPORTS:
+            raise ValueError(f"rtsp_transport must be tcp or udp, got {self.rtsp_transport!r}")
 
     def container_options(self) -> dict[str, str]:
         """The FFmpeg format/protocol options for ``av.open``.
@@ -210,7 +217,7 @@ class SourceOptions:
         return options
 
 
-def protocol_options(url: str) -> dict[str, str]:
+def protocol_options(url: str, options: SourceOptions) -> dict[str, str]:
     """Options that depend on the URL's protocol (added to ``container_options``).
 
     HTTP(S): ``max_redirects=0``. FFmpeg follows up to 8 redirects by default, and the
@@ -218,10 +225,19 @@ def protocol_options(url: str) -> dict[str, str]:
     a redirect to ``169.254.169.254`` or any other blocked address would be followed
     unchecked. A refused redirect fails the open with ``I/O error``, like the callback
     dispatcher, which does not follow redirects either.
+
+    RTSP(S): the transport (FFmpeg's default tries UDP first, which fails behind NAT after
+    a wait), and RTSP's own I/O ``timeout``: the RTSP demuxer opens its connection itself,
+    so ``rw_timeout`` never reaches it, and a server that stops sending without closing the
+    connection (a frozen camera) would hold the reader for ever. With it, a stall ends
+    after about twice ``rw_timeout`` (measured), as for RTMP.
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
         return {"max_redirects": "0"}
+    if scheme in ("rtsp", "rtsps"):
+        return {"rtsp_transport": options.rtsp_transport,
+                "timeout": str(round(options.rw_timeout_s * _MICROSECONDS))}
     return {}
 
 
@@ -662,7 +678,7 @@ class StreamReader:
             return av.open(
                 _lower_scheme(self._url),
                 container_options={**self._options.container_options(),
-                                   **protocol_options(self._url)},
+                                   **protocol_options(self._url, self._options)},
                 timeout=(deadline, None),
             )
         except av.error.FFmpegError as exc:

@@ -12,7 +12,12 @@ from urllib.parse import SplitResult, urlsplit
 
 from livesnap.errors import InvalidParameter
 
-STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https"})
+STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "http", "https"})
+# schemes a user may expect and livesnap cannot read, with what to do instead
+UNSUPPORTED_STREAM_SCHEMES = {
+    "srt": "SRT cannot be captured: livesnap's FFmpeg has no SRT protocol. Relay the stream "
+           "to RTMP or RTSP (for example with srt-live-transmit or ffmpeg) and submit that URL.",
+}
 CALLBACK_SCHEMES = frozenset({"http", "https"})
 MAX_URL_LEN = 255
 MAX_HOST_LEN, MAX_LABEL_LEN = 253, 63  # DNS limits (RFC 1035)
@@ -52,6 +57,8 @@ def _split(name: str, url: str, schemes: frozenset[str]) -> SplitResult:
     except ValueError as exc:
         raise InvalidParameter(f"{name} is not a valid URL.") from exc
     if parts.scheme.lower() not in schemes:
+        if schemes is STREAM_SCHEMES and parts.scheme.lower() in UNSUPPORTED_STREAM_SCHEMES:
+            raise InvalidParameter(f"{name}: {UNSUPPORTED_STREAM_SCHEMES[parts.scheme.lower()]}")
         allowed = ", ".join(sorted(schemes))
         raise InvalidParameter(f"{name} must use one of the schemes: {allowed}.")
     if not parts.hostname:
