@@ -109,3 +109,24 @@ def test_a_camera_that_hangs_or_restarts_is_reconnected(tmp_path):
                    "captures after the restart")
         job = raw_job(server, job_id)
         assert (job["Status"], job["StreamStatus"]) == ("started", "live")
+
+
+def test_a_camera_is_captured_per_tick(tmp_path):
+    """A 10 s interval connects per tick (ConnectMode auto): connect, one keyframe, let go."""
+    with (RtspServer(codec="h265") as camera,
+          LivesnapServer(tmp_path / "data", env=FAST) as server):
+        client = ice_client(server.endpoint)
+        template_id = client.create_live_snapshot_template(m.CreateLiveSnapshotTemplateRequest(
+            template_name="every-10s", time_interval=10,
+            sequence_format="cam/{JobId}/{UnixTimestamp}.jpg")).body.template_id
+        job_id = client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
+            job_name="per-tick", template_id=template_id, snapshot_output=OUTPUT,
+            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(
+                type="rtmp", url=camera.url()))).body.job_id
+        assert raw_job(server, job_id)["ConnectMode"] == "auto"
+        keys = wait_until(lambda: (k := file_keys(client, job_id)) and len(k) >= 2 and k, 45,
+                          "two ticks captured")
+        assert all(picture_size(server, key) == (640, 360) for key in keys)
+        # between ticks the camera has no connection from livesnap
+        wait_until(lambda: camera.client_connections() == 0, 12, "the connection let go")
+        assert raw_job(server, job_id)["Status"] == "started"
