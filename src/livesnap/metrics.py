@@ -167,7 +167,8 @@ class Metrics:
         by_stream = dict.fromkeys((s.value for s in StreamStatus), 0)
         for (status, stream), count in counts.items():
             by_status[status] = by_status.get(status, 0) + count
-            if status == JobStatus.STARTED.value:
+            # started jobs by their stream, and the jobs (not started) waiting for theirs
+            if status == JobStatus.STARTED.value or stream == StreamStatus.WAITING.value:
                 by_stream[stream] = by_stream.get(stream, 0) + count
         for status, count in by_status.items():
             self.jobs.labels(status=status).set(count)

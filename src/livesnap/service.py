@@ -44,6 +44,7 @@ from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import StorageTarget
 from livesnap.jobs.ports import CaptureEngine, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
+from livesnap.jobs.waiting import WaitPolicy
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 from livesnap.outputs.local import LocalSink
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
@@ -231,6 +232,9 @@ async def build_service(
             jobs_per_node=settings.max_jobs_per_node,
         ),
         blocked_networks=settings.networks(),
+        # a job waiting for its stream is probed again as a lost stream is reconnected
+        waiting=WaitPolicy(first_s=min(2.0, settings.reconnect_max_s),
+                           max_s=settings.reconnect_max_s),
     )
     manager = JobManager(
         store=store, clock=clock, policy=policy, resolver=SystemResolver(),
@@ -281,6 +285,7 @@ async def build_service(
         await manager.open()
         if settings.engine == "local":  # a capture process or the shards resume their own jobs
             await manager.resume()
+        manager.start_waiting_sweep()  # jobs waiting for their stream, whoever marked them
         if dispatcher is not None:
             dispatcher.start()
         yield Service(settings=settings, store=store, manager=manager, app=app, router=router,

@@ -112,7 +112,8 @@ class ShardHost:
             store=fenced, clock=clock, resolver=SystemResolver(), remover=remover, storage=remover,
             policy=Policy(limits=Limits(jobs_per_account=settings.max_jobs_per_account,
                                         jobs_per_node=settings.max_jobs_per_node),
-                          blocked_networks=settings.networks()),
+                          blocked_networks=settings.networks(),
+                          watch_waiting=False),  # the serving process's manager waits
         )
         ledger = TickLedger(manager, stats)
         supervisor = CaptureSupervisor(

@@ -180,7 +180,8 @@ def test_submit_warns_when_the_stream_is_not_live(env):
     # the reason is the job's LastError, whose wording depends on which check failed first
     prefix = "livesnap: warning: the stream is not live: "
     assert lines[0].startswith(prefix) and lines[0][len(prefix):].split(";")[0].strip(), lines
-    assert f"livesnap jobs start {job_id}" in lines[0]
+    assert f"job {job_id} waits for it and starts by itself once it is live" in lines[0]
+    assert ok_json(env, "jobs", "get", job_id)["StreamStatus"] == "waiting"
 
 
 def test_local_storage_needs_no_endpoint_and_object_stores_do(env, publisher_factory):

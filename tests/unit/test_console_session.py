@@ -234,6 +234,8 @@ def job(**changes):
     (JobStatus.STARTED, StreamStatus.OFFLINE, "offline", "Offline"),
     (JobStatus.PAUSED, StreamStatus.OFFLINE, "paused", "Paused"),
     (JobStatus.INIT, StreamStatus.OFFLINE, "offline", "Not started"),
+    (JobStatus.INIT, StreamStatus.WAITING, "offline", "Waiting for stream"),
+    (JobStatus.PAUSED, StreamStatus.WAITING, "offline", "Waiting for stream"),
 ])
 def test_badges_say_what_they_mean(status, stream, kind, text):
     badge = present.badge_for(job(status=status, stream_status=stream))

@@ -17,7 +17,7 @@ from livesnap.errors import (
     OutputError,
     StreamNotFound,
 )
-from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.jobs.manager import JobManager, Limits, Policy, Waiting
 from livesnap.jobs.models import (
     EventType,
     FileQuery,
@@ -30,6 +30,7 @@ from livesnap.jobs.models import (
 )
 from livesnap.jobs.ports import CaptureReport
 from livesnap.jobs.urls import parse_networks
+from livesnap.jobs.waiting import WaitPolicy
 from livesnap.store import MemoryStore
 
 
@@ -114,15 +115,147 @@ async def test_submit_starts_in_background_when_live(env):
     assert events[0].data["old_status"] == "init" and events[0].data["new_status"] == "started"
 
 
-async def test_submit_stays_init_when_not_live_and_start_says_stream_not_found(env):
+async def test_submit_waits_when_not_live_and_start_says_stream_not_found(env):
     manager, _, engine, _, _ = env
     engine.live = False
     job = await manager.submit_job("a", spec())
     await settle()
-    assert (await manager.get_job("a", job.id)).status is JobStatus.INIT
+    job = await manager.get_job("a", job.id)
+    assert (job.status, job.stream_status) == (JobStatus.INIT, StreamStatus.WAITING)
+    assert manager.waiting_count() == 1
     with pytest.raises(StreamNotFound):
         await manager.command("a", job.id, "start")
-    assert (await manager.get_job("a", job.id)).last_error == "stream not live"
+    assert (await manager.get_job("a", job.id)).last_error == StreamNotFound().message
+
+
+FAST_WAIT = WaitPolicy(first_s=0.01, max_s=0.04, jitter=0)
+
+
+@pytest.fixture
+async def waiting_env():
+    store = MemoryStore()
+    engine = FakeEngine(live=False)
+    manager = JobManager(store=store, clock=ManualClock(), policy=Policy(waiting=FAST_WAIT))
+    manager.attach_engine(engine)
+    await manager.open()
+    yield manager, store, engine
+    await manager.close(1)
+
+
+async def until(predicate):
+    """Poll ``predicate`` (async) until it holds; fail after 2 s."""
+    async with asyncio.timeout(2.0):
+        while not await predicate():  # noqa: ASYNC110 (the store has no change notification)
+            await asyncio.sleep(0.005)
+
+
+async def test_a_waiting_job_starts_by_itself_once_its_stream_is_live(waiting_env):
+    manager, store, engine = waiting_env
+    job = await manager.submit_job("a", spec())
+    await until(lambda: _attempts(engine, job.id, 3))  # probed again and again
+    engine.live = True
+
+    async def started():
+        return (await manager.get_job("a", job.id)).status is JobStatus.STARTED
+
+    await until(started)
+
+    async def none_waiting():
+        return manager.waiting_count() == 0
+
+    await until(none_waiting)  # its watch ends with the start
+    job = await manager.get_job("a", job.id)
+    assert job.last_error == ""
+    events = await store.pending_events(job.id)
+    assert [(e.data["old_status"], e.data["new_status"]) for e in events] == [("init", "started")]
+
+
+async def _attempts(engine, job_id, n):
+    return sum(1 for call in engine.calls if call == ("start", job_id)) >= n
+
+
+async def test_stop_ends_the_waiting(waiting_env):
+    manager, _, engine = waiting_env
+    job = await manager.submit_job("a", spec())
+    await until(lambda: _attempts(engine, job.id, 2))
+    await manager.command("a", job.id, "stop")
+    job = await manager.get_job("a", job.id)
+    assert (job.status, job.stream_status) == (JobStatus.PAUSED, StreamStatus.OFFLINE)
+    assert manager.waiting_count() == 0
+    tried = len(engine.calls)
+    await asyncio.sleep(0.1)
+    assert len(engine.calls) == tried
+
+
+async def test_a_stream_gone_past_the_outage_window_is_waited_for(waiting_env):
+    manager, _, engine = waiting_env
+    engine.live = True
+    job = await manager.submit_job("a", spec())
+    await settle()
+    engine.live = False
+    await manager.stream_gone(job.id, "stream offline for 1800 s")
+    job = await manager.get_job("a", job.id)
+    assert (job.status, job.stream_status) == (JobStatus.PAUSED, StreamStatus.WAITING)
+    engine.live = True
+
+    async def started():
+        return (await manager.get_job("a", job.id)).status is JobStatus.STARTED
+
+    await until(started)
+
+
+async def test_waiting_survives_a_restart(waiting_env):
+    manager, store, engine = waiting_env
+    job = await manager.submit_job("a", spec())
+    await until(lambda: _attempts(engine, job.id, 1))
+    await manager.close(1)
+    again = JobManager(store=store, clock=ManualClock(), policy=Policy(waiting=FAST_WAIT))
+    again.attach_engine(engine)
+    await again.open()
+    try:
+        assert await again.resume_waiting() == 1
+        engine.live = True
+
+        async def started():
+            return (await again.get_job("a", job.id)).status is JobStatus.STARTED
+
+        await until(started)
+    finally:
+        await again.close(1)
+
+
+def test_wait_policy_backs_off_to_its_cap():
+    policy = WaitPolicy(first_s=2, max_s=30, jitter=0.2)
+    assert [policy.wait_s(n, 0.5) for n in range(6)] == [2, 4, 8, 16, 30, 30]
+    assert policy.wait_s(0, 0.0) == pytest.approx(1.6)
+    assert policy.wait_s(10**6, 0.999) < 36
+    with pytest.raises(ValueError):
+        WaitPolicy(first_s=5, max_s=1)
+
+
+async def test_waiting_probes_one_host_a_few_at_a_time():
+    running = {"now": 0, "most": 0}
+    done: set[str] = set()
+
+    async def attempt(job_id):
+        running["now"] += 1
+        running["most"] = max(running["most"], running["now"])
+        await asyncio.sleep(0.01)
+        running["now"] -= 1
+        done.add(job_id)
+        return True
+
+    waiting = Waiting(attempt=attempt, policy=WaitPolicy(first_s=0.001, max_s=0.001, per_host=2))
+    for i in range(20):
+        waiting.watch(f"job-{i}", "origin.example")
+    waiting.watch("job-0", "origin.example")  # watched once
+    async def all_done():
+        return len(done) == 20
+
+    await until(all_done)
+    assert running["most"] == 2
+    assert len(waiting) == 0 and waiting._hosts == {}
+    await waiting.close()
 
 
 async def test_commands(env):

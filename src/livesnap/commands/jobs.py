@@ -98,8 +98,8 @@ def submit_job(
 ) -> None:
     """Submit a job; livesnap probes the stream at once and starts the job if it is live.
 
-    A job whose stream is not live stays init (the CLI warns): start it with 'livesnap jobs
-    start' once the stream is up.
+    A job whose stream is not live waits for it (the CLI warns) and starts by itself once
+    the stream is live.
     """
     if storage_endpoint is None:
         if storage_type is not StorageType.local:
@@ -139,8 +139,8 @@ def _warn_unless_live(cli: Cli, job_id: str) -> None:
     if latest.get("Status") == "init":
         why = str(latest.get("LastError"))
         typer.echo(f"livesnap: warning: the stream is not live: {why.rstrip('.')}; job {job_id} "
-                   f"stays init: check the URL and the publisher, then 'livesnap jobs start "
-                   f"{job_id}'", err=True)
+                   f"waits for it and starts by itself once it is live (check the URL and the "
+                   f"publisher)", err=True)
 
 
 def _wait_started(cli: Cli, job_id: str, timeout_s: float) -> dict[str, Any]:

@@ -20,6 +20,8 @@ class Badge:
 
 def badge_for(job: Job) -> Badge:
     """live / reconnecting / offline / paused, from the job and stream status."""
+    if job.stream_status is StreamStatus.WAITING:  # not started, or paused: probed again
+        return Badge(kind="offline", text="Waiting for stream")
     if job.status is JobStatus.PAUSED:
         return Badge(kind="paused", text="Paused")
     if job.status is JobStatus.INIT:

@@ -1,9 +1,11 @@
 """``JobManager``: the use cases, over the ports. The only async module of the domain.
 
 Rules it enforces (design.md §4): templates are account-scoped and the system template is
-read-only; jobs copy their template at submit; Submit probes the stream in the background;
-``start`` probes synchronously; ``stop`` pauses; ``restart`` = stop + start; limits per
-account and per node. It also implements ``CaptureReports`` for the capture engine: file
+read-only; jobs copy their template at submit; Submit probes the stream in the background,
+and a job whose stream is not live yet waits for it (``waiting.py``: probed again with capped
+backoff until it starts, also when its stream stayed away past the outage window); ``start``
+probes synchronously; ``stop`` pauses and ends the waiting; ``restart`` = stop + start; limits
+per account and per node. It also implements ``CaptureReports`` for the capture engine: file
 records and status changes are written together with their callback events.
 """
 
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from livesnap.clock import Clock
@@ -62,6 +65,7 @@ from livesnap.jobs.ports import (
     StorageRouting,
     Store,
 )
+from livesnap.jobs.waiting import WaitPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,13 @@ class Limits:
 class Policy:
     limits: Limits = field(default_factory=Limits)
     blocked_networks: tuple[urls.Network, ...] = ()
+    waiting: WaitPolicy = field(default_factory=WaitPolicy)
+    # False where another manager does the waiting (a capture shard's, whose node's serving
+    # manager finds its waiting jobs in the store): jobs are marked waiting, not watched
+    watch_waiting: bool = True
+
+
+WAITING_SWEEP_S = 10.0  # how often the store is read for jobs waiting that nobody watches
 
 
 def system_template(now_ms: int) -> Template:
@@ -124,6 +135,85 @@ def check_template_spec(spec: TemplateSpec, image: ImageOptions | None = None) -
     )
 
 
+class Waiting:
+    """One task per job waiting for its stream (``waiting.py``); ``watch`` is idempotent,
+    ``forget`` ends a job's task. ``attempt(job_id)`` tries the job: True when it needs no
+    more watching (it started, was stopped or deleted)."""
+
+    def __init__(
+        self,
+        *,
+        attempt: Callable[[str], Awaitable[bool]],
+        policy: WaitPolicy | None = None,
+        unit: Callable[[], float] = random.random,
+    ) -> None:
+        self._attempt = attempt
+        self._policy = policy or WaitPolicy()
+        self._unit = unit
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}  # and how many watch it
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def watch(self, job_id: str, host: str) -> None:
+        if job_id in self._tasks:
+            return
+        task = asyncio.create_task(self._watch(job_id, host), name=f"waiting-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda done: self._done(job_id, done))
+
+    def forget(self, job_id: str) -> None:
+        task = self._tasks.pop(job_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("waiting job's watch failed", exc_info=task.exception(),
+                         extra={"action": "waiting", "job_id": job_id})
+
+    async def _watch(self, job_id: str, host: str) -> None:
+        semaphore = self._join(host)
+        try:
+            misses = 0
+            while True:
+                await asyncio.sleep(self._policy.wait_s(misses, self._unit()))
+                async with semaphore:
+                    if await self._attempt(job_id):
+                        return
+                misses += 1
+        finally:
+            self._leave(host)
+
+    def _join(self, host: str) -> asyncio.Semaphore:
+        semaphore, users = self._hosts.get(host, (None, 0))
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._policy.per_host)
+        self._hosts[host] = (semaphore, users + 1)
+        return semaphore
+
+    def _leave(self, host: str) -> None:
+        semaphore, users = self._hosts[host]
+        if users <= 1:
+            del self._hosts[host]
+        else:
+            self._hosts[host] = (semaphore, users - 1)
+
+
 class JobManager:
     """Use cases for templates, jobs and files; ``CaptureReports`` for the engine."""
 
@@ -149,6 +239,8 @@ class JobManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: dict[str, int] = {}  # account -> starts between limit check and status
         self._probes: set[asyncio.Task[None]] = set()
+        self._waiting = Waiting(attempt=self._attempt_waiting, policy=self._policy.waiting)
+        self._sweep: asyncio.Task[None] | None = None
         self._events_hook: Callable[[Sequence[OutboxEvent]], None] | None = None
 
     def attach_engine(self, engine: CaptureEngine) -> None:
@@ -180,12 +272,47 @@ class JobManager:
         logger.info("resumed started jobs", extra={"action": "resume", "count": len(jobs)})
         return len(jobs)
 
+    async def resume_waiting(self) -> int:
+        """Watch every job the store says is waiting and nobody here watches yet (after a
+        restart, or marked waiting by a capture process); the number of jobs waiting."""
+        count = 0
+        for status in (JobStatus.INIT, JobStatus.PAUSED):
+            for job in await self._store.jobs_with_status(
+                    status, stream_status=StreamStatus.WAITING):
+                self._wait_for_stream(job)
+                count += 1
+        return count
+
+    def start_waiting_sweep(self, every_s: float = WAITING_SWEEP_S) -> None:
+        """Call :meth:`resume_waiting` now and every ``every_s`` until :meth:`close`."""
+
+        async def sweep() -> None:
+            while True:
+                try:
+                    await self.resume_waiting()
+                except LivesnapError as exc:  # the database is down: try again next round
+                    logger.warning("waiting jobs not read", extra={
+                        "action": "waiting", "reason": exc.message})
+                await asyncio.sleep(every_s)
+
+        if self._sweep is None:
+            self._sweep = asyncio.create_task(sweep(), name="waiting-sweep")
+
+    def waiting_count(self) -> int:
+        """Jobs whose stream this node is waiting for."""
+        return len(self._waiting)
+
     async def close(self, timeout_s: float = 10.0) -> None:
         """Cancel background probes and stop capture within ``timeout_s``."""
         for task in list(self._probes):
             task.cancel()
         if self._probes:
             await asyncio.wait(self._probes, timeout=timeout_s)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            await asyncio.wait([self._sweep])
+            self._sweep = None
+        await self._waiting.close()
         if self._engine is not None:
             await self._engine.shutdown(timeout_s)
 
@@ -314,12 +441,35 @@ class JobManager:
                 await self._start_locked(current, reason="stream live at submit")
             except (StreamNotFound, JobLimitExceeded) as exc:
                 await self._store.update_job(
-                    job.id, JobPatch(last_error=exc.message), now_ms=self._now_ms()
+                    job.id, JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING),
+                    now_ms=self._now_ms(),
                 )
+                self._wait_for_stream(current)
                 logger.info(
-                    "job left in init",
+                    "job waiting for its stream",
                     extra={"action": "submit_probe", "job_id": job.id, "reason": exc.message},
                 )
+
+    def _wait_for_stream(self, job: Job) -> None:
+        if self._policy.watch_waiting:
+            self._waiting.watch(job.id, urls.check_stream_url(job.stream_url))
+
+    async def _attempt_waiting(self, job_id: str) -> bool:
+        """Try to start a waiting job; True when it needs no more watching."""
+        async with self._lock(job_id):
+            job = await self._store.load_job(job_id)
+            if job is None or job.status is JobStatus.STARTED:
+                return True
+            if job.stream_status is not StreamStatus.WAITING:
+                return True  # stopped by hand meanwhile
+            try:
+                await self._start_locked(job, reason="stream live")
+            except (StreamNotFound, JobLimitExceeded) as exc:
+                patch = JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING)
+                await self._change(job_id, patch, reason="")
+                return False
+            logger.info("waiting job started", extra={"action": "waiting", "job_id": job_id})
+            return True
 
     async def get_job(self, account: str, job_id: str) -> Job:
         job = await self._store.get_job(account, job_id)
@@ -345,8 +495,10 @@ class JobManager:
                 if job.status is JobStatus.STARTED:
                     raise JobAlreadyStarted()
                 await self._start_locked(job, reason="start command")
+                self._waiting.forget(job.id)
             elif command == "stop":
                 await self._stop_locked(job, reason="stop command")
+                self._waiting.forget(job.id)
             elif command == "restart":
                 job = await self._stop_locked(job, reason="restart command")
                 await self._start_locked(job, reason="restart command")
@@ -359,8 +511,8 @@ class JobManager:
         try:
             try:
                 await self.engine.start(job, probe=True)
-            except StreamNotFound:
-                await self._change(job.id, JobPatch(last_error="stream not live"), reason="")
+            except StreamNotFound as exc:
+                await self._change(job.id, JobPatch(last_error=exc.message), reason="")
                 raise
             await self._change(
                 job.id,
@@ -416,6 +568,8 @@ class JobManager:
         if before is None:
             return None
         after = _apply(before, patch)
+        if after == before:
+            return before  # nothing to write (a waiting job's probes report the same again)
         changed = (before.status, before.stream_status) != (after.status, after.stream_status)
         events: list[OutboxEvent] = []
         if changed and before.callback_url:
@@ -519,6 +673,9 @@ class JobManager:
     async def stream_changed(
         self, job_id: str, stream_status: StreamStatus, *, error: str = ""
     ) -> None:
+        if stream_status is StreamStatus.OFFLINE and job_id in self._waiting:
+            # a failed probe's "offline" may arrive after the job was marked waiting
+            stream_status = StreamStatus.WAITING
         patch = JobPatch(stream_status=stream_status, last_error=error)
         reason = error or f"stream {stream_status.value}"
         await self._change(job_id, patch, reason=reason)
@@ -531,11 +688,12 @@ class JobManager:
             await self.engine.stop(job_id)
             patch = JobPatch(
                 status=JobStatus.PAUSED,
-                stream_status=StreamStatus.OFFLINE,
+                stream_status=StreamStatus.WAITING,
                 status_reason=reason,
                 last_error=reason,
             )
             await self._change(job_id, patch, reason=reason)
+            self._wait_for_stream(job)
 
     async def effective_interval(self, job_id: str, interval_ms: int) -> None:
         await self._store.update_job(

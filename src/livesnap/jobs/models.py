@@ -33,6 +33,7 @@ class StreamStatus(StrEnum):
     CONNECTING = "connecting"
     LIVE = "live"
     RECONNECTING = "reconnecting"
+    WAITING = "waiting"  # not started yet, or paused: probed again until it is live
 
 
 class TemplateType(StrEnum):

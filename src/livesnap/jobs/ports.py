@@ -65,8 +65,11 @@ class Store(Protocol):
 
     async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]: ...
 
-    async def jobs_with_status(self, status: JobStatus) -> list[Job]:
-        """Every job in that status, all accounts (used to resume after a restart)."""
+    async def jobs_with_status(
+        self, status: JobStatus, *, stream_status: StreamStatus | None = None
+    ) -> list[Job]:
+        """Every job in that status (and stream status, if given), all accounts (used to
+        resume after a restart, and to find the jobs waiting for their stream)."""
 
     async def count_jobs(self, account: str, status: JobStatus) -> int: ...
 

@@ -24,6 +24,7 @@ from livesnap.jobs.models import (
     OutboxEvent,
     Page,
     SnapshotFile,
+    StreamStatus,
     Template,
     TemplateQuery,
     TemplateType,
@@ -123,9 +124,12 @@ class MemoryStore:
             found = [j for j in self._jobs.values() if j.account == account]
         return _page([j for j in found if _job_matches(j, query)], query)
 
-    async def jobs_with_status(self, status: JobStatus) -> list[Job]:
+    async def jobs_with_status(
+        self, status: JobStatus, *, stream_status: StreamStatus | None = None
+    ) -> list[Job]:
         async with self._lock:
-            found = [j for j in self._jobs.values() if j.status is status]
+            found = [j for j in self._jobs.values() if j.status is status
+                     and (stream_status is None or j.stream_status is stream_status)]
         return sorted(found, key=lambda j: (j.created_ms, j.id))
 
     async def count_jobs(self, account: str, status: JobStatus) -> int:

@@ -57,6 +57,7 @@ from livesnap.jobs.models import (
     OutboxEvent,
     Page,
     SnapshotFile,
+    StreamStatus,
     Template,
     TemplateQuery,
     TemplateType,
@@ -372,8 +373,12 @@ class SqlStore:
             "list_jobs", lambda conn: _page(conn, jobs, where, order, query))
         return Page(items=[rows.job_from_row(row) for row in found], total=total)
 
-    async def jobs_with_status(self, status: JobStatus) -> list[Job]:
+    async def jobs_with_status(
+        self, status: JobStatus, *, stream_status: StreamStatus | None = None
+    ) -> list[Job]:
         stmt = select(jobs).where(jobs.c.status == status.value)
+        if stream_status is not None:
+            stmt = stmt.where(jobs.c.stream_status == stream_status.value)
         stmt = stmt.order_by(jobs.c.created_ms, jobs.c.id)
         found = await self._run("jobs_with_status", lambda conn: _mappings(conn, stmt))
         return [rows.job_from_row(row) for row in found]
