@@ -80,7 +80,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, LivesnapServer(
-            Path(tmp) / "data", env={"LIVESNAP_LOG_LEVEL": "WARNING"}) as server:
+            Path(tmp) / "data", env={"LIVESNAP_LOG_LEVEL": "WARNING",
+                                     "LIVESNAP_RATE_LIMIT_RPS": "0"}) as server:
         assert server.proc is not None
         process = psutil.Process(server.proc.pid)
         time.sleep(5)  # start-up done

@@ -92,6 +92,7 @@ class Policy:
     watch_waiting: bool = True
 
 
+_PROBING = (StreamStatus.CONNECTING, StreamStatus.OFFLINE)
 WAITING_SWEEP_S = 10.0  # how often the store is read for jobs waiting that nobody watches
 
 
@@ -468,6 +469,7 @@ class JobManager:
                 patch = JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING)
                 await self._change(job_id, patch, reason="")
                 return False
+            self._waiting.forget(job_id)  # from now on its stream reports are a started job's
             logger.info("waiting job started", extra={"action": "waiting", "job_id": job_id})
             return True
 
@@ -673,8 +675,9 @@ class JobManager:
     async def stream_changed(
         self, job_id: str, stream_status: StreamStatus, *, error: str = ""
     ) -> None:
-        if stream_status is StreamStatus.OFFLINE and job_id in self._waiting:
-            # a failed probe's "offline" may arrive after the job was marked waiting
+        if stream_status in _PROBING and job_id in self._waiting:
+            # a waiting job's probe says "connecting", then "offline" when it fails (maybe
+            # after the job was marked waiting): the job is still waiting, nothing to write
             stream_status = StreamStatus.WAITING
         patch = JobPatch(stream_status=stream_status, last_error=error)
         reason = error or f"stream {stream_status.value}"
