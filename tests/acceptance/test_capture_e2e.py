@@ -14,7 +14,7 @@ import simplejpeg
 from alibabacloud_ice20201109 import models as m
 from Tea.exceptions import TeaException
 
-from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.service import LivesnapServer, core_client, core_request, ice_client, raw_job
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -43,11 +43,6 @@ def list_files(client, job_id):
 
 def get_job(client, job_id):
     return client.get_live_snapshot_job(m.GetLiveSnapshotJobRequest(job_id=job_id)).body
-
-
-def raw_job(server, job_id):
-    acs = core_client(server.endpoint)
-    return json.loads(acs.do_action_with_exception(core_request("GetLiveSnapshotJob", "GET", {"JobId": job_id})))
 
 
 def storage_path(server, key):

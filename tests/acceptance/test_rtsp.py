@@ -3,15 +3,12 @@ authentication), ``livesnap serve`` as a subprocess, the official SDK, snapshots
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
-
 import pytest
 import simplejpeg
 from alibabacloud_ice20201109 import models as m
 
 from tests.support.servers import RtspServer
-from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.service import LivesnapServer, ice_client, raw_job, recent_files
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -30,18 +27,8 @@ def submit(client, url, name="camera"):
         stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url))).body.job_id
 
 
-def raw_job(server, job_id):
-    acs = core_client(server.endpoint)
-    return json.loads(acs.do_action_with_exception(
-        core_request("GetLiveSnapshotJob", "GET", {"JobId": job_id})))
-
-
 def file_keys(client, job_id):
-    now = datetime.now(tz=UTC)
-    body = client.list_live_snapshot_files(m.ListLiveSnapshotFilesRequest(
-        job_id=job_id, start_time=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        end_time=(now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"), limit=100)).body
-    return [f.oss_object for f in body.file_list]
+    return [f.oss_object for f in recent_files(client, job_id)]
 
 
 def picture_size(server, key):

@@ -4,14 +4,12 @@ when it stays away past the outage window, through a server crash; a real nginx-
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.support.service import LivesnapServer, core_client, core_request, ice_client
+from tests.support.service import LivesnapServer, ice_client, raw_job, recent_files
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -24,18 +22,8 @@ OUTPUT = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
 )
 
 
-def raw_job(server, job_id):
-    acs = core_client(server.endpoint)
-    return json.loads(acs.do_action_with_exception(
-        core_request("GetLiveSnapshotJob", "GET", {"JobId": job_id})))
-
-
 def file_count(client, job_id):
-    now = datetime.now(tz=UTC)
-    return len(client.list_live_snapshot_files(m.ListLiveSnapshotFilesRequest(
-        job_id=job_id, start_time=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        end_time=(now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        limit=100)).body.file_list)
+    return len(recent_files(client, job_id))
 
 
 def state(server, job_id):

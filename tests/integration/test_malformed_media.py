@@ -43,7 +43,7 @@ from livesnap.capture.source import SourceOptions
 from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import SystemClock
 from livesnap.errors import StreamNotFound
-from livesnap.jobs.manager import JobManager
+from livesnap.jobs.manager import JobManager, Policy
 from livesnap.jobs.models import (
     FileQuery,
     Job,
@@ -498,7 +498,9 @@ def started_live(job: Job) -> bool:
 async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
     root = tmp_path_factory.mktemp("engine")
     clock = SystemClock()
-    manager = JobManager(store=MemoryStore(), clock=clock)
+    # jobs whose probe fails are marked waiting, not probed again: each test here watches
+    # one probe's verdict and the reader it leaves (waiting is tested in test_waiting.py)
+    manager = JobManager(store=MemoryStore(), clock=clock, policy=Policy(watch_waiting=False))
     journal = Journal(manager)
     router = StorageRouter(root=root / "storage", spool_dir=root / "spool")
     supervisor = CaptureSupervisor(
@@ -679,7 +681,7 @@ async def test_garbage_after_header_is_never_published(
         job_id, lambda j: j.last_error != "", PROBE_TIMEOUT_S + 3, "the submit probe's verdict"
     )
     assert job.status is JobStatus.INIT
-    assert job.stream_status is StreamStatus.OFFLINE
+    assert job.stream_status is StreamStatus.WAITING
     assert job.last_error == f"No such stream ({NO_DATA})."
     assert not engine.supervisor.is_running(job_id)
     await engine.reader_gone(job_id, 1)
@@ -701,7 +703,7 @@ async def test_endless_garbage_after_header_fails_the_open_in_time(
         job_id, lambda j: j.last_error != "", PROBE_TIMEOUT_S + 3, "the submit probe's verdict"
     )
     assert job.status is JobStatus.INIT
-    assert job.stream_status is StreamStatus.OFFLINE
+    assert job.stream_status is StreamStatus.WAITING
     assert job.last_error.startswith(
         f"No such stream (no playable stream within {OPEN_TIMEOUT_S:g} s"
     ), job.last_error
@@ -885,7 +887,7 @@ async def test_audio_only_stream_reports_no_video_and_keeps_nothing_running(
         job_id, lambda j: j.last_error != "", PROBE_TIMEOUT_S + 3, "the submit probe's verdict"
     )
     assert job.status is JobStatus.INIT
-    assert job.stream_status is StreamStatus.OFFLINE
+    assert job.stream_status is StreamStatus.WAITING
     assert job.last_error == "No such stream (no video stream)."
     assert not engine.supervisor.is_running(job_id)
     await engine.reader_gone(job_id, 1)

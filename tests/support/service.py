@@ -152,3 +152,25 @@ def core_request(action: str, method: str = "GET", query=None, body=None, protoc
     for k, v in (body or {}).items():
         req.add_body_params(k, v)
     return req
+
+
+def raw_job(server: LivesnapServer, job_id: str) -> dict:
+    """``GetLiveSnapshotJob`` as JSON, with livesnap's extra fields (the SDK model drops them)."""
+    import json
+
+    acs = core_client(server.endpoint)
+    return dict(json.loads(acs.do_action_with_exception(
+        core_request("GetLiveSnapshotJob", "GET", {"JobId": job_id}))))
+
+
+def recent_files(client, job_id: str) -> list:
+    """The job's files of the last hour (up to 100), oldest first, through the official SDK."""
+    from datetime import UTC, datetime, timedelta
+
+    from alibabacloud_ice20201109 import models as m
+
+    now = datetime.now(tz=UTC)
+    return list(client.list_live_snapshot_files(m.ListLiveSnapshotFilesRequest(
+        job_id=job_id, start_time=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        end_time=(now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        limit=100)).body.file_list)
