@@ -77,8 +77,9 @@ class Console:
         return await self.client.post("/console/login", data={
             "csrf_token": token, "access_key_id": key, "access_key_secret": secret})
 
-    async def job(self, account="acct-a", name="cam-1", *, picture=True):
-        spec = JobSpec(name=name, template_id="system", stream_url="rtmp://127.0.0.1/live/a",
+    async def job(self, account="acct-a", name="cam-1", *, picture=True,
+                  url="rtmp://127.0.0.1/live/a"):
+        spec = JobSpec(name=name, template_id="system", stream_url=url,
                        stream_type="rtmp", callback_url=None,
                        storage=StorageTarget(storage_type=StorageType.LOCAL, endpoint="e",
                                              bucket="b"))
@@ -380,3 +381,16 @@ async def test_wrong_logins_are_limited_per_key_and_per_address(console):
     assert (await console.login()).status_code == 429
     # another key from the same address still logs in: the address has room left
     assert (await console.login("otherid", "othersecret")).status_code == 303
+
+
+async def test_the_job_page_shows_no_password_or_token_of_the_stream_url(console):
+    await console.login()
+    job = await console.job(url="rtsp://viewer:s3cret-pw@127.0.0.1:8554/cam?token=t0ken-value")
+    page = await console.client.get(f"/console/jobs/{job.id}")
+    assert page.status_code == 200
+    assert "rtsp://viewer:***@127.0.0.1:8554/cam?token=***" in page.text
+    assert "s3cret-pw" not in page.text and "t0ken-value" not in page.text
+    state = await console.client.get(f"/console/jobs/{job.id}/state.json")
+    assert "s3cret-pw" not in state.text and "t0ken-value" not in state.text
+    wall = await console.client.get("/console/")
+    assert "s3cret-pw" not in wall.text

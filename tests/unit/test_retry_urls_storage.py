@@ -12,6 +12,7 @@ from livesnap.jobs.urls import (
     check_callback_url,
     check_stream_url,
     parse_networks,
+    redacted,
 )
 
 
@@ -126,3 +127,15 @@ def test_targets_valid(kind, endpoint, bucket):
 def test_targets_invalid(kind, endpoint, bucket, fragment):
     with pytest.raises(InvalidParameter, match=fragment):
         check_target(target(kind, endpoint, bucket))
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("rtsp://viewer:s3cret@10.0.0.20:554/stream1", "rtsp://viewer:***@10.0.0.20:554/stream1"),
+    ("rtsp://viewer@cam/1", "rtsp://viewer@cam/1"),
+    ("https://cdn.example/live/a.m3u8?token=abc&expires=99",
+     "https://cdn.example/live/a.m3u8?token=***&expires=***"),
+    ("rtmp://origin/live/cam1", "rtmp://origin/live/cam1"),
+    ("rtsp://a:b:c@[::1]:8554/x?flag", "rtsp://a:***@[::1]:8554/x?flag"),
+])
+def test_urls_are_shown_without_their_secrets(url, shown):
+    assert redacted(url) == shown

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from livesnap.console import present
 from livesnap.console.app import Console, Visit, status_for
 from livesnap.errors import LivesnapError
-from livesnap.jobs import connect, imaging
+from livesnap.jobs import connect, imaging, urls
 from livesnap.jobs.models import (
     INT64_MAX,
     ConnectMode,
@@ -277,7 +277,7 @@ def job_details(job: Job, *, per_tick_min_interval_s: float) -> list[tuple[str, 
         ("TemplateId", job.template_id),
         ("TemplateName", job.template_name),
         ("StreamInput.Type", job.stream_type),
-        ("StreamInput.Url", job.stream_url),
+        ("StreamInput.Url", urls.redacted(job.stream_url)),  # no password on a page
         ("SnapshotOutput.StorageType", job.storage.storage_type.value),
         ("SnapshotOutput.Endpoint", job.storage.endpoint),
         ("SnapshotOutput.Bucket", job.storage.bucket),

@@ -90,6 +90,23 @@ def _check_host_name(name: str, host: str) -> None:
         raise InvalidParameter(f"{name} has an invalid host name.")
 
 
+def redacted(url: str) -> str:
+    """``url`` with its secrets masked, for showing: the password of ``user:password@`` and
+    every query value become ``***`` (a camera's password, a ``?token=``); the rest stays."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
+    query = "&".join(f"{pair.split('=', 1)[0]}=***" if "=" in pair else pair
+                     for pair in parts.query.split("&")) if parts.query else ""
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
 def check_stream_url(url: str) -> str:
     """The stream URL's host, or ``InvalidParameter``."""
     return _split("StreamInput.Url", url, STREAM_SCHEMES).hostname or ""
