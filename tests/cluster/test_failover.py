@@ -276,8 +276,14 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
             raylet = frozen_node.all_processes["raylet"][0].process
             os.kill(raylet.pid, signal.SIGSTOP)
             try:
-                taken = wait_until(lambda: (e := pg.epochs()) and all(
+                wait_until(lambda: (e := pg.epochs()) and all(
                     e[n][0] > old_epochs[n] for n in frozen) and e, 60, "new epochs taken")
+                # The takeovers have committed by now. A stale record's create_ms is its
+                # capture time, before its commit, so one captured after this instant
+                # committed after a takeover: fencing failed. (The epoch rows' taken_ms is
+                # no such bound: it is read before the takeover waits for a stale write's
+                # FOR SHARE lock, so a write may legitimately commit after it.)
+                fenced_at_ms = int(time.time() * 1000)
                 # the stale instances stop reading: every stream has its publisher plus one
                 # player per shard with jobs on it again (the new instances' players; the jobs
                 # of one shard share their stream's connection)
@@ -286,7 +292,6 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
                 wait_until(lambda: all(
                     origin.stream_status(f"cl-{i}").nclients == per_stream[i] + 1
                     for i in range(STREAMS)), 30, "stale shards let go of their streams")
-                fenced_at_ms = max(taken[n][1] for n in frozen)
                 stale = pg.records_by(
                     [f"{n}:{old_epochs[n]}" for n in frozen], after_ms=fenced_at_ms + 1)
                 assert stale == [], f"records written by fenced instances: {stale}"

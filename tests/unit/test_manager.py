@@ -249,12 +249,12 @@ async def test_waiting_probes_one_host_a_few_at_a_time():
     for i in range(20):
         waiting.watch(f"job-{i}", "origin.example")
     waiting.watch("job-0", "origin.example")  # watched once
-    async def all_done():
-        return len(done) == 20
+    async def all_watches_ended():
+        return len(waiting) == 0
 
-    await until(all_done)
-    assert running["most"] == 2
-    assert len(waiting) == 0 and waiting._hosts == {}
+    await until(all_watches_ended)
+    assert len(done) == 20 and running["most"] == 2
+    assert waiting._hosts == {}
     await waiting.close()
 
 
