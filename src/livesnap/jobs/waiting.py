@@ -19,7 +19,9 @@ class WaitPolicy:
 
     first_s: float = 2.0
     max_s: float = 30.0
-    per_host: int = 2
+    # an origin that accepts a play of a stream nobody publishes yet (nginx-rtmp does) holds
+    # each probe until the read timeout: two at a time would probe 500 jobs every 20 min
+    per_host: int = 8
     jitter: float = 0.2  # each wait is stretched or shrunk by up to this fraction
 
     def __post_init__(self) -> None:
