@@ -285,7 +285,9 @@ async def build_service(
         await manager.open()
         if settings.engine == "local":  # a capture process or the shards resume their own jobs
             await manager.resume()
-        manager.start_waiting_sweep()  # jobs waiting for their stream, whoever marked them
+            await manager.resume_waiting()  # and every later waiting job is marked here
+        else:  # capture processes and shards mark jobs waiting in the store: look for them
+            manager.start_waiting_sweep()
         if dispatcher is not None:
             dispatcher.start()
         yield Service(settings=settings, store=store, manager=manager, app=app, router=router,

@@ -180,14 +180,14 @@ def _params(req: SignedRequest) -> Params:
     return params
 
 
-def _wanted_format(raw_query: str, form_body: bytes = b"") -> str:
-    """"xml" when the request's first ``Format`` says so; malformed parts are ignored here
-    (they are refused with their own error later, in the format asked for if it was found)."""
-    for raw in (raw_query, form_body.decode("utf-8", "replace")):
-        for name, value in parse_qsl(raw, keep_blank_values=True, max_num_fields=None):
-            if name == "Format":
-                return "xml" if value.lower() == "xml" else "json"
-    return "json"
+def _format_in(raw: str) -> str | None:
+    """"xml" or "json" as the first ``Format`` in a query string or form body says, None
+    without one; malformed parts are ignored here (they are refused with their own error
+    later, in the format asked for if it was found)."""
+    for name, value in parse_qsl(raw, keep_blank_values=True, max_num_fields=None):
+        if name == "Format":
+            return "xml" if value.lower() == "xml" else "json"
+    return None
 
 
 def _action(req: SignedRequest, params: Params) -> str:
@@ -231,10 +231,13 @@ def _check_rate(deps: ApiDeps, caller: Caller) -> None:
 async def _handle(
     deps: ApiDeps, request: Request, request_id: str, seen: _Seen
 ) -> dict[str, Any]:
-    seen.format = _wanted_format(request.scope.get("query_string", b"").decode("latin-1"))
+    # known before the body is read, so that its errors (413, 408) answer in that format too
+    in_query = _format_in(request.scope.get("query_string", b"").decode("latin-1"))
+    seen.format = in_query or "json"
     body = await _read_body(request, deps.body)
     signed = _signed_request(request, body)
-    seen.format = _wanted_format(signed.raw_query, body if signed.form else b"")
+    if in_query is None and signed.form:
+        seen.format = _format_in(body.decode("utf-8", "replace")) or "json"
     caller = verify(
         signed, secret_for=deps.keys.secret_for, now=_now(deps.clock), nonces=deps.nonces
     )

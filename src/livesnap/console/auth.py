@@ -40,7 +40,7 @@ class Auth:
         self._now = now
         self._max_age_s = max_age_s
         self._revocations = revocations
-        self.attempts = attempts
+        self._attempts = attempts
 
     def session(self, request: Request) -> Session | None:
         """The request's valid session (logged in or not), or None."""
@@ -68,13 +68,13 @@ class Auth:
         """
         account = self._keys.account_for(key_id)
         if not sessions.secret_matches(self._keys.secret_for(key_id), secret) or not account:
-            self.attempts.failed(key_id, address, self._now())
+            self._attempts.failed(key_id, address, self._now())
             return None
         return sessions.logged_in(account, key_id, self._now())
 
     def login_wait_s(self, key_id: str, address: str) -> float:
         """Seconds before a login with this key id from this address is taken (0: now)."""
-        return self.attempts.wait_s(key_id, address, self._now())
+        return self._attempts.wait_s(key_id, address, self._now())
 
     def logout(self, session: Session) -> None:
         """Revoke ``session``: its cookie, and any copy of it, no longer logs in."""

@@ -7,7 +7,7 @@ at Submit and again when connecting or delivering (a name may re-resolve elsewhe
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from livesnap.errors import InvalidParameter
@@ -46,7 +46,10 @@ def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-def _split(name: str, url: str, schemes: frozenset[str]) -> SplitResult:
+def _split(
+    name: str, url: str, schemes: frozenset[str], unsupported: Mapping[str, str] | None = None
+) -> SplitResult:
+    """The parts of ``url``; ``unsupported``: schemes refused with their own reason."""
     if len(url) > MAX_URL_LEN:
         raise InvalidParameter(f"{name} must be at most {MAX_URL_LEN} characters.")
     if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
@@ -57,8 +60,8 @@ def _split(name: str, url: str, schemes: frozenset[str]) -> SplitResult:
     except ValueError as exc:
         raise InvalidParameter(f"{name} is not a valid URL.") from exc
     if parts.scheme.lower() not in schemes:
-        if schemes is STREAM_SCHEMES and parts.scheme.lower() in UNSUPPORTED_STREAM_SCHEMES:
-            raise InvalidParameter(f"{name}: {UNSUPPORTED_STREAM_SCHEMES[parts.scheme.lower()]}")
+        if unsupported and parts.scheme.lower() in unsupported:
+            raise InvalidParameter(f"{name}: {unsupported[parts.scheme.lower()]}")
         allowed = ", ".join(sorted(schemes))
         raise InvalidParameter(f"{name} must use one of the schemes: {allowed}.")
     if not parts.hostname:
@@ -109,7 +112,8 @@ def redacted(url: str) -> str:
 
 def check_stream_url(url: str) -> str:
     """The stream URL's host, or ``InvalidParameter``."""
-    return _split("StreamInput.Url", url, STREAM_SCHEMES).hostname or ""
+    return _split("StreamInput.Url", url, STREAM_SCHEMES,
+                  UNSUPPORTED_STREAM_SCHEMES).hostname or ""
 
 
 def check_callback_url(url: str) -> str:
