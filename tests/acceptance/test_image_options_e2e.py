@@ -115,7 +115,7 @@ def test_every_format_and_size_decodes_to_what_the_template_asks(
         for item in raw_files(server, pointer_job):
             assert isinstance(item["StreamTimestamp"], int) and item["StreamTimestamp"] >= 0
             assert 0 <= item["CaptureLag"] < 10_000
-            assert item["Quality"] in ("ok", "black", "uniform", "frozen")
+            assert item["Quality"] == "unchecked"  # the gate is off by default
 
 
 def rejected_black(server) -> float:
@@ -136,7 +136,8 @@ def test_black_keyframes_are_skipped_and_the_reason_recorded(
     publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=17))
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
         client = ice_client(server.endpoint)
-        job_id = submit(client, "system", publisher.url)
+        job_id = submit(client, create_template(server, "jpg", QualityGate="true"),
+                        publisher.url)
         wait_until(lambda: get_job(client, job_id).status == "started", 30, "started")
         seen_errors: set[str] = set()
 
@@ -154,6 +155,7 @@ def test_black_keyframes_are_skipped_and_the_reason_recorded(
                    "a missed black tick and a snapshot after skipped frames", step=0.3,
                    detail=files_seen)
         assert rejected_black(server) >= 1
+        assert raw_job(server, job_id)["MissedTicks"] >= 1  # the black tick counts as missed
         files = raw_files(server, job_id)
         assert files and all(f["Quality"] == "ok" for f in files)
         for f in files:  # no black picture was stored
@@ -162,6 +164,43 @@ def test_black_keyframes_are_skipped_and_the_reason_recorded(
         time.sleep(0.5)
         last_error = raw_job(server, job_id)["LastError"]
         assert last_error == "" or last_error.startswith("quality: ")
+
+
+def test_a_still_picture_gets_a_snapshot_every_tick_unless_the_gate_is_asked_for(
+    tmp_path, publisher_factory, make_test_clip
+):
+    # A test card that never changes. ICE takes a picture every tick whatever it shows, and
+    # so does a job on the defaults; a job that asks for the quality gate keeps the first
+    # picture only, and each later tick counts in MissedTicks as it ends, with its reason.
+    publisher = publisher_factory(make_test_clip("still", seconds=10))
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        client = ice_client(server.endpoint)
+        plain = submit(client, "system", publisher.url)
+        gated = submit(client, create_template(server, "jpg", QualityGate="true"),
+                       publisher.url)
+        for job_id in (plain, gated):
+            wait_until(lambda j=job_id: get_job(client, j).status == "started", 30, "started")
+
+        def state() -> str:
+            return json.dumps({j: {"files": len(raw_files(server, j)),
+                                   "missed": raw_job(server, j)["MissedTicks"]}
+                               for j in (plain, gated)})
+
+        wait_until(lambda: len(raw_files(server, plain)) >= 3
+                   and raw_job(server, gated)["MissedTicks"] >= 2,
+                   60, "three snapshots of the still picture and two frozen ticks missed",
+                   step=0.5, detail=state)
+        plain_files = raw_files(server, plain)
+        assert {f["Quality"] for f in plain_files} == {"unchecked"}
+        assert all(f["SkippedFrames"] == 0 for f in plain_files)
+        plain_job = raw_job(server, plain)
+        assert (plain_job["MissedTicks"], plain_job["LastError"]) == (0, "")
+        gated_job = raw_job(server, gated)
+        assert [f["Quality"] for f in raw_files(server, gated)] == ["ok"]
+        assert gated_job["LastError"] == "quality: no usable keyframe in a tick (frozen)"
+        assert gated_job["SnapshotCount"] == 1
+        for f in plain_files:  # every one a whole picture of the test card
+            assert decoded(stored(server, f["OssObject"]))[1:3] == (640, 360)
 
 
 def raw_files(server, job_id: str) -> list[dict]:

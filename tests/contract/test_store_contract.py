@@ -437,6 +437,16 @@ async def test_record_snapshot_keeps_the_latest_time(store: Store) -> None:
     assert (loaded.snapshot_count, loaded.last_snapshot_ms) == (3, T0 + 300)
 
 
+async def test_missed_ticks_can_be_added_without_a_file(store: Store) -> None:
+    await store.create_job(job("j1"))
+    await store.add_missed_ticks("j1", 3)
+    await store.add_missed_ticks("j1", 0)  # nothing
+    await store.add_missed_ticks("nope", 2)  # an unknown job: nothing, no error
+    assert await store.record_snapshot(snap("j1", T0 + 100), missed_ticks=1)
+    loaded = await store.load_job("j1")
+    assert loaded is not None and (loaded.missed_ticks, loaded.snapshot_count) == (4, 1)
+
+
 async def test_record_snapshot_adds_missed_ticks_once(store: Store) -> None:
     await store.create_job(job("j1"))
     assert await store.record_snapshot(snap("j1", T0 + 100), missed_ticks=2)

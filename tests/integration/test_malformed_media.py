@@ -233,7 +233,7 @@ def media(make_test_clip: ClipFactory, tmp_path_factory: pytest.TempPathFactory)
         garbage=write("garbage.flv", garbage_after_header(base)),
         corrupt_every_keyframe=write("corrupt-all.flv", corrupt_idr_slices(base, every=1)),
         # keyframes at 0, 2, 4, 6 s, the 1st and 3rd broken: never two broken ones in a row,
-        # and the two good ones differ (the quality gate rejects a repeated picture)
+        # and the two good ones differ (a gated job would reject a repeated picture)
         corrupt_every_other_keyframe=write("corrupt-half.flv", corrupt_idr_slices(eight, every=2)),
         # 360p, 720p, 360p: looping back to the start keeps the size, so each change
         # in the stream comes with a new sequence header
@@ -391,6 +391,9 @@ class Journal:
 
     async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
         await self._manager.quality_changed(job_id, verdict)
+
+    async def ticks_missed(self, job_id: str, count: int) -> None:
+        await self._manager.ticks_missed(job_id, count)
 
     async def check_host(self, name: str, host: str) -> None:
         await self._manager.check_host(name, host)
@@ -756,8 +759,8 @@ async def test_some_corrupt_keyframes_are_reported_and_capture_goes_on(
     jobs.append(job_id)
 
     # A tick takes the first keyframe after it. Ticks are 5 s apart and keyframes 2 s, so
-    # within three ticks one lands on a broken keyframe; the quality gate then tries the
-    # tick's next keyframe, which is whole.
+    # within three ticks one lands on a broken keyframe; the schedule then tries the tick's
+    # next keyframe, which is whole (with the quality gate off, as here by default).
     async def failed_once() -> bool | None:
         errors = {c.error for c in engine.journal.of(job_id)}
         return True if "capture failed: invalid data" in errors else None

@@ -48,7 +48,10 @@ CLIP_SIZES: dict[str, tuple[int, int]] = {
     "black_then_picture": (1280, 720),
     "long_black_then_picture": (640, 360),
     "keyframe_gap": (320, 180),
+    "still": (640, 360),
 }
+# clips whose picture never changes (a test card): every keyframe decodes to the same picture
+CLIP_STILL = {"still": "smptebars"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +402,8 @@ def clip_source(kind: str, seconds: int) -> str:
         raise ValueError("seconds must be positive")
     width, height = CLIP_SIZES[kind]
     size = f"size={width}x{height}:rate={CLIP_FPS}"
+    if kind in CLIP_STILL:
+        return f"{CLIP_STILL[kind]}={size}:duration={seconds}"
     black = CLIP_BLACK_LEAD.get(kind)
     if black is None:
         return f"testsrc2={size}:duration={seconds}"

@@ -37,7 +37,7 @@ async def test_extensions_are_stored_and_returned(client):  # noqa: F811
 async def test_defaults_are_ices_behaviour(client):  # noqa: F811
     body = await get(client, (await create(client)).json()["TemplateId"])
     assert (body["ImageFormat"], body["Width"], body["Height"]) == ("jpg", 0, 0)
-    assert body["QualityGate"] is True and body["LatestPointer"] is False
+    assert body["QualityGate"] is False and body["LatestPointer"] is False
     assert "Quality" not in body  # the node's default applies
     system = await get(client, "system")
     assert system["ImageFormat"] == "jpg"

@@ -53,7 +53,7 @@ def test_stats_tell_black_from_picture():
 
 
 def test_gate_rejects_black_uniform_and_frozen_and_keeps_pictures():
-    renderer = Renderer(ImageOptions())
+    renderer = Renderer(ImageOptions(quality_gate=True))
     assert renderer.render(black()) .verdict is Verdict.BLACK
     assert renderer.render(black()).image is None
     grey = yuv_frame(np.full((360, 640), 128))
@@ -66,13 +66,14 @@ def test_gate_rejects_black_uniform_and_frozen_and_keeps_pictures():
 
 
 def test_a_requested_capture_keeps_a_rejected_frame_with_its_verdict():
-    rendered = Renderer(ImageOptions()).render(black(), gate=False)
+    rendered = Renderer(ImageOptions(quality_gate=True)).render(black(), gate=False)
     assert rendered.verdict is Verdict.BLACK
     assert rendered.image is not None and rendered.image.width == 640
 
 
 def test_gate_off_keeps_everything_unchecked():
-    renderer = Renderer(ImageOptions(quality_gate=False))
+    assert ImageOptions().quality_gate is False  # ICE keeps every tick's picture
+    renderer = Renderer(ImageOptions())
     for frame in (black(), black(), picture()):
         rendered = renderer.render(frame)
         assert rendered.verdict is Verdict.UNCHECKED and rendered.image is not None

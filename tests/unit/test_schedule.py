@@ -3,7 +3,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livesnap.jobs.models import Verdict
-from livesnap.jobs.schedule import TickSchedule, effective_interval, select
+from livesnap.jobs.schedule import (
+    TickSchedule,
+    effective_interval,
+    select,
+    ticks_missed,
+    ticks_passed,
+)
 
 
 def test_keyframe_before_tick_is_skipped():
@@ -128,3 +134,20 @@ def test_closing_a_tick_whose_keyframes_were_rejected_reports_it_missed():
     assert not sched.on_keyframe(59.0)  # the retry ended with the window
     assert sched.on_keyframe(60.1)
     assert sched.accepted() == 0
+
+
+def test_ticks_passed_counts_a_tick_once_its_window_has_ended():
+    assert ticks_passed(previous_ms=0, now_ms=9_999, interval_ms=5_000) == 0
+    assert ticks_passed(previous_ms=0, now_ms=10_000, interval_ms=5_000) == 1
+    assert ticks_passed(previous_ms=None, now_ms=60_000, interval_ms=5_000) == 0
+
+
+@given(previous=st.integers(0, 10**7), elapsed=st.integers(0, 10**7),
+       later=st.integers(0, 10**6), interval=st.integers(1, 10**5))
+def test_ticks_counted_as_they_end_never_exceed_what_a_later_capture_counts(
+    previous: int, elapsed: int, later: int, interval: int
+):
+    passed = ticks_passed(previous_ms=previous, now_ms=previous + elapsed, interval_ms=interval)
+    at_capture = ticks_missed(previous_ms=previous, capture_ms=previous + elapsed + later,
+                              interval_ms=interval)
+    assert 0 <= passed <= at_capture

@@ -45,6 +45,8 @@ class FlakyReports:
 
     async def quality_changed(self, job_id: str, verdict: object) -> None: ...
 
+    async def ticks_missed(self, job_id: str, count: int) -> None: ...
+
 
 def report(create_ms: int) -> CaptureReport:
     return CaptureReport(job_id="j1", create_ms=create_ms, sequence=None,

@@ -68,7 +68,7 @@ def _image_changes(p: Params) -> ImageChanges:
         quality=p.integer("Quality", low=1, high=100),
         width=p.integer("Width", low=0, high=MAX_SIDE),
         height=p.integer("Height", low=0, high=MAX_SIDE),
-        quality_gate=p.boolean("QualityGate", default=True) if "QualityGate" in p else None,
+        quality_gate=p.boolean("QualityGate", default=False) if "QualityGate" in p else None,
         latest_pointer=p.boolean("LatestPointer", default=False) if "LatestPointer" in p else None,
     )
 

@@ -64,7 +64,7 @@ from livesnap.jobs.connect import (
 from livesnap.jobs.models import ConnectMode, Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.retry import Backoff
-from livesnap.jobs.schedule import TickSchedule, ticks_missed
+from livesnap.jobs.schedule import TickSchedule, ticks_missed, ticks_passed
 from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, Upload
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class Session:
         # already (resume after a restart, a takeover by another shard); a start by command
         # or submit (probe) begins afresh: the time the job was stopped is not "missed".
         self._previous_capture_ms = None if probe else job.last_snapshot_ms
+        self._missed_counted = 0  # ticks since that capture already added to MissedTicks
         self.mode = resolve(job.connect_mode, interval_s=job.interval_s,
                             per_tick_min_interval_s=options.per_tick_min_interval_s)
         self.lead = LeadTime(options.lead)
@@ -304,6 +305,10 @@ class Session:
         the job is paused."""
         if self._clock.monotonic() - since < self._opts.outage_window_s:
             return False
+        # the ticks of the outage, which no capture will count now that the job pauses
+        passed = ticks_passed(previous_ms=self._previous_capture_ms, now_ms=self._now_ms(),
+                              interval_ms=self._tick_ms())
+        await self._count_missed(passed - self._missed_counted)
         await self._reports.stream_gone(
             self.job.id, f"stream offline for {self._opts.outage_window_s:.0f} s: {reason}")
         return True
@@ -562,6 +567,14 @@ class Session:
         self._quality_error = True
         await self._report(self._reports.quality_changed(self.job.id, event.verdict),
                            "quality_changed")
+        await self._count_missed(1)
+
+    async def _count_missed(self, count: int) -> None:
+        """Add ``count`` ticks that ended without a file to ``MissedTicks`` now."""
+        if count <= 0:
+            return
+        if await self._report(self._reports.ticks_missed(self.job.id, count), "ticks_missed"):
+            self._missed_counted += count  # a failed write is left to the next capture
 
     async def _set_stream(self, status: StreamStatus, *, error: str = "") -> None:
         unchanged = status is self._stream_status and status is self._stream_written
@@ -612,7 +625,7 @@ class Session:
             await self._report(self._reports.storage_changed(self.job.id, ""), "storage_changed")
         if late:  # after clearing: this one stays until the next storage error or stream change
             await self._report(self._reports.storage_changed(self.job.id, late), "storage_changed")
-        if self._quality_error and report.quality is not Verdict.UNCHECKED:
+        if self._quality_error and report.quality in (Verdict.OK, Verdict.UNCHECKED):
             self._quality_error = False
             await self._report(self._reports.quality_changed(self.job.id, Verdict.OK),
                                "quality_changed")
@@ -661,6 +674,10 @@ class Session:
         self._last_create_ms = create_ms
         return create_ms
 
+    def _tick_ms(self) -> int:
+        """The interval ticks are counted in: the job's, or the GOP when that is longer."""
+        return max(self.job.interval_s * 1000, self.schedule.effective_interval_ms or 0)
+
     async def _store(self, frame: CapturedFrame) -> None:
         """Hand the capture to its route's upload queue; the record is written after upload."""
         job = self.job
@@ -673,10 +690,10 @@ class Session:
             job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
         )
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
-        interval_ms = max(job.interval_s * 1000, self.schedule.effective_interval_ms or 0)
         missed = ticks_missed(previous_ms=self._previous_capture_ms, capture_ms=create_ms,
-                              interval_ms=interval_ms)
-        self._previous_capture_ms = create_ms
+                              interval_ms=self._tick_ms())
+        missed = max(0, missed - self._missed_counted)  # some were counted as they ended
+        self._previous_capture_ms, self._missed_counted = create_ms, 0
         report = CaptureReport(
             job_id=job.id, create_ms=create_ms, sequence=sequence, sequence_key=seq_key,
             overwrite_key=over_key, width=frame.image.width, height=frame.image.height,

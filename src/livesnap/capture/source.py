@@ -775,8 +775,9 @@ class StreamReader:
             exc,
             extra={"action": "capture.failed", **tap.log_ids},
         )
-        if gated and tap.feedback is not None and tap.renderer.options.quality_gate:
-            tap.feedback.rejected(Verdict.DECODE_ERROR)  # the tick's next keyframe may do
+        if gated and tap.feedback is not None:
+            # with or without the gate: the tick's next keyframe may decode
+            tap.feedback.rejected(Verdict.DECODE_ERROR)
         tap.send(CaptureFailed(reason=_describe_error(exc)))
 
     def _deliver(

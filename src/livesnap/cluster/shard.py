@@ -170,6 +170,11 @@ class TickLedger:
     async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
         await self._inner.quality_changed(job_id, verdict)
 
+    async def ticks_missed(self, job_id: str, count: int) -> None:
+        await self._inner.ticks_missed(job_id, count)
+        self._stats.missed_ticks += count
+        self._stats.missed_by_job[job_id] = self._stats.missed_by_job.get(job_id, 0) + count
+
     async def check_host(self, name: str, host: str) -> None:
         await self._inner.check_host(name, host)
 

@@ -39,7 +39,8 @@ HeightOpt = Annotated[int | None, typer.Option(
     "--height", min=0, max=7680, help="Short side in pixels, 0 = source (extension).")]
 GateOpt = Annotated[bool | None, typer.Option(
     "--quality-gate/--no-quality-gate",
-    help="Skip black, single-colour and frozen keyframes (extension; on by default).")]
+    help="Skip ticks whose keyframes are black, single-colour or frozen "
+         "(extension; off by default).")]
 PointerOpt = Annotated[bool | None, typer.Option(
     "--latest-pointer/--no-latest-pointer",
     help="Write <overwrite key>.latest.json naming the newest snapshot (extension).")]

@@ -62,7 +62,7 @@ class TemplateForm:
     quality: str = ""  # empty: the node's default
     width: str = "0"
     height: str = "0"
-    quality_gate: bool = True
+    quality_gate: bool = False
     latest_pointer: bool = False
     connect_mode: str = ConnectMode.AUTO.value
     errors: dict[str, str] = field(default_factory=dict)

@@ -712,6 +712,9 @@ class JobManager:
         text = "" if verdict is Verdict.OK else f"no usable keyframe in a tick ({verdict.value})"
         await self._set_error(job_id, QUALITY_ERROR_PREFIX, text)
 
+    async def ticks_missed(self, job_id: str, count: int) -> None:
+        await self._store.add_missed_ticks(job_id, count)
+
     async def _set_error(self, job_id: str, prefix: str, error: str) -> None:
         """Set ``LastError`` to ``prefix + error``; ``""`` clears it only if it has ``prefix``."""
         if not error:

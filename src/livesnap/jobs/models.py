@@ -102,7 +102,7 @@ class ImageOptions(_Evolve):
     quality: int | None = None
     width: int = 0
     height: int = 0
-    quality_gate: bool = True
+    quality_gate: bool = False
     latest_pointer: bool = False
 
 

@@ -92,6 +92,10 @@ class Store(Protocol):
         the same ``create_ms``: recording is idempotent.
         """
 
+    async def add_missed_ticks(self, job_id: str, count: int) -> None:
+        """Add ``count`` ticks that ended without a file to the job's ``MissedTicks`` now
+        (a tick the quality gate or a decode error lost, an outage that paused the job)."""
+
     async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]: ...
 
     async def get_files(self, job_id: str, create_ms: Sequence[int]) -> list[SnapshotFile]: ...
@@ -205,6 +209,10 @@ class CaptureReports(Protocol):
     async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
         """No keyframe of a whole tick passed the quality gate (``verdict`` says why), or a
         capture passed again (``Verdict.OK``)."""
+
+    async def ticks_missed(self, job_id: str, count: int) -> None:
+        """``count`` ticks ended without a file; counted now, so that the next capture (which
+        counts the ticks since the previous one) leaves them out."""
 
     async def check_host(self, name: str, host: str) -> None:
         """``InvalidParameter`` if ``host`` resolves into a blocked network (at connect time)."""

@@ -148,3 +148,13 @@ def ticks_missed(*, previous_ms: int | None, capture_ms: int, interval_ms: int) 
     if previous_ms is None or interval_ms <= 0 or capture_ms <= previous_ms:
         return 0
     return max(0, round((capture_ms - previous_ms) / interval_ms) - 1)
+
+
+def ticks_passed(*, previous_ms: int | None, now_ms: int, interval_ms: int) -> int:
+    """Ticks whose window has ended by ``now_ms`` with no capture since the one at
+    ``previous_ms``: the next tick is due about an interval after a capture and its keyframe
+    may come until the tick after it. Never more than ``ticks_missed`` gives for a capture
+    at or after ``now_ms``, so counting these first and the rest at the capture agrees."""
+    if previous_ms is None or interval_ms <= 0 or now_ms <= previous_ms:
+        return 0
+    return max(0, (now_ms - previous_ms) // interval_ms - 1)

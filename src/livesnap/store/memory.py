@@ -159,6 +159,12 @@ class MemoryStore:
             self._jobs[job_id] = job.evolve(last_sequence=job.last_sequence + 1)
             return job.last_sequence + 1
 
+    async def add_missed_ticks(self, job_id: str, count: int) -> None:
+        async with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and count > 0:
+                self._jobs[job_id] = job.evolve(missed_ticks=job.missed_ticks + count)
+
     # files -------------------------------------------------------------------------------
     async def record_snapshot(
         self, file: SnapshotFile, events: Sequence[OutboxEvent] = (), missed_ticks: int = 0

@@ -423,6 +423,13 @@ class SqlStore:
         self._group.submit(write)
         return await write.done  # a cancelled caller's write is skipped if it has not begun
 
+    async def add_missed_ticks(self, job_id: str, count: int) -> None:
+        if count <= 0:
+            return
+        stmt = update(jobs).where(jobs.c.id == job_id).values(
+            missed_ticks=jobs.c.missed_ticks + count)
+        await self._run("add_missed_ticks", lambda conn: conn.execute(stmt), write=True)
+
     async def list_files(self, account: str, query: FileQuery) -> list[SnapshotFile]:
         order = files.c.create_ms.desc() if query.descending else files.c.create_ms.asc()
         stmt = select(files).where(
