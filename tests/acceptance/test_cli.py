@@ -292,7 +292,8 @@ def test_help_lists_every_command(env):
 def test_image_extensions_through_the_cli(env):
     created = ok_json(env, "templates", "create", "webp small", "--interval", "10",
                       "--overwrite", "w/{JobId}.webp", "--image-format", "webp",
-                      "--quality", "60", "--width", "640", "--latest-pointer")
+                      "--quality", "60", "--width", "640", "--latest-pointer",
+                      "--quality-gate")
     template_id = created["TemplateId"]
     got = ok_json(env, "templates", "get", template_id)
     assert (got["ImageFormat"], got["Quality"], got["Width"], got["Height"]) == (
