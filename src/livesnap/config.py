@@ -101,6 +101,8 @@ def parse_callback_keys(text: str) -> dict[str, str]:
     return keys
 
 
+MIN_HOOK_TOKEN = 16  # characters of LIVESNAP_HOOK_TOKEN
+
 STORAGE_TYPES = ("oss", "s3")
 _STORAGE_KEYS = frozenset({
     "storage_type", "endpoint", "bucket", "access_key_id", "access_key_id_env",
@@ -294,6 +296,8 @@ class Settings(BaseSettings):
     storage_request_timeout_s: float = Field(default=30.0, gt=0)
     spool_max_mb: int = Field(default=1024, ge=1)
     spool_max_age_s: float = Field(default=86400.0, gt=0)
+    # publish hooks: the token origins send to /hooks/streams (docs/capture.md); unset = off
+    hook_token: SecretStr | None = None
     # callbacks (docs/callbacks.md)
     callback_keys: SecretStr | None = None  # account:key,…; other accounts get a generated key
     callback_connect_timeout_s: float = Field(default=2.0, gt=0)
@@ -309,6 +313,14 @@ class Settings(BaseSettings):
     @classmethod
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value.split(","))
+        return value
+
+    @field_validator("hook_token")
+    @classmethod
+    def _hook_token_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HOOK_TOKEN:
+            raise ValueError(f"must be at least {MIN_HOOK_TOKEN} characters (it is all that "
+                             "guards /hooks/streams)")
         return value
 
     @field_validator("callback_keys")

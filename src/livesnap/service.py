@@ -19,6 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from livesnap.api.app import ApiDeps, BodyLimits, create_app
+from livesnap.api.hooks import hook_routes
 from livesnap.api.ratelimit import KeyRateLimiter, RateLimit
 from livesnap.api.signature import NonceCache
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
@@ -275,7 +276,9 @@ async def build_service(
                           revoked_path=settings.data_dir / REVOKED_FILE,
                           per_tick_min_interval_s=settings.per_tick_min_interval_s)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
-    app = create_app(deps, extra_routes=[*console_routes(console), *ops])
+    hook_token = settings.hook_token.get_secret_value() if settings.hook_token else None
+    hooks = hook_routes(manager, hook_token)
+    app = create_app(deps, extra_routes=[*console_routes(console), *ops, *hooks])
     process = engine if isinstance(engine, CaptureProcess | CaptureProcesses) else None
     if isinstance(engine, CaptureProcess):
         manager.on_events_written(lambda _events: engine.notify())

@@ -183,6 +183,7 @@ rtmp {
       allow publish 127.0.0.1;
       deny publish all;
       allow play all;
+$app_extra
     }
   }
 }
@@ -214,8 +215,11 @@ class StreamStatus:
 class RtmpOrigin(_Managed):
     """A private nginx + nginx-rtmp server on free loopback ports (application ``live``)."""
 
-    def __init__(self, *, app: str = "live", start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, app: str = "live", start_timeout: float = 10.0, app_extra: str = ""
+    ) -> None:
         self.app = app
+        self.app_extra = app_extra  # more directives for the application (hooks, …)
         self.start_timeout = start_timeout
         self.rtmp_port = 0
         self.http_port = 0
@@ -266,7 +270,8 @@ class RtmpOrigin(_Managed):
         while self.http_port == self.rtmp_port:
             self.http_port = free_port()
         conf = _NGINX_CONF.substitute(
-            module=RTMP_MODULE, rtmp_port=self.rtmp_port, http_port=self.http_port, app=self.app
+            module=RTMP_MODULE, rtmp_port=self.rtmp_port, http_port=self.http_port, app=self.app,
+            app_extra=self.app_extra,
         )
         (self.directory / "nginx.conf").write_text(conf)
 

@@ -15,8 +15,9 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from livesnap.clock import Clock
 from livesnap.errors import (
@@ -34,6 +35,7 @@ from livesnap.errors import (
 )
 from livesnap.jobs import imaging, naming, urls
 from livesnap.jobs.events import captured_event, status_event
+from livesnap.jobs.hooks import HookCall, StreamEvent, stream_key
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
     ConnectMode,
@@ -93,6 +95,9 @@ class Policy:
 
 
 _PROBING = (StreamStatus.CONNECTING, StreamStatus.OFFLINE)
+# a publish hook's start of a waiting job is tried again after these pauses if it finds no
+# stream yet (the origin lets the publisher in after the hook's answer)
+HOOK_RETRIES_S = (0.5, 1.0, 2.0)
 WAITING_SWEEP_S = 10.0  # how often the store is read for jobs waiting that nobody watches
 
 
@@ -398,10 +403,14 @@ class JobManager:
             modified_ms=now,
         )
         await self._store.create_job(job)
-        task = asyncio.create_task(self._probe_at_submit(job), name=f"probe-{job.id}")
+        self._background(self._probe_at_submit(job), f"probe-{job.id}")
+        return job
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` as a task that :meth:`close` cancels."""
+        task = asyncio.create_task(work, name=name)
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
-        return job
 
     async def _check_spec(self, spec: JobSpec) -> None:
         if not spec.name.strip():
@@ -455,7 +464,7 @@ class JobManager:
         if self._policy.watch_waiting:
             self._waiting.watch(job.id, urls.check_stream_url(job.stream_url))
 
-    async def _attempt_waiting(self, job_id: str) -> bool:
+    async def _attempt_waiting(self, job_id: str, *, reason: str = "stream live") -> bool:
         """Try to start a waiting job; True when it needs no more watching."""
         async with self._lock(job_id):
             job = await self._store.load_job(job_id)
@@ -464,7 +473,7 @@ class JobManager:
             if job.stream_status is not StreamStatus.WAITING:
                 return True  # stopped by hand meanwhile
             try:
-                await self._start_locked(job, reason="stream live")
+                await self._start_locked(job, reason=reason)
             except (StreamNotFound, JobLimitExceeded) as exc:
                 patch = JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING)
                 await self._change(job_id, patch, reason="")
@@ -472,6 +481,52 @@ class JobManager:
             self._waiting.forget(job_id)  # from now on its stream reports are a started job's
             logger.info("waiting job started", extra={"action": "waiting", "job_id": job_id})
             return True
+
+    # publish hooks -------------------------------------------------------------------------
+    async def stream_event(self, call: HookCall) -> int:
+        """Act on a publish hook for every job on its stream, in the background (an origin
+        such as nginx-rtmp lets the publisher in only once it has the answer); how many jobs
+        the hook names. ``hooks.py`` says how streams are matched."""
+        key = stream_key(call.url)
+        if call.event is None or key is None:
+            return 0
+        candidates = [
+            *await self._store.jobs_with_status(JobStatus.STARTED),
+            *await self._store.jobs_with_status(JobStatus.INIT,
+                                                stream_status=StreamStatus.WAITING),
+            *await self._store.jobs_with_status(JobStatus.PAUSED,
+                                                stream_status=StreamStatus.WAITING),
+        ]
+        named = [job.id for job in candidates if stream_key(job.stream_url) == key]
+        for job_id in named:
+            self._background(self._on_stream_event(job_id, call.event), f"hook-{job_id}")
+        return len(named)
+
+    async def _on_stream_event(self, job_id: str, event: StreamEvent) -> None:
+        async with self._lock(job_id):
+            job = await self._store.load_job(job_id)
+            if job is None:
+                return
+            if job.status is JobStatus.STARTED:
+                if event is StreamEvent.PUBLISHED and job.stream_status is StreamStatus.LIVE:
+                    return
+                # connect again now, not after the reconnect backoff: a published stream is
+                # read at once, and one that ended is picked up the moment it is back
+                await self.engine.stop(job.id)
+                await self.engine.start(job, probe=False)
+                logger.info("job reconnected by a publish hook", extra={
+                    "action": "publish_hook", "job_id": job.id, "event": event.value})
+                return
+        if event is not StreamEvent.PUBLISHED or job.stream_status is not StreamStatus.WAITING:
+            return
+        # An origin may call the hook before it lets the publisher in (nginx-rtmp's
+        # on_publish waits for the answer): a probe that finds nothing yet is tried again
+        # shortly, well before the job's own next probe.
+        for pause in (0.0, *HOOK_RETRIES_S):
+            await asyncio.sleep(pause)
+            if await self._attempt_waiting(job_id, reason="stream published (publish hook)"):
+                self._waiting.forget(job_id)
+                return
 
     async def get_job(self, account: str, job_id: str) -> Job:
         job = await self._store.get_job(account, job_id)
