@@ -219,3 +219,13 @@ async def test_without_a_token_configured_hooks_are_off(env):
                                  base_url="http://livesnap") as client:
         resp = await client.post(f"{HOOK_PATH}?token=anything&event=publish&url={URL}")
     assert resp.status_code == 404 and resp.json()["Code"] == "HooksDisabled"
+
+
+def test_the_hook_token_must_be_long_enough(tmp_path):
+    from pydantic import ValidationError
+
+    from livesnap.config import Settings
+
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(data_dir=tmp_path, hook_token="short")
+    assert Settings(data_dir=tmp_path, hook_token=TOKEN).hook_token is not None
