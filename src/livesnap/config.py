@@ -255,6 +255,10 @@ class Settings(BaseSettings):
     rw_timeout_s: float = Field(default=5.0, gt=0)
     # how RTSP media travels: tcp (interleaved, through NAT) or udp (docs/capture.md)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # rtmps:// and https:// sources: verify their certificates, against this PEM bundle of
+    # certificate authorities (unset: the system's) (docs/capture.md#tls-sources)
+    source_tls_verify: bool = True
+    source_ca_file: Path | None = None
     probe_timeout_s: float = Field(default=10.0, gt=0)
     outage_window_s: float = Field(default=1800.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
@@ -314,6 +318,20 @@ class Settings(BaseSettings):
     def _networks_parse(cls, value: str) -> str:
         parse_networks(value.split(","))
         return value
+
+    @field_validator("source_ca_file", mode="before")
+    @classmethod
+    def _source_ca_readable(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        path = Path(str(value))
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{path} holds no PEM certificate")
+        return path
 
     @field_validator("hook_token")
     @classmethod

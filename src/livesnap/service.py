@@ -141,6 +141,9 @@ def session_options(settings: Settings) -> SessionOptions:
         source=SourceOptions(
             rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality,
             skip_loop_filter=settings.skip_loop_filter, rtsp_transport=settings.rtsp_transport,
+            tls_verify=settings.source_tls_verify,
+            tls_ca_file=str(settings.source_ca_file or ""),
+            blocked_networks=settings.networks(),
         ),
         backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
         outage_window_s=settings.outage_window_s,

@@ -46,17 +46,22 @@ import ctypes
 import dataclasses
 import logging
 import os
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 import av
 import av.error
 
 from livesnap.capture.encode import EncodedImage
+from livesnap.capture.fetch import CheckedFetcher, is_hls_url
 from livesnap.capture.render import Rendered, Renderer
+from livesnap.jobs import urls
 from livesnap.jobs.models import ImageOptions, Verdict
 
 if TYPE_CHECKING:
@@ -175,6 +180,12 @@ class SourceOptions:
         rtsp_transport: how RTSP media travels: ``tcp`` (interleaved in the
             RTSP connection: one TCP connection, works through NAT and
             firewalls) or ``udp`` (RTP over UDP ports the server is told).
+        tls_verify: verify the certificate of ``rtmps://`` and ``https://``
+            sources (FFmpeg does not unless told to).
+        tls_ca_file: the PEM bundle of certificate authorities trusted for
+            them; "" = the system's bundle (:func:`system_ca_bundle`).
+        blocked_networks: where no URL an HLS playlist names may lead
+            (``capture.fetch``; the stream URL itself is checked before the open).
     """
 
     rw_timeout_s: float = 5.0
@@ -185,6 +196,9 @@ class SourceOptions:
     skip_loop_filter: bool = False
     probe_decode: bool = False
     rtsp_transport: str = "tcp"
+    tls_verify: bool = True
+    tls_ca_file: str = ""
+    blocked_networks: tuple[urls.Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rw_timeout_s <= 0:
@@ -231,14 +245,81 @@ def protocol_options(url: str, options: SourceOptions) -> dict[str, str]:
     so ``rw_timeout`` never reaches it, and a server that stops sending without closing the
     connection (a frozen camera) would hold the reader for ever. With it, a stall ends
     after about twice ``rw_timeout`` (measured), as for RTMP.
+
+    RTMPS and HTTPS: ``tls_verify`` and the CA bundle (``SourceOptions.tls_verify``). FFmpeg
+    accepts any certificate unless asked to verify, so a man in the middle would go unseen.
     """
     scheme = url.split(":", 1)[0].lower()
+    tls = _tls_options(options) if scheme in _VERIFIED_TLS_SCHEMES else {}
+    if is_hls_url(url):
+        # every request goes through capture.fetch; segments are MPEG-TS or fragmented MP4.
+        # http_persistent off: FFmpeg's keep-alive reuse assumes its own HTTP connections
+        # (with ours it aborts the process: an assertion in hls.c)
+        return {"format_whitelist": HLS_FORMATS, "http_persistent": "0"}
     if scheme in ("http", "https"):
-        return {"max_redirects": "0"}
+        # HTTP-FLV or MPEG-TS: not HLS, whose playlists would name URLs FFmpeg fetches unchecked
+        return {"max_redirects": "0", "format_whitelist": HTTP_STREAM_FORMATS, **tls}
+    if tls:
+        return tls
     if scheme in ("rtsp", "rtsps"):
         return {"rtsp_transport": options.rtsp_transport,
                 "timeout": str(round(options.rw_timeout_s * _MICROSECONDS))}
     return {}
+
+
+# the demuxers a non-HLS http(s):// source may use (HTTP-FLV, MPEG-TS over HTTP)
+HTTP_STREAM_FORMATS = "flv,live_flv,mpegts"
+# the demuxers of an HLS source: the playlist and its segments
+HLS_FORMATS = "hls,mpegts,mov,mp4"
+# Schemes whose TLS connection FFmpeg opens with the options given to av.open (rtmp and http
+# hand them on to their tls:// connection; the RTSP demuxer opens its own without them).
+_VERIFIED_TLS_SCHEMES = frozenset({"rtmps", "https"})
+# where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine)
+_SYSTEM_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem",
+)
+
+
+def system_ca_bundle() -> str:
+    """The system's CA bundle, else certifi's (FFmpeg's GnuTLS in PyAV's wheel looks for a
+    bundle where the wheel was built, which is not where this system keeps it)."""
+    for path in _SYSTEM_CA_BUNDLES:
+        if os.path.isfile(path):
+            return path
+    import certifi
+
+    return str(certifi.where())
+
+
+def tls_problem(url: str, options: SourceOptions) -> str | None:
+    """Why the certificate of an ``rtmps://``/``https://`` source is not accepted, or None.
+
+    FFmpeg reports a refused certificate as a bare I/O error; after a failed open this
+    handshake (Python's TLS, the same CA bundle and host name) says what was wrong.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _VERIFIED_TLS_SCHEMES or not options.tls_verify or not parts.hostname:
+        return None
+    try:
+        port = parts.port or 443  # FFmpeg's default for rtmps, as for https
+        context = ssl.create_default_context(cafile=options.tls_ca_file or system_ca_bundle())
+        with (socket.create_connection((parts.hostname, port), options.rw_timeout_s) as raw,
+              context.wrap_socket(raw, server_hostname=parts.hostname)):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    except (OSError, ValueError):
+        return None  # not a certificate problem: FFmpeg's own reason stands
+
+
+def _tls_options(options: SourceOptions) -> dict[str, str]:
+    """FFmpeg's TLS options: the certificate is verified against ``tls_ca_file`` (the host
+    name too) unless verification is off."""
+    if not options.tls_verify:
+        return {"tls_verify": "0"}
+    return {"tls_verify": "1", "ca_file": options.tls_ca_file or system_ca_bundle()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,6 +474,10 @@ class _OpenDeadlineError(Exception):
     """``av.open`` ran out of ``open_timeout_s`` (the message says what FFmpeg was at)."""
 
 
+class _OpenRefusedError(Exception):
+    """``av.open`` failed for a reason livesnap found out itself (the message says it)."""
+
+
 class Tap:
     """One subscriber of a reader: a job's keyframe selection, rendering and events.
 
@@ -500,6 +585,7 @@ class StreamReader:
         self._closing = False
         self._restart_reason = ""  # why `restart` ended the connection
         self._on_closed = on_closed
+        self._fetch = self._fetcher()  # HLS: fetches every URL FFmpeg asks for (else None)
         self._name = name
         self._log_ids = self.tap.log_ids
         self._stop = threading.Event()
@@ -621,16 +707,20 @@ class StreamReader:
         self._started = time.monotonic()
         try:
             reason = self._read()
-        except _OpenDeadlineError as exc:
+        except (_OpenDeadlineError, _OpenRefusedError) as exc:
             reason = str(exc)
         except av.error.FFmpegError as exc:
             reason = _describe_error(exc)
+        except OSError as exc:  # from the HLS fetcher (capture.fetch): refused, or HTTP failed
+            reason = _describe_fetch_error(exc)
         except Exception:
             logger.exception(
                 "reader crashed",
                 extra={"action": "capture.reader_crashed", **self._log_ids},
             )
         finally:
+            if self._fetch is not None and self._fetch.refused:
+                reason = self._fetch.refused  # FFmpeg only saw its requests fail
             if self._stop.is_set():
                 reason = self._restart_reason or "stopped"
             logger.info(
@@ -680,6 +770,7 @@ class StreamReader:
                 container_options={**self._options.container_options(),
                                    **protocol_options(self._url, self._options)},
                 timeout=(deadline, None),
+                io_open=self._fetch,
             )
         except av.error.FFmpegError as exc:
             # Interrupted by the deadline, FFmpeg reports whatever it was doing
@@ -688,7 +779,18 @@ class StreamReader:
                 raise _OpenDeadlineError(
                     f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
                 ) from exc
+            problem = tls_problem(self._url, self._options)
+            if problem is not None:
+                raise _OpenRefusedError(problem) from exc
             raise
+
+    def _fetcher(self) -> CheckedFetcher | None:
+        """HLS: FFmpeg fetches every URL through a checked fetcher (``capture.fetch``)."""
+        if not is_hls_url(self._url):
+            return None
+        options = self._options
+        return CheckedFetcher(blocked=options.blocked_networks, timeout_s=options.rw_timeout_s,
+                              tls_verify=options.tls_verify, ca_file=options.tls_ca_file)
 
     def _on_packet(
         self, video: VideoStream, packet: Packet[VideoStream], extradata: bytes | None
@@ -863,6 +965,12 @@ _REASONS: dict[type[BaseException], str] = {
     av.error.ProtocolNotFoundError: "unsupported protocol",
     av.error.PermissionError: "permission denied",
 }
+
+
+def _describe_fetch_error(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    return str(exc) or type(exc).__name__
 
 
 def _describe_error(exc: BaseException) -> str:
