@@ -21,8 +21,8 @@ def test_unspecified_address_counts_as_loopback():
 
 def test_http_sources_do_not_follow_redirects():
     options = SourceOptions()
-    assert protocol_options("http://origin/live/a.flv", options) == {"max_redirects": "0"}
-    assert protocol_options("HTTPS://origin/live/a.flv", options) == {"max_redirects": "0"}
+    assert protocol_options("http://origin/live/a.flv", options)["max_redirects"] == "0"
+    assert protocol_options("HTTPS://origin/live/a.flv", options)["max_redirects"] == "0"
     assert protocol_options("rtmp://origin/live/a", options) == {}
 
 
