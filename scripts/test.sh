@@ -6,12 +6,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium
+  # RTMPS in the tests: nginx's stream module ends TLS in front of nginx-rtmp
+  libnginx-mod-stream
   # the RTSP camera of the tests: GStreamer's RTSP server, driven from the system python3
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 
 system_deps_present() {
   [[ -x /usr/bin/ffmpeg && -x /usr/sbin/nginx && -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] &&
+    [[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] &&
     [[ -x /usr/bin/chromium ]] &&
     compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null &&
     compgen -G '/usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib' >/dev/null &&
@@ -36,6 +39,17 @@ stamp=.venv/.livesnap-dev-installed   # editable install: only pyproject.toml ch
 if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,ray]'
   touch "$stamp"
+fi
+
+# HTTP-FLV in the tests: node-media-server from npm (it needs Node.js 20 or later)
+NMS_VERSION=4.4.3
+NMS_PREFIX=.cache/node-media-server-$NMS_VERSION
+if [[ ! -f $NMS_PREFIX/node_modules/node-media-server/package.json ]]; then
+  if ! command -v npm >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+    echo "scripts/test.sh: Node.js 20 or later with npm is needed (node-media-server, the HTTP-FLV origin of the tests)" >&2
+    exit 1
+  fi
+  npm install --prefix "$NMS_PREFIX" --no-audit --no-fund --loglevel=error "node-media-server@$NMS_VERSION"
 fi
 
 # Most tests wait on real time (live streams, timeouts, outages), not on the CPU: two workers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import re
@@ -167,6 +168,7 @@ class _Managed:
 
 _NGINX_CONF = string.Template("""\
 load_module $module;
+$extra_modules
 daemon on;
 worker_processes 1;
 pid logs/nginx.pid;
@@ -185,6 +187,7 @@ rtmp {
       allow play all;
 $app_extra
     }
+$hls_application
   }
 }
 http {
@@ -195,6 +198,39 @@ http {
     listen 127.0.0.1:$http_port;
     location /stat    { rtmp_stat all; }
     location /healthz { return 200 "ok\\n"; }
+$hls_location
+  }
+}
+$stream_block
+""")
+# HLS: nginx-rtmp writes playlists and segments of application "hls" under hls/, and the
+# HTTP server serves them (each request logged, to see who fetched what)
+_HLS_APPLICATION = """\
+    application hls {
+      live on;
+      hls on;
+      hls_path $directory/hls;
+      hls_fragment 2s;
+      hls_playlist_length 12s;
+      allow publish 127.0.0.1;
+      deny publish all;
+    }"""
+_HLS_LOCATION = """\
+    location /hls {
+      types { application/vnd.apple.mpegurl m3u8; video/mp2t ts; }
+      root $directory;
+      add_header Cache-Control no-cache;
+      access_log logs/hls-access.log;
+    }"""
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+# RTMPS: nginx's stream module ends TLS on its own port and passes the bytes to the RTMP port
+_TLS_TERMINATOR = string.Template("""\
+stream {
+  server {
+    listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
+    proxy_pass 127.0.0.1:$rtmp_port;
   }
 }
 """)
@@ -216,10 +252,14 @@ class RtmpOrigin(_Managed):
     """A private nginx + nginx-rtmp server on free loopback ports (application ``live``)."""
 
     def __init__(
-        self, *, app: str = "live", start_timeout: float = 10.0, app_extra: str = ""
+        self, *, app: str = "live", start_timeout: float = 10.0, app_extra: str = "",
+        tls: tuple[Path, Path] | None = None, hls: bool = False,
     ) -> None:
         self.app = app
         self.app_extra = app_extra  # more directives for the application (hooks, …)
+        self.tls = tls  # (certificate, key): also serve RTMPS on ``tls_port``
+        self.tls_port = 0
+        self.hls = hls  # also an application "hls" whose streams play as HLS over HTTP
         self.start_timeout = start_timeout
         self.rtmp_port = 0
         self.http_port = 0
@@ -240,6 +280,25 @@ class RtmpOrigin(_Managed):
     def url(self, stream_key: str) -> str:
         """Publish/play URL of one stream."""
         return f"{self.rtmp_base}/{stream_key}"
+
+    def hls_publish_url(self, stream_key: str) -> str:
+        """Where to publish a stream that plays as HLS (``hls`` given)."""
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/hls/{stream_key}"
+
+    def hls_url(self, stream_key: str) -> str:
+        """The HLS playlist of a stream published to :meth:`hls_publish_url`."""
+        return f"{self.http_base}/hls/{stream_key}.m3u8"
+
+    def hls_requests(self) -> list[str]:
+        """The paths the HTTP server was asked for under /hls, in order."""
+        assert self.directory is not None
+        log = self.directory / "logs" / "hls-access.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return re.findall(r'"GET (\S+) HTTP', text)
+
+    def rtmps_url(self, stream_key: str, host: str = "127.0.0.1") -> str:
+        """Play URL of one stream through the TLS terminator (``tls`` given)."""
+        return f"rtmps://{host}:{self.tls_port}/{self.app}/{stream_key}"
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, attempts: int = 3) -> Self:
@@ -269,9 +328,26 @@ class RtmpOrigin(_Managed):
         self.http_port = free_port()
         while self.http_port == self.rtmp_port:
             self.http_port = free_port()
+        extra_modules, stream_block = "", ""
+        if self.tls is not None:
+            if not STREAM_MODULE.exists():
+                raise RuntimeError(f"{STREAM_MODULE} missing: install 'libnginx-mod-stream'")
+            self.tls_port = free_port()
+            extra_modules = f"load_module {STREAM_MODULE};"
+            stream_block = _TLS_TERMINATOR.substitute(
+                tls_port=self.tls_port, cert=self.tls[0], key=self.tls[1],
+                rtmp_port=self.rtmp_port)
+        hls_application = hls_location = ""
+        if self.hls:
+            (self.directory / "hls").mkdir()
+            (self.directory / "hls").chmod(0o777)  # the worker (nobody) writes there
+            hls_application = string.Template(_HLS_APPLICATION).substitute(
+                directory=self.directory)
+            hls_location = string.Template(_HLS_LOCATION).substitute(directory=self.directory)
         conf = _NGINX_CONF.substitute(
             module=RTMP_MODULE, rtmp_port=self.rtmp_port, http_port=self.http_port, app=self.app,
-            app_extra=self.app_extra,
+            app_extra=self.app_extra, extra_modules=extra_modules, stream_block=stream_block,
+            hls_application=hls_application, hls_location=hls_location,
         )
         (self.directory / "nginx.conf").write_text(conf)
 
@@ -791,3 +867,103 @@ def established_to(port: int) -> int:
         next(table)
         return sum(1 for row in table
                    if (fields := row.split()) and fields[2] == remote and fields[3] == "01")
+
+
+# --------------------------------------------------------------------------------------------
+# node-media-server: an RTMP server that also plays its streams as HTTP-FLV
+# --------------------------------------------------------------------------------------------
+
+NMS_VERSION = "4.4.3"
+# where scripts/test.sh installs it (npm install --prefix); LIVESNAP_TEST_NMS_DIR overrides
+NMS_PREFIX = REPO_ROOT / ".cache" / f"node-media-server-{NMS_VERSION}"
+_NMS_SCRIPT = """
+const NodeMediaServer = require(process.argv[1]);
+const config = JSON.parse(process.argv[2]);
+new NodeMediaServer(config).run();
+"""
+
+
+def nms_module() -> Path:
+    """The installed node-media-server package, or RuntimeError saying how to install it."""
+    prefix = Path(os.environ.get("LIVESNAP_TEST_NMS_DIR", NMS_PREFIX))
+    module = prefix / "node_modules" / "node-media-server"
+    if not (module / "package.json").exists():
+        raise RuntimeError(
+            f"node-media-server missing in {prefix}: scripts/test.sh installs it "
+            f"(npm install --prefix {prefix} node-media-server@{NMS_VERSION})")
+    return module
+
+
+class NodeMediaServer(_Managed):
+    """node-media-server on free loopback ports: publish RTMP to :meth:`rtmp_url`, play
+    :meth:`flv_url` (``http://127.0.0.1:PORT/live/KEY.flv``)."""
+
+    def __init__(self, *, start_timeout: float = 15.0) -> None:
+        self.start_timeout = start_timeout
+        self.rtmp_port = 0
+        self.http_port = 0
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def rtmp_url(self, key: str) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{key}"
+
+    def flv_url(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/live/{key}.flv"
+
+    def start(self) -> Self:
+        node = require_binary("node", "nodejs")
+        module = nms_module()
+        self.directory = Path(tempfile.mkdtemp(prefix="livesnap-nms-"))
+        self.rtmp_port, self.http_port = free_port(), free_port()
+        while self.http_port == self.rtmp_port:
+            self.http_port = free_port()
+        config = {
+            "bind": "127.0.0.1", "rtmp": {"port": self.rtmp_port},
+            "http": {"port": self.http_port}, "webadmin": {"enable": False},
+            "store": {"path": str(self.directory / "data")},
+            "auth": {"play": False, "publish": False}, "record": {"auto": False},
+            "notify": {"url": ""},
+        }
+        self._log = (self.directory / "nms.log").open("wb")
+        self._proc = subprocess.Popen(
+            [node, "-e", _NMS_SCRIPT, str(module), json.dumps(config)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.directory, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"node-media-server exited:\n{self.log()}")
+            if _listening(self.rtmp_port) and _listening(self.http_port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"node-media-server did not listen in {self.start_timeout}s")
+
+    def log(self) -> str:
+        return _tail(self.directory / "nms.log") if self.directory else "(not started)"
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(5)
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
