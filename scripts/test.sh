@@ -45,7 +45,7 @@ fi
 NMS_VERSION=4.4.3
 NMS_PREFIX=.cache/node-media-server-$NMS_VERSION
 if [[ ! -f $NMS_PREFIX/node_modules/node-media-server/package.json ]]; then
-  if ! command -v npm >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+  if ! command -v npm >/dev/null || ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)'; then
     echo "scripts/test.sh: Node.js 20 or later with npm is needed (node-media-server, the HTTP-FLV origin of the tests)" >&2
     exit 1
   fi
