@@ -12,9 +12,14 @@ import time
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.acceptance.test_capture_e2e import OUTPUT
 from tests.support.servers import Publisher, RtmpOrigin, free_port, http_get
-from tests.support.service import LivesnapServer, ice_client, raw_job, recent_files
+from tests.support.service import (
+    LivesnapServer,
+    ice_client,
+    raw_job,
+    recent_files,
+    submit_stream,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -42,19 +47,11 @@ def _has_segments(origin: RtmpOrigin, key: str) -> bool:
         return False
 
 
-def submit(server: LivesnapServer, url: str) -> str:
-    return str(ice_client(server.endpoint).submit_live_snapshot_job(
-        m.SubmitLiveSnapshotJobRequest(
-            job_name="hls", template_id="system", snapshot_output=OUTPUT,
-            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
-        )).body.job_id)
-
-
 def test_hls_capture_restart_and_stop(tmp_path, hls):
     origin, publisher = hls
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
         client = ice_client(server.endpoint)
-        job_id = submit(server, origin.hls_url("cam"))
+        job_id = submit_stream(server, origin.hls_url("cam"))
         wait_until(lambda: len(recent_files(client, job_id)) >= 2, 60, "two HLS snapshots",
                    detail=lambda: str(raw_job(server, job_id)))
         assert raw_job(server, job_id)["StreamStatus"] == "live"
@@ -119,7 +116,7 @@ def test_a_segment_on_a_blocked_address_is_never_fetched(tmp_path, hls):
             blocked = {**FAST,
                        "LIVESNAP_BLOCKED_NETWORKS": f"169.254.0.0/16,{SEGMENT_HOST}/32"}
             with LivesnapServer(tmp_path / "blocked", env=blocked) as server:
-                job_id = submit(server, url)
+                job_id = submit_stream(server, url)
                 wait_until(lambda: "blocked network" in raw_job(server, job_id)["LastError"],
                            30, "the probe to refuse the segments' host",
                            detail=lambda: str(raw_job(server, job_id)))
@@ -129,7 +126,7 @@ def test_a_segment_on_a_blocked_address_is_never_fetched(tmp_path, hls):
 
             # the control: the same playlist with that address allowed reaches it
             with LivesnapServer(tmp_path / "allowed", env=FAST) as server:
-                job_id = submit(server, url)
+                job_id = submit_stream(server, url)
                 wait_until(lambda: other.hits > 0, 30, "the segment to be fetched",
                            detail=lambda: str(raw_job(server, job_id)))
             home.shutdown()
@@ -144,10 +141,8 @@ def test_a_per_tick_job_reads_hls_a_playlist_and_a_segment_at_a_time(tmp_path, h
         template_id = client.create_live_snapshot_template(m.CreateLiveSnapshotTemplateRequest(
             template_name="every-10s", time_interval=10,
             sequence_format="hls/{JobId}/{UnixTimestamp}.jpg")).body.template_id
-        job_id = client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
-            job_name="per-tick", template_id=template_id, snapshot_output=OUTPUT,
-            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(
-                type="rtmp", url=origin.hls_url("cam")))).body.job_id
+        job_id = submit_stream(server, origin.hls_url("cam"), name="per-tick",
+                               template=template_id)
         wait_until(lambda: len(recent_files(client, job_id)) >= 2, 60, "two ticks captured",
                    detail=lambda: str(raw_job(server, job_id)))
         job = raw_job(server, job_id)

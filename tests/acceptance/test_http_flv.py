@@ -8,9 +8,14 @@ import psutil
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.acceptance.test_capture_e2e import OUTPUT
 from tests.support.servers import NodeMediaServer, Publisher, free_port
-from tests.support.service import LivesnapServer, ice_client, raw_job, recent_files
+from tests.support.service import (
+    LivesnapServer,
+    ice_client,
+    raw_job,
+    recent_files,
+    submit_stream,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -22,14 +27,6 @@ FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
 def nms():
     with NodeMediaServer() as server:
         yield server
-
-
-def submit(server: LivesnapServer, url: str, template: str = "system") -> str:
-    return str(ice_client(server.endpoint).submit_live_snapshot_job(
-        m.SubmitLiveSnapshotJobRequest(
-            job_name="flv", template_id=template, snapshot_output=OUTPUT,
-            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
-        )).body.job_id)
 
 
 def connections_to(server: LivesnapServer, port: int) -> int:
@@ -50,7 +47,7 @@ def test_http_flv_capture_drop_recovery_and_stop(tmp_path, nms, clip_720p):
     try:
         with LivesnapServer(tmp_path / "data", env=FAST) as server:
             client = ice_client(server.endpoint)
-            job_id = submit(server, nms.flv_url("cam"))
+            job_id = submit_stream(server, nms.flv_url("cam"))
             wait_until(lambda: len(recent_files(client, job_id)) >= 2, 40,
                        "two HTTP-FLV snapshots", detail=lambda: str(raw_job(server, job_id)))
             job = raw_job(server, job_id)
@@ -81,7 +78,7 @@ def test_a_stream_not_published_yet_is_waited_for_and_a_dead_server_is_named(
     # node-media-server holds a player of a stream nobody publishes until it times out
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
         client = ice_client(server.endpoint)
-        job_id = submit(server, nms.flv_url("later"))
+        job_id = submit_stream(server, nms.flv_url("later"))
         wait_until(lambda: raw_job(server, job_id)["LastError"], 30, "the probe to fail")
         job = raw_job(server, job_id)
         assert (job["Status"], job["StreamStatus"]) == ("init", "waiting")
@@ -94,7 +91,7 @@ def test_a_stream_not_published_yet_is_waited_for_and_a_dead_server_is_named(
         finally:
             publisher.stop()
         # a server that is not there: the reason says so
-        dead = submit(server, f"http://127.0.0.1:{free_port()}/live/x.flv")
+        dead = submit_stream(server, f"http://127.0.0.1:{free_port()}/live/x.flv")
         wait_until(lambda: raw_job(server, dead)["LastError"], 30, "the probe to fail")
         assert raw_job(server, dead)["LastError"] == "No such stream (connection refused).", (
             raw_job(server, dead))

@@ -186,9 +186,9 @@ def test_a_still_picture_gets_a_snapshot_every_tick_unless_the_gate_is_asked_for
                                    "missed": raw_job(server, j)["MissedTicks"]}
                                for j in (plain, gated)})
 
-        wait_until(lambda: len(raw_files(server, plain)) >= 3
-                   and raw_job(server, gated)["MissedTicks"] >= 2,
-                   60, "three snapshots of the still picture and two frozen ticks missed",
+        wait_until(lambda: len(raw_files(server, plain)) >= 2
+                   and raw_job(server, gated)["MissedTicks"] >= 1,
+                   60, "two snapshots of the still picture and a frozen tick missed",
                    step=0.5, detail=state)
         plain_files = raw_files(server, plain)
         assert {f["Quality"] for f in plain_files} == {"unchecked"}

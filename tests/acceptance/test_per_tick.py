@@ -234,7 +234,9 @@ def test_a_per_tick_window_with_only_black_keyframes_is_a_missed_tick_with_its_r
     publisher = publisher_factory(make_test_clip("long_black_then_picture", seconds=17))
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
         client = ice_client(server.endpoint)
-        job_id = submit(server, create_template(server, ConnectMode="per-tick"), publisher.url)
+        # the quality gate is opt-in (ICE keeps every tick's picture): this job asks for it
+        template_id = create_template(server, ConnectMode="per-tick", QualityGate="true")
+        job_id = submit(server, template_id, publisher.url)
         wait_until(lambda: get_job(client, job_id).status == "started", 30, "started")
         errors: set[str] = set()
 
@@ -247,3 +249,4 @@ def test_a_per_tick_window_with_only_black_keyframes_is_a_missed_tick_with_its_r
                    "a tick missed for black keyframes, and a capture")
         job = raw_job(server, job_id)
         assert job["Status"] == "started" and job["ConnectMode"] == "per-tick"
+        assert job["MissedTicks"] >= 1  # the black tick counts as missed

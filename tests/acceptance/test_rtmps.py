@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.acceptance.test_capture_e2e import OUTPUT
 from tests.support.servers import Publisher, RtmpOrigin, wait_stream_live
-from tests.support.service import LivesnapServer, ice_client, raw_job, recent_files
+from tests.support.service import (
+    LivesnapServer,
+    ice_client,
+    raw_job,
+    recent_files,
+    submit_stream,
+)
 from tests.support.tls import make_certificates
 from tests.support.waiting import wait_until
 
@@ -49,14 +54,6 @@ def tls_origin(certificates, clip_720p):
         origin.stop()
 
 
-def submit(server: LivesnapServer, url: str) -> str:
-    return str(ice_client(server.endpoint).submit_live_snapshot_job(
-        m.SubmitLiveSnapshotJobRequest(
-            job_name="rtmps", template_id="system", snapshot_output=OUTPUT,
-            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
-        )).body.job_id)
-
-
 def refused(server: LivesnapServer, job_id: str) -> dict:
     wait_until(lambda: raw_job(server, job_id)["StreamStatus"] == "waiting"
                and raw_job(server, job_id)["LastError"], 30, "the probe to fail",
@@ -69,7 +66,7 @@ def refused(server: LivesnapServer, job_id: str) -> dict:
 def test_an_untrusted_certificate_is_refused_by_default(tmp_path, tls_origin):
     origin, _ = tls_origin
     with LivesnapServer(tmp_path / "data", env=FAST) as server:
-        job = refused(server, submit(server, origin.rtmps_url("cam")))
+        job = refused(server, submit_stream(server, origin.rtmps_url("cam")))
         assert "TLS certificate not accepted" in job["LastError"], job
         assert "issuer" in job["LastError"], job  # says why: an authority it does not know
 
@@ -82,7 +79,7 @@ def test_a_trusted_ca_file_captures_and_survives_a_publisher_restart(
     env = {**FAST, "LIVESNAP_SOURCE_CA_FILE": str(ca)}
     with LivesnapServer(tmp_path / "data", env=env) as server:
         client = ice_client(server.endpoint)
-        job_id = submit(server, origin.rtmps_url("cam"))
+        job_id = submit_stream(server, origin.rtmps_url("cam"))
         wait_until(lambda: len(recent_files(client, job_id)) >= 1, 30, "an RTMPS snapshot",
                    detail=lambda: str(raw_job(server, job_id)))
         assert raw_job(server, job_id)["StreamStatus"] == "live"
@@ -109,14 +106,14 @@ def test_a_certificate_for_another_name_is_refused_even_from_a_trusted_ca(tmp_pa
         wait_stream_live(origin, "cam", publisher=publisher)
         env = {**FAST, "LIVESNAP_SOURCE_CA_FILE": str(ca)}
         with LivesnapServer(tmp_path / "data", env=env) as server:
-            job = refused(server, submit(server, origin.rtmps_url("cam")))
+            job = refused(server, submit_stream(server, origin.rtmps_url("cam")))
             assert "TLS certificate not accepted" in job["LastError"], job
             assert "127.0.0.1" in job["LastError"], job  # not valid for the host asked for
         # with verification off, the same origin captures (a private certificate, knowingly)
         env = {**FAST, "LIVESNAP_SOURCE_TLS_VERIFY": "false"}
         with LivesnapServer(tmp_path / "data2", env=env) as server:
             client = ice_client(server.endpoint)
-            job_id = submit(server, origin.rtmps_url("cam"))
+            job_id = submit_stream(server, origin.rtmps_url("cam"))
             wait_until(lambda: recent_files(client, job_id), 30, "a snapshot, unverified")
     finally:
         publisher.stop()

@@ -163,6 +163,21 @@ def raw_job(server: LivesnapServer, job_id: str) -> dict:
         core_request("GetLiveSnapshotJob", "GET", {"JobId": job_id}))))
 
 
+def submit_stream(server: LivesnapServer, url: str, *, name: str = "job",
+                  template: str = "system") -> str:
+    """SubmitLiveSnapshotJob through the official SDK: ``url`` on ``template``, stored on
+    local disk (the fallback of an unconfigured OSS target); the JobId."""
+    from alibabacloud_ice20201109 import models as m
+
+    output = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+        storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com", bucket="bucket-1")
+    return str(ice_client(server.endpoint).submit_live_snapshot_job(
+        m.SubmitLiveSnapshotJobRequest(
+            job_name=name, template_id=template, snapshot_output=output,
+            stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
+        )).body.job_id)
+
+
 def recent_files(client, job_id: str) -> list:
     """The job's files of the last hour (up to 100), oldest first, through the official SDK."""
     from datetime import UTC, datetime, timedelta

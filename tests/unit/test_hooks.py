@@ -4,12 +4,13 @@ and the HTTP endpoint's answers (token, errors, the shapes nginx-rtmp and SRS ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
 import pytest
 from starlette.applications import Starlette
-from tests.unit.test_manager import FakeEngine, spec
+from tests.unit.test_manager import FakeEngine, spec, until
 
 from livesnap.api.hooks import HOOK_PATH, hook_routes
 from livesnap.clock import ManualClock
@@ -85,12 +86,6 @@ async def env():
     await manager.close(1)
 
 
-async def until(predicate) -> None:
-    async with asyncio.timeout(2.0):
-        while not await predicate():  # noqa: ASYNC110 (the store has no change notification)
-            await asyncio.sleep(0.005)
-
-
 def hook(event: str, url: str = URL):
     return parse_hook({"event": event, "url": url})
 
@@ -156,12 +151,18 @@ async def _settle(manager: JobManager) -> None:
 
 
 # the endpoint ---------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def hook_client(manager: JobManager, token: str | None):
+    app = Starlette(routes=hook_routes(manager, token))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://livesnap") as client:
+        yield client
+
+
 @pytest.fixture
 async def http(env):
     manager, engine = env
-    app = Starlette(routes=hook_routes(manager, TOKEN))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://livesnap") as client:
+    async with hook_client(manager, TOKEN) as client:
         yield client, manager, engine
 
 
@@ -214,9 +215,7 @@ async def test_a_body_that_is_not_json_or_too_big_is_refused(http):
 
 async def test_without_a_token_configured_hooks_are_off(env):
     manager, _ = env
-    app = Starlette(routes=hook_routes(manager, None))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://livesnap") as client:
+    async with hook_client(manager, None) as client:
         resp = await client.post(f"{HOOK_PATH}?token=anything&event=publish&url={URL}")
     assert resp.status_code == 404 and resp.json()["Code"] == "HooksDisabled"
 
