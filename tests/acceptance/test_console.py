@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -197,3 +198,40 @@ def test_template_editor_sets_the_picture_extensions(tmp_path, publisher_factory
             return [img.naturalWidth, img.naturalHeight]; }""",
                              f"{base}/console/jobs/{job_id}/latest.jpg")
         assert size == [320, 180]  # Chromium decoded the WebP at the template's size
+
+
+def test_a_job_is_created_from_the_new_job_form(tmp_path, publisher_factory, browser: Browser):
+    publisher = publisher_factory()
+    with LivesnapServer(tmp_path / "data", env=FAST) as server:
+        base = f"http://{server.endpoint}"
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        log_in(page, base, "testid", "testsecret")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="New job").click()
+        expect(page.get_by_role("heading", name="New job")).to_be_visible()
+        # the API's rules, each message next to its field, and what was typed is kept
+        page.get_by_label("Name").fill("door camera")
+        page.get_by_label("Stream URL").fill("srt://127.0.0.1:9000/cam")
+        page.get_by_label("Callback URL").fill("ftp://example/")
+        page.get_by_role("button", name="Create job").click()
+        expect(page.locator("#stream_url-error")).to_contain_text("SRT cannot be captured")
+        expect(page.get_by_label("Name")).to_have_value("door camera")
+        page.get_by_label("Stream URL").fill(publisher.url)
+        page.get_by_role("button", name="Create job").click()
+        expect(page.locator("#callback_url-error")).to_contain_text("CallbackUrl")
+        page.get_by_label("Callback URL").fill("")
+        page.get_by_label("Bucket").fill("")
+        page.get_by_role("button", name="Create job").click()
+        expect(page.locator("#bucket-error")).to_contain_text("The bucket is needed.")
+        page.screenshot(path=str(ARTIFACTS / "console-new-job-form.png"), full_page=True)
+        page.get_by_label("Bucket").fill("cams")
+        page.get_by_role("button", name="Create job").click()
+        # created: the job's page, and the official SDK sees the same job capture
+        expect(page).to_have_url(re.compile(r"/console/jobs/[0-9a-f-]{36}$"))
+        job_id = page.url.rsplit("/", 1)[1]
+        client = ice_client(server.endpoint)
+        job = client.get_live_snapshot_job(m.GetLiveSnapshotJobRequest(job_id=job_id)).body
+        assert (job.job_name, job.stream_input.url) == ("door camera", publisher.url)
+        assert (job.snapshot_output.storage_type, job.snapshot_output.bucket) == ("local", "cams")
+        wait_until(lambda: has_files(client, job_id), 30, "a snapshot of the new job")
+        page.reload()
+        expect(page.locator("main")).to_contain_text("started")

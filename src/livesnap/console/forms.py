@@ -15,7 +15,17 @@ from starlette.requests import Request
 from livesnap.errors import LivesnapError
 from livesnap.jobs import imaging, naming
 from livesnap.jobs.manager import check_template_spec
-from livesnap.jobs.models import ConnectMode, ImageChanges, ImageFormat, Template, TemplateSpec
+from livesnap.jobs.models import (
+    ConnectMode,
+    ImageChanges,
+    ImageFormat,
+    JobSpec,
+    StorageTarget,
+    StorageType,
+    Template,
+    TemplateSpec,
+)
+from livesnap.jobs.storage import check_target
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -201,3 +211,66 @@ def field_for_message(message: str) -> str:
         if marker in message:
             return name
     return ""
+
+
+# A message from the manager names the field it is about by its API parameter.
+_JOB_FIELDS = (("StreamInput", "stream_url"), ("CallbackUrl", "callback_url"),
+               ("SnapshotOutput.Endpoint", "endpoint"), ("SnapshotOutput.Bucket", "bucket"),
+               ("SnapshotOutput", "storage_type"), ("JobName", "name"),
+               ("Template", "template_id"))
+STORAGE_TYPES = tuple(t.value for t in StorageType)
+
+
+@dataclass(kw_only=True)
+class JobForm:
+    """The New job form's values as typed, and an error message per field (``""``: the form).
+    Validation is the manager's, as for SubmitLiveSnapshotJob."""
+
+    name: str = ""
+    stream_url: str = ""
+    template_id: str = "system"
+    storage_type: str = StorageType.LOCAL.value
+    endpoint: str = "console"
+    bucket: str = "snapshots"
+    callback_url: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_form(cls, form: dict[str, str]) -> JobForm:
+        def value(name: str) -> str:
+            return form.get(name, "").strip()
+
+        return cls(name=value("name"), stream_url=value("stream_url"),
+                   template_id=value("template_id") or "system",
+                   storage_type=value("storage_type") or StorageType.LOCAL.value,
+                   endpoint=value("endpoint"), bucket=value("bucket"),
+                   callback_url=value("callback_url"))
+
+    def spec(self) -> JobSpec | None:
+        """The job to submit, or None with the fields that are missing marked."""
+        for name, label in (("name", "A name"), ("stream_url", "The stream URL"),
+                            ("endpoint", "The endpoint"), ("bucket", "The bucket")):
+            if not getattr(self, name):
+                self.errors[name] = f"{label} is needed."
+        if self.storage_type not in STORAGE_TYPES:
+            self.errors["storage_type"] = "Choose oss, s3 or local."
+        if self.errors:
+            return None
+        target = StorageTarget(storage_type=StorageType(self.storage_type),
+                               endpoint=self.endpoint, bucket=self.bucket)
+        try:
+            check_target(target)
+        except LivesnapError as exc:
+            self.add_error(exc.message)
+            return None
+        return JobSpec(name=self.name, template_id=self.template_id,
+                       stream_url=self.stream_url, stream_type="rtmp", storage=target,
+                       callback_url=self.callback_url or None)
+
+    def add_error(self, message: str) -> None:
+        """Put a manager's message next to the field it names (else on the form)."""
+        for prefix, name in _JOB_FIELDS:
+            if message.startswith(prefix) or f" {prefix}" in message[:40]:
+                self.errors[name] = message
+                return
+        self.errors[""] = message

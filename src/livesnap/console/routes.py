@@ -7,7 +7,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from livesnap.console import editor, login, wall
+from livesnap.console import editor, login, submit, wall
 from livesnap.console.app import Console, ConsoleDeps
 from livesnap.console.auth import HOME_PATH
 
@@ -19,6 +19,7 @@ def console_routes(deps: ConsoleDeps) -> list[BaseRoute]:
     return [
         Route("/console", _to_home, methods=["GET"]),
         *login.routes(console),
+        *submit.routes(console),  # before the wall's /console/jobs/{job_id}
         *wall.routes(console),
         *editor.routes(console),
         Mount("/console/static", static, name="console-static"),
