@@ -135,7 +135,9 @@ def test_which_urls_are_hls_and_what_ffmpeg_is_told():
         "format_whitelist": "hls,mpegts,mov,mp4", "http_persistent": "0"}
     flv = protocol_options("https://origin/live/cam.flv", options)
     assert flv["max_redirects"] == "0" and flv["tls_verify"] == "1" and flv["ca_file"]
-    assert "hls" not in flv["format_whitelist"]
+    allowed = flv["format_whitelist"].split(",")
+    assert "hls" not in allowed and "dash" not in allowed and "concat" not in allowed
+    assert {"flv", "mpegts", "mpjpeg"} <= set(allowed)
     rtmps = protocol_options("rtmps://origin/live/cam", SourceOptions(tls_verify=False))
     assert rtmps == {"tls_verify": "0"}
     assert protocol_options("rtmp://origin/live/cam", options) == {}

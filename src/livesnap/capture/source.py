@@ -267,8 +267,10 @@ def protocol_options(url: str, options: SourceOptions) -> dict[str, str]:
     return {}
 
 
-# the demuxers a non-HLS http(s):// source may use (HTTP-FLV, MPEG-TS over HTTP)
-HTTP_STREAM_FORMATS = "flv,live_flv,mpegts"
+# the demuxers a non-HLS http(s):// source may use: HTTP-FLV, MPEG-TS, a camera's MJPEG
+# (multipart), Matroska/WebM, MP4, raw H.264/H.265. Not hls or dash, whose manifests name
+# other URLs FFmpeg would fetch unchecked.
+HTTP_STREAM_FORMATS = "flv,live_flv,mpegts,mpjpeg,matroska,webm,mov,mp4,h264,hevc"
 # the demuxers of an HLS source: the playlist and its segments
 HLS_FORMATS = "hls,mpegts,mov,mp4"
 # Schemes whose TLS connection FFmpeg opens with the options given to av.open (rtmp and http
