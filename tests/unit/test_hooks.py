@@ -17,7 +17,7 @@ from livesnap.clock import ManualClock
 from livesnap.errors import InvalidParameter
 from livesnap.jobs.hooks import StreamEvent, parse_hook, stream_key
 from livesnap.jobs.manager import JobManager, Policy
-from livesnap.jobs.models import JobStatus, StreamStatus
+from livesnap.jobs.models import Job, JobStatus, StreamStatus
 from livesnap.jobs.waiting import WaitPolicy
 from livesnap.store import MemoryStore
 
@@ -107,9 +107,7 @@ async def test_a_publish_starts_the_jobs_waiting_for_that_stream_at_once(env):
 
 async def test_a_hook_reconnects_started_jobs_that_are_not_live_and_leaves_live_ones(env):
     manager, engine = env
-    engine.live = True
-    job = await manager.submit_job("a", spec())
-    await until(lambda: _started(manager, "a", job.id))
+    job = await started_job(manager, engine)
     await manager.stream_changed(job.id, StreamStatus.LIVE)
     before = list(engine.calls)
     assert await manager.stream_event(hook("publish")) == 1
@@ -127,14 +125,20 @@ async def test_a_hook_reconnects_started_jobs_that_are_not_live_and_leaves_live_
 
 async def test_a_hook_does_not_touch_jobs_stopped_by_hand(env):
     manager, engine = env
-    engine.live = True
-    job = await manager.submit_job("a", spec())
-    await until(lambda: _started(manager, "a", job.id))
+    job = await started_job(manager, engine)
     await manager.command("a", job.id, "stop")
     calls = list(engine.calls)
     assert await manager.stream_event(hook("publish")) == 0
     await _settle(manager)
     assert engine.calls == calls
+
+
+async def started_job(manager: JobManager, engine: FakeEngine) -> Job:
+    """A job of account "a" on ``URL``, started (its stream live)."""
+    engine.live = True
+    job = await manager.submit_job("a", spec())
+    await until(lambda: _started(manager, "a", job.id))
+    return job
 
 
 async def _status(manager: JobManager, account: str, job_id: str, status: StreamStatus) -> bool:
@@ -168,9 +172,7 @@ async def http(env):
 
 async def test_nginx_rtmp_form_with_the_token_in_the_hook_url(http):
     client, manager, engine = http
-    engine.live = True
-    job = await manager.submit_job("a", spec())
-    await until(lambda: _started(manager, "a", job.id))
+    job = await started_job(manager, engine)
     await manager.stream_changed(job.id, StreamStatus.RECONNECTING, error="no data")
     form = {"call": "publish", "app": "live", "name": "a", "tcurl": "rtmp://127.0.0.1/live"}
     resp = await client.post(f"{HOOK_PATH}?token={TOKEN}", data=form)
