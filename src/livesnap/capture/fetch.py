@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from livesnap.capture.tls import client_context
 from livesnap.jobs import urls
+from livesnap.jobs.urls import DEFAULT_PORTS
 
 __all__ = ["BlockedAddressError", "CheckedFetcher", "is_hls_url"]
 
@@ -51,10 +53,7 @@ class CheckedFetcher:
     ) -> None:
         self._blocked = tuple(blocked)
         self._timeout_s = timeout_s
-        self._tls = ssl.create_default_context(cafile=ca_file or None)
-        if not tls_verify:
-            self._tls.check_hostname = False
-            self._tls.verify_mode = ssl.CERT_NONE
+        self._tls = client_context(verify=tls_verify, ca_file=ca_file)
         self.opened: list[str] = []  # every URL asked for, in order (for logs and tests)
         # Why a URL was refused. FFmpeg's HLS demuxer treats a refused segment as a missing
         # one and goes on reloading the playlist, so after one refusal every request is
@@ -77,7 +76,7 @@ class CheckedFetcher:
         if scheme not in ("http", "https") or not parts.hostname:
             raise BlockedAddressError(f"HLS may only fetch http(s) URLs, not {scheme}://")
         host = parts.hostname
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = parts.port or DEFAULT_PORTS[scheme]
         address = self._checked_address(host, port)
         connection = self._connection(scheme, address, host, port)
         try:
@@ -85,7 +84,7 @@ class CheckedFetcher:
             if parts.query:
                 target += "?" + parts.query
             connection.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
-            default_port = port == (443 if scheme == "https" else 80)
+            default_port = port == DEFAULT_PORTS[scheme]
             connection.putheader("Host", host if default_port else f"{host}:{port}")
             connection.putheader("User-Agent", _USER_AGENT)
             connection.endheaders()

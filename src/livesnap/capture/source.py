@@ -46,18 +46,17 @@ import ctypes
 import dataclasses
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
 import av
 import av.error
 
+from livesnap.capture import tls as tls_module
 from livesnap.capture.encode import EncodedImage
 from livesnap.capture.fetch import CheckedFetcher, is_hls_url
 from livesnap.capture.render import Rendered, Renderer
@@ -183,7 +182,7 @@ class SourceOptions:
         tls_verify: verify the certificate of ``rtmps://`` and ``https://``
             sources (FFmpeg does not unless told to).
         tls_ca_file: the PEM bundle of certificate authorities trusted for
-            them; "" = the system's bundle (:func:`system_ca_bundle`).
+            them; "" = the system's bundle (``capture.tls.system_ca_bundle``).
         blocked_networks: where no URL an HLS playlist names may lead
             (``capture.fetch``; the stream URL itself is checked before the open).
     """
@@ -250,12 +249,13 @@ def protocol_options(url: str, options: SourceOptions) -> dict[str, str]:
     accepts any certificate unless asked to verify, so a man in the middle would go unseen.
     """
     scheme = url.split(":", 1)[0].lower()
-    tls = _tls_options(options) if scheme in _VERIFIED_TLS_SCHEMES else {}
     if is_hls_url(url):
         # every request goes through capture.fetch; segments are MPEG-TS or fragmented MP4.
         # http_persistent off: FFmpeg's keep-alive reuse assumes its own HTTP connections
         # (with ours it aborts the process: an assertion in hls.c)
         return {"format_whitelist": HLS_FORMATS, "http_persistent": "0"}
+    tls = (tls_module.ffmpeg_options(verify=options.tls_verify, ca_file=options.tls_ca_file)
+           if scheme in tls_module.VERIFIED_SCHEMES else {})
     if scheme in ("http", "https"):
         # HTTP-FLV or MPEG-TS: not HLS, whose playlists would name URLs FFmpeg fetches unchecked
         return {"max_redirects": "0", "format_whitelist": HTTP_STREAM_FORMATS, **tls}
@@ -273,57 +273,6 @@ def protocol_options(url: str, options: SourceOptions) -> dict[str, str]:
 HTTP_STREAM_FORMATS = "flv,live_flv,mpegts,mpjpeg,matroska,webm,mov,mp4,h264,hevc"
 # the demuxers of an HLS source: the playlist and its segments
 HLS_FORMATS = "hls,mpegts,mov,mp4"
-# Schemes whose TLS connection FFmpeg opens with the options given to av.open (rtmp and http
-# hand them on to their tls:// connection; the RTSP demuxer opens its own without them).
-_VERIFIED_TLS_SCHEMES = frozenset({"rtmps", "https"})
-# where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine)
-_SYSTEM_CA_BUNDLES = (
-    "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem",
-)
-
-
-def system_ca_bundle() -> str:
-    """The system's CA bundle, else certifi's (FFmpeg's GnuTLS in PyAV's wheel looks for a
-    bundle where the wheel was built, which is not where this system keeps it)."""
-    for path in _SYSTEM_CA_BUNDLES:
-        if os.path.isfile(path):
-            return path
-    import certifi
-
-    return str(certifi.where())
-
-
-def tls_problem(url: str, options: SourceOptions) -> str | None:
-    """Why the certificate of an ``rtmps://``/``https://`` source is not accepted, or None.
-
-    FFmpeg reports a refused certificate as a bare I/O error; after a failed open this
-    handshake (Python's TLS, the same CA bundle and host name) says what was wrong.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _VERIFIED_TLS_SCHEMES or not options.tls_verify or not parts.hostname:
-        return None
-    try:
-        port = parts.port or 443  # FFmpeg's default for rtmps, as for https
-        context = ssl.create_default_context(cafile=options.tls_ca_file or system_ca_bundle())
-        with (socket.create_connection((parts.hostname, port), options.rw_timeout_s) as raw,
-              context.wrap_socket(raw, server_hostname=parts.hostname)):
-            return None
-    except ssl.SSLCertVerificationError as exc:
-        return f"TLS certificate not accepted: {exc.verify_message}"
-    except (OSError, ValueError):
-        return None  # not a certificate problem: FFmpeg's own reason stands
-
-
-def _tls_options(options: SourceOptions) -> dict[str, str]:
-    """FFmpeg's TLS options: the certificate is verified against ``tls_ca_file`` (the host
-    name too) unless verification is off."""
-    if not options.tls_verify:
-        return {"tls_verify": "0"}
-    return {"tls_verify": "1", "ca_file": options.tls_ca_file or system_ca_bundle()}
-
-
 @dataclass(frozen=True, kw_only=True)
 class CapturedFrame:
     """One keyframe as a JPEG, with its timing.
@@ -781,7 +730,10 @@ class StreamReader:
                 raise _OpenDeadlineError(
                     f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
                 ) from exc
-            problem = tls_problem(self._url, self._options)
+            options = self._options
+            problem = tls_module.certificate_problem(
+                self._url, verify=options.tls_verify, ca_file=options.tls_ca_file,
+                timeout_s=options.rw_timeout_s)
             if problem is not None:
                 raise _OpenRefusedError(problem) from exc
             raise
@@ -971,7 +923,7 @@ _REASONS: dict[type[BaseException], str] = {
 
 def _describe_fetch_error(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not accepted: {exc.verify_message}"
+        return tls_module.certificate_reason(exc)
     return str(exc) or type(exc).__name__
 
 

@@ -25,12 +25,9 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 from livesnap.errors import InvalidParameter
+from livesnap.jobs.urls import DEFAULT_PORTS
 
 __all__ = ["HookCall", "StreamEvent", "parse_hook", "stream_key"]
-
-DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443, "rtsp": 554, "rtsps": 322, "http": 80,
-                 "https": 443}
-
 
 class StreamEvent(StrEnum):
     PUBLISHED = "publish"

@@ -19,6 +19,9 @@ UNSUPPORTED_STREAM_SCHEMES = {
            "to RTMP or RTSP (for example with srt-live-transmit or ffmpeg) and submit that URL.",
 }
 CALLBACK_SCHEMES = frozenset({"http", "https"})
+# the port each scheme's URL means when it names none (FFmpeg's: rtmps on 443, rtsps on 322)
+DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443, "rtsp": 554, "rtsps": 322, "http": 80,
+                 "https": 443}
 MAX_URL_LEN = 255
 MAX_HOST_LEN, MAX_LABEL_LEN = 253, 63  # DNS limits (RFC 1035)
 DEFAULT_BLOCKED_NETWORKS = (
