@@ -10,16 +10,14 @@ import json
 import httpx
 import pytest
 from starlette.applications import Starlette
-from tests.unit.test_manager import FakeEngine, spec, until
+from tests.unit.test_manager import FakeEngine, spec, until, waiting_manager
 
 from livesnap.api.hooks import HOOK_PATH, hook_routes
-from livesnap.clock import ManualClock
 from livesnap.errors import InvalidParameter
 from livesnap.jobs.hooks import StreamEvent, parse_hook, stream_key
-from livesnap.jobs.manager import JobManager, Policy
+from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import Job, JobStatus, StreamStatus
 from livesnap.jobs.waiting import WaitPolicy
-from livesnap.store import MemoryStore
 
 TOKEN = "a-long-enough-hook-token"
 URL = "rtmp://127.0.0.1/live/a"
@@ -77,13 +75,8 @@ SLOW_WAIT = WaitPolicy(first_s=600, max_s=600, jitter=0)  # the watcher never pr
 
 @pytest.fixture
 async def env():
-    store = MemoryStore()
-    engine = FakeEngine(live=False)
-    manager = JobManager(store=store, clock=ManualClock(), policy=Policy(waiting=SLOW_WAIT))
-    manager.attach_engine(engine)
-    await manager.open()
-    yield manager, engine
-    await manager.close(1)
+    async with waiting_manager(SLOW_WAIT) as (manager, _, engine):
+        yield manager, engine
 
 
 def hook(event: str, url: str = URL):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -131,15 +132,24 @@ async def test_submit_waits_when_not_live_and_start_says_stream_not_found(env):
 FAST_WAIT = WaitPolicy(first_s=0.01, max_s=0.04, jitter=0)
 
 
-@pytest.fixture
-async def waiting_env():
+@contextlib.asynccontextmanager
+async def waiting_manager(waiting: WaitPolicy):
+    """A manager over a memory store whose engine finds no stream live (yet)."""
     store = MemoryStore()
     engine = FakeEngine(live=False)
-    manager = JobManager(store=store, clock=ManualClock(), policy=Policy(waiting=FAST_WAIT))
+    manager = JobManager(store=store, clock=ManualClock(), policy=Policy(waiting=waiting))
     manager.attach_engine(engine)
     await manager.open()
-    yield manager, store, engine
-    await manager.close(1)
+    try:
+        yield manager, store, engine
+    finally:
+        await manager.close(1)
+
+
+@pytest.fixture
+async def waiting_env():
+    async with waiting_manager(FAST_WAIT) as env:
+        yield env
 
 
 async def until(predicate):
