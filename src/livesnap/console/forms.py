@@ -205,15 +205,19 @@ _MESSAGE_FIELDS = (
 )
 
 
-def field_for_message(message: str) -> str:
-    """Which form field a validation message belongs to (``""``: the whole form)."""
-    for marker, name in _MESSAGE_FIELDS:
+def field_for_message(
+    message: str, fields: tuple[tuple[str, str], ...] = _MESSAGE_FIELDS
+) -> str:
+    """Which form field a validation message belongs to (``""``: the whole form), by the
+    first of ``fields`` (marker, field name) whose marker the message contains."""
+    for marker, name in fields:
         if marker in message:
             return name
     return ""
 
 
-# A message from the manager names the field it is about by its API parameter.
+# A message from the manager names the field it is about by its API parameter (the more
+# specific before the less).
 _JOB_FIELDS = (("StreamInput", "stream_url"), ("CallbackUrl", "callback_url"),
                ("SnapshotOutput.Endpoint", "endpoint"), ("SnapshotOutput.Bucket", "bucket"),
                ("SnapshotOutput", "storage_type"), ("JobName", "name"),
@@ -269,8 +273,4 @@ class JobForm:
 
     def add_error(self, message: str) -> None:
         """Put a manager's message next to the field it names (else on the form)."""
-        for prefix, name in _JOB_FIELDS:
-            if message.startswith(prefix) or f" {prefix}" in message[:40]:
-                self.errors[name] = message
-                return
-        self.errors[""] = message
+        self.errors.setdefault(field_for_message(message, _JOB_FIELDS), message)
