@@ -54,14 +54,12 @@ class CheckedFetcher:
         self._blocked = tuple(blocked)
         self._timeout_s = timeout_s
         self._tls = client_context(verify=tls_verify, ca_file=ca_file)
-        self.opened: list[str] = []  # every URL asked for, in order (for logs and tests)
         # Why a URL was refused. FFmpeg's HLS demuxer treats a refused segment as a missing
         # one and goes on reloading the playlist, so after one refusal every request is
         # refused: the open or the read then fails, and the reader reports this reason.
         self.refused = ""
 
     def __call__(self, url: str, flags: int, options: dict[str, Any]) -> _Body:
-        self.opened.append(url)
         if self.refused:
             raise BlockedAddressError(self.refused)
         try:
