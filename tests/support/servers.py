@@ -133,6 +133,21 @@ def _send(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Send ``sig`` to the process group ``proc`` leads (started with a session of its own),
+    SIGKILL it if it is still there after ``timeout`` s, and reap it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-limit:]
@@ -608,18 +623,9 @@ class Publisher(_Managed):
         return self.start()
 
     def _signal_and_reap(self, sig: signal.Signals, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(self._proc, sig, timeout)
         self._close()
 
     def _close(self) -> None:
@@ -828,14 +834,8 @@ class RtspServer(_Managed):
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, SIGKILL after ``timeout``; the port is free afterwards."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout)
+        if self._proc is not None:
+            stop_group(self._proc, signal.SIGTERM, timeout)
         if self._proc is not None and self._proc.stdout is not None:
             self._proc.stdout.close()
         if self._log is not None:
@@ -946,14 +946,7 @@ class NodeMediaServer(_Managed):
 
     def stop(self) -> None:
         if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(5)
+            stop_group(self._proc, signal.SIGTERM, 5.0)
             self._proc = None
         if self._log is not None:
             self._log.close()
