@@ -17,23 +17,12 @@ from tests.support.service import (
     recent_files,
     submit_stream,
 )
-from tests.support.tls import make_certificates
+from tests.support.tls import write_certificates
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
 
 FAST = {"LIVESNAP_RW_TIMEOUT_S": "2", "LIVESNAP_RECONNECT_MAX_S": "2"}
-
-
-def write_certificates(folder: Path, names: list[str]) -> tuple[Path, Path, Path]:
-    """(CA, certificate, key) files of a throw-away CA and a certificate for ``names``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = (folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    for path, pem in zip(paths, make_certificates(names), strict=True):
-        path.write_bytes(pem)
-        path.chmod(0o644)  # the nginx worker reads the key as nobody
-    folder.chmod(0o755)
-    return paths
 
 
 @pytest.fixture(scope="module")

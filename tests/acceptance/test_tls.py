@@ -23,7 +23,7 @@ from darabonba.exceptions import UnretryableException
 
 from tests.support.servers import free_port
 from tests.support.service import KEYS, LivesnapServer, core_client, core_request, ice_client
-from tests.support.tls import make_certificates
+from tests.support.tls import write_certificates
 
 pytestmark = pytest.mark.acceptance
 
@@ -45,12 +45,8 @@ class TlsFiles:
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throw-away CA and a certificate for localhost and 127.0.0.1 (an IP address SAN: the
     SDKs connect to the endpoint's address and check the certificate against it)."""
-    folder = tmp_path_factory.mktemp("tls")
-    files = TlsFiles(ca=folder / "ca.pem", cert=folder / "cert.pem", key=folder / "key.pem")
-    for path, pem in zip((files.ca, files.cert, files.key),
-                         make_certificates(["localhost", "127.0.0.1"]), strict=True):
-        path.write_bytes(pem)
-    return files
+    ca, cert, key = write_certificates(tmp_path_factory.mktemp("tls"), ["localhost", "127.0.0.1"])
+    return TlsFiles(ca=ca, cert=cert, key=key)
 
 
 @pytest.fixture(scope="module")

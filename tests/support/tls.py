@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,3 +54,15 @@ def make_certificates(hosts: list[str]) -> tuple[bytes, bytes, bytes]:
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+def write_certificates(folder: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
+    """:func:`make_certificates` written to ``folder`` as ca.pem, cert.pem and key.pem;
+    their paths. Readable by every user (an nginx worker runs as nobody)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    paths = (folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    for path, pem in zip(paths, make_certificates(hosts), strict=True):
+        path.write_bytes(pem)
+        path.chmod(0o644)
+    return paths

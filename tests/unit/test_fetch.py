@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.tls import make_certificates
+from tests.support.tls import write_certificates
 
 from livesnap.capture.fetch import BlockedAddressError, CheckedFetcher, is_hls_url
 from livesnap.capture.source import SourceOptions, protocol_options
@@ -96,17 +96,14 @@ def test_redirects_and_errors_fail_the_fetch(server):
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[http.server.ThreadingHTTPServer, Path]]:
-    ca, cert, key = make_certificates(["localhost"])
-    (tmp_path / "ca.pem").write_bytes(ca)
-    (tmp_path / "cert.pem").write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(key)
+    ca, cert, key = write_certificates(tmp_path, ["localhost"])
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.seen = []  # type: ignore[attr-defined]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.load_cert_chain(cert, key)
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd, tmp_path / "ca.pem"
+    yield httpd, ca
     httpd.shutdown()
     httpd.server_close()
 
