@@ -227,7 +227,7 @@ def _stat_ticks(path: Path) -> int:
 class CpuSample:
     at: float  # monotonic
     total_ticks: int  # the whole process, exited threads included
-    threads: dict[int, int]  # tid -> ticks
+    threads: dict[int, int]  # tid -> ns on a CPU
     store_tids: frozenset[int] = frozenset()  # the SQLite worker threads (by their OS name)
     waits: dict[int, int] = field(default_factory=dict)  # tid -> ns runnable but not running
 
@@ -244,10 +244,15 @@ def sample_cpu(pid: int) -> CpuSample:
         total += _stat_ticks(proc / "stat")
         with contextlib.suppress(OSError):
             for task in (proc / "task").iterdir():
-                threads[int(task.name)] = _stat_ticks(task / "stat")
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    # schedstat: ns on a CPU, ns waiting on a run queue, time slices
-                    waits[int(task.name)] = int((task / "schedstat").read_text().split()[1])
+                tid = int(task.name)
+                try:
+                    # schedstat: ns on a CPU, ns waiting on a run queue, time slices. The
+                    # clock ticks of stat are 10 ms: a quick run's few small readers use a
+                    # couple of them in a window, sometimes none.
+                    on_cpu, waiting = (task / "schedstat").read_text().split()[:2]
+                    threads[tid], waits[tid] = int(on_cpu), int(waiting)
+                except (OSError, ValueError):
+                    threads[tid] = _stat_ticks(task / "stat") * 1_000_000_000 // CLK_TCK
                 with contextlib.suppress(OSError):
                     if (task / "comm").read_text().strip() == SQLITE_THREAD_NAME:
                         store.add(int(task.name))
@@ -259,7 +264,7 @@ def cpu_split(pid: int, startup: set[int], a: CpuSample, b: CpuSample) -> dict[s
     threads, and the threads started later but the SQLite workers (the stream readers)."""
 
     def delta(tids: Callable[[int], bool]) -> float:
-        return sum(b.threads[t] - a.threads.get(t, 0) for t in b.threads if tids(t)) / CLK_TCK
+        return sum(b.threads[t] - a.threads.get(t, 0) for t in b.threads if tids(t)) / 1e9
 
     store = b.store_tids
     return {
