@@ -63,9 +63,11 @@ class Recorder:
         self.server.close()
         # wait_closed does not close the connections a handler still holds (the client's
         # pooled keep-alive one): left to the garbage collector, their transports warned
-        # "unclosed transport" during whatever test ran next on this worker
+        # "unclosed transport" during whatever test ran next on this worker. ``close`` is not
+        # enough either: on a TLS connection it starts the TLS shutdown and closes the socket
+        # only when the client answers it, which a test that has ended never waits for.
         for writer in list(self._writers):
-            writer.close()
+            writer.transport.abort()
         await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -82,7 +84,7 @@ class Recorder:
             pass  # the client hung up: nothing to record
         finally:
             self._writers.discard(writer)
-            writer.close()
+            writer.transport.abort()  # the socket now, not after a TLS shutdown (above)
 
     async def _one_request(self, connect: str, reader, writer) -> bool:
         line = (await reader.readline()).decode().strip()
