@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from livesnap import __version__
 from livesnap.commands import register as register_client_commands
-from livesnap.config import KeyRing, Settings, load_or_create_keys, parse_access_keys
+from livesnap.config import (
+    KeyRing,
+    Settings,
+    load_or_create_keys,
+    parse_access_keys,
+    storage_account_problem,
+)
 from livesnap.errors import StoreError
 from livesnap.logs import setup_logging
 
@@ -113,6 +119,9 @@ def serve(
     if problem:
         raise _fail(problem)
     keys = _keys(settings)
+    problem = storage_account_problem(settings.storage_credentials(), keys.accounts)
+    if problem:
+        raise _fail(problem)
     if settings.port and not port_is_free(settings.host, settings.port):
         raise _fail(f"port {settings.port} on {settings.host} is already in use")
     if settings.capture and settings.engine == "local":

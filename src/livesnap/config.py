@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,10 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def accounts(self) -> frozenset[str]:
+        return frozenset(k.account for k in self._keys.values())
+
     def __repr__(self) -> str:
         return f"KeyRing({sorted(self._keys)!r})"
 
@@ -68,7 +73,13 @@ def parse_access_keys(text: str) -> list[AccessKey]:
             raise ValueError(
                 f"LIVESNAP_ACCESS_KEYS entry {number} must look like id:secret:account"
             )
-        keys.append(AccessKey(*(p.strip() for p in parts)))
+        key_id, secret, account = (p.strip() for p in parts)
+        if not ACCOUNT_NAME.fullmatch(account):
+            raise ValueError(
+                f"LIVESNAP_ACCESS_KEYS entry {number}: the account must be 1-64 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        keys.append(AccessKey(key_id, secret, account))
     return keys
 
 
@@ -103,10 +114,15 @@ def parse_callback_keys(text: str) -> dict[str, str]:
 
 MIN_HOOK_TOKEN = 16  # characters of LIVESNAP_HOOK_TOKEN
 
+# An account name is a directory name and an object key segment (its storage prefix).
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ACCOUNT_PLACEHOLDER = "{Account}"
+
 STORAGE_TYPES = ("oss", "s3")
 _STORAGE_KEYS = frozenset({
     "storage_type", "endpoint", "bucket", "access_key_id", "access_key_id_env",
     "access_key_secret", "access_key_secret_env", "region", "endpoint_url", "path_style",
+    "accounts", "prefix",
 })
 
 
@@ -126,10 +142,26 @@ class StorageCredential:
     region: str | None = None
     endpoint_url: str | None = None
     path_style: bool | None = None
+    # Who may use the entry: account names, or ("*",) for every account. None (not given):
+    # every account, keys as given; ``livesnap serve`` refuses that with several accounts.
+    accounts: tuple[str, ...] | None = None
+    prefix: str = ""  # before every object key; "{Account}" is the writing job's account
 
     def __repr__(self) -> str:
         return (f"StorageCredential({self.storage_type} {self.endpoint} bucket={self.bucket!r}, "
                 f"access_key_id={self.access_key_id!r}, access_key_secret='***')")
+
+    @property
+    def shared(self) -> bool:
+        """True if several accounts may write to the entry (each under its own prefix)."""
+        return self.accounts is not None and (len(self.accounts) > 1 or "*" in self.accounts)
+
+    def allows(self, account: str) -> bool:
+        return self.accounts is None or "*" in self.accounts or account in self.accounts
+
+    def key_prefix(self, account: str) -> str:
+        """What every object key of ``account`` starts with in this entry's bucket."""
+        return self.prefix.replace(ACCOUNT_PLACEHOLDER, account)
 
     def matches(self, storage_type: str, endpoint: str, bucket: str) -> bool:
         """True if this entry covers the target (the bucket exactly, or ``*``)."""
@@ -197,6 +229,7 @@ def _storage_entry(entry: object, number: int, env: Mapping[str, str]) -> Storag
     path_style = entry.get("path_style")
     if path_style is not None and not isinstance(path_style, bool):
         raise ValueError(f"{where}: path_style must be true or false")
+    accounts = _accounts(entry.get("accounts"), where)
     return StorageCredential(
         storage_type=storage_type,
         endpoint=_text(entry, "endpoint", where),
@@ -206,7 +239,52 @@ def _storage_entry(entry: object, number: int, env: Mapping[str, str]) -> Storag
         region=_optional_text(entry, "region", where),
         endpoint_url=endpoint_url,
         path_style=path_style,
+        accounts=accounts,
+        prefix=_prefix(entry.get("prefix"), accounts, where),
     )
+
+
+def _accounts(value: object, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and (v == "*" or ACCOUNT_NAME.fullmatch(v))
+                       for v in value)):
+        raise ValueError(f"{where}: accounts must be a list of account names, or [\"*\"]")
+    return tuple(dict.fromkeys(value))
+
+
+def _prefix(value: object, accounts: tuple[str, ...] | None, where: str) -> str:
+    """The entry's key prefix: ``{Account}/`` by default when several accounts share it."""
+    shared = accounts is not None and (len(accounts) > 1 or "*" in accounts)
+    if value is None or (value == "" and not shared):
+        return f"{ACCOUNT_PLACEHOLDER}/" if shared and value is None else ""
+    segments = value.split("/") if isinstance(value, str) else []
+    if (not isinstance(value, str) or not value.endswith("/")
+            or any(s in ("", ".", "..") for s in segments[:-1])):
+        raise ValueError(f"{where}: prefix must be a path ending in '/', "
+                         "without empty, '.' or '..' segments")
+    if shared and ACCOUNT_PLACEHOLDER not in segments:
+        raise ValueError(f"{where}: several accounts share this entry, so its prefix needs "
+                         f"a segment that is exactly {ACCOUNT_PLACEHOLDER} (each account's "
+                         "keys under its own name)")
+    return value
+
+
+def storage_account_problem(
+    credentials: Sequence[StorageCredential], accounts: frozenset[str]
+) -> str:
+    """Why the storage entries do not keep these accounts apart ("" if they do)."""
+    if len(accounts) < 2:
+        return ""
+    for number, cred in enumerate(credentials, start=1):
+        if cred.accounts is None:
+            return (f"storage config entry {number} ({cred.storage_type} {cred.endpoint} "
+                    f"bucket {cred.bucket}) does not say which accounts may use it, and "
+                    f"{len(accounts)} accounts are configured: add accounts = [...] (one "
+                    "account: its keys as given; several or \"*\": each account's keys "
+                    "under its own prefix)")
+    return ""
 
 
 def _text(entry: dict[str, Any], name: str, where: str) -> str:

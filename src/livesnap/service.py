@@ -47,7 +47,7 @@ from livesnap.jobs.ports import CaptureEngine, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.waiting import WaitPolicy
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
-from livesnap.outputs.local import LocalSink
+from livesnap.outputs.local import LocalSink, adopt_legacy_layout
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
 from livesnap.outputs.router import StorageRouter
 from livesnap.outputs.spool import MIB, SpoolLimits
@@ -70,12 +70,12 @@ class RouterRemover:
     def __init__(self, router: StorageRouter) -> None:
         self._router = router
 
-    async def delete(self, target: StorageTarget, key: str) -> None:
-        route = self._router.route(target.storage_type.value, target.endpoint, target.bucket)
+    async def delete(self, account: str, target: StorageTarget, key: str) -> None:
+        route = self._router.route(account, *_target(target))
         await route.sink.delete(key)
 
-    def describe(self, target: StorageTarget) -> StorageInfo:
-        args = (target.storage_type.value, target.endpoint, target.bucket)
+    def describe(self, account: str, target: StorageTarget) -> StorageInfo:
+        args = (account, *_target(target))
         reason = self._router.check(*args)
         if reason:
             return StorageInfo(writable=False, fallback=False, description=reason)
@@ -92,10 +92,9 @@ class StoredSnapshots:
     def __init__(self, router: StorageRouter) -> None:
         self._router = router
 
-    async def read(self, target: StorageTarget, key: str) -> bytes | None:
-        args = (target.storage_type.value, target.endpoint, target.bucket)
+    async def read(self, account: str, target: StorageTarget, key: str) -> bytes | None:
         try:
-            sink = self._router.route(*args).sink
+            sink = self._router.route(account, *_target(target)).sink
             if isinstance(sink, LocalSink):
                 return await asyncio.to_thread(sink.path_for(key).read_bytes)
             if isinstance(sink, ObjectStoreSink):
@@ -105,6 +104,10 @@ class StoredSnapshots:
             logger.debug("stored snapshot not readable",
                         extra={"action": "console_read", "key": key, "reason": str(exc)})
         return None
+
+
+def _target(target: StorageTarget) -> tuple[str, str, str]:
+    return target.storage_type.value, target.endpoint, target.bucket
 
 
 def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
@@ -227,6 +230,7 @@ async def build_service(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_sql_store(settings.resolved_database_url())
     metrics = Metrics()
+    adopt_legacy_layout(settings.data_dir / "storage", keys.accounts)
     router = storage_router(settings)
     router.observe_uploads(metrics.upload)  # every object write: livesnap_upload_seconds
     routes = RouterRemover(router)

@@ -46,7 +46,7 @@ def get_job(client, job_id):
 
 
 def storage_path(server, key):
-    return server.data_dir / "storage" / OUTPUT.endpoint / OUTPUT.bucket / key
+    return server.storage_dir() / OUTPUT.endpoint / OUTPUT.bucket / key
 
 
 def assert_jpeg(path: Path, size=(1280, 720)):

@@ -109,7 +109,7 @@ def check_submit_get_list(env, url: str, template_id: str) -> str:
 def check_capture_and_files(env, server, job_id: str) -> int:
     shot = ok_json(env, "jobs", "capture", job_id)["Snapshot"]
     assert shot["OssObject"].startswith(f"cli/{job_id}/") and shot["Width"] == 1280
-    stored = (server.data_dir / "storage" / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
+    stored = (server.storage_dir() / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
               / shot["OssObject"])
     assert stored.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
     files = ok_json(env, "files", "list", job_id, "--start-time", "1h", "--limit", "100")
@@ -123,7 +123,7 @@ def check_capture_and_files(env, server, job_id: str) -> int:
 
 
 def check_files_delete(env, server, job_id: str, stamp: int) -> None:
-    bucket = server.data_dir / "storage" / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
+    bucket = server.storage_dir() / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli"
     deadline = time.monotonic() + 30
     while len((files := ok_json(env, "files", "list", job_id, "--start-time", "1h",
                                 "--limit", "100"))["FileList"]) < 2:

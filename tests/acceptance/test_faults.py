@@ -99,7 +99,7 @@ def whole_jpeg(data: bytes) -> bool:
 
 def local_objects(server: LivesnapServer, job_id: str) -> dict[str, Path]:
     """Sequence objects of the job on local disk: key → path."""
-    root = server.data_dir / "storage" / OUTPUT.endpoint / OUTPUT.bucket
+    root = server.storage_dir() / OUTPUT.endpoint / OUTPUT.bucket
     folder = root / "snapshot" / job_id
     if not folder.exists():
         return {}

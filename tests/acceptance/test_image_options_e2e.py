@@ -54,7 +54,7 @@ def capture(server, job_id: str) -> dict:
 
 
 def stored(server, key: str) -> bytes:
-    return (server.data_dir / "storage" / OUTPUT.endpoint / OUTPUT.bucket / key).read_bytes()
+    return (server.storage_dir() / OUTPUT.endpoint / OUTPUT.bucket / key).read_bytes()
 
 
 def decoded(data: bytes) -> tuple[str, int, int, float]:

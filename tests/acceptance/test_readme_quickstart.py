@@ -45,5 +45,5 @@ def test_the_readme_quickstart_prints_started_and_the_new_object_keys(
         assert len(keys) >= 2, lines
         for key in keys:
             assert re.fullmatch(r"snapshot/[0-9a-f-]{36}/\d{13}\.jpg", key), key
-            assert (server.data_dir / "storage" / "oss-cn-shanghai.aliyuncs.com" / "my-bucket"
+            assert (server.storage_dir() / "oss-cn-shanghai.aliyuncs.com" / "my-bucket"
                     / key).is_file()

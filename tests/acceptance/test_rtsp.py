@@ -32,7 +32,7 @@ def file_keys(client, job_id):
 
 
 def picture_size(server, key):
-    data = (server.data_dir / "storage" / OUTPUT.endpoint / OUTPUT.bucket / key).read_bytes()
+    data = (server.storage_dir() / OUTPUT.endpoint / OUTPUT.bucket / key).read_bytes()
     height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     assert simplejpeg.decode_jpeg(data).shape == (height, width, 3)
     return width, height

@@ -477,7 +477,8 @@ class Engine:
 
     def jpeg_size(self, file: SnapshotFile) -> tuple[int, int]:
         """(width, height) of the stored JPEG, read back from disk and fully decoded."""
-        data = (self.storage / TARGET.endpoint / TARGET.bucket / file.object_key).read_bytes()
+        data = (self.storage / ACCOUNT / TARGET.endpoint / TARGET.bucket / file.object_key
+                ).read_bytes()
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         assert simplejpeg.decode_jpeg(data).shape == (height, width, 3)
         return width, height

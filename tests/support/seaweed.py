@@ -68,10 +68,13 @@ class SeaweedServer(_Managed):
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def credential(self, *, bucket: str = BUCKET, secret: str = SECRET_KEY) -> dict[str, Any]:
-        """One ``LIVESNAP_STORAGE_CONFIG`` entry for this server (``secret`` to break it)."""
+    def credential(self, *, bucket: str = BUCKET, secret: str = SECRET_KEY,
+                   accounts: tuple[str, ...] = ("acct-a",)) -> dict[str, Any]:
+        """One ``LIVESNAP_STORAGE_CONFIG`` entry for this server (``secret`` to break it),
+        for the test server's account A unless ``accounts`` says otherwise."""
         return {"storage_type": "s3", "endpoint": self.endpoint, "bucket": bucket,
-                "access_key_id": ACCESS_KEY, "access_key_secret": secret}
+                "access_key_id": ACCESS_KEY, "access_key_secret": secret,
+                "accounts": list(accounts)}
 
     def command(self) -> list[str]:
         ports = [f"-{name}={port}" for name, port in self.ports.items()]

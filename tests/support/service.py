@@ -32,6 +32,10 @@ class LivesnapServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
+    def storage_dir(self, account: str = "acct-a") -> Path:
+        """Where the account's local-disk objects are: ``<data>/storage/<account>``."""
+        return self.data_dir / "storage" / account
+
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"

@@ -60,7 +60,7 @@ class Reader:
     def __init__(self):
         self.objects: dict[str, bytes] = {}
 
-    async def read(self, target, key):
+    async def read(self, account, target, key):
         return self.objects.get(key)
 
 

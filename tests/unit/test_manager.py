@@ -69,7 +69,7 @@ class FakeRemover:
         self.deleted = []
         self.fail_keys = set()
 
-    async def delete(self, target, key):
+    async def delete(self, account, target, key):
         if key in self.fail_keys:
             raise OutputError("access denied")
         self.deleted.append(key)

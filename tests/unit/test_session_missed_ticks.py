@@ -64,7 +64,7 @@ class StoreAtOnce:
     async def submit(self, upload: Upload) -> None:
         await upload.on_stored()
 
-    def route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
+    def route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
         return Route(sink=None, uploads=self, description="test")  # type: ignore[arg-type]
 
 

@@ -109,9 +109,9 @@ def test_settings_fail_fast_and_never_show_the_secret(tmp_path, monkeypatch):
 def test_exact_bucket_wins_over_wildcard_and_endpoints_compare_loosely():
     wild, exact = cred(bucket="*", access_key_id="wild"), cred(bucket="b1", access_key_id="b1")
     creds = [wild, exact]
-    assert find_credential(creds, "oss", OSS, "b1") is exact
-    assert find_credential(creds, "oss", OSS.upper() + "/", "b2") is wild
-    assert find_credential(creds, "s3", OSS, "b1") is None
+    assert find_credential(creds, "acct", "oss", OSS, "b1") is exact
+    assert find_credential(creds, "acct", "oss", OSS.upper() + "/", "b2") is wild
+    assert find_credential(creds, "acct", "s3", OSS, "b1") is None
 
 
 # addressing ---------------------------------------------------------------------------------
@@ -154,20 +154,20 @@ def router(tmp_path, **kw) -> StorageRouter:
 async def test_unconfigured_targets_fall_back_to_local_disk_and_say_so_once(tmp_path, caplog):
     r = router(tmp_path)
     with caplog.at_level(logging.WARNING, logger="livesnap.outputs.router"):
-        first = r.route("oss", OSS, "bucket-1")
-        again = r.route("oss", OSS, "bucket-1")
+        first = r.route("acct", "oss", OSS, "bucket-1")
+        again = r.route("acct", "oss", OSS, "bucket-1")
     assert first is again and first.fallback and isinstance(first.sink, LocalSink)
     assert "no storage configured for oss" in first.description
-    assert str(tmp_path / "storage" / OSS / "bucket-1") in first.description
+    assert str(tmp_path / "storage" / "acct" / OSS / "bucket-1") in first.description
     assert [rec.message for rec in caplog.records].count(
         "no storage configured for this target: writing to local disk instead") == 1
-    local = r.route("local", "disk", "b")
-    assert not local.fallback and r.check("oss", OSS, "other") == ""
+    local = r.route("acct", "local", "disk", "b")
+    assert not local.fallback and r.check("acct", "oss", OSS, "other") == ""
 
 
 async def test_configured_targets_go_to_the_object_store(tmp_path):
     r = router(tmp_path, credentials=[cred()])
-    route = r.route("oss", OSS, "bucket-1")
+    route = r.route("acct", "oss", OSS, "bucket-1")
     assert isinstance(route.sink, ObjectStoreSink) and not route.fallback
     assert "https://bucket-1.oss-cn-shanghai.aliyuncs.com" in route.description
     assert "sk-very-secret" not in repr(route.sink) + route.description
@@ -180,7 +180,7 @@ async def test_the_store_request_timeouts_are_settings(tmp_path):
     quick = storage_router(Settings(data_dir=tmp_path, storage_config=json.dumps(entries),
                                     storage_connect_timeout_s=2, storage_request_timeout_s=7))
     for r, connect, request in ((default, "5s", "30s"), (quick, "2s", "7s")):
-        sink = r.route("oss", OSS, "bucket-1").sink
+        sink = r.route("acct", "oss", OSS, "bucket-1").sink
         assert isinstance(sink, ObjectStoreSink)
         options = sink.store.client_options
         assert (options["connect_timeout"], options["timeout"]) == (connect, request)
@@ -188,11 +188,11 @@ async def test_the_store_request_timeouts_are_settings(tmp_path):
 
 async def test_without_the_fallback_an_unconfigured_target_has_no_route(tmp_path):
     r = router(tmp_path, credentials=[cred(bucket="allowed")], fallback=False)
-    reason = r.check("oss", OSS, "bucket-1")
+    reason = r.check("acct", "oss", OSS, "bucket-1")
     assert f"oss endpoint {OSS} bucket bucket-1" in reason and "fallback is off" in reason
     with pytest.raises(OutputError, match="bucket-1"):
-        r.route("oss", OSS, "bucket-1")
-    assert r.check("oss", OSS, "allowed") == "" and r.check("local", "d", "b") == ""
+        r.route("acct", "oss", OSS, "bucket-1")
+    assert r.check("acct", "oss", OSS, "allowed") == "" and r.check("acct", "local", "d", "b") == ""
 
 
 async def test_submit_fails_naming_the_missing_target_when_the_fallback_is_off(tmp_path):
@@ -205,8 +205,8 @@ async def test_submit_fails_naming_the_missing_target_when_the_fallback_is_off(t
     with pytest.raises(InvalidParameter, match=f"oss endpoint {OSS} bucket bucket-1"):
         await manager.submit_job("acct", spec)
     local = StorageTarget(storage_type=StorageType.LOCAL, endpoint="disk", bucket="b")
-    assert routes.describe(local).writable and not routes.describe(local).fallback
-    assert not routes.describe(target).writable
+    assert routes.describe("acct", local).writable and not routes.describe("acct", local).fallback
+    assert not routes.describe("acct", target).writable
 
 
 async def test_storage_errors_show_in_last_error_and_clear_only_themselves(tmp_path):

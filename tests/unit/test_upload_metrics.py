@@ -55,11 +55,11 @@ async def test_router_reports_every_local_write_to_the_metrics(tmp_path):
     router = StorageRouter(root=tmp_path / "storage", spool_dir=tmp_path / "spool")
     router.observe_uploads(metrics.upload)  # what the composition root does
     jobs = Recorder()
-    route = router.route("local", "disk", "bucket")
+    route = router.route("acct", "local", "disk", "bucket")
     await route.uploads.submit(jobs.upload("j", 1, ["snap/j/1.jpg", "snap/j.jpg"]))
     await route.uploads.submit(jobs.upload("j", 2, ["snap/j/2.jpg", "snap/j.jpg"]))
     await settle(lambda: jobs.stored == [1, 2], "two records")
-    assert (tmp_path / "storage" / "disk" / "bucket" / "snap" / "j" / "2.jpg").exists()
+    assert (tmp_path / "storage" / "acct" / "disk" / "bucket" / "snap" / "j" / "2.jpg").exists()
     assert value(metrics, "livesnap_upload_seconds_count") == 4  # two objects per capture
     assert value(metrics, "livesnap_upload_failures_total") == 0
     await router.close(1)
@@ -68,7 +68,7 @@ async def test_router_reports_every_local_write_to_the_metrics(tmp_path):
 async def test_routes_made_before_the_observer_is_set_report_too(tmp_path):
     metrics = Metrics(process=False)
     router = StorageRouter(root=tmp_path / "storage", spool_dir=tmp_path / "spool")
-    route = router.route("local", "disk", "bucket")
+    route = router.route("acct", "local", "disk", "bucket")
     router.observe_uploads(metrics.upload)
     jobs = Recorder()
     await route.uploads.submit(jobs.upload("j", 1, ["a.jpg"]))

@@ -684,11 +684,11 @@ class Session:
         create_ms = self._create_ms(frame)
         numbered = job.sequence_format is not None and "{Sequence}" in job.sequence_format
         sequence = await self._reports.next_sequence(job.id) if numbered else None
-        seq_key = self._key(job.sequence_format, create_ms, sequence)
-        over_key = self._key(job.overwrite_format, create_ms, None)
         route = self._sinks.route(
-            job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
+            job.account, job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
         )
+        seq_key = self._key(route.key_prefix, job.sequence_format, create_ms, sequence)
+        over_key = self._key(route.key_prefix, job.overwrite_format, create_ms, None)
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
         missed = ticks_missed(previous_ms=self._previous_capture_ms, capture_ms=create_ms,
                               interval_ms=self._tick_ms())
@@ -722,10 +722,12 @@ class Session:
             on_trouble=self._storage_trouble,
         ))
 
-    def _key(self, fmt: str | None, create_ms: int, sequence: int | None) -> str | None:
+    def _key(self, prefix: str, fmt: str | None, create_ms: int, sequence: int | None
+             ) -> str | None:
         if not fmt:
             return None
-        return naming.render_key(fmt, job_id=self.job.id, create_ms=create_ms, sequence=sequence)
+        return prefix + naming.render_key(fmt, job_id=self.job.id, create_ms=create_ms,
+                                          sequence=sequence)
 
     def _metadata(self, report: CaptureReport) -> dict[str, str]:
         """User metadata on every object: the capture's truth (design: "Capture truth")."""

@@ -34,8 +34,8 @@ from livesnap.jobs.models import StorageTarget
 class SnapshotReader(Protocol):
     """Reads a stored snapshot back (local disk, or an object store through the server)."""
 
-    async def read(self, target: StorageTarget, key: str) -> bytes | None:
-        """The object's bytes; None if it does not exist or cannot be read."""
+    async def read(self, account: str, target: StorageTarget, key: str) -> bytes | None:
+        """One of ``account``'s objects; None if it does not exist or cannot be read."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -167,7 +167,7 @@ class WallViews:
         """The stored picture, with its format's type (the URL says .jpg for every format)."""
         if job is None or file is None:
             return PlainTextResponse("Not found", status_code=404, headers=IMAGE_HEADERS)
-        data = await self.reader.read(job.storage, file.object_key)
+        data = await self.reader.read(job.account, job.storage, file.object_key)
         if data is None:
             return PlainTextResponse("The picture is not in storage.", status_code=404,
                                      headers=IMAGE_HEADERS)

@@ -380,7 +380,7 @@ class JobManager:
     # jobs ----------------------------------------------------------------------------------
     async def submit_job(self, account: str, spec: JobSpec) -> Job:
         """Store a new ``init`` job and probe its stream in the background."""
-        await self._check_spec(spec)
+        await self._check_spec(account, spec)
         template = await self.get_template(account, spec.template_id)
         now = self._now_ms()
         job = Job(
@@ -412,13 +412,13 @@ class JobManager:
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    async def _check_spec(self, spec: JobSpec) -> None:
+    async def _check_spec(self, account: str, spec: JobSpec) -> None:
         if not spec.name.strip():
             raise MissingParameter("JobName is mandatory for this action.")
         if len(spec.name) > MAX_NAME_LEN:
             raise InvalidParameter(f"JobName must be at most {MAX_NAME_LEN} characters.")
         if self._storage is not None:
-            info = self._storage.describe(spec.storage)
+            info = self._storage.describe(account, spec.storage)
             if not info.writable:
                 raise InvalidParameter(info.description)
         stream_host = urls.check_stream_url(spec.stream_url)
@@ -536,7 +536,9 @@ class JobManager:
 
     def storage_info(self, job: Job) -> StorageInfo | None:
         """Where the job's snapshots go (None when no router is attached)."""
-        return None if self._storage is None else self._storage.describe(job.storage)
+        if self._storage is None:
+            return None
+        return self._storage.describe(job.account, job.storage)
 
     async def list_jobs(self, account: str, query: JobQuery) -> Page[Job]:
         return await self._store.list_jobs(account, query)
@@ -661,8 +663,12 @@ class JobManager:
     async def _delete_object(self, job: Job, file: SnapshotFile) -> str:
         if self._remover is None:
             return "object storage is not configured on this node"
+        if await self._store.object_named_elsewhere(
+                job.account, file.endpoint, file.bucket, file.object_key):
+            # a bucket shared without prefixes, before accounts had them: not ours alone
+            return "the object is also another account's file; it was not deleted"
         try:
-            await self._remover.delete(job.storage, file.object_key)
+            await self._remover.delete(job.account, job.storage, file.object_key)
         except OutputError as exc:
             return exc.message
         return ""

@@ -103,6 +103,12 @@ class Store(Protocol):
     async def delete_files(self, job_id: str, create_ms: Sequence[int]) -> list[int]:
         """Delete these file records; the ``create_ms`` values that existed and are gone."""
 
+    async def object_named_elsewhere(
+        self, account: str, endpoint: str, bucket: str, key: str
+    ) -> bool:
+        """True if a file record of another account names this object (its sequence or
+        overwrite key at this endpoint and bucket)."""
+
     # callback outbox ---------------------------------------------------------------------
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
         """Per job, its oldest undelivered, not failed event if that one is due; oldest first.
@@ -221,8 +227,9 @@ class CaptureReports(Protocol):
 class ObjectRemover(Protocol):
     """Deletes stored snapshot objects (``DeleteOriginalFile=true``)."""
 
-    async def delete(self, target: StorageTarget, key: str) -> None:
-        """Delete one object; raise ``OutputError`` with a reason if it fails."""
+    async def delete(self, account: str, target: StorageTarget, key: str) -> None:
+        """Delete one of ``account``'s objects; raise ``OutputError`` with a reason if it
+        fails."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,8 +244,9 @@ class StorageInfo:
 class StorageRouting(Protocol):
     """Storage routing as the use cases see it (design.md §4 "Storage routing")."""
 
-    def describe(self, target: StorageTarget) -> StorageInfo:
-        """How ``target`` is written; an unwritable one says why in ``description``."""
+    def describe(self, account: str, target: StorageTarget) -> StorageInfo:
+        """How ``account``'s jobs write ``target``; an unwritable one says why in
+        ``description``."""
 
 
 class Resolver(Protocol):

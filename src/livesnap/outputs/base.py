@@ -64,13 +64,15 @@ class UploadQueue(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Route:
-    """Where a target's objects really go (``fallback`` = local disk standing in)."""
+    """Where an account's objects for a target really go (``fallback`` = local disk standing
+    in); every object key it writes starts with ``key_prefix`` (a bucket shared by accounts)."""
 
     sink: SnapshotSink
     uploads: UploadQueue
     description: str
     fallback: bool = False
+    key_prefix: str = ""
 
 
 class SinkRouter(Protocol):
-    def route(self, storage_type: str, endpoint: str, bucket: str) -> Route: ...
+    def route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route: ...

@@ -1,10 +1,13 @@
 """Routing of storage targets to sinks (design.md §4 "Storage routing").
 
-``local`` targets are written under ``<root>/<Endpoint>/<Bucket>/``. An ``oss``/``s3`` target
-with a matching entry in the storage config (exact bucket first, then ``*``) goes to that bucket
-through obstore. Any other ``oss``/``s3`` target falls back to local disk, the embedded default,
-and the route says so (``Route.fallback``, and one log line per target) — unless the fallback
-is off, in which case it has no route at all and ``check`` says why.
+Every route is an account's: ``local`` targets are written under
+``<root>/<Account>/<Endpoint>/<Bucket>/``. An ``oss``/``s3`` target with an entry in the storage
+config that the account may use goes to that bucket through obstore, each key after the entry's
+prefix for the account. A bucket that entries name exactly belongs to those entries alone (a
+``*`` entry does not open it to other accounts). Any other ``oss``/``s3`` target falls back to
+the account's local disk, the embedded default, and the route says so (``Route.fallback``, and
+one log line per target) — unless the fallback is off, in which case it has no route at all and
+``check`` says why.
 
 Every route has its own ``TargetUploader`` in front of its sink; all of them share one bounded
 spool directory.
@@ -37,14 +40,14 @@ OBJECT_STORE_TYPES = ("oss", "s3")
 
 
 def find_credential(
-    credentials: Sequence[StorageCredential], storage_type: str, endpoint: str, bucket: str
+    credentials: Sequence[StorageCredential], account: str, storage_type: str, endpoint: str,
+    bucket: str,
 ) -> StorageCredential | None:
-    """The config entry for a target: the one naming the bucket, else a ``*`` entry."""
-    for wanted in (bucket, "*"):
-        for cred in credentials:
-            if cred.bucket == wanted and cred.matches(storage_type, endpoint, bucket):
-                return cred
-    return None
+    """The config entry ``account`` writes a target with: among the entries naming the bucket
+    if there are any, else among the ``*`` entries, the first that allows the account."""
+    covering = [c for c in credentials if c.matches(storage_type, endpoint, bucket)]
+    exact = [c for c in covering if c.bucket == bucket]
+    return next((c for c in exact or covering if c.allows(account)), None)
 
 
 class StorageRouter:
@@ -69,7 +72,7 @@ class StorageRouter:
         self._timeouts = timeouts or Timeouts()
         self._sink_factory = sink_factory or self._object_sink
         self.spool = Spool(spool_dir or root.parent / "spool", limits or SpoolLimits())
-        self._routes: dict[tuple[str, str, str], Route] = {}
+        self._routes: dict[tuple[str, str, str, str], Route] = {}
         self._uploaders: list[TargetUploader] = []
         left = self.spool.clear_leftovers()
         if left:
@@ -101,46 +104,56 @@ class StorageRouter:
         for uploader in self._uploaders:
             uploader.observe = observer
 
-    def check(self, storage_type: str, endpoint: str, bucket: str) -> str:
-        """Why this target cannot be written ("" if it can)."""
+    def check(self, account: str, storage_type: str, endpoint: str, bucket: str) -> str:
+        """Why ``account`` cannot write this target ("" if it can)."""
         if storage_type not in OBJECT_STORE_TYPES or self.fallback:
             return ""
-        if find_credential(self._credentials, storage_type, endpoint, bucket) is not None:
+        if find_credential(self._credentials, account, storage_type, endpoint, bucket):
             return ""
+        if any(c.matches(storage_type, endpoint, bucket) for c in self._credentials):
+            return (
+                f"The storage configured for SnapshotOutput {storage_type} endpoint "
+                f"{endpoint} bucket {bucket} is not open to this account, and the local-disk "
+                "fallback is off."
+            )
         return (
             f"No storage is configured for SnapshotOutput {storage_type} endpoint {endpoint} "
             f"bucket {bucket}, and the local-disk fallback is off."
         )
 
-    def route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
-        """The target's route (made once); ``OutputError`` if it has none (fallback off)."""
-        key = (storage_type, endpoint, bucket)
+    def route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
+        """``account``'s route to the target (made once); ``OutputError`` if it has none."""
+        key = (account, storage_type, endpoint, bucket)
         route = self._routes.get(key)
         if route is None:
-            route = self._routes[key] = self._make_route(storage_type, endpoint, bucket)
+            route = self._routes[key] = self._make_route(*key)
         return route
 
     async def close(self, timeout_s: float) -> None:
         """Let every queue finish within ``timeout_s`` (captures left are counted as dropped)."""
         await asyncio.gather(*(uploader.close(timeout_s) for uploader in self._uploaders))
 
-    def _make_route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
-        reason = self.check(storage_type, endpoint, bucket)
+    def _make_route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
+        reason = self.check(account, storage_type, endpoint, bucket)
         if reason:
             raise OutputError(reason)
         cred = None
         if storage_type in OBJECT_STORE_TYPES:
-            cred = find_credential(self._credentials, storage_type, endpoint, bucket)
+            cred = find_credential(self._credentials, account, storage_type, endpoint, bucket)
         if cred is None:
-            return self._local_route(storage_type, endpoint, bucket)
+            return self._local_route(account, storage_type, endpoint, bucket)
         sink = self._sink_factory(cred, endpoint, bucket)
         label = getattr(sink, "label", None)
         description = label if isinstance(label, str) else f"{storage_type} {endpoint}/{bucket}"
-        return self._with_uploader(sink, description=description,
+        prefix = cred.key_prefix(account)
+        if prefix:
+            description += f", keys under {prefix}"
+        return self._with_uploader(sink, description=description, key_prefix=prefix,
                                    name=f"{storage_type}:{endpoint}/{bucket}", fallback=False)
 
-    def _local_route(self, storage_type: str, endpoint: str, bucket: str) -> Route:
-        directory = self.root / safe_segment(endpoint) / safe_segment(bucket)
+    def _local_route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
+        directory = self.root / safe_segment(account) / safe_segment(endpoint) / safe_segment(
+            bucket)
         fallback = storage_type != "local"
         description = f"local disk {directory}"
         if fallback:
@@ -148,17 +161,19 @@ class StorageRouter:
             logger.warning(
                 "no storage configured for this target: writing to local disk instead",
                 extra={"action": "storage_fallback", "storage_type": storage_type,
-                       "endpoint": endpoint, "bucket": bucket, "directory": str(directory)},
+                       "endpoint": endpoint, "bucket": bucket, "account": account,
+                       "directory": str(directory)},
             )
-        return self._with_uploader(LocalSink(directory), description=description,
+        return self._with_uploader(LocalSink(directory), description=description, key_prefix="",
                                    name=f"{storage_type}:{endpoint}/{bucket}", fallback=fallback)
 
     def _with_uploader(
-        self, sink: SnapshotSink, *, description: str, name: str, fallback: bool
+        self, sink: SnapshotSink, *, description: str, name: str, fallback: bool, key_prefix: str
     ) -> Route:
         uploader = TargetUploader(sink, spool=self.spool, name=name, observe=self._observe)
         self._uploaders.append(uploader)
-        return Route(sink=sink, uploads=uploader, description=description, fallback=fallback)
+        return Route(sink=sink, uploads=uploader, description=description, fallback=fallback,
+                     key_prefix=key_prefix)
 
     def _object_sink(self, cred: StorageCredential, endpoint: str, bucket: str) -> SnapshotSink:
         try:
@@ -168,9 +183,3 @@ class StorageRouter:
                 f"cannot open {cred.storage_type} bucket {bucket} at {endpoint}: {exc}"
             ) from exc
 
-
-class LocalRouter(StorageRouter):
-    """Every target on local disk (no credentials configured): the embedded default."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root=root)

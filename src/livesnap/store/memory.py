@@ -203,6 +203,16 @@ class MemoryStore:
             gone = [ms for ms in set(create_ms) if self._files.pop((job_id, ms), None)]
         return sorted(gone)
 
+    async def object_named_elsewhere(
+        self, account: str, endpoint: str, bucket: str, key: str
+    ) -> bool:
+        async with self._lock:
+            return any(
+                f.account != account and f.endpoint == endpoint and f.bucket == bucket
+                and key in (f.object_key, f.overwrite_key)
+                for f in self._files.values()
+            )
+
     # callback outbox ---------------------------------------------------------------------
     def _check_new_events(self, events: Sequence[OutboxEvent]) -> None:
         ids = [e.id for e in events]

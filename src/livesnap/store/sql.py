@@ -459,6 +459,18 @@ class SqlStore:
             "delete_files", lambda conn: conn.execute(stmt).scalars().all(), write=True)
         return sorted(int(value) for value in gone)
 
+    async def object_named_elsewhere(
+        self, account: str, endpoint: str, bucket: str, key: str
+    ) -> bool:
+        named = or_(files.c.object_key == key, files.c.overwrite_key == key)
+        stmt = select(files.c.id).where(
+            named, files.c.bucket == bucket, files.c.endpoint == endpoint,
+            files.c.account != account,
+        ).limit(1)
+        found = await self._run("object_named_elsewhere",
+                                lambda conn: conn.execute(stmt).first())
+        return found is not None
+
     # callback outbox ---------------------------------------------------------------------
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
         """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""

@@ -116,6 +116,9 @@ files = Table(
     ForeignKeyConstraint(["job_id"], ["jobs.id"], name="fk_files_job", ondelete="CASCADE"),
     # The idempotency key of record_snapshot; its index also serves list_files.
     UniqueConstraint("job_id", "create_ms", name="uq_files_job_create"),
+    # whose records name an object (before deleting it: 0007)
+    Index("ix_files_object", "bucket", "object_key"),
+    Index("ix_files_overwrite", "bucket", "overwrite_key"),
 )
 
 # One row per capture shard name (0003): the epoch of its newest instance. Every write of a
