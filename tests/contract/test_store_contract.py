@@ -447,6 +447,21 @@ async def test_missed_ticks_can_be_added_without_a_file(store: Store) -> None:
     assert loaded is not None and (loaded.missed_ticks, loaded.snapshot_count) == (4, 1)
 
 
+async def test_an_object_named_by_another_accounts_record_is_found(store: Store) -> None:
+    await store.create_job(job("ja", "acct-a"))
+    await store.create_job(job("jb", "acct-b"))
+    await store.record_snapshot(snap("ja", T0, "acct-a", object_key="cam/1.jpg",
+                                     overwrite_key="cam/latest.jpg"))
+    await store.record_snapshot(snap("jb", T0, "acct-b", object_key="b/cam/1.jpg"))
+    ep = "oss-cn-shanghai.aliyuncs.com"
+    assert await store.object_named_elsewhere("acct-b", ep, "b", "cam/1.jpg")
+    assert await store.object_named_elsewhere("acct-b", ep, "b", "cam/latest.jpg")  # overwrite
+    assert not await store.object_named_elsewhere("acct-a", ep, "b", "cam/1.jpg")  # its own
+    assert not await store.object_named_elsewhere("acct-b", ep, "other", "cam/1.jpg")
+    assert not await store.object_named_elsewhere("acct-b", "elsewhere", "b", "cam/1.jpg")
+    assert not await store.object_named_elsewhere("acct-a", ep, "b", "b/cam/2.jpg")
+
+
 async def test_record_snapshot_adds_missed_ticks_once(store: Store) -> None:
     await store.create_job(job("j1"))
     assert await store.record_snapshot(snap("j1", T0 + 100), missed_ticks=2)
