@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,8 +42,26 @@ LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SCRAPE_TIMEOUT_S = 2.0
+STORAGE_OUTCOMES = ("uploaded", "spooled", "dropped", "failed")
+# gauges that several capture processes report, and that do not add up
+MERGED_BY_MAX = frozenset({"livesnap_storage_oldest_upload_seconds"})
 
 JobCounts = Mapping[tuple[str, str], int]
+
+
+class TargetFigures(Protocol):
+    """One storage target's state (``outputs.router.TargetState``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def outage(self) -> bool: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def oldest_in_flight_s(self) -> float: ...
 
 
 class Metrics:
@@ -118,6 +136,26 @@ class Metrics:
         self.callbacks_pruned = Counter("livesnap_callback_events_pruned",
                                         "Delivered or given-up callback events deleted after "
                                         "the retention.", registry=r)
+        target = ["target"]
+        self.storage_outage = Gauge(
+            "livesnap_storage_outage", "1 while the target's store is unreachable and its "
+            "captures are spooled (summed over capture processes).", target, registry=r)
+        self.storage_pending = Gauge(
+            "livesnap_storage_pending", "Captures waiting for the target, in flight included.",
+            target, registry=r)
+        self.storage_in_flight = Gauge(
+            "livesnap_storage_uploads_in_flight", "Uploads to the target running now.", target,
+            registry=r)
+        self.storage_oldest = Gauge(
+            "livesnap_storage_oldest_upload_seconds", "How long the oldest upload to the "
+            "target running now has taken so far (0: none running).", target, registry=r)
+        self.storage_captures = Counter(
+            "livesnap_storage_captures", "Captures by what storage did with them: uploaded, "
+            "spooled (written to the spool on the way), dropped (spool limits, shutdown) or "
+            "failed (refused by the store).", ["outcome"], registry=r)
+        self._storage_seen: dict[str, int] = {}
+        for outcome in STORAGE_OUTCOMES:
+            self.storage_captures.labels(outcome=outcome)
 
     def _api(self) -> None:
         r = self.registry
@@ -159,6 +197,20 @@ class Metrics:
 
     def spool_size(self, size_bytes: int) -> None:
         self.spool.set(max(size_bytes, 0))
+
+    def storage_state(self, targets: Sequence[TargetFigures], counts: Mapping[str, int]) -> None:
+        """Each storage target's state now, and the running totals of what storage did."""
+        for t in targets:
+            self.storage_outage.labels(target=t.name).set(1 if t.outage else 0)
+            self.storage_pending.labels(target=t.name).set(t.pending)
+            self.storage_in_flight.labels(target=t.name).set(t.in_flight)
+            self.storage_oldest.labels(target=t.name).set(round(t.oldest_in_flight_s, 3))
+        for outcome in STORAGE_OUTCOMES:
+            now = counts.get(outcome, 0)
+            added = now - self._storage_seen.get(outcome, 0)
+            if added > 0:
+                self.storage_captures.labels(outcome=outcome).inc(added)
+            self._storage_seen[outcome] = max(now, self._storage_seen.get(outcome, 0))
 
     # scrape ----------------------------------------------------------------------------------
     def set_job_counts(self, counts: JobCounts) -> None:
@@ -225,6 +277,8 @@ def _combined(family: Metric, other: Metric) -> Metric:
             values[key] = sample
         elif sample.name.endswith("_created"):
             values[key] = seen._replace(value=min(seen.value, sample.value))
+        elif family.name in MERGED_BY_MAX:
+            values[key] = seen._replace(value=max(seen.value, sample.value))
         else:
             values[key] = seen._replace(value=seen.value + sample.value)
     merged.samples = list(values.values())
@@ -277,6 +331,8 @@ class Probes:
     sessions: Callable[[], int]
     connections: Callable[[], int] | None = None
     spool_bytes: Callable[[], int] | None = None
+    # each storage target's state, and the totals uploaded / spooled / dropped / failed
+    storage: Callable[[], tuple[Sequence[TargetFigures], Mapping[str, int]]] | None = None
     remote: Callable[[], Awaitable[list[Metric]]] | None = None  # the capture process's
     timeout_s: float = SCRAPE_TIMEOUT_S
 
@@ -288,6 +344,8 @@ async def refresh(metrics: Metrics, probes: Probes) -> None:
         metrics.connections.set(probes.connections())
     if probes.spool_bytes is not None:
         metrics.spool_size(probes.spool_bytes())
+    if probes.storage is not None:
+        metrics.storage_state(*probes.storage())
     if probes.remote is not None:
         try:  # a restarting capture process: its last figures stay (counters never go back)
             metrics.adopt(await asyncio.wait_for(probes.remote(), probes.timeout_s))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -49,7 +51,7 @@ from livesnap.jobs.waiting import WaitPolicy
 from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 from livesnap.outputs.local import LocalSink, adopt_legacy_layout
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
-from livesnap.outputs.router import StorageRouter
+from livesnap.outputs.router import StorageRouter, TargetState
 from livesnap.outputs.spool import MIB, SpoolLimits
 from livesnap.store import SqlStore, open_sql_store, stats
 
@@ -218,7 +220,12 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
     connections = engine.connection_count if isinstance(engine, CaptureSupervisor) else None
     return Probes(job_counts=job_counts, ping=ping, sessions=engine.running_count,
                   connections=connections, spool_bytes=lambda: router.spool.size_bytes,
-                  remote=remote)
+                  storage=functools.partial(storage_figures, router), remote=remote)
+
+
+def storage_figures(router: StorageRouter) -> tuple[list[TargetState], dict[str, int]]:
+    """Each storage target's state and the totals, for ``/metrics``."""
+    return router.target_states(), dataclasses.asdict(router.counts)
 
 
 @contextlib.asynccontextmanager

@@ -35,12 +35,14 @@ from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import OutboxEvent
 from livesnap.logs import setup_logging
 from livesnap.metrics import Metrics
+from livesnap.outputs.router import StorageRouter
 from livesnap.service import (
     CALLBACK_CLOSE_S,
     RouterRemover,
     SystemResolver,
     callback_dispatcher,
     session_options,
+    storage_figures,
     storage_router,
 )
 from livesnap.store.sql import Fence, SqlStore, open_sql_store
@@ -74,6 +76,7 @@ class ShardHost:
         self._sessions: Callable[[], int] = lambda: 0
         self._connections: Callable[[], int] = lambda: 0
         self._spool_bytes: Callable[[], int] = lambda: 0
+        self._router: StorageRouter | None = None
         self.pid = os.getpid()
         self.node, self.restarted = _ray_facts()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,6 +128,7 @@ class ShardHost:
         self._sessions = supervisor.running_count
         self._connections = supervisor.connection_count
         self._spool_bytes = lambda: router.spool.size_bytes
+        self._router = router
         client = None
         if self._callbacks:
             self._dispatcher, client = callback_dispatcher(
@@ -230,6 +234,8 @@ class ShardHost:
         self._metrics.sessions.set(self._sessions())
         self._metrics.connections.set(self._connections())
         self._metrics.spool_size(self._spool_bytes())
+        if self._router is not None:
+            self._metrics.storage_state(*storage_figures(self._router))
         return list(self._metrics.registry.collect())
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import time
 
 import httpx
@@ -157,6 +158,10 @@ def test_a_store_outage_loses_no_snapshot_and_records_only_stored_ones(
             spooling = wait_until(lambda: (s := scrape(server))["livesnap_spool_bytes"] > 0 and s,
                                   20, "spooled bytes in /metrics")
             assert spooling['livesnap_snapshot_failures_total{stage="store"}'] == 0
+            target = f'{{target="s3:{s3.endpoint}/{BUCKET}"}}'
+            assert spooling[f"livesnap_storage_outage{target}"] == 1
+            assert spooling[f"livesnap_storage_pending{target}"] >= 1
+            assert spooling['livesnap_storage_captures_total{outcome="spooled"}'] >= 1
             # deleting an object while the store is away fails honestly and keeps the record
             first = list_files(client, job)[0]
             results = client.delete_live_snapshot_files(m.DeleteLiveSnapshotFilesRequest(
@@ -184,6 +189,9 @@ def test_a_store_outage_loses_no_snapshot_and_records_only_stored_ones(
             drained = scrape(server)
             assert drained["livesnap_spool_bytes"] == 0
             assert drained['livesnap_snapshot_failures_total{stage="store"}'] == 0
+            assert drained[f"livesnap_storage_outage{target}"] == 0
+            assert drained[f"livesnap_storage_pending{target}"] == 0
+            assert drained['livesnap_storage_captures_total{outcome="uploaded"}'] >= len(files)
 
         stamps = [f.create_timestamp for f in files]
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
@@ -199,4 +207,35 @@ def test_a_store_outage_loses_no_snapshot_and_records_only_stored_ones(
         assert modified == sorted(modified)
         _, over = read_object(store, f"snapshot/{job}.jpg")
         assert over["capture-time-ms"] == str(stamps[-1])  # the overwrite object is the latest
+        assert "Traceback" not in server.log()
+
+
+@pytest.mark.timeout(180)
+def test_a_frozen_store_shows_on_the_job_and_in_the_metrics_before_the_request_times_out(
+    tmp_path, publisher_factory
+):
+    """SIGSTOP: the store keeps its connections and answers nothing (the request timeout is
+    30 s); the job and /metrics say so after 5 s, and the captures are stored once it thaws."""
+    publisher = publisher_factory()
+    with SeaweedServer() as s3:
+        env = storage_env(tmp_path, [s3.credential()])
+        with LivesnapServer(tmp_path / "data", env=env) as server:
+            client = ice_client(server.endpoint)
+            job = submit(client, publisher.url, s3_output(s3))
+            before = len(wait_until(lambda: list_files(client, job), 30, "a snapshot"))
+            s3.signal(signal.SIGSTOP)
+            try:
+                # said by the slow-upload notice, not by the request's timeout (30 s)
+                error = wait_until(lambda: raw_job(server, job)["LastError"], 20, "the freeze")
+                assert error.startswith("storage: snapshot not stored yet: the store has not "
+                                        "answered an upload for 5 s"), error
+                target = f'{{target="s3:{s3.endpoint}/{BUCKET}"}}'
+                figures = scrape(server)
+                assert figures[f"livesnap_storage_uploads_in_flight{target}"] >= 1
+                assert figures[f"livesnap_storage_oldest_upload_seconds{target}"] >= 5
+            finally:
+                s3.signal(signal.SIGCONT)
+            wait_until(lambda: raw_job(server, job)["LastError"] == "", 40, "the error to clear")
+            wait_until(lambda: len(list_files(client, job)) >= before + 2, 30, "records again")
+            assert scrape(server)[f"livesnap_storage_uploads_in_flight{target}"] <= 1
         assert "Traceback" not in server.log()

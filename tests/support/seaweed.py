@@ -105,6 +105,11 @@ class SeaweedServer(_Managed):
         self.stop()
         raise RuntimeError(f"weed did not become healthy:\n{_tail(self.log_path)}")
 
+    def signal(self, number: int) -> None:
+        """Send ``number`` (SIGSTOP to freeze the store, SIGCONT to thaw it) to the server."""
+        assert self._proc is not None and self._proc.poll() is None
+        os.killpg(self._proc.pid, number)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (graceful, about 3.5 s), SIGKILL after ``timeout``; the data stays."""
         proc = self._proc

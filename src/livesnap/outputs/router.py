@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from livesnap.config import StorageCredential
@@ -36,6 +37,17 @@ from livesnap.outputs.spool import (
 logger = logging.getLogger(__name__)
 
 SinkFactory = Callable[[StorageCredential, str, str], SnapshotSink]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetState:
+    """One storage target now (for the metrics): ``type:endpoint/bucket``."""
+
+    name: str
+    outage: bool  # the store is unreachable: captures are spooled until it answers
+    pending: int  # captures waiting for it, in flight included
+    in_flight: int  # uploads running
+    oldest_in_flight_s: float  # how long the oldest running upload has taken so far
 OBJECT_STORE_TYPES = ("oss", "s3")
 
 
@@ -96,6 +108,19 @@ class StorageRouter:
     def outages(self) -> list[str]:
         """Targets whose store is unreachable now, each with the reason."""
         return [f"{u.name}: {u.outage}" for u in self._uploaders if u.outage is not None]
+
+    def target_states(self) -> list[TargetState]:
+        """Each target written so far (the routes of every account to it together)."""
+        states: dict[str, TargetState] = {}
+        for u in self._uploaders:
+            seen = states.get(u.name)
+            state = TargetState(name=u.name, outage=u.outage is not None, pending=u.pending,
+                                in_flight=u.in_flight, oldest_in_flight_s=u.oldest_in_flight_s())
+            states[u.name] = state if seen is None else TargetState(
+                name=u.name, outage=seen.outage or state.outage,
+                pending=seen.pending + state.pending, in_flight=seen.in_flight + state.in_flight,
+                oldest_in_flight_s=max(seen.oldest_in_flight_s, state.oldest_in_flight_s))
+        return sorted(states.values(), key=lambda t: t.name)
 
     def observe_uploads(self, observer: UploadObserver | None) -> None:
         """Report every object write of every route (made so far or later) to ``observer``,

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 IDLE_CHECK_S = 30.0  # how often an idle uploader looks for spooled captures that got too old
+SLOW_UPLOAD_S = 5.0  # an upload in flight this long is told to its job (before any timeout)
 
 UploadObserver = Callable[[float, bool], None]
 """Told of every object write: its duration in seconds and whether it succeeded."""
@@ -53,6 +54,7 @@ class SpoolLimits:
     concurrency: int = 4  # uploads in flight per target (never two of one job)
     retry_base_s: float = 1.0
     retry_max_s: float = 30.0
+    slow_upload_s: float = SLOW_UPLOAD_S
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0 or self.max_age_s <= 0 or self.concurrency < 1:
@@ -89,6 +91,7 @@ class _Entry:
     path: Path | None = None
     stored_keys: set[str] = field(default_factory=set)
     in_flight: bool = False
+    started: float | None = None  # time.monotonic() the upload in flight began
     finished: bool = False
 
 
@@ -226,6 +229,7 @@ class TargetUploader:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self.outage: str | None = None  # why the store is unreachable, while it is
+        self._notices: set[asyncio.Task[None]] = set()  # slow uploads being told to their jobs
         self._attempt = 0
         self._retry_at = 0.0
         self._age_checked = 0.0
@@ -234,6 +238,17 @@ class TargetUploader:
     def pending(self) -> int:
         """Captures waiting here (in memory or spooled), including those in flight."""
         return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Uploads running now."""
+        return len(self._tasks)
+
+    def oldest_in_flight_s(self) -> float:
+        """Seconds the oldest upload running now has taken so far (0: none running)."""
+        now = time.monotonic()  # list(): the metrics may read this from another thread
+        return max((now - e.started for e in list(self._queue) if e.started is not None),
+                   default=0.0)
 
     # UploadQueue ---------------------------------------------------------------------------
     async def submit(self, upload: Upload) -> None:
@@ -262,10 +277,10 @@ class TargetUploader:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._notices]:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        if self._tasks or self._notices:
+            await asyncio.wait([*self._tasks, *self._notices])
         left = list(self._queue)
         if left:
             logger.warning("snapshots not stored before shutdown", extra={
@@ -339,10 +354,28 @@ class TargetUploader:
 
     def _start(self, entry: _Entry) -> None:
         entry.in_flight = True
+        entry.started = time.monotonic()
         self._busy_jobs.add(entry.upload.job_id)
         task = asyncio.create_task(self._upload(entry), name=f"upload-{entry.seq}")
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        slow = asyncio.get_running_loop().call_later(self._limits.slow_upload_s, self._slow,
+                                                     entry, task)
+        task.add_done_callback(lambda _: slow.cancel())
+
+    def _slow(self, entry: _Entry, upload: asyncio.Task[None]) -> None:
+        """The upload has run ``slow_upload_s``: its job hears of it now, not only when the
+        request times out (a store that accepts connections and answers nothing)."""
+        if upload.done() or entry.finished:
+            return
+        message = (f"snapshot not stored yet: the store has not answered an upload for "
+                   f"{self._limits.slow_upload_s:g} s ({self.name})")
+        logger.warning(message, extra={"action": "upload_slow", "target": self.name,
+                                       "job_id": entry.upload.job_id})
+        task = asyncio.create_task(_safely(entry.upload.on_trouble(message, False),
+                                           "on_trouble", entry), name=f"slow-{entry.seq}")
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -363,7 +396,7 @@ class TargetUploader:
         else:
             await self._stored(entry)
         finally:
-            entry.in_flight = False
+            entry.in_flight, entry.started = False, None
             self._busy_jobs.discard(entry.upload.job_id)
 
     async def _put_objects(self, entry: _Entry) -> None:
