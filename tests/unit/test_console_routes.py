@@ -196,6 +196,24 @@ async def test_wall_shows_started_jobs_with_their_picture(console):
     assert state["staleAfterMs"] == 20_000
 
 
+async def test_a_live_job_that_stores_nothing_shows_its_error_on_its_tile(console):
+    job = await console.job(picture=False)
+    await console.manager.storage_changed(
+        job.id, "snapshot not stored: s3 bucket b refused the credentials (InvalidAccessKeyId)")
+    await console.login()
+    wall = await console.client.get("/console/")
+    assert ">Live<" not in wall.text and ">Not storing<" in wall.text
+    assert "storage: snapshot not stored: s3 bucket b refused the credentials" in wall.text
+    state = (await console.client.get(f"/console/jobs/{job.id}/state.json")).json()
+    assert state["badge"] == {"kind": "trouble", "text": "Not storing"}
+    assert state["lastError"].startswith("storage: snapshot not stored")
+    page = await console.client.get(f"/console/jobs/{job.id}")
+    assert ">Not storing<" in page.text and "refused the credentials" in page.text
+    await console.manager.storage_changed(job.id, "")  # stored again: Live, no error line
+    wall = await console.client.get("/console/")
+    assert ">Live<" in wall.text and 'data-field="error" hidden' in wall.text
+
+
 async def test_job_page_shows_details_filmstrip_and_files(console):
     job = await console.job()
     await console.login()

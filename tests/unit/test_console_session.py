@@ -242,6 +242,14 @@ def test_badges_say_what_they_mean(status, stream, kind, text):
     assert (badge.kind, badge.text) == (kind, text)
 
 
+def test_a_live_job_whose_pictures_are_not_stored_is_not_plainly_live():
+    trouble = job(stream_status=StreamStatus.LIVE,
+                  last_error="storage: snapshot not stored yet: the store has not answered")
+    assert present.badge_for(trouble) == present.Badge(kind="trouble", text="Not storing")
+    other = job(stream_status=StreamStatus.LIVE, last_error="quality: no usable keyframe")
+    assert present.badge_for(other).text == "Live"
+
+
 def test_pictures_go_stale_after_two_intervals():
     j = job(interval_s=5)
     assert present.stale_after_ms(j) == 20_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from livesnap.jobs.manager import STORAGE_ERROR_PREFIX
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus
 
 STALE_GRACE_MS = 10_000
@@ -14,7 +15,7 @@ STALE_GRACE_MS = 10_000
 class Badge:
     """A status badge: ``kind`` picks the style, ``text`` is what it says (never colour only)."""
 
-    kind: str  # live | reconnecting | offline | paused
+    kind: str  # live | trouble | reconnecting | offline | paused
     text: str
 
 
@@ -26,6 +27,8 @@ def badge_for(job: Job) -> Badge:
         return Badge(kind="paused", text="Paused")
     if job.status is JobStatus.INIT:
         return Badge(kind="offline", text="Not started")
+    if job.stream_status is StreamStatus.LIVE and job.last_error.startswith(STORAGE_ERROR_PREFIX):
+        return Badge(kind="trouble", text="Not storing")  # live, but no picture gets stored
     if job.stream_status is StreamStatus.LIVE:
         return Badge(kind="live", text="Live")
     if job.stream_status is StreamStatus.RECONNECTING:

@@ -48,6 +48,11 @@
       badge.textContent = state.badge.text;
       badge.className = "badge badge-" + state.badge.kind;
     }
+    var error = field(this.el, "error");
+    if (error) {
+      error.textContent = state.lastError || "";
+      error.hidden = !state.lastError;
+    }
     this.skewMs = state.nowMs - Date.now();
     this.staleAfterMs = state.staleAfterMs;
     this.intervalMs = Math.max(state.intervalMs, 1000);
