@@ -305,8 +305,10 @@ def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
         return _text(entry, name, where)
     if name in entry:
         raise ValueError(f"{where}: give {name} or {name}_env, not both")
-    if not isinstance(env_name, str) or not env.get(env_name, "").strip():
-        raise ValueError(f"{where}: {name}_env names an unset environment variable")
+    if not isinstance(env_name, str) or not env_name.strip():
+        raise ValueError(f"{where}: {name}_env must name an environment variable")
+    if not env.get(env_name, "").strip():
+        raise ValueError(f"{where}: {name}_env names {env_name}, which is not set (or empty)")
     return env[env_name].strip()
 
 
@@ -373,7 +375,7 @@ class Settings(BaseSettings):
     # object storage (docs/storage.md)
     storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
     storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk
-    storage_retry_max_s: float = Field(default=30.0, gt=0)
+    storage_retry_max_s: float = Field(default=5.0, gt=0)
     storage_connect_timeout_s: float = Field(default=5.0, gt=0)  # per request to a store
     storage_request_timeout_s: float = Field(default=30.0, gt=0)
     spool_max_mb: int = Field(default=1024, ge=1)

@@ -223,6 +223,23 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
                   storage=functools.partial(storage_figures, router), remote=remote)
 
 
+def log_storage(router: StorageRouter) -> None:
+    """One line per configured storage entry (never its secret) and one for the fallback."""
+    for entry in router.credentials:
+        logger.info(
+            "storage entry: %s %s bucket %s", entry.storage_type, entry.endpoint, entry.bucket,
+            extra={"action": "storage_entry", "storage_type": entry.storage_type,
+                   "endpoint": entry.endpoint, "bucket": entry.bucket,
+                   "accounts": ",".join(entry.accounts or ("(one account)",)),
+                   "prefix": entry.prefix or "(none)", "endpoint_url": entry.endpoint_url or ""})
+    fallback = ("on: OSS/S3 targets without an entry are written to local disk under "
+                f"{router.root}/<account>/" if router.fallback
+                else "off: OSS/S3 targets without an entry are refused at Submit")
+    logger.info("storage fallback %s", fallback,
+                extra={"action": "storage_fallback_mode", "fallback": router.fallback,
+                       "entries": len(router.credentials)})
+
+
 def storage_figures(router: StorageRouter) -> tuple[list[TargetState], dict[str, int]]:
     """Each storage target's state and the totals, for ``/metrics``."""
     return router.target_states(), dataclasses.asdict(router.counts)
@@ -239,6 +256,7 @@ async def build_service(
     metrics = Metrics()
     adopt_legacy_layout(settings.data_dir / "storage", keys.accounts)
     router = storage_router(settings)
+    log_storage(router)
     router.observe_uploads(metrics.upload)  # every object write: livesnap_upload_seconds
     routes = RouterRemover(router)
     policy = Policy(

@@ -84,8 +84,10 @@ def test_bad_entries_say_what_is_wrong_without_the_secret(entry, message):
 def test_unset_secret_env_and_bad_syntax_are_errors(tmp_path):
     entry = {"storage_type": "oss", "endpoint": OSS, "bucket": "b", "access_key_id": "ak",
              "access_key_secret_env": "NOPE"}
-    with pytest.raises(ValueError, match="names an unset environment variable"):
-        parse_storage_config(json.dumps([entry]), toml=False, environ={})
+    with pytest.raises(ValueError) as unset:
+        parse_storage_config(json.dumps([entry]), toml=False, environ={"NOPE": " "})
+    assert str(unset.value) == ("storage config entry 1: access_key_secret_env names NOPE, "
+                                "which is not set (or empty)")
     with pytest.raises(ValueError, match="not valid TOML"):
         parse_storage_config("[[storage]\n", toml=True)
     with pytest.raises(ValueError, match="cannot read storage config"):
@@ -228,3 +230,32 @@ async def test_storage_errors_show_in_last_error_and_clear_only_themselves(tmp_p
                                  error="connection refused")
     await manager.storage_changed(job.id, "")
     assert (await store.load_job(job.id)).last_error == "connection refused"
+
+
+async def test_a_target_that_misses_a_configured_one_by_little_is_told_which(tmp_path):
+    entries = [cred(storage_type="s3", endpoint="http://10.0.0.5:8333", bucket="snapshots"),
+               cred(storage_type="s3", endpoint="http://10.0.0.5:8333", bucket="archive")]
+    r = router(tmp_path, credentials=entries, fallback=False)
+    no_scheme = r.check("acct", "s3", "10.0.0.5:8333", "snapshots")
+    assert no_scheme.endswith("the local-disk fallback is off. Did you mean endpoint "
+                              "http://10.0.0.5:8333 (configured for bucket archive, snapshots)?")
+    typo = r.check("acct", "s3", "http://10.0.0.5:8333", "snapshot")
+    assert typo.endswith("Did you mean bucket snapshots?")
+    assert r.check("acct", "s3", "elsewhere.example", "x").endswith("fallback is off.")
+    fallback = router(tmp_path, credentials=entries).route("acct", "s3", "10.0.0.5:8333", "b")
+    assert "Did you mean endpoint http://10.0.0.5:8333" in fallback.description
+
+
+def test_start_up_names_every_storage_entry_and_the_fallback_mode_without_secrets(
+        tmp_path, caplog):
+    from livesnap.service import log_storage
+
+    entries = [cred(accounts=("*",), prefix="{Account}/"), cred(bucket="one")]
+    with caplog.at_level(logging.INFO, logger="livesnap.service"):
+        log_storage(router(tmp_path, credentials=entries, fallback=False))
+    lines = [r for r in caplog.records if r.name == "livesnap.service"]
+    assert [r.getMessage() for r in lines] == [
+        f"storage entry: oss {OSS} bucket *", f"storage entry: oss {OSS} bucket one",
+        "storage fallback off: OSS/S3 targets without an entry are refused at Submit"]
+    assert (lines[0].accounts, lines[0].prefix) == ("*", "{Account}/")
+    assert all("sk-very-secret" not in str(r.__dict__) for r in lines)

@@ -16,12 +16,13 @@ spool directory.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from livesnap.config import StorageCredential
+from livesnap.config import StorageCredential, normalize_endpoint
 from livesnap.errors import OutputError
 from livesnap.outputs.base import Route, SnapshotSink
 from livesnap.outputs.local import LocalSink, safe_segment
@@ -95,6 +96,11 @@ class StorageRouter:
             )
 
     @property
+    def credentials(self) -> tuple[StorageCredential, ...]:
+        """The configured storage entries (for the start-up log)."""
+        return self._credentials
+
+    @property
     def counts(self) -> SpoolCounts:
         """Uploaded / spooled / dropped / failed captures since start (for metrics)."""
         return self.spool.counts
@@ -141,10 +147,30 @@ class StorageRouter:
                 f"{endpoint} bucket {bucket} is not open to this account, and the local-disk "
                 "fallback is off."
             )
+        hint = self._nearest(storage_type, endpoint, bucket)
         return (
             f"No storage is configured for SnapshotOutput {storage_type} endpoint {endpoint} "
-            f"bucket {bucket}, and the local-disk fallback is off."
+            f"bucket {bucket}, and the local-disk fallback is off.{hint}"
         )
+
+    def _nearest(self, storage_type: str, endpoint: str, bucket: str) -> str:
+        """`` Did you mean …?`` naming the configured target closest to this one ("": none)."""
+        def bare(text: str) -> str:  # no scheme, case or trailing slash
+            return normalize_endpoint(text).split("://", 1)[-1]
+
+        same_type = [c for c in self._credentials if c.storage_type == storage_type]
+        here = sorted({c.bucket for c in same_type
+                       if normalize_endpoint(c.endpoint) == normalize_endpoint(endpoint)})
+        if here:  # the endpoint is configured: a bucket name off by little?
+            near = difflib.get_close_matches(bucket, here, n=1, cutoff=0.75)
+            return f" Did you mean bucket {near[0]}?" if near else ""
+        endpoints = list(dict.fromkeys(c.endpoint for c in same_type))
+        found = [e for e in endpoints if bare(e) == bare(endpoint)]
+        found = found or difflib.get_close_matches(endpoint, endpoints, n=1, cutoff=0.75)
+        if not found:
+            return ""
+        buckets = sorted({c.bucket for c in same_type if c.endpoint == found[0]})
+        return f" Did you mean endpoint {found[0]} (configured for bucket {', '.join(buckets)})?"
 
     def route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
         """``account``'s route to the target (made once); ``OutputError`` if it has none."""
@@ -182,7 +208,8 @@ class StorageRouter:
         fallback = storage_type != "local"
         description = f"local disk {directory}"
         if fallback:
-            description += f" (no storage configured for {storage_type} {endpoint}/{bucket})"
+            description += (f" (no storage configured for {storage_type} {endpoint}/{bucket}."
+                            f"{self._nearest(storage_type, endpoint, bucket)})")
             logger.warning(
                 "no storage configured for this target: writing to local disk instead",
                 extra={"action": "storage_fallback", "storage_type": storage_type,

@@ -53,7 +53,7 @@ class SpoolLimits:
     memory_entries: int = 16  # per target, while the store answers; more go to disk
     concurrency: int = 4  # uploads in flight per target (never two of one job)
     retry_base_s: float = 1.0
-    retry_max_s: float = 30.0
+    retry_max_s: float = 5.0  # one probe per target every 2.5-5 s while it is away
     slow_upload_s: float = SLOW_UPLOAD_S
 
     def __post_init__(self) -> None:
