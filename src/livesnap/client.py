@@ -274,6 +274,22 @@ class IceClient:
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {where}: {_reason(exc)}") from exc
 
+    def metrics_text(self) -> str:
+        """The server's ``/metrics`` exposition (no signature: it is the operators' endpoint).
+        Raises ``TransportError`` if it cannot be read."""
+        url = self.endpoint.copy_with(path=self.endpoint.path.rstrip("/") + "/metrics")
+        where = str(self.endpoint).rstrip("/")
+        try:
+            response = self._http.get(url)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"{where} did not answer within {self._timeout_s:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {where}: {_reason(exc)}") from exc
+        if response.status_code != 200 or "livesnap_build_info" not in response.text:
+            raise TransportError(f"{where}/metrics answered HTTP {response.status_code} "
+                                 "without livesnap's metrics (is it a livesnap server?)")
+        return response.text
+
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         try:
             body = json.loads(response.content)

@@ -69,6 +69,7 @@ def test_every_command(env, server, publisher_factory):
     job_id = check_submit_get_list(env, publisher.url, template_id)
     stamp = check_capture_and_files(env, server, job_id)
     check_files_delete(env, server, job_id, stamp)
+    check_storage_status(env)
     check_stop_start_restart(env, job_id)
     ok_json(env, "templates", "delete", template_id)
     line = failed(env, 1, "templates", "get", template_id)
@@ -120,6 +121,20 @@ def check_capture_and_files(env, server, job_id: str) -> int:
     stamps = [f["CreateTimestamp"] for f in json.loads(every.stdout)["FileList"]]  # page by page
     assert len(stamps) >= len(files["FileList"]) and stamps == sorted(set(stamps))
     return int(shot["CreateTimestamp"])
+
+
+def check_storage_status(env) -> None:
+    """The storage targets from the server's /metrics: the fallback target the job wrote."""
+    done = livesnap(env, "storage", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    target = "oss:oss-cn-shanghai.aliyuncs.com/bucket-cli"
+    row = next(t for t in state["Targets"] if t["Target"] == target)
+    assert row["Outage"] is False and row["InFlight"] >= 0 and row["Pending"] >= 0
+    assert state["Captures"]["uploaded"] >= 2 and state["Captures"]["failed"] == 0
+    table = livesnap(env, "storage", "status")
+    assert table.returncode == 0 and target in table.stdout and "up" in table.stdout
+    assert "uploaded" in table.stdout
 
 
 def check_files_delete(env, server, job_id: str, stamp: int) -> None:
@@ -221,6 +236,8 @@ def test_server_down_exits_3(env):
     down = f"http://127.0.0.1:{free_port()}"
     line = failed(env, 3, "templates", "list", "--endpoint", down)
     assert line.startswith(f"livesnap: ConnectionFailed: cannot reach {down}")
+    line = failed(env, 3, "storage", "status", "--endpoint", down)
+    assert line.startswith(f"livesnap: ConnectionFailed: cannot reach {down}")
 
 
 def test_server_error_exits_3(env):
@@ -282,7 +299,7 @@ def test_profile_file(env, server, tmp_path):
 def test_help_lists_every_command(env):
     done = livesnap(env, "--help")
     assert done.returncode == 0
-    for group in ("serve", "migrate", "version", "templates", "jobs", "files"):
+    for group in ("serve", "migrate", "version", "templates", "jobs", "files", "storage"):
         assert group in done.stdout
     jobs = livesnap(env, "jobs", "--help").stdout
     for command in ("submit", "list", "get", "start", "stop", "restart", "capture"):

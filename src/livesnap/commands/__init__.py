@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import typer
 
-from livesnap.commands import files, jobs, templates
+from livesnap.commands import files, jobs, storage, templates
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``templates``, ``jobs`` and ``files`` command groups to ``app``."""
+    """Add the ``templates``, ``jobs``, ``files`` and ``storage`` command groups to ``app``."""
     app.add_typer(templates.app, name="templates")
     app.add_typer(jobs.app, name="jobs")
     app.add_typer(files.app, name="files")
+    app.add_typer(storage.app, name="storage")
