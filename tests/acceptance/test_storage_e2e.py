@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from livesnap.config import StorageCredential
 from livesnap.outputs.objectstore import ObjectStoreSink
 from tests.acceptance.test_capture_e2e import FAST, OUTPUT, get_job, list_files, raw_job, wait_until
+from tests.acceptance.test_isolation import console_session
 from tests.support.seaweed import BUCKET, SeaweedServer
 from tests.support.service import LivesnapServer, ice_client
 
@@ -235,6 +236,13 @@ def test_a_frozen_store_shows_on_the_job_and_in_the_metrics_before_the_request_t
                 figures = scrape(server)
                 assert figures[f"livesnap_storage_uploads_in_flight{target}"] >= 1
                 assert figures[f"livesnap_storage_oldest_upload_seconds{target}"] >= 5
+                # the wall: not a plain "Live", and the error on the job's tile
+                console = console_session(f"http://{server.endpoint}", "testid", "testsecret")
+                try:
+                    wall = console.get("/console/").text
+                finally:
+                    console.close()
+                assert ">Not storing<" in wall and "has not answered an upload" in wall
             finally:
                 s3.signal(signal.SIGCONT)
             wait_until(lambda: raw_job(server, job)["LastError"] == "", 40, "the error to clear")
