@@ -392,6 +392,9 @@ class Settings(BaseSettings):
     # delivered and given-up events (and their attempts) are deleted after this; 0 keeps them
     callback_retention_days: float = Field(default=7.0, ge=0)
     callback_concurrency: int = Field(default=16, ge=1, le=1024)
+    # per account and per receiver host (0: half of callback_concurrency)
+    callback_per_account: int = Field(default=0, ge=0, le=1024)
+    callback_per_host: int = Field(default=0, ge=0, le=1024)
 
     @field_validator("blocked_networks")
     @classmethod

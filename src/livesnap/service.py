@@ -179,6 +179,8 @@ def callback_policy(settings: Settings) -> DeliveryPolicy:
         read_timeout_s=settings.callback_read_timeout_s,
         total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,
         concurrency=settings.callback_concurrency,
+        per_account=settings.callback_per_account,
+        per_host=settings.callback_per_host,
         blocked_networks=settings.networks(),
         # in a cluster, shards write events the API nodes' dispatchers only see by polling
         idle_poll_interval_s=None if settings.engine == "ray" else NODE_IDLE_POLL_S,

@@ -612,6 +612,27 @@ async def test_due_heads_one_per_job_oldest_first_when_due(store: Store) -> None
     assert await store.due_heads(T0 + 501, limit=10) == [b, a]
 
 
+async def test_due_heads_take_the_accounts_in_turn(store: Store) -> None:
+    # account B's five jobs have older events than account A's two: A still comes second
+    b_events = [event(f"b{n}", T0 + n, account="acct-b") for n in range(5)]
+    for e in b_events:
+        await store.create_job(job(e.job_id, "acct-b"), [e])
+    a_events = [event(f"a{n}", T0 + 100 + n) for n in range(2)]
+    for e in a_events:
+        await store.create_job(job(e.job_id), [e])
+    assert await store.due_heads(T0 + 1000, limit=2) == [b_events[0], a_events[0]]
+    assert await store.due_heads(T0 + 1000, limit=10) == [
+        b_events[0], a_events[0], b_events[1], a_events[1], *b_events[2:]]
+
+
+async def test_due_heads_take_an_accounts_receivers_in_turn(store: Store) -> None:
+    slow = [event(f"s{n}", T0 + n, url="http://slow.test/cb") for n in range(4)]
+    fast = event("f", T0 + 50, url="http://fast.test/cb")
+    for e in [*slow, fast]:
+        await store.create_job(job(e.job_id), [e])
+    assert await store.due_heads(T0 + 1000, limit=2) == [slow[0], fast]
+
+
 async def test_record_attempt_outcomes(store: Store) -> None:
     ok, retry, dead = event("j1", T0), event("j1", T0 + 1), event("j1", T0 + 2)
     await store.create_job(job("j1"), [ok, retry, dead])

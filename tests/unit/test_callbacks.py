@@ -976,3 +976,134 @@ def test_the_idle_poll_may_not_be_shorter_than_the_busy_one():
     with pytest.raises(ValueError, match="idle_poll_interval_s"):
         DeliveryPolicy(poll_interval_s=1, idle_poll_interval_s=0.5)
     assert DeliveryPolicy(poll_interval_s=0.7).idle_poll_s == 0.7
+
+
+# fairness ------------------------------------------------------------------------------------
+class ByHost:
+    """A receiver per host: ``hang`` hosts never answer, others answer ``status``."""
+
+    def __init__(self, hang: set[str] = frozenset(), status: dict[str, int] | None = None):
+        self.hang, self.status = hang, status or {}
+        self.requests: list[httpx.Request] = []
+        self.hanging = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        host = request.headers["Host"]
+        if host in self.hang:
+            self.hanging += 1
+            await asyncio.sleep(3600)
+        return httpx.Response(self.status.get(host, 200))
+
+    def hosts(self) -> list[str]:
+        return [r.headers["Host"] for r in self.requests]
+
+
+async def test_one_accounts_hanging_receivers_leave_the_other_account_its_slots(store):
+    """B's 40 jobs call receivers that never answer; A's event is still delivered at once."""
+    clock = ManualClock(T0 / 1000)
+    for n in range(40):  # each on a host of its own: the per-host limit does not help here
+        job = make_job(f"b{n}", account="acct-b", url=f"http://b{n}.test/cb")
+        await store.create_job(job, [captured(job, n)])
+    a = make_job("a", account="acct-a", url="http://a.test/cb")
+    await store.create_job(a, [captured(a, 100)])
+    clock.advance(200)
+    receiver = ByHost(hang={f"b{n}.test" for n in range(40)})
+    policy = DeliveryPolicy(concurrency=16, blocked_networks=BLOCKED, total_timeout_s=60)
+    keys = CallbackKeys({"acct-a": KEY, "acct-b": KEY})
+    d = dispatcher(store, receiver, clock, policy=policy, keys=keys)
+    d.start()
+    await until(lambda: "a.test" in receiver.hosts())
+    for _ in range(200):
+        (event,) = await store.get_events("a", failed_only=False)
+        if event.delivered_ms is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert event.delivered_ms is not None and event.attempts == 1
+    assert receiver.hanging == 8  # B holds half the slots, never more
+    await d.close(0.1)
+
+
+async def test_one_receiver_gets_at_most_its_share_of_an_accounts_deliveries(store):
+    clock = ManualClock(T0 / 1000)
+    for n in range(12):
+        job = make_job(f"slow{n}", url="http://slow.test/cb")
+        await store.create_job(job, [captured(job, n)])
+    fast = make_job("fast", url="http://fast.test/cb")
+    await store.create_job(fast, [captured(fast, 50)])
+    clock.advance(200)
+    receiver = ByHost(hang={"slow.test"})
+    policy = DeliveryPolicy(concurrency=8, per_account=8, per_host=3, blocked_networks=BLOCKED,
+                            total_timeout_s=60)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    d.start()
+    await until(lambda: "fast.test" in receiver.hosts())
+    await asyncio.sleep(0.05)
+    assert receiver.hosts().count("slow.test") == 3
+    await d.close(0.1)
+
+
+async def test_a_receiver_that_keeps_failing_gets_no_attempt_until_its_breaker_lets_a_probe(
+        store):
+    clock = ManualClock(T0 / 1000)
+    jobs = [make_job(f"j{n}", url="http://down.test/cb") for n in range(8)]
+    for n, job in enumerate(jobs):
+        await store.create_job(job, [captured(job, n)])
+    clock.advance(200)
+    receiver = ByHost(status={"down.test": 503})
+    policy = DeliveryPolicy(concurrency=1, blocked_networks=BLOCKED, total_timeout_s=1,
+                            breaker_failures=3, breaker_open_s=30)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    for _ in range(6):
+        await d.dispatch_once()
+    assert len(receiver.requests) == 3  # three failures in a row open the breaker
+    clock.advance(29)
+    await d.dispatch_once()
+    assert len(receiver.requests) == 3
+    clock.advance(1)
+    receiver.status["down.test"] = 200
+    await d.dispatch_once()  # the probe, which succeeds: the breaker closes
+    assert len(receiver.requests) == 4
+    for _ in range(3):
+        await d.dispatch_once()
+    assert len(receiver.requests) == 7  # one at a time (concurrency 1), no breaker
+
+
+async def test_a_2xx_whose_body_trickles_is_delivered_once():
+    """The receiver answers 200 at once, then sends its body a byte a second."""
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(1)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        clock, store = SystemClock(), MemoryStore()
+        url = f"http://127.0.0.1:{server.server_port}/cb"
+        job = make_job(url=url)
+        await store.create_job(job, [captured(job, 0, at_ms=int(time.time() * 1000))])
+        # the body would take 100 s: its wait is cut at 1 s, inside the attempt's 3 s
+        policy = DeliveryPolicy(blocked_networks=(), total_timeout_s=3, read_timeout_s=5)
+        d = CallbackDispatcher(store=store, client=callback_client(policy), clock=clock,
+                               policy=policy, keys=CallbackKeys({"acct": KEY}))
+        await d.dispatch_once()
+        (event,) = (await event_state(store, job.id)).values()
+        assert event.delivered_ms is not None and event.attempts == 1
+        await d.close(1)
+    finally:
+        server.shutdown()

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -64,7 +65,8 @@ class Outbox(Protocol):
     """What the dispatcher needs from the store (``SqlStore`` and ``MemoryStore`` have it)."""
 
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+        """Per job, its oldest undelivered, not failed event if that one is due; the accounts in
+        turn (each one's oldest first), so that one account's backlog hides no other's."""
 
     async def record_attempt(
         self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
@@ -142,6 +144,11 @@ class CallbackDispatcher:
         self._resolver = resolver
         self._rand = rand
         self._inflight: dict[str, asyncio.Task[None]] = {}  # job id -> its delivery
+        # Fairness: whose deliveries hold the slots, and the receivers that keep failing.
+        self._holders: dict[str, tuple[str, str]] = {}  # job id -> (account, host) in flight
+        self._account_load: dict[str, int] = {}
+        self._host_load: dict[str, int] = {}
+        self._breakers: dict[str, _Breaker] = {}
         # Known jobs (see the module's doc): each one's offered events not yet started.
         self._known: dict[str, list[OutboxEvent]] = {}
         self._waiting: dict[str, None] = {}  # known jobs with events, waiting for a slot
@@ -201,7 +208,7 @@ class CallbackDispatcher:
         queue = self._known.get(job)
         if not queue or job in self._inflight or self._stopping.is_set():
             return
-        if len(self._inflight) >= self._policy.concurrency:
+        if len(self._inflight) >= self._policy.concurrency or not self._may_start(queue[0]):
             self._waiting[job] = None
             return
         self._waiting.pop(job, None)
@@ -325,23 +332,55 @@ class CallbackDispatcher:
         if self._retry_at_ms is not None and self._retry_at_ms <= now_ms:
             self._retry_at_ms = None  # due by now: this poll saw it
         free = self._policy.concurrency - len(self._inflight)
-        # more may be due than this round could start: the next finished delivery polls
-        self._starved = len(heads) >= limit or len(fresh) > free or bool(finished)
-        for event in fresh[:free]:
+        started = 0
+        for event in fresh:
+            if started >= free:
+                break
+            if not self._may_start(event):  # its account or receiver is at its limit
+                continue
             queue = self._known.get(event.job_id)
             if queue:  # offered, and waiting for a slot: the poll starts it
                 queue[:] = [e for e in queue if e.id != event.id]
             self._start(event)
-        return min(len(fresh), free)
+            started += 1
+        # more may be due than this round could start: the next finished delivery polls
+        self._starved = len(heads) >= limit or len(fresh) > started or bool(finished)
+        return started
+
+    def _may_start(self, event: OutboxEvent) -> bool:
+        """A slot for ``event`` is fair: its account and its receiver are under their limits,
+        and the receiver's breaker lets an attempt through."""
+        host = _host_of(event.url)
+        if self._account_load.get(event.account, 0) >= self._policy.account_limit:
+            return False
+        if self._host_load.get(host, 0) >= self._policy.host_limit:
+            return False
+        breaker = self._breakers.get(host)
+        return breaker is None or breaker.lets_through(self._clock.monotonic())
 
     def _start(self, event: OutboxEvent) -> None:
+        host = _host_of(event.url)
+        breaker = self._breakers.get(host)
+        if breaker is not None:
+            breaker.probing = True  # open and due for a probe: this attempt is it
+        self._holders[event.job_id] = (event.account, host)
+        self._account_load[event.account] = self._account_load.get(event.account, 0) + 1
+        self._host_load[host] = self._host_load.get(host, 0) + 1
         task = asyncio.create_task(self._deliver(event), name=f"callback-{event.id}")
         self._inflight[event.job_id] = task
         task.add_done_callback(functools.partial(self._finished, event.job_id))
 
+    def _release(self, job: str) -> None:
+        account, host = self._holders.pop(job)
+        for load, key in ((self._account_load, account), (self._host_load, host)):
+            load[key] -= 1
+            if not load[key]:
+                del load[key]
+
     def _finished(self, job: str, task: asyncio.Task[None]) -> None:
         if self._inflight.get(job) is task:
             del self._inflight[job]
+            self._release(job)
         if self._finished_in_poll is not None:
             self._finished_in_poll.add(job)
         _report_crash(task)
@@ -366,6 +405,7 @@ class CallbackDispatcher:
         status, error = await self._attempt(event)
         latency_ms = max(round((self._clock.monotonic() - started) * 1000), 0)
         ok = status is not None and 200 <= status < 300
+        self._judge_receiver(event, status, ok)
         outcome = decide(self._policy, event, now_ms=self._now_ms(), ok=ok, rand=self._rand())
         attempt = DeliveryAttempt(
             event_id=event.id, job_id=event.job_id, at_ms=at_ms, status_code=status,
@@ -389,6 +429,27 @@ class CallbackDispatcher:
             self._retry_at_ms = retry if self._retry_at_ms is None else min(retry,
                                                                              self._retry_at_ms)
         _log_attempt(event, attempt, outcome)
+
+    def _judge_receiver(self, event: OutboxEvent, status: int | None, ok: bool) -> None:
+        """Count the receiver's failures in a row (no answer, 429 or 5xx); open its breaker
+        after ``breaker_failures`` of them, and close it at its next success."""
+        host = _host_of(event.url)
+        breaker = self._breakers.get(host)
+        if ok or (status is not None and status < 500 and status != 429):
+            if breaker is not None:
+                del self._breakers[host]
+                logger.info("callback receiver answers again", extra={
+                    "action": "callback_breaker_closed", "host": host})
+            return
+        if breaker is None:
+            breaker = self._breakers[host] = _Breaker()
+        now = self._clock.monotonic()
+        if breaker.failed(now, self._policy.breaker_failures, self._policy.breaker_open_s):
+            logger.warning(
+                "callback receiver keeps failing: no attempt for %g s", self._policy.breaker_open_s,
+                extra={"action": "callback_breaker_open", "host": host,
+                       "failures": breaker.failures})
+            asyncio.get_running_loop().call_later(self._policy.breaker_open_s, self._wake.set)
 
     def _learn(self, job: str, pending: list[str], missed: int) -> None:
         """After a recorded attempt: the job is known if all it still has to deliver was
@@ -480,6 +541,36 @@ class CallbackDispatcher:
                 logger.debug("address failed, trying the next: %s", _describe(exc),
                              extra={"action": "callback_connect", "address": url.host})
         return await self._client.post(last, body, headers, target.sni_hostname)
+
+
+class _Breaker:
+    """One receiver host's failures in a row, and until when it gets no attempt."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until: float | None = None
+        self.probing = False
+
+    def lets_through(self, now: float) -> bool:
+        """Closed; or open, its time is up and no probe is in flight (one at a time)."""
+        if self.open_until is None:
+            return True
+        return now >= self.open_until and not self.probing
+
+    def failed(self, now: float, threshold: int, open_s: float) -> bool:
+        """One more failure; True if the breaker opens (again) now."""
+        self.failures += 1
+        self.probing = False
+        if self.failures >= threshold:
+            self.open_until = now + open_s
+            return True
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_of(url: str) -> str:
+    """The receiver a callback URL names (its host, lower case), for the per-host limits."""
+    return (urlsplit(url).hostname or "").lower()
 
 
 def _plain_ip(address: str) -> bool:

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_EXPIRY_S = 2.0  # under the usual 5 s idle timeout of receivers (uvicorn, Node)
 MAX_ANSWER_BYTES = 16 * 1024  # of an answer's body read so that its connection is reused
+ANSWER_BODY_S = 1.0  # longest wait for an answer's body after its head (then: not reused)
 MAX_HEAD_BYTES = 16 * 1024  # status line and headers of an answer
 USER_AGENT = f"livesnap/{__version__}"
 
@@ -197,7 +198,8 @@ class CallbackClient:
             status, version, fields = await self._head(conn)
             reusable = version == b"HTTP/1.1" and fields.get(b"connection") != b"close"
             try:
-                async with asyncio.timeout(self.read_timeout_s):
+                # the status is the answer: a body that trickles only costs the connection
+                async with asyncio.timeout(min(self.read_timeout_s, ANSWER_BODY_S)):
                     complete = await _read_body(conn.reader, status, fields)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 logger.debug("callback answer's body not read: %s", type(exc).__name__,

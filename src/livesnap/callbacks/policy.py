@@ -30,6 +30,14 @@ class DeliveryPolicy:
     total_timeout_s: float = 15.0  # one attempt, end to end (a slow-drip receiver)
     resolve_timeout_s: float = 5.0
     concurrency: int = 16
+    # at most this many deliveries in flight per account and per receiver host (0: half of
+    # ``concurrency``), so that one account's slow or hanging receivers leave the others slots
+    per_account: int = 0
+    per_host: int = 0
+    # a host whose last ``breaker_failures`` attempts all failed gets no attempt for
+    # ``breaker_open_s``, then one (a probe): its events wait instead of holding slots
+    breaker_failures: int = 5
+    breaker_open_s: float = 30.0
     poll_interval_s: float = 0.5
     # after a poll that found nothing due; None: poll_interval_s. Longer only where every
     # writer of the outbox hands its events over (offer) or says so (notify): one node.
@@ -37,6 +45,14 @@ class DeliveryPolicy:
     blocked_networks: tuple[Network, ...] = ()
     retention_s: float = 7 * 86_400.0  # delivered and given-up events are kept this long; 0 = ever
     prune_every_s: float = 600.0
+
+    @property
+    def account_limit(self) -> int:
+        return self.per_account or max(1, self.concurrency // 2)
+
+    @property
+    def host_limit(self) -> int:
+        return self.per_host or max(1, self.concurrency // 2)
 
     @property
     def idle_poll_s(self) -> float:
@@ -55,6 +71,10 @@ class DeliveryPolicy:
             raise ValueError("retention_s must be >= 0 and prune_every_s positive")
         if self.min_attempts < 1 or self.concurrency < 1:
             raise ValueError("min_attempts and concurrency must be at least 1")
+        if self.per_account < 0 or self.per_host < 0 or self.breaker_failures < 1 \
+                or self.breaker_open_s <= 0:
+            raise ValueError("per_account and per_host must be >= 0, breaker_failures >= 1 "
+                             "and breaker_open_s positive")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -111,7 +111,8 @@ class Store(Protocol):
 
     # callback outbox ---------------------------------------------------------------------
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        """Per job, its oldest undelivered, not failed event if that one is due; oldest first.
+        """Per job, its oldest undelivered, not failed event if that one is due; the accounts
+        in turn (each one's oldest first), so that one account's backlog hides no other's.
 
         A job's later events wait behind its head, which keeps callbacks in order per job.
         """

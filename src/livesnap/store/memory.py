@@ -232,13 +232,28 @@ class MemoryStore:
         return [_copy(e) for e in found]
 
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+        """Per job, its oldest undelivered, not failed event if that one is due; the accounts in
+        turn (each one's oldest first), so that one account's backlog hides no other's."""
         async with self._lock:
             heads: dict[str, OutboxEvent] = {}
             for e in self._select_events(_undelivered):
                 heads.setdefault(e.job_id, e)
         due = [e for e in heads.values() if e.next_attempt_ms <= now_ms]
-        return due[: max(limit, 0)]
+        # as the SQL store orders them: the accounts in turn, and in an account its callback
+        # URLs in turn; oldest first within a turn (the sorts are stable)
+        url_turns: dict[tuple[str, str], int] = {}
+        by_url = []
+        for e in due:
+            url_turns[(e.account, e.url)] = url_turns.get((e.account, e.url), 0) + 1
+            by_url.append((url_turns[(e.account, e.url)], e))
+        by_url.sort(key=lambda pair: pair[0])
+        turns: dict[str, int] = {}
+        ranked = []
+        for _, e in by_url:
+            turns[e.account] = turns.get(e.account, 0) + 1
+            ranked.append((turns[e.account], e))
+        ranked.sort(key=lambda pair: pair[0])
+        return [e for _, e in ranked][: max(limit, 0)]
 
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         async with self._lock:

@@ -473,7 +473,8 @@ class SqlStore:
 
     # callback outbox ---------------------------------------------------------------------
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]:
-        """Per job, its oldest undelivered, not failed event if that one is due; oldest first."""
+        """Per job, its oldest undelivered, not failed event if that one is due; the accounts in
+        turn (each one's oldest first), so that one account's backlog hides no other's."""
         params = {"b_now": now_ms, "b_limit": max(limit, 0)}
         return await self._events("due_heads", _DUE_HEADS, params)
 
@@ -786,9 +787,11 @@ def _record_attempt_stmt() -> Any:
 
 
 def _due_heads_stmt() -> Select[Any]:
-    """Each job's oldest undelivered, not failed event, if due by ``b_now``; oldest first, at
-    most ``b_limit``. Built once: the dispatcher asks about twice per delivery, and building
-    the windowed subquery cost more CPU than running it."""
+    """Each job's oldest undelivered, not failed event, if due by ``b_now``, at most
+    ``b_limit``: the accounts in turn (each one's oldest, then each one's second oldest, …),
+    so that one account's backlog never hides another's events. Built once: the dispatcher
+    asks about twice per delivery, and building the windowed subquery cost more CPU than
+    running it."""
     c = outbox_events.c
     rank = func.row_number().over(partition_by=c.job_id, order_by=(c.created_ms, c.seq))
     pending = (
@@ -797,10 +800,23 @@ def _due_heads_stmt() -> Select[Any]:
         .subquery()
     )
     p = pending.c
-    return (
-        select(*(p[col.name] for col in outbox_events.c))
+    url_turn = func.row_number().over(partition_by=(p.account, p.url),
+                                      order_by=(p.created_ms, p.seq))
+    heads = (
+        select(*(p[col.name] for col in outbox_events.c), url_turn.label("url_turn"))
         .where(p.job_rank == 1, p.next_attempt_ms <= bindparam("b_now", type_=BigInteger()))
-        .order_by(p.created_ms, p.seq)
+        .subquery()
+    )
+    h = heads.c
+    # within an account, its receivers (callback URLs) in turn too
+    turn = func.row_number().over(partition_by=h.account,
+                                  order_by=(h.url_turn, h.created_ms, h.seq))
+    turns = select(*(h[col.name] for col in outbox_events.c),
+                   turn.label("account_turn")).subquery()
+    t = turns.c
+    return (
+        select(*(t[col.name] for col in outbox_events.c))
+        .order_by(t.account_turn, t.created_ms, t.seq)
         .limit(bindparam("b_limit", type_=Integer()))
     )
 
