@@ -149,6 +149,7 @@ class CallbackDispatcher:
         self._account_load: dict[str, int] = {}
         self._host_load: dict[str, int] = {}
         self._breakers: dict[str, _Breaker] = {}
+        self._held_by: set[str] = set()  # accounts and hosts whose limit held events back
         # Known jobs (see the module's doc): each one's offered events not yet started.
         self._known: dict[str, list[OutboxEvent]] = {}
         self._waiting: dict[str, None] = {}  # known jobs with events, waiting for a slot
@@ -332,19 +333,25 @@ class CallbackDispatcher:
         if self._retry_at_ms is not None and self._retry_at_ms <= now_ms:
             self._retry_at_ms = None  # due by now: this poll saw it
         free = self._policy.concurrency - len(self._inflight)
-        started = 0
+        started, held = 0, 0
+        self._held_by.clear()
         for event in fresh:
             if started >= free:
                 break
             if not self._may_start(event):  # its account or receiver is at its limit
+                self._held_by.update((event.account, _host_of(event.url)))
+                held += 1
                 continue
             queue = self._known.get(event.job_id)
             if queue:  # offered, and waiting for a slot: the poll starts it
                 queue[:] = [e for e in queue if e.id != event.id]
             self._start(event)
             started += 1
-        # more may be due than this round could start: the next finished delivery polls
-        self._starved = len(heads) >= limit or len(fresh) > started or bool(finished)
+        # more may be due than this round could start: the next finished delivery polls.
+        # Events held back by a limit are polled again when a delivery of that account or
+        # host ends (``_held_by``), those behind an open breaker when it lets a probe through.
+        self._starved = (len(fresh) - held > started or bool(finished)
+                         or (len(heads) >= limit and started >= free))
         return started
 
     def _may_start(self, event: OutboxEvent) -> bool:
@@ -376,6 +383,8 @@ class CallbackDispatcher:
             load[key] -= 1
             if not load[key]:
                 del load[key]
+        if account in self._held_by or host in self._held_by:
+            self._wake.set()  # a slot its held-back events may take
 
     def _finished(self, job: str, task: asyncio.Task[None]) -> None:
         if self._inflight.get(job) is task:
