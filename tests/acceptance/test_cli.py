@@ -71,6 +71,7 @@ def test_every_command(env, server, publisher_factory):
     check_files_delete(env, server, job_id, stamp)
     check_storage_status(env)
     check_stop_start_restart(env, job_id)
+    check_delete_job(env, server, job_id)
     ok_json(env, "templates", "delete", template_id)
     line = failed(env, 1, "templates", "get", template_id)
     assert line.startswith("livesnap: TemplateNotFound: ")
@@ -121,6 +122,21 @@ def check_capture_and_files(env, server, job_id: str) -> int:
     stamps = [f["CreateTimestamp"] for f in json.loads(every.stdout)["FileList"]]  # page by page
     assert len(stamps) >= len(files["FileList"]) and stamps == sorted(set(stamps))
     return int(shot["CreateTimestamp"])
+
+
+def check_delete_job(env, server, job_id: str) -> None:
+    """``jobs delete --delete-objects``: the job, its records and its stored images go."""
+    listed = ok_json(env, "files", "list", job_id, "--start-time", "1h", "--limit", "100")
+    images = [server.storage_dir() / "oss-cn-shanghai.aliyuncs.com" / "bucket-cli" / f[
+        "OssObject"] for f in listed["FileList"]]
+    assert images and all(p.exists() for p in images)
+    done = ok_json(env, "jobs", "delete", job_id, "--delete-objects")
+    assert done["JobId"] == job_id and done["DeletedFiles"] >= len(images)
+    assert not any(p.exists() for p in images)
+    line = failed(env, 1, "jobs", "get", job_id)
+    assert line.startswith("livesnap: JobNotFound: ")
+    line = failed(env, 1, "jobs", "delete", job_id)
+    assert line.startswith("livesnap: JobNotFound: ")
 
 
 def check_storage_status(env) -> None:
@@ -302,7 +318,7 @@ def test_help_lists_every_command(env):
     for group in ("serve", "migrate", "version", "templates", "jobs", "files", "storage"):
         assert group in done.stdout
     jobs = livesnap(env, "jobs", "--help").stdout
-    for command in ("submit", "list", "get", "start", "stop", "restart", "capture"):
+    for command in ("submit", "list", "get", "start", "stop", "restart", "capture", "delete"):
         assert command in jobs
 
 

@@ -220,7 +220,16 @@ def test_account_b_cannot_reach_account_a_through_any_operation(world: World):
             tried += 1
         # and A can: the ids are right
         assert raw_rpc(w.endpoint, action, "testid", "testsecret", JobId=w.kept).status_code == 200
-    assert tried == 4 + 2 * 7 + 4
+    for job_id in (w.kept, w.live):  # deleting A's job (and its objects) as B
+        foreign = raw_rpc(w.endpoint, "DeleteLiveSnapshotJob", "otherid", "othersecret",
+                          JobId=job_id, DeleteOriginalFiles="true")
+        absent = raw_rpc(w.endpoint, "DeleteLiveSnapshotJob", "otherid", "othersecret",
+                         JobId=missing, DeleteOriginalFiles="true")
+        assert foreign.status_code == absent.status_code == 404, foreign.text
+        assert (foreign.json()["Code"], foreign.json()["Message"]) == (
+            absent.json()["Code"], absent.json()["Message"])
+        tried += 1
+    assert tried == 4 + 2 * 7 + 4 + 2
 
     # lists: nothing of A's, whatever B filters on
     b = w.b

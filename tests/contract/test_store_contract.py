@@ -447,6 +447,24 @@ async def test_missed_ticks_can_be_added_without_a_file(store: Store) -> None:
     assert loaded is not None and (loaded.missed_ticks, loaded.snapshot_count) == (4, 1)
 
 
+async def test_delete_job_takes_its_files_events_and_attempts(store: Store) -> None:
+    first, second = event("j1", T0), event("j1", T0 + 1)
+    await store.create_job(job("j1"), [first, second])
+    await store.create_job(job("j2"), [event("j2", T0)])
+    await store.record_snapshot(snap("j1", T0))
+    await store.record_snapshot(snap("j2", T0))
+    await store.record_attempt(attempt(first, T0 + 5), delivered=True, failed=False,
+                               next_attempt_ms=0)
+    assert await store.delete_job("j1")
+    assert await store.load_job("j1") is None
+    assert await store.get_files("j1", [T0]) == []
+    assert await store.get_events("j1", failed_only=False) == []
+    assert await store.delivery_log("j1", 10) == []
+    assert [e.job_id for e in await store.due_heads(T0 + 10, limit=10)] == ["j2"]
+    assert [f.job_id for f in await store.get_files("j2", [T0])] == ["j2"]  # untouched
+    assert not await store.delete_job("j1")
+
+
 async def test_an_object_named_by_another_accounts_record_is_found(store: Store) -> None:
     await store.create_job(job("ja", "acct-a"))
     await store.create_job(job("jb", "acct-b"))

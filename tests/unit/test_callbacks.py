@@ -1107,3 +1107,4 @@ async def test_a_2xx_whose_body_trickles_is_delivered_once():
         await d.close(1)
     finally:
         server.shutdown()
+        server.server_close()

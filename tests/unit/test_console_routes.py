@@ -412,3 +412,23 @@ async def test_the_job_page_shows_no_password_or_token_of_the_stream_url(console
     assert "s3cret-pw" not in state.text and "t0ken-value" not in state.text
     wall = await console.client.get("/console/")
     assert "s3cret-pw" not in wall.text
+
+
+async def test_a_job_is_deleted_from_its_page_and_only_by_its_account(console):
+    job = await console.job()
+    other = await console.job(account="acct-b", name="cam-b")
+    await console.login()
+    page = await console.client.get(f"/console/jobs/{job.id}")
+    assert f'action="/console/jobs/{job.id}/delete"' in page.text and "Delete job" in page.text
+    token = await console.csrf(f"/console/jobs/{job.id}")
+    refused = await console.client.post(f"/console/jobs/{job.id}/delete")
+    assert refused.status_code == 403  # no CSRF token
+    foreign = await console.client.post(f"/console/jobs/{other.id}/delete",
+                                        data={"csrf_token": token})
+    assert foreign.status_code == 404  # account B's job, as if it did not exist
+    done = await console.client.post(f"/console/jobs/{job.id}/delete",
+                                     data={"csrf_token": token})
+    assert done.status_code == 200 and "was deleted with 1 file records" in done.text
+    assert (await console.client.get(f"/console/jobs/{job.id}")).status_code == 404
+    assert job.id not in console.manager.engine.running
+    assert (await console.manager.get_job("acct-b", other.id)).id == other.id

@@ -444,3 +444,31 @@ async def test_account_limit_holds_for_starts_that_probe_at_the_same_time():
         assert manager._starting == {}
     finally:
         await manager.close(1)
+
+
+
+
+async def test_delete_job_stops_it_and_takes_its_records_and_objects(env):
+    manager, store, engine, _, remover = env
+    job = await manager.submit_job("a", spec())
+    await settle()
+    assert job.id in engine.running
+    for ms in (10, 20):
+        await manager.snapshot_stored(job, CaptureReport(
+            job_id=job.id, create_ms=ms, sequence=ms, sequence_key=f"k{ms}.jpg", overwrite_key=None,
+            width=1, height=1, size=1, stream_time_ms=None, lag_ms=None))
+    remover.fail_keys.add("k20.jpg")
+    with pytest.raises(OutputError, match="1 of the job's 2 objects could not be deleted"):
+        await manager.delete_job("a", job.id, delete_objects=True)
+    kept = await manager.get_job("a", job.id)  # the job stays, stopped, with the file left
+    assert kept.status is JobStatus.PAUSED and job.id not in engine.running
+    left = await manager.list_files("a", FileQuery(job_id=job.id, start_ms=0, end_ms=100, limit=10))
+    assert [f.create_ms for f in left] == [20]
+    remover.fail_keys.clear()
+    with pytest.raises(JobNotFound):
+        await manager.delete_job("b", job.id, delete_objects=True)  # another account's
+    assert await manager.delete_job("a", job.id, delete_objects=True) == 1
+    assert remover.deleted == ["k10.jpg", "k20.jpg"]
+    with pytest.raises(JobNotFound):
+        await manager.get_job("a", job.id)
+    assert await store.get_events(job.id, failed_only=False) == []

@@ -282,6 +282,13 @@ async def list_callback_attempts(ctx: Context, p: Params) -> dict[str, Any]:
     }
 
 
+async def delete_job(ctx: Context, p: Params) -> dict[str, Any]:
+    job_id = p.required("JobId", max_len=128)
+    deleted = await ctx.manager.delete_job(
+        ctx.account, job_id, delete_objects=p.boolean("DeleteOriginalFiles", default=False))
+    return {"JobId": job_id, "DeletedFiles": deleted}
+
+
 async def replay_callbacks(ctx: Context, p: Params) -> dict[str, Any]:
     job_id = p.required("JobId", max_len=128)
     return {"Requeued": await ctx.manager.replay_failed(ctx.account, job_id)}
@@ -302,4 +309,5 @@ ACTIONS: dict[str, Handler] = {
     # livesnap extensions
     "ListLiveSnapshotCallbackAttempts": list_callback_attempts,
     "ReplayLiveSnapshotCallbacks": replay_callbacks,
+    "DeleteLiveSnapshotJob": delete_job,
 }

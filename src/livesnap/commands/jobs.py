@@ -222,3 +222,19 @@ def capture_job(cli: Cli, job_id: JobId) -> None:
     """Take one snapshot now, at the next keyframe (a livesnap extension)."""
     body = _command(cli, job_id, "capture", f"Capturing job {job_id} at the next keyframe")
     cli.show(body, lambda: detail_table(body.get("Snapshot", {}), title="Snapshot"))
+
+
+@app.command("delete")
+@api_command
+def delete_job(
+    cli: Cli, job_id: JobId,
+    delete_objects: Annotated[bool, typer.Option(
+        "--delete-objects", help="Also delete the stored images its files name.")] = False,
+) -> None:
+    """Stop a job and delete it with its file records and callback events (a livesnap
+    extension); the stored images stay unless --delete-objects."""
+    params = [("JobId", job_id), ("DeleteOriginalFiles", "true" if delete_objects else "false")]
+    with cli.waiting(f"Deleting job {job_id}"):
+        body = cli.call("DeleteLiveSnapshotJob", params)
+    cli.show(body, lambda: f"deleted job {job_id} and {body.get('DeletedFiles', 0)} file records"
+             + (" with their images" if delete_objects else ""))

@@ -198,6 +198,22 @@ class WallViews:
         logger.info("console command", extra={"action": command, "job_id": job.id})
         return RedirectResponse(f"/console/jobs/{job.id}?done={command}", status_code=303)
 
+    async def delete(self, request: Request, visit: Visit) -> Response:
+        job = await self._job(visit, request)
+        if job is None:
+            return self._not_found(request, visit)
+        objects = visit.form.get("delete_objects") == "1"
+        try:
+            count = await self.manager.delete_job(visit.account, job.id, delete_objects=objects)
+        except LivesnapError as exc:
+            job = await self._job(visit, request) or job
+            return await self._render_job(request, visit, job, status=status_for(exc),
+                                          error=exc.message)
+        logger.info("console delete", extra={"action": "delete_job", "job_id": job.id})
+        what = f"{count} file records" + (" and their images" if objects else "")
+        return self.pages.message(request, visit.session, "Job deleted",
+                                  f"The job {job.name} was deleted with {what}.", status=200)
+
     def _not_found(self, request: Request, visit: Visit) -> Response:
         return self.pages.message(request, visit.session, "Job not found",
                                   "There is no such job in this account.", status=404)
@@ -296,6 +312,7 @@ def routes(console: Console) -> list[BaseRoute]:
         Route("/console/", page(views.wall), methods=["GET"]),
         Route("/console/jobs/{job_id}", page(views.job_page), methods=["GET"]),
         Route("/console/jobs/{job_id}/command", page(views.command), methods=["POST"]),
+        Route("/console/jobs/{job_id}/delete", page(views.delete), methods=["POST"]),
         Route("/console/jobs/{job_id}/state.json", api(views.state), methods=["GET"]),
         Route("/console/jobs/{job_id}/latest.jpg", api(views.latest_image), methods=["GET"]),
         Route("/console/jobs/{job_id}/files/{create_ms:int}.jpg", api(views.file_image),

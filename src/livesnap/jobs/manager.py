@@ -37,6 +37,7 @@ from livesnap.jobs import imaging, naming, urls
 from livesnap.jobs.events import captured_event, status_event
 from livesnap.jobs.hooks import HookCall, StreamEvent, stream_key
 from livesnap.jobs.models import (
+    INT64_MAX,
     SYSTEM_TEMPLATE_ID,
     ConnectMode,
     DeleteResult,
@@ -564,6 +565,48 @@ class JobManager:
             else:
                 raise InvalidParameter("Command must be one of: start, stop, restart, capture.")
         return None
+
+    async def delete_job(self, account: str, job_id: str, *, delete_objects: bool) -> int:
+        """Stop the job and delete it with its file records and callback events (livesnap's
+        ``DeleteLiveSnapshotJob``); with ``delete_objects`` its stored objects first. How many
+        file records went. If an object cannot be deleted, the job stays (stopped) with the
+        files whose objects remain, and ``OutputError`` says why."""
+        job = await self.get_job(account, job_id)
+        async with self._lock(job.id):
+            job = await self.get_job(account, job_id)
+            if job.status is JobStatus.STARTED:
+                job = await self._stop_locked(job, reason="delete")
+            else:
+                await self.engine.stop(job.id)
+            self._waiting.forget(job.id)
+            files = await self._all_files(job)
+            if delete_objects:
+                failures = {f.create_ms: await self._delete_object(job, f) for f in files}
+                failed = {ms: reason for ms, reason in failures.items() if reason}
+                if failed:
+                    await self._store.delete_files(job.id, [ms for ms in failures
+                                                            if ms not in failed])
+                    first = next(iter(failed.values()))
+                    raise OutputError(
+                        f"{len(failed)} of the job's {len(files)} objects could not be deleted "
+                        f"(first: {first}); the job and those files are kept, stopped.")
+            if not await self._store.delete_job(job.id):
+                raise JobNotFound()
+        logger.info("job deleted", extra={"action": "delete_job", "job_id": job.id,
+                                          "files": len(files), "objects": delete_objects})
+        return len(files)
+
+    async def _all_files(self, job: Job) -> list[SnapshotFile]:
+        """Every file record of the job, oldest first (a page at a time)."""
+        found: list[SnapshotFile] = []
+        start = 0
+        while True:
+            page = await self._store.list_files(job.account, FileQuery(
+                job_id=job.id, start_ms=start, end_ms=INT64_MAX, limit=1000))
+            found += page
+            if len(page) < 1000:
+                return found
+            start = page[-1].create_ms + 1
 
     async def _start_locked(self, job: Job, *, reason: str) -> None:
         reserved = await self._check_limits(job)

@@ -103,6 +103,10 @@ class Store(Protocol):
     async def delete_files(self, job_id: str, create_ms: Sequence[int]) -> list[int]:
         """Delete these file records; the ``create_ms`` values that existed and are gone."""
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete the job with its file records, its callback events and their attempts, in
+        one transaction; False if there was no such job."""
+
     async def object_named_elsewhere(
         self, account: str, endpoint: str, bucket: str, key: str
     ) -> bool:

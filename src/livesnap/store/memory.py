@@ -203,6 +203,16 @@ class MemoryStore:
             gone = [ms for ms in set(create_ms) if self._files.pop((job_id, ms), None)]
         return sorted(gone)
 
+    async def delete_job(self, job_id: str) -> bool:
+        async with self._lock:
+            if self._jobs.pop(job_id, None) is None:
+                return False
+            self._files = {k: f for k, f in self._files.items() if f.job_id != job_id}
+            gone = {e.id for e in self._events.values() if e.job_id == job_id}
+            self._events = {i: e for i, e in self._events.items() if i not in gone}
+            self._attempts = [a for a in self._attempts if a.event_id not in gone]
+            return True
+
     async def object_named_elsewhere(
         self, account: str, endpoint: str, bucket: str, key: str
     ) -> bool:

@@ -459,6 +459,17 @@ class SqlStore:
             "delete_files", lambda conn: conn.execute(stmt).scalars().all(), write=True)
         return sorted(int(value) for value in gone)
 
+    async def delete_job(self, job_id: str) -> bool:
+        # files and delivery attempts go with their job and events (ON DELETE CASCADE)
+        events = delete(outbox_events).where(outbox_events.c.job_id == job_id)
+        job = delete(jobs).where(jobs.c.id == job_id)
+
+        def body(conn: Connection) -> bool:
+            conn.execute(events)
+            return _changed(conn, job)
+
+        return await self._run("delete_job", body, write=True)
+
     async def object_named_elsewhere(
         self, account: str, endpoint: str, bucket: str, key: str
     ) -> bool:
