@@ -328,6 +328,7 @@ class Settings(BaseSettings):
     blocked_networks: str = ",".join(DEFAULT_BLOCKED_NETWORKS)
     max_jobs_per_account: int = Field(default=100, ge=1)
     max_jobs_per_node: int = Field(default=500, ge=1)
+    max_kept_jobs_per_account: int = Field(default=1000, ge=1)
     capture: bool = True
     jpeg_quality: int = Field(default=85, ge=1, le=100)
     skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)

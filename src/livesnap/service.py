@@ -265,6 +265,7 @@ async def build_service(
         limits=Limits(
             jobs_per_account=settings.max_jobs_per_account,
             jobs_per_node=settings.max_jobs_per_node,
+            kept_jobs_per_account=settings.max_kept_jobs_per_account,
         ),
         blocked_networks=settings.networks(),
         # a job waiting for its stream is probed again as a lost stream is reconnected

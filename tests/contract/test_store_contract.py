@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event as sa_event
 
-from livesnap.errors import JobNotFound, StoreError
+from livesnap.errors import JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
     SYSTEM_TEMPLATE_ID,
     ConnectMode,
@@ -445,6 +445,24 @@ async def test_missed_ticks_can_be_added_without_a_file(store: Store) -> None:
     assert await store.record_snapshot(snap("j1", T0 + 100), missed_ticks=1)
     loaded = await store.load_job("j1")
     assert loaded is not None and (loaded.missed_ticks, loaded.snapshot_count) == (4, 1)
+
+
+async def test_the_jobs_an_account_keeps_are_capped_in_the_transaction(store: Store) -> None:
+    await store.create_job(job("b1", "acct-b"), max_jobs=1)
+    # five Submits of one account at once against a limit of two: exactly two get in
+    outcomes = await asyncio.gather(
+        *(store.create_job(job(f"a{n}"), [event(f"a{n}")], max_jobs=2) for n in range(5)),
+        return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, JobLimitExceeded)]
+    assert len(refused) == 3 and outcomes.count(None) == 2, outcomes
+    assert "at most 2 jobs per account" in refused[0].message
+    kept = [n for n in range(5) if await store.load_job(f"a{n}") is not None]
+    assert len(kept) == 2
+    for n in set(range(5)) - set(kept):  # a refused job left no events behind
+        assert await store.get_events(f"a{n}", failed_only=False) == []
+    assert await store.delete_job(f"a{kept[0]}")
+    await store.create_job(job("a9"), max_jobs=2)  # a deleted job frees its place
+    await store.create_job(job("a10"))  # no limit given: none applied
 
 
 async def test_delete_job_takes_its_files_events_and_attempts(store: Store) -> None:

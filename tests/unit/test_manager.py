@@ -472,3 +472,18 @@ async def test_delete_job_stops_it_and_takes_its_records_and_objects(env):
     with pytest.raises(JobNotFound):
         await manager.get_job("a", job.id)
     assert await store.get_events(job.id, failed_only=False) == []
+
+
+async def test_an_account_keeps_at_most_its_limit_of_jobs_until_it_deletes_one():
+    manager = JobManager(store=MemoryStore(), clock=ManualClock(),
+                         policy=Policy(limits=Limits(kept_jobs_per_account=2)))
+    manager.attach_engine(FakeEngine(live=False))  # never started: kept jobs count too
+    await manager.open()
+    first = await manager.submit_job("a", spec())
+    await manager.submit_job("a", spec())
+    with pytest.raises(JobLimitExceeded, match="at most 2 jobs per account, started or not"):
+        await manager.submit_job("a", spec())
+    await manager.submit_job("b", spec())  # per account
+    await manager.delete_job("a", first.id, delete_objects=False)
+    await manager.submit_job("a", spec())
+    await manager.close(1)

@@ -79,10 +79,11 @@ QUALITY_ERROR_PREFIX = "quality: "
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Caps on running (``started``) jobs."""
+    """Caps on running (``started``) jobs, and on the jobs an account keeps."""
 
     jobs_per_account: int = 100
     jobs_per_node: int = 500
+    kept_jobs_per_account: int = 1000  # started or not (counted by the store, at Submit)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,7 +404,7 @@ class JobManager:
             created_ms=now,
             modified_ms=now,
         )
-        await self._store.create_job(job)
+        await self._store.create_job(job, max_jobs=self._policy.limits.kept_jobs_per_account)
         self._background(self._probe_at_submit(job), f"probe-{job.id}")
         return job
 

@@ -307,3 +307,9 @@ class JobSpec:
 class DeleteResult:
     create_ms: int
     result: str  # "OK" or the reason it failed
+
+
+def kept_jobs_message(limit: int) -> str:
+    """``JobLimitExceeded``'s message when an account keeps its most jobs."""
+    return (f"Job limit exceeded: at most {limit} jobs per account, started or not; delete "
+            "jobs you no longer need (DeleteLiveSnapshotJob).")

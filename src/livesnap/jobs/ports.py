@@ -56,7 +56,12 @@ class Store(Protocol):
         """The account's templates and the system templates, by creation time."""
 
     # jobs --------------------------------------------------------------------------------
-    async def create_job(self, job: Job, events: Sequence[OutboxEvent] = ()) -> None: ...
+    async def create_job(
+        self, job: Job, events: Sequence[OutboxEvent] = (), *, max_jobs: int | None = None
+    ) -> None:
+        """Store a new job (and its events); with ``max_jobs``, ``JobLimitExceeded`` instead if
+        its account would keep more jobs than that, counted in the same transaction (so that
+        several API nodes on one database cannot pass the limit together)."""
 
     async def get_job(self, account: str, job_id: str) -> Job | None: ...
 

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from livesnap.errors import JobNotFound, StoreError
+from livesnap.errors import JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
     DeliveryAttempt,
     FileQuery,
@@ -28,6 +28,7 @@ from livesnap.jobs.models import (
     Template,
     TemplateQuery,
     TemplateType,
+    kept_jobs_message,
 )
 from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store.rows import encode_data
@@ -102,10 +103,15 @@ class MemoryStore:
         return _page([t for t in found if _template_matches(t, query)], query)
 
     # jobs --------------------------------------------------------------------------------
-    async def create_job(self, job: Job, events: Sequence[OutboxEvent] = ()) -> None:
+    async def create_job(
+        self, job: Job, events: Sequence[OutboxEvent] = (), *, max_jobs: int | None = None
+    ) -> None:
         async with self._lock:
             if job.id in self._jobs:
                 raise StoreError(f"create_job: duplicate id {job.id!r}")
+            kept = sum(1 for j in self._jobs.values() if j.account == job.account)
+            if max_jobs is not None and kept >= max_jobs:
+                raise JobLimitExceeded(kept_jobs_message(max_jobs))
             self._check_new_events(events)
             self._jobs[job.id] = job
             self._add_events(events)

@@ -37,6 +37,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -46,7 +47,7 @@ from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from livesnap.errors import FencedOut, JobNotFound, StoreError
+from livesnap.errors import FencedOut, JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
     DeliveryAttempt,
     FileQuery,
@@ -61,6 +62,7 @@ from livesnap.jobs.models import (
     Template,
     TemplateQuery,
     TemplateType,
+    kept_jobs_message,
 )
 from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store import rows
@@ -346,11 +348,22 @@ class SqlStore:
         return Page(items=[rows.template_from_row(row) for row in found], total=total)
 
     # jobs --------------------------------------------------------------------------------
-    async def create_job(self, job: Job, events: Sequence[OutboxEvent] = ()) -> None:
+    async def create_job(
+        self, job: Job, events: Sequence[OutboxEvent] = (), *, max_jobs: int | None = None
+    ) -> None:
         stmt = insert(jobs).values(rows.job_values(job))
+        postgres = self._engine.dialect.name == "postgresql"
 
         def body(conn: Connection) -> None:
+            if max_jobs is not None and postgres:  # one Submit per account at a time
+                conn.execute(_LOCK_ACCOUNT, {"key": f"livesnap-jobs:{job.account}"})
+            # insert, then count: on SQLite the insert takes the database's one write lock
+            # first, so another process's count comes after this transaction's commit
             conn.execute(stmt)
+            if max_jobs is not None:
+                kept = conn.execute(_COUNT_JOBS, {"b_account": job.account}).scalar_one()
+                if kept > max_jobs:  # raising rolls the insert back
+                    raise JobLimitExceeded(kept_jobs_message(max_jobs))
             _insert_events(conn, events)
 
         await self._run("create_job", body, write=True)
@@ -833,6 +846,9 @@ def _due_heads_stmt() -> Select[Any]:
 
 
 _DUE_HEADS = _due_heads_stmt()
+_COUNT_JOBS = select(func.count()).select_from(jobs).where(
+    jobs.c.account == bindparam("b_account"))
+_LOCK_ACCOUNT = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
 _INSERT_ATTEMPTS = insert(delivery_attempts)
 _INSERT_EVENTS = insert(outbox_events)
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
