@@ -1043,30 +1043,45 @@ async def test_one_receiver_gets_at_most_its_share_of_an_accounts_deliveries(sto
     await d.close(0.1)
 
 
-async def test_a_receiver_that_keeps_failing_gets_no_attempt_until_its_breaker_lets_a_probe(
+async def test_a_receiver_that_keeps_hanging_gets_no_attempt_until_its_breaker_lets_a_probe(
         store):
     clock = ManualClock(T0 / 1000)
     jobs = [make_job(f"j{n}", url="http://down.test/cb") for n in range(8)]
     for n, job in enumerate(jobs):
         await store.create_job(job, [captured(job, n)])
     clock.advance(200)
-    receiver = ByHost(status={"down.test": 503})
-    policy = DeliveryPolicy(concurrency=1, blocked_networks=BLOCKED, total_timeout_s=1,
+    receiver = ByHost(hang={"down.test"})
+    policy = DeliveryPolicy(concurrency=1, blocked_networks=BLOCKED, total_timeout_s=0.05,
                             breaker_failures=3, breaker_open_s=30)
     d = dispatcher(store, receiver, clock, policy=policy)
     for _ in range(6):
         await d.dispatch_once()
-    assert len(receiver.requests) == 3  # three failures in a row open the breaker
+    assert len(receiver.requests) == 3  # three attempts in a row hung: the breaker opens
     clock.advance(29)
     await d.dispatch_once()
     assert len(receiver.requests) == 3
     clock.advance(1)
-    receiver.status["down.test"] = 200
-    await d.dispatch_once()  # the probe, which succeeds: the breaker closes
+    receiver.hang.clear()
+    await d.dispatch_once()  # the probe, which is answered: the breaker closes
     assert len(receiver.requests) == 4
     for _ in range(3):
         await d.dispatch_once()
     assert len(receiver.requests) == 7  # one at a time (concurrency 1), no breaker
+
+
+async def test_quick_failures_never_open_the_breaker(store):
+    clock = ManualClock(T0 / 1000)
+    for n in range(6):
+        job = make_job(f"j{n}", url="http://err.test/cb")
+        await store.create_job(job, [captured(job, n)])
+    clock.advance(200)
+    receiver = ByHost(status={"err.test": 503})
+    policy = DeliveryPolicy(concurrency=1, blocked_networks=BLOCKED, total_timeout_s=1,
+                            breaker_failures=2, breaker_open_s=30)
+    d = dispatcher(store, receiver, clock, policy=policy)
+    for _ in range(6):
+        await d.dispatch_once()
+    assert len(receiver.requests) == 6  # a 503 answers at once: the usual retries go on
 
 
 async def test_a_2xx_whose_body_trickles_is_delivered_once():

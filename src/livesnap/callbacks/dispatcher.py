@@ -414,7 +414,7 @@ class CallbackDispatcher:
         status, error = await self._attempt(event)
         latency_ms = max(round((self._clock.monotonic() - started) * 1000), 0)
         ok = status is not None and 200 <= status < 300
-        self._judge_receiver(event, status, ok)
+        self._judge_receiver(event, hung=error.startswith("timeout"))
         outcome = decide(self._policy, event, now_ms=self._now_ms(), ok=ok, rand=self._rand())
         attempt = DeliveryAttempt(
             event_id=event.id, job_id=event.job_id, at_ms=at_ms, status_code=status,
@@ -439,12 +439,13 @@ class CallbackDispatcher:
                                                                              self._retry_at_ms)
         _log_attempt(event, attempt, outcome)
 
-    def _judge_receiver(self, event: OutboxEvent, status: int | None, ok: bool) -> None:
-        """Count the receiver's failures in a row (no answer, 429 or 5xx); open its breaker
-        after ``breaker_failures`` of them, and close it at its next success."""
+    def _judge_receiver(self, event: OutboxEvent, *, hung: bool) -> None:
+        """Count the receiver's attempts in a row that hung until a timeout (each held a
+        slot that long; a refusal or an error status is quick and does not count); open its
+        breaker after ``breaker_failures`` of them, and close it at the next answer."""
         host = _host_of(event.url)
         breaker = self._breakers.get(host)
-        if ok or (status is not None and status < 500 and status != 429):
+        if not hung:
             if breaker is not None:
                 del self._breakers[host]
                 logger.info("callback receiver answers again", extra={
@@ -455,7 +456,7 @@ class CallbackDispatcher:
         now = self._clock.monotonic()
         if breaker.failed(now, self._policy.breaker_failures, self._policy.breaker_open_s):
             logger.warning(
-                "callback receiver keeps failing: no attempt for %g s", self._policy.breaker_open_s,
+                "callback receiver keeps hanging: no attempt for %g s", self._policy.breaker_open_s,
                 extra={"action": "callback_breaker_open", "host": host,
                        "failures": breaker.failures})
             asyncio.get_running_loop().call_later(self._policy.breaker_open_s, self._wake.set)

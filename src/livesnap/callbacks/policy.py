@@ -34,9 +34,10 @@ class DeliveryPolicy:
     # ``concurrency``), so that one account's slow or hanging receivers leave the others slots
     per_account: int = 0
     per_host: int = 0
-    # a host whose last ``breaker_failures`` attempts all failed gets no attempt for
-    # ``breaker_open_s``, then one (a probe): its events wait instead of holding slots
-    breaker_failures: int = 5
+    # a host whose last ``breaker_failures`` attempts all hung until their timeout gets no
+    # attempt for ``breaker_open_s``, then one (a probe): its events wait instead of holding
+    # slots (quick failures, a refused connection or an error status, do not count)
+    breaker_failures: int = 10
     breaker_open_s: float = 30.0
     poll_interval_s: float = 0.5
     # after a poll that found nothing due; None: poll_interval_s. Longer only where every
