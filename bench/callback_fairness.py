@@ -10,7 +10,7 @@ Two windows in one run: A alone, then A with B. For each: the time from A's even
 written to its request reaching A's receiver, p50 and p99, and their ratio. Target (fair
 callbacks): A's p99 with B within 2x of A's alone.
 
-    .venv/bin/python bench/callback_fairness.py --hanging 400 --window 30 --json
+    .venv/bin/python bench/callback_fairness.py --hanging 400 --window 30 --every 0.1 --json
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hanging", type=int, default=400, help="B's jobs (default 400)")
     parser.add_argument("--window", type=float, default=30.0, help="seconds per window")
-    parser.add_argument("--every", type=float, default=0.2, help="A's event period (s)")
+    parser.add_argument("--every", type=float, default=0.1, help="A's event period (s)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # B's failed attempts are the point, not news
