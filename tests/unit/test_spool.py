@@ -238,3 +238,9 @@ def test_retry_delay_grows_and_is_capped():
     assert limits.retry_delay(3, 0.999) == pytest.approx(2.002)
     with pytest.raises(ValueError, match="retry_base_s"):
         SpoolLimits(retry_base_s=5, retry_max_s=1)
+
+
+def test_a_store_that_is_back_is_tried_within_5_s_by_default():
+    limits = SpoolLimits()
+    assert max(limits.retry_delay(n, 0.0) for n in range(1, 40)) == 5.0
+    assert 2.5 <= limits.retry_delay(30, 1.0) <= 5.0
