@@ -465,6 +465,30 @@ async def test_the_jobs_an_account_keeps_are_capped_in_the_transaction(store: St
     await store.create_job(job("a10"))  # no limit given: none applied
 
 
+async def test_the_started_jobs_of_an_account_are_capped_in_the_transaction(store: Store) -> None:
+    for n in range(5):
+        await store.create_job(job(f"a{n}"))
+    await store.create_job(job("b0", "acct-b"))
+    start = JobPatch(status=JobStatus.STARTED)
+    outcomes = await asyncio.gather(
+        *(store.update_job(f"a{n}", start, now_ms=T0, max_started=2) for n in range(5)),
+        return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, JobLimitExceeded)]
+    assert len(refused) == 3, outcomes
+    assert "at most 2 started jobs per account" in refused[0].message
+    started = [n for n in range(5)
+               if (loaded := await store.load_job(f"a{n}")) and loaded.status is JobStatus.STARTED]
+    assert len(started) == 2
+    # a started job patched as started again counts once; another account is apart
+    assert await store.update_job(f"a{started[0]}", start, now_ms=T0 + 1, max_started=2)
+    assert await store.update_job("b0", start, now_ms=T0, max_started=1)
+    # other changes are never limited, nor starts without a limit
+    refused_one = next(n for n in range(5) if n not in started)
+    assert await store.update_job(f"a{refused_one}", JobPatch(last_error="x"), now_ms=T0,
+                                  max_started=2)
+    assert await store.update_job(f"a{refused_one}", start, now_ms=T0)
+
+
 async def test_delete_job_takes_its_files_events_and_attempts(store: Store) -> None:
     first, second = event("j1", T0), event("j1", T0 + 1)
     await store.create_job(job("j1"), [first, second])

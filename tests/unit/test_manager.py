@@ -487,3 +487,38 @@ async def test_an_account_keeps_at_most_its_limit_of_jobs_until_it_deletes_one()
     await manager.delete_job("a", first.id, delete_objects=False)
     await manager.submit_job("a", spec())
     await manager.close(1)
+
+
+async def test_two_api_nodes_cannot_start_past_the_account_limit_together():
+    """Two managers on one database, each counting its own probing starts: the database's
+    check at the start's write refuses the second, and its session is stopped again."""
+    class Probing(FakeEngine):  # a start probes its stream for a while, as a real one does
+        async def start(self, job, *, probe):
+            await asyncio.sleep(0.05)
+            await super().start(job, probe=probe)
+
+    store = MemoryStore()
+    engines = [Probing(), Probing()]
+    nodes = []
+    for engine in engines:
+        node = JobManager(store=store, clock=ManualClock(),
+                          policy=Policy(limits=Limits(jobs_per_account=1)))
+        node.attach_engine(engine)
+        await node.open()
+        nodes.append(node)
+    jobs = [await nodes[0].submit_job("a", spec()) for _ in range(2)]
+    await settle()
+    for node, job in zip(nodes, jobs, strict=True):  # nothing started at submit? stop all
+        with contextlib.suppress(JobNotStarted, JobLimitExceeded):
+            await node.command("a", job.id, "stop")
+    outcomes = await asyncio.gather(
+        *(node.command("a", job.id, "start") for node, job in zip(nodes, jobs, strict=True)),
+        return_exceptions=True)
+    assert sum(isinstance(o, JobLimitExceeded) for o in outcomes) == 1, outcomes
+    states = [await store.load_job(job.id) for job in jobs]
+    assert sorted(s.status.value for s in states) == ["paused", "started"]
+    refused = next(s for s in states if s.status is not JobStatus.STARTED)
+    assert "at most 1 started jobs per account" in refused.last_error
+    assert sum(len(e.running) for e in engines) == 1  # the refused start's session stopped
+    for node in nodes:
+        await node.close(1)

@@ -58,6 +58,7 @@ from livesnap.jobs.models import (
     TemplateSpec,
     TemplateType,
     Verdict,
+    started_jobs_message,
 )
 from livesnap.jobs.ports import (
     CaptureEngine,
@@ -617,11 +618,16 @@ class JobManager:
             except StreamNotFound as exc:
                 await self._change(job.id, JobPatch(last_error=exc.message), reason="")
                 raise
-            await self._change(
-                job.id,
-                JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
-                reason=reason,
-            )
+            try:  # the database checks the account's started jobs again (other API nodes)
+                await self._change(
+                    job.id,
+                    JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
+                    reason=reason, max_started=self._policy.limits.jobs_per_account,
+                )
+            except JobLimitExceeded as exc:
+                await self.engine.stop(job.id)
+                await self._change(job.id, JobPatch(last_error=exc.message), reason="")
+                raise
         finally:
             if reserved:
                 self._starting[job.account] -= 1
@@ -644,9 +650,7 @@ class JobManager:
         started = await self._store.count_jobs(job.account, JobStatus.STARTED)
         # no await from here to the reservation: the check and the count are one step
         if started + self._starting.get(job.account, 0) >= limits.jobs_per_account:
-            raise JobLimitExceeded(
-                f"Job limit exceeded: at most {limits.jobs_per_account} started jobs per account."
-            )
+            raise JobLimitExceeded(started_jobs_message(limits.jobs_per_account))
         self._starting[job.account] = self._starting.get(job.account, 0) + 1
         return True
 
@@ -664,7 +668,9 @@ class JobManager:
         result = await self.engine.capture_now(job)
         return result.file
 
-    async def _change(self, job_id: str, patch: JobPatch, *, reason: str) -> Job | None:
+    async def _change(
+        self, job_id: str, patch: JobPatch, *, reason: str, max_started: int | None = None
+    ) -> Job | None:
         """Apply a patch; a status change also enqueues its callback event, atomically."""
         now = self._now_ms()
         before = await self._store.load_job(job_id)
@@ -677,7 +683,8 @@ class JobManager:
         events: list[OutboxEvent] = []
         if changed and before.callback_url:
             events.append(status_event(self._new_id(), before, after, reason=reason, now_ms=now))
-        updated = await self._store.update_job(job_id, patch, now_ms=now, events=events)
+        updated = await self._store.update_job(job_id, patch, now_ms=now, events=events,
+                                               max_started=max_started)
         if events and updated is not None:
             self._events_written(events)
         return updated

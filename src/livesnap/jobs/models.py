@@ -313,3 +313,8 @@ def kept_jobs_message(limit: int) -> str:
     """``JobLimitExceeded``'s message when an account keeps its most jobs."""
     return (f"Job limit exceeded: at most {limit} jobs per account, started or not; delete "
             "jobs you no longer need (DeleteLiveSnapshotJob).")
+
+
+def started_jobs_message(limit: int) -> str:
+    """``JobLimitExceeded``'s message when an account runs its most started jobs."""
+    return f"Job limit exceeded: at most {limit} started jobs per account."

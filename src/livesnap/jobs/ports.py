@@ -79,9 +79,12 @@ class Store(Protocol):
     async def count_jobs(self, account: str, status: JobStatus) -> int: ...
 
     async def update_job(
-        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = ()
+        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = (),
+        max_started: int | None = None,
     ) -> Job | None:
-        """Apply ``patch`` and enqueue ``events`` in one transaction; the job after, or None."""
+        """Apply ``patch`` and enqueue ``events`` in one transaction; the job after, or None.
+        With ``max_started``, a patch that starts the job raises ``JobLimitExceeded`` instead
+        if its account would then have more started jobs, counted in the same transaction."""
 
     async def allocate_sequence(self, job_id: str) -> int:
         """The job's next ``{Sequence}`` value (1, 2, …); never hands out a value twice."""

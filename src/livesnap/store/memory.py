@@ -29,6 +29,7 @@ from livesnap.jobs.models import (
     TemplateQuery,
     TemplateType,
     kept_jobs_message,
+    started_jobs_message,
 )
 from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store.rows import encode_data
@@ -145,12 +146,18 @@ class MemoryStore:
             )
 
     async def update_job(
-        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = ()
+        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = (),
+        max_started: int | None = None,
     ) -> Job | None:
         async with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
+            if max_started is not None and patch.status is JobStatus.STARTED:
+                started = sum(1 for j in self._jobs.values() if j.account == job.account
+                              and j.status is JobStatus.STARTED and j.id != job_id)
+                if started >= max_started:
+                    raise JobLimitExceeded(started_jobs_message(max_started))
             self._check_new_events(events)
             job = job.evolve(**_patch_changes(patch), modified_ms=now_ms)
             self._jobs[job_id] = job

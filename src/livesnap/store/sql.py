@@ -63,6 +63,7 @@ from livesnap.jobs.models import (
     TemplateQuery,
     TemplateType,
     kept_jobs_message,
+    started_jobs_message,
 )
 from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store import rows
@@ -402,15 +403,28 @@ class SqlStore:
         return await self._run("count_jobs", lambda conn: int(conn.scalar(stmt) or 0))
 
     async def update_job(
-        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = ()
+        self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = (),
+        max_started: int | None = None,
     ) -> Job | None:
         changes = {**rows.patch_values(patch), "modified_ms": now_ms}
         stmt = update(jobs).where(jobs.c.id == job_id).values(changes).returning(*jobs.c)
+        limited = max_started is not None and patch.status is JobStatus.STARTED
+        postgres = self._engine.dialect.name == "postgresql"
 
         def body(conn: Connection) -> RowMapping | None:
+            if limited and postgres:  # one start per account at a time, across API nodes
+                account = conn.execute(_ACCOUNT_OF, {"b_job": job_id}).scalar()
+                if account is not None:
+                    conn.execute(_LOCK_ACCOUNT, {"key": f"livesnap-started:{account}"})
+            # update, then count (as create_job: on SQLite the write lock comes first)
             row = conn.execute(stmt).mappings().first()
-            if row is not None:
-                _insert_events(conn, events)
+            if row is None:
+                return None
+            if limited and max_started is not None:
+                started = conn.execute(_COUNT_STARTED, {"b_account": row["account"]}).scalar_one()
+                if started > max_started:  # raising rolls the update back
+                    raise JobLimitExceeded(started_jobs_message(max_started))
+            _insert_events(conn, events)
             return row
 
         row = await self._run("update_job", body, write=True)
@@ -849,6 +863,9 @@ _DUE_HEADS = _due_heads_stmt()
 _COUNT_JOBS = select(func.count()).select_from(jobs).where(
     jobs.c.account == bindparam("b_account"))
 _LOCK_ACCOUNT = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+_COUNT_STARTED = select(func.count()).select_from(jobs).where(
+    jobs.c.account == bindparam("b_account"), jobs.c.status == JobStatus.STARTED.value)
+_ACCOUNT_OF = select(jobs.c.account).where(jobs.c.id == bindparam("b_job"))
 _INSERT_ATTEMPTS = insert(delivery_attempts)
 _INSERT_EVENTS = insert(outbox_events)
 _COUNT_SNAPSHOT = _count_snapshot_stmt()
