@@ -154,7 +154,7 @@ class StorageCredential:
     @property
     def shared(self) -> bool:
         """True if several accounts may write to the entry (each under its own prefix)."""
-        return self.accounts is not None and (len(self.accounts) > 1 or "*" in self.accounts)
+        return _shared(self.accounts)
 
     def allows(self, account: str) -> bool:
         return self.accounts is None or "*" in self.accounts or account in self.accounts
@@ -254,11 +254,17 @@ def _accounts(value: object, where: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(value))
 
 
+def _shared(accounts: tuple[str, ...] | None) -> bool:
+    return accounts is not None and (len(accounts) > 1 or "*" in accounts)
+
+
 def _prefix(value: object, accounts: tuple[str, ...] | None, where: str) -> str:
     """The entry's key prefix: ``{Account}/`` by default when several accounts share it."""
-    shared = accounts is not None and (len(accounts) > 1 or "*" in accounts)
-    if value is None or (value == "" and not shared):
-        return f"{ACCOUNT_PLACEHOLDER}/" if shared and value is None else ""
+    shared = _shared(accounts)
+    if value is None:
+        return f"{ACCOUNT_PLACEHOLDER}/" if shared else ""
+    if value == "" and not shared:
+        return ""
     segments = value.split("/") if isinstance(value, str) else []
     if (not isinstance(value, str) or not value.endswith("/")
             or any(s in ("", ".", "..") for s in segments[:-1])):

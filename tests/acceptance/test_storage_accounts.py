@@ -6,10 +6,6 @@ other's pictures. Before storage entries named their accounts, B overwrote A's o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from alibabacloud_ice20201109 import models as m
 
@@ -23,7 +19,7 @@ from tests.acceptance.test_storage_e2e import (
     storage_env,
     submit,
 )
-from tests.support.service import KEYS, LivesnapServer, free_port, ice_client, raw_job
+from tests.support.service import LivesnapServer, ice_client, raw_job, serve_until_exit
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -114,11 +110,7 @@ def test_an_entry_for_one_account_is_not_open_to_another(tmp_path, seaweed, publ
 
 def test_serve_refuses_storage_entries_that_do_not_name_their_accounts(tmp_path, seaweed):
     unsaid = {k: v for k, v in seaweed.credential().items() if k != "accounts"}
-    env = {**os.environ, **storage_env(tmp_path, [unsaid]), "LIVESNAP_ACCESS_KEYS": KEYS}
-    done = subprocess.run(
-        [sys.executable, "-m", "livesnap", "serve", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "data")],
-        env=env, text=True, capture_output=True, timeout=30, check=False)
+    done = serve_until_exit(tmp_path / "data", env=storage_env(tmp_path, [unsaid]))
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("livesnap: storage config entry 1 (s3 http://127.0.0.1:")

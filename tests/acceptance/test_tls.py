@@ -21,8 +21,13 @@ import pytest
 from alibabacloud_ice20201109 import models as m
 from darabonba.exceptions import UnretryableException
 
-from tests.support.servers import free_port
-from tests.support.service import KEYS, LivesnapServer, core_client, core_request, ice_client
+from tests.support.service import (
+    LivesnapServer,
+    core_client,
+    core_request,
+    ice_client,
+    serve_until_exit,
+)
 from tests.support.tls import write_certificates
 
 pytestmark = pytest.mark.acceptance
@@ -165,15 +170,6 @@ def test_the_livesnap_cli_trusts_the_ca_from_ssl_cert_file(server, tls, tmp_path
     assert json.loads(done.stdout)["TemplateId"] == "system"
 
 
-def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVESNAP_")}
-    return subprocess.run(
-        [sys.executable, "-m", "livesnap", "serve", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "data"), *args],
-        env={**env, "LIVESNAP_ACCESS_KEYS": KEYS}, text=True, capture_output=True,
-        timeout=30, check=False)
-
-
 @pytest.mark.parametrize(("files", "message"), [
     (("--tls-cert", "{cert}"), "tls_cert is given but not tls_key (--tls-key, LIVESNAP_TLS_KEY)"),
     (("--tls-cert", "{cert}", "--tls-key", "{missing}"),
@@ -183,7 +179,7 @@ def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 ])
 def test_a_bad_tls_configuration_is_one_line_at_start(tmp_path, tls, files, message):
     names = {"cert": tls.cert, "key": tls.key, "missing": tmp_path / "missing-key.pem"}
-    done = serve(tmp_path, *(arg.format(**names) for arg in files))
+    done = serve_until_exit(tmp_path / "data", *(arg.format(**names) for arg in files))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("livesnap: "), done.stderr

@@ -20,7 +20,7 @@ import urllib.error
 from pathlib import Path
 from typing import Any, Self
 
-from tests.support.servers import _Managed, _tail, free_port, http_get
+from tests.support.servers import _Managed, _tail, free_port, http_get, stop_group
 
 ACCESS_KEY = "livesnap-test-ak"
 SECRET_KEY = "livesnap-test-secret-key"
@@ -112,17 +112,8 @@ class SeaweedServer(_Managed):
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (graceful, about 3.5 s), SIGKILL after ``timeout``; the data stays."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self._proc is not None:
+            stop_group(self._proc, signal.SIGTERM, timeout)
 
     def cleanup(self) -> None:
         """Stop and remove the data directory."""

@@ -114,6 +114,18 @@ class LivesnapServer:
         RUNNING.discard(self)
 
 
+def serve_until_exit(data_dir: Path, *args: str,
+                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``livesnap serve`` expected to stop by itself at start (a refused configuration): the
+    tests' keys, no ``LIVESNAP_*`` of the caller's, and ``env``; its exit code and output."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIVESNAP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "livesnap", "serve", "--port", str(free_port()),
+         "--data-dir", str(data_dir), *args],
+        env={**base, "LIVESNAP_ACCESS_KEYS": KEYS, **(env or {})}, text=True,
+        capture_output=True, timeout=30, check=False)
+
+
 def ice_client(endpoint: str, *, key: str = "testid", secret: str = "testsecret", v2: bool = False,
                protocol: str | None = "http", ca: str | None = None):
     """The official ``alibabacloud-ice20201109`` client (ACS3, or RPC HMAC-SHA1 with v2).

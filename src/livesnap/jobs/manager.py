@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 128
 STORAGE_ERROR_PREFIX = "storage: "
+FILE_PAGE = 1000  # file records read at a time when a job is deleted
 QUALITY_ERROR_PREFIX = "quality: "
 
 
@@ -604,9 +605,9 @@ class JobManager:
         start = 0
         while True:
             page = await self._store.list_files(job.account, FileQuery(
-                job_id=job.id, start_ms=start, end_ms=INT64_MAX, limit=1000))
+                job_id=job.id, start_ms=start, end_ms=INT64_MAX, limit=FILE_PAGE))
             found += page
-            if len(page) < 1000:
+            if len(page) < FILE_PAGE:
                 return found
             start = page[-1].create_ms + 1
 

@@ -38,6 +38,7 @@ from livesnap.outputs.spool import (
 logger = logging.getLogger(__name__)
 
 SinkFactory = Callable[[StorageCredential, str, str], SnapshotSink]
+OBJECT_STORE_TYPES = ("oss", "s3")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +50,6 @@ class TargetState:
     pending: int  # captures waiting for it, in flight included
     in_flight: int  # uploads running
     oldest_in_flight_s: float  # how long the oldest running upload has taken so far
-OBJECT_STORE_TYPES = ("oss", "s3")
 
 
 def find_credential(
@@ -117,16 +117,16 @@ class StorageRouter:
 
     def target_states(self) -> list[TargetState]:
         """Each target written so far (the routes of every account to it together)."""
-        states: dict[str, TargetState] = {}
-        for u in self._uploaders:
-            seen = states.get(u.name)
-            state = TargetState(name=u.name, outage=u.outage is not None, pending=u.pending,
-                                in_flight=u.in_flight, oldest_in_flight_s=u.oldest_in_flight_s())
-            states[u.name] = state if seen is None else TargetState(
-                name=u.name, outage=seen.outage or state.outage,
-                pending=seen.pending + state.pending, in_flight=seen.in_flight + state.in_flight,
-                oldest_in_flight_s=max(seen.oldest_in_flight_s, state.oldest_in_flight_s))
-        return sorted(states.values(), key=lambda t: t.name)
+        by_target: dict[str, list[TargetUploader]] = {}
+        for uploader in self._uploaders:
+            by_target.setdefault(uploader.name, []).append(uploader)
+        return [
+            TargetState(name=name, outage=any(u.outage is not None for u in routes),
+                        pending=sum(u.pending for u in routes),
+                        in_flight=sum(u.in_flight for u in routes),
+                        oldest_in_flight_s=max(u.oldest_in_flight_s() for u in routes))
+            for name, routes in sorted(by_target.items())
+        ]
 
     def observe_uploads(self, observer: UploadObserver | None) -> None:
         """Report every object write of every route (made so far or later) to ``observer``,

@@ -90,9 +90,12 @@ class _Entry:
     data: bytes | None
     path: Path | None = None
     stored_keys: set[str] = field(default_factory=set)
-    in_flight: bool = False
-    started: float | None = None  # time.monotonic() the upload in flight began
+    started: float | None = None  # time.monotonic() the upload in flight began, while it runs
     finished: bool = False
+
+    @property
+    def in_flight(self) -> bool:
+        return self.started is not None
 
 
 class Spool:
@@ -353,7 +356,6 @@ class TargetUploader:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _start(self, entry: _Entry) -> None:
-        entry.in_flight = True
         entry.started = time.monotonic()
         self._busy_jobs.add(entry.upload.job_id)
         task = asyncio.create_task(self._upload(entry), name=f"upload-{entry.seq}")
@@ -396,7 +398,7 @@ class TargetUploader:
         else:
             await self._stored(entry)
         finally:
-            entry.in_flight, entry.started = False, None
+            entry.started = None
             self._busy_jobs.discard(entry.upload.job_id)
 
     async def _put_objects(self, entry: _Entry) -> None:

@@ -110,8 +110,8 @@ class MemoryStore:
         async with self._lock:
             if job.id in self._jobs:
                 raise StoreError(f"create_job: duplicate id {job.id!r}")
-            kept = sum(1 for j in self._jobs.values() if j.account == job.account)
-            if max_jobs is not None and kept >= max_jobs:
+            if max_jobs is not None and sum(
+                    1 for j in self._jobs.values() if j.account == job.account) >= max_jobs:
                 raise JobLimitExceeded(kept_jobs_message(max_jobs))
             self._check_new_events(events)
             self._jobs[job.id] = job
@@ -262,21 +262,10 @@ class MemoryStore:
             for e in self._select_events(_undelivered):
                 heads.setdefault(e.job_id, e)
         due = [e for e in heads.values() if e.next_attempt_ms <= now_ms]
-        # as the SQL store orders them: the accounts in turn, and in an account its callback
-        # URLs in turn; oldest first within a turn (the sorts are stable)
-        url_turns: dict[tuple[str, str], int] = {}
-        by_url = []
-        for e in due:
-            url_turns[(e.account, e.url)] = url_turns.get((e.account, e.url), 0) + 1
-            by_url.append((url_turns[(e.account, e.url)], e))
-        by_url.sort(key=lambda pair: pair[0])
-        turns: dict[str, int] = {}
-        ranked = []
-        for _, e in by_url:
-            turns[e.account] = turns.get(e.account, 0) + 1
-            ranked.append((turns[e.account], e))
-        ranked.sort(key=lambda pair: pair[0])
-        return [e for _, e in ranked][: max(limit, 0)]
+        # as the SQL store orders them: in an account its callback URLs in turn, then the
+        # accounts in turn; oldest first within a turn
+        by_url = _in_turns(due, lambda e: (e.account, e.url))
+        return _in_turns(by_url, lambda e: e.account)[: max(limit, 0)]
 
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         async with self._lock:
@@ -399,3 +388,15 @@ def _copy(event: OutboxEvent) -> OutboxEvent:
 
 def _undelivered(event: OutboxEvent) -> bool:
     return event.delivered_ms is None and not event.failed
+
+
+def _in_turns(events: list[OutboxEvent], key: Callable[[OutboxEvent], object]) -> list[OutboxEvent]:
+    """``events`` (in order) with the groups ``key`` names taking turns: each group's first,
+    then each group's second, …; the order within a turn kept (the sort is stable)."""
+    seen: dict[object, int] = {}
+    ranked = []
+    for event in events:
+        seen[key(event)] = turn = seen.get(key(event), 0) + 1
+        ranked.append((turn, event))
+    ranked.sort(key=lambda pair: pair[0])
+    return [event for _, event in ranked]

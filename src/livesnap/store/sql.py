@@ -302,6 +302,13 @@ class SqlStore:
             self._check_fence(conn, fence)
         return body(conn)
 
+    def _lock_account(self, conn: Connection, scope: str, account: str) -> None:
+        """On PostgreSQL, hold the account's ``scope`` lock until the transaction ends, so
+        that two API nodes count and write its jobs one after the other. SQLite needs none:
+        its one write lock, taken by the write before the count, does that."""
+        if self._engine.dialect.name == "postgresql":
+            conn.execute(_LOCK_ACCOUNT, {"key": f"livesnap-{scope}:{account}"})
+
     def _dialect_insert(self, table: Table) -> Any:
         dialect_insert = sqlite_insert if self._engine.dialect.name == "sqlite" else pg_insert
         return dialect_insert(table)
@@ -353,11 +360,10 @@ class SqlStore:
         self, job: Job, events: Sequence[OutboxEvent] = (), *, max_jobs: int | None = None
     ) -> None:
         stmt = insert(jobs).values(rows.job_values(job))
-        postgres = self._engine.dialect.name == "postgresql"
 
         def body(conn: Connection) -> None:
-            if max_jobs is not None and postgres:  # one Submit per account at a time
-                conn.execute(_LOCK_ACCOUNT, {"key": f"livesnap-jobs:{job.account}"})
+            if max_jobs is not None:  # one Submit per account at a time
+                self._lock_account(conn, "jobs", job.account)
             # insert, then count: on SQLite the insert takes the database's one write lock
             # first, so another process's count comes after this transaction's commit
             conn.execute(stmt)
@@ -398,9 +404,9 @@ class SqlStore:
         return [rows.job_from_row(row) for row in found]
 
     async def count_jobs(self, account: str, status: JobStatus) -> int:
-        stmt = select(func.count()).select_from(jobs)
-        stmt = stmt.where(jobs.c.account == account, jobs.c.status == status.value)
-        return await self._run("count_jobs", lambda conn: int(conn.scalar(stmt) or 0))
+        params = {"b_account": account, "b_status": status.value}
+        return await self._run("count_jobs",
+                               lambda conn: int(conn.scalar(_COUNT_WITH_STATUS, params) or 0))
 
     async def update_job(
         self, job_id: str, patch: JobPatch, *, now_ms: int, events: Sequence[OutboxEvent] = (),
@@ -408,22 +414,23 @@ class SqlStore:
     ) -> Job | None:
         changes = {**rows.patch_values(patch), "modified_ms": now_ms}
         stmt = update(jobs).where(jobs.c.id == job_id).values(changes).returning(*jobs.c)
-        limited = max_started is not None and patch.status is JobStatus.STARTED
-        postgres = self._engine.dialect.name == "postgresql"
+        # the account's started jobs are limited only by a patch that starts one
+        limit = max_started if patch.status is JobStatus.STARTED else None
 
         def body(conn: Connection) -> RowMapping | None:
-            if limited and postgres:  # one start per account at a time, across API nodes
+            if limit is not None:  # one start per account at a time, across API nodes
                 account = conn.execute(_ACCOUNT_OF, {"b_job": job_id}).scalar()
                 if account is not None:
-                    conn.execute(_LOCK_ACCOUNT, {"key": f"livesnap-started:{account}"})
+                    self._lock_account(conn, "started", account)
             # update, then count (as create_job: on SQLite the write lock comes first)
             row = conn.execute(stmt).mappings().first()
             if row is None:
                 return None
-            if limited and max_started is not None:
-                started = conn.execute(_COUNT_STARTED, {"b_account": row["account"]}).scalar_one()
-                if started > max_started:  # raising rolls the update back
-                    raise JobLimitExceeded(started_jobs_message(max_started))
+            if limit is not None:
+                started = conn.execute(_COUNT_WITH_STATUS, {
+                    "b_account": row["account"], "b_status": JobStatus.STARTED.value}).scalar_one()
+                if started > limit:  # raising rolls the update back
+                    raise JobLimitExceeded(started_jobs_message(limit))
             _insert_events(conn, events)
             return row
 
@@ -863,8 +870,8 @@ _DUE_HEADS = _due_heads_stmt()
 _COUNT_JOBS = select(func.count()).select_from(jobs).where(
     jobs.c.account == bindparam("b_account"))
 _LOCK_ACCOUNT = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
-_COUNT_STARTED = select(func.count()).select_from(jobs).where(
-    jobs.c.account == bindparam("b_account"), jobs.c.status == JobStatus.STARTED.value)
+_COUNT_WITH_STATUS = select(func.count()).select_from(jobs).where(
+    jobs.c.account == bindparam("b_account"), jobs.c.status == bindparam("b_status"))
 _ACCOUNT_OF = select(jobs.c.account).where(jobs.c.id == bindparam("b_job"))
 _INSERT_ATTEMPTS = insert(delivery_attempts)
 _INSERT_EVENTS = insert(outbox_events)
