@@ -9,6 +9,12 @@ the same run.
 
     .venv/bin/python bench/render_cost.py              # 1080p, 5 rounds
     .venv/bin/python bench/render_cost.py --rounds 1 --json
+    .venv/bin/python bench/render_cost.py --expansion   # range expansion: banded vs whole planes
+
+``--expansion`` times the limited → full range expansion of the three planes right after each
+keyframe's decode (as a capture runs it, with the frame fresh from the decoder): livesnap's
+banded passes (``capture.encode._expand``) against the same four numpy passes over whole
+planes, interleaved, and prints their ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 
+from livesnap.capture import encode
 from livesnap.capture.render import Renderer
 from livesnap.jobs.models import ImageFormat, ImageOptions
 
@@ -84,13 +92,64 @@ def measure(frames: list[av.VideoFrame], rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def keyframe_packets(path: Path) -> tuple[str, bytes | None, list[bytes]]:
+    """The clip's codec, its extradata and its keyframe packets (to decode each afresh)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [bytes(p) for p in container.demux(stream) if p.is_keyframe and p.size]
+        return stream.codec_context.name, stream.codec_context.extradata, packets
+
+
+def whole_plane_expand(
+    plane: np.ndarray, params: tuple[int, int, int, int]
+) -> np.ndarray:
+    """The reference: the four passes of ``encode._expand`` over the whole plane at once."""
+    low, high, mul, sub = params
+    out = np.clip(plane, low, high)
+    wide = np.multiply(out, mul, dtype=np.uint16)
+    wide -= sub
+    np.right_shift(wide, 8, out=out, casting="unsafe")
+    return out
+
+
+def measure_expansion(path: Path, rounds: int) -> dict[str, float]:
+    """Median CPU ms per frame of each expansion, each frame fresh from a new decoder."""
+    codec, extradata, packets = keyframe_packets(path)
+    variants = {"banded (livesnap)": encode._expand, "whole planes": whole_plane_expand}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, expand in variants.items():
+            spent = 0.0
+            for data in packets:
+                decoder = av.CodecContext.create(codec, "r")
+                decoder.extradata = extradata
+                decoder.thread_type, decoder.thread_count = "NONE", 1
+                frame = (decoder.decode(av.Packet(data)) + decoder.decode(None))[0]
+                planes = [encode.plane_view(plane) for plane in frame.planes[:3]]
+                start = time.process_time()
+                expand(planes[0], encode._LUMA_EXPANSION)
+                expand(planes[1], encode._CHROMA_EXPANSION)
+                expand(planes[2], encode._CHROMA_EXPANSION)
+                spent += time.process_time() - start
+            samples[name].append(spent * 1000 / len(packets))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", default="1920x1080")
     parser.add_argument("--seconds", type=int, default=20, help="clip length (10 keyframes)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--expansion", action="store_true",
+                        help="time the range expansion, banded against whole planes")
     args = parser.parse_args(argv)
+    if args.expansion:
+        costs = measure_expansion(clip(args.resolution, args.seconds), args.rounds)
+        whole = costs["whole planes"]
+        for name, ms in costs.items():
+            print(f"{name:<18} {ms:>6.2f} ms/frame {ms / whole:>6.2f}x whole planes")
+        return 0
     frames = keyframes(clip(args.resolution, args.seconds))
     costs = measure(frames, args.rounds)
     base = costs["jpg (baseline)"]

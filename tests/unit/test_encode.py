@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from livesnap.capture import encode as encode_module
 from livesnap.capture.encode import EncodedImage, encode_jpeg
 
 # Even, odd and tiny sizes: odd sizes exercise the chroma rounding and the luma
@@ -187,6 +188,26 @@ def test_limited_range_chroma_is_expanded_too() -> None:
 
     assert abs(int(planes[1].mean()) - 255) <= 1  # Cb 240 -> 255
     assert abs(planes[2].mean() - ((110 - 128) * 255 / 224 + 128)) <= 1
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 131])
+def test_expansion_is_the_same_in_every_band_of_rows(rows: int) -> None:
+    # Every level in every row, in a strided view as FFmpeg's planes are: each band of rows
+    # must map each level as the exact formula does (within one level), wherever it starts.
+    levels = np.tile(np.arange(256, dtype=np.uint8), (rows, 1))
+    padded = np.zeros((rows, 256 + 32), dtype=np.uint8)
+    padded[:, :256] = levels
+    view = padded[:, :256]
+    for params, exact in (
+        (encode_module._LUMA_EXPANSION, np.clip((np.arange(256) - 16) * 255 / 219, 0, 255)),
+        (encode_module._CHROMA_EXPANSION,
+         np.clip((np.arange(256) - 128) * 255 / 224 + 128, 0, 255)),
+    ):
+        out = encode_module._expand(view, params)
+        assert out.shape == (rows, 256) and out.flags.c_contiguous
+        assert (out == out[0]).all()  # every row (so every band) alike
+        assert np.abs(out[0].astype(float) - exact).max() <= 1
+    assert (view == levels).all()  # the frame's own plane is left as it was
 
 
 @pytest.mark.parametrize("pix_fmt", ["yuvj420p", "gray"])
