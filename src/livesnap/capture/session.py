@@ -537,7 +537,9 @@ class Session:
         self._keyframes_seen = reader.stats.keyframes if reader is not None else 0
         self._keyframe_at = self._clock.monotonic()
         self._keyframe_reported = False
-        logger.info(
+        # Logged when the stream comes (back), not for every connection of a per-tick job.
+        logger.log(
+            logging.DEBUG if self._stream_status is StreamStatus.LIVE else logging.INFO,
             "stream live",
             extra={"action": "stream_live", "job_id": self.job.id, "codec": event.codec,
                    "width": event.width, "height": event.height},

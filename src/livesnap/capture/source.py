@@ -674,7 +674,10 @@ class StreamReader:
                 reason = self._fetch.refused  # FFmpeg only saw its requests fail
             if self._stop.is_set():
                 reason = self._restart_reason or "stopped"
-            logger.info(
+            # A stop its owner asked for is routine (a per-tick job does it every tick) and the
+            # owner logs what matters about it; an end by itself is news.
+            logger.log(
+                logging.DEBUG if reason == "stopped" else logging.INFO,
                 "reader disconnected: %s",
                 reason,
                 extra={"action": "capture.disconnected", **self._log_ids},
