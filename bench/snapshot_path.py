@@ -50,7 +50,7 @@ from livesnap.capture.encode import EncodedImage
 from livesnap.capture.source import Captured, CapturedFrame, Connected, Disconnected, Tap
 from livesnap.config import AccessKey, KeyRing, Settings
 from livesnap.jobs.models import JobQuery, JobSpec, JobStatus, StorageTarget, StorageType
-from livesnap.service import build_service
+from livesnap.node.service import build_service
 
 ACCOUNT = "bench"
 

@@ -111,9 +111,9 @@ def serve(
                          engine=engine, capture_processes=capture_processes,
                          ray_address=ray_address, tls_cert=tls_cert, tls_key=tls_key)
     setup_logging(level=settings.log_level, json_lines=settings.log_json)
-    from livesnap.httpserver import tls_problem
-    from livesnap.service import port_is_free
-    from livesnap.service import serve as run
+    from livesnap.node.httpserver import tls_problem
+    from livesnap.node.service import port_is_free
+    from livesnap.node.service import serve as run
 
     problem = tls_problem(settings.tls_cert, settings.tls_key)
     if problem:
@@ -209,7 +209,7 @@ def cluster_up(
     _connect(settings)
     from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import cluster_status, launch_shards
-    from livesnap.shardhost import ShardHost
+    from livesnap.node.shardhost import ShardHost
 
     names = shard_names(settings.shards)
     launch_shards(ShardHost, settings, names, resource=settings.shard_resource)

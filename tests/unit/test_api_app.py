@@ -187,7 +187,7 @@ async def test_arbitrary_parameters_never_give_5xx(client, action, params, post)
 
 
 async def test_every_answer_is_counted_by_action_and_code():
-    from livesnap.metrics import Metrics
+    from livesnap.node.metrics import Metrics
 
     metrics = Metrics(process=False)
     manager = JobManager(store=MemoryStore(), clock=SystemClock())

@@ -311,13 +311,13 @@ def test_the_embedded_mode_never_imports_ray(tmp_path) -> None:
     code = (
         "import asyncio, sys\n"
         "from livesnap.config import KeyRing, Settings, parse_access_keys\n"
-        "from livesnap.service import build_service\n"
+        "from livesnap.node.service import build_service\n"
         "async def main():\n"
         f"    s = Settings(data_dir={str(tmp_path)!r})\n"
         "    async with build_service(s, KeyRing(parse_access_keys('a:b:c'))):\n"
         "        pass\n"
         "asyncio.run(main())\n"
-        "import livesnap.cli, livesnap.shardhost\n"
+        "import livesnap.cli, livesnap.node.shardhost\n"
         "assert 'ray' not in sys.modules, 'ray was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""``livesnap.metrics``: the hooks, the scrape-time gauges, the ops routes."""
+"""``livesnap.node.metrics``: the hooks, the scrape-time gauges, the ops routes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livesnap.errors import ShardUnavailable, StoreError
 from livesnap.jobs.models import DeliveryAttempt
-from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
+from livesnap.node.metrics import MeteredOutbox, Metrics, Probes, ops_routes
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

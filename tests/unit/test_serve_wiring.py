@@ -8,7 +8,8 @@ import socket
 from starlette.applications import Starlette
 
 from livesnap.config import Settings
-from livesnap.service import NODE_IDLE_POLL_S, _Server, callback_policy, uvicorn_config
+from livesnap.node.service import _Server, uvicorn_config
+from livesnap.node.wiring import NODE_IDLE_POLL_S, callback_policy
 
 
 def test_one_node_polls_its_quiet_outbox_rarely_and_a_cluster_as_often_as_ever(tmp_path):

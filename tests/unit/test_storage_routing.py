@@ -13,10 +13,10 @@ from livesnap.config import Settings, StorageCredential, load_storage_config, pa
 from livesnap.errors import InvalidParameter, OutputError
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import JobSpec, StorageTarget, StorageType
+from livesnap.node.wiring import RouterRemover, storage_router
 from livesnap.outputs.local import LocalSink
 from livesnap.outputs.objectstore import ObjectStoreSink, address_for, oss_region
 from livesnap.outputs.router import StorageRouter, find_credential
-from livesnap.service import RouterRemover, storage_router
 from livesnap.store import MemoryStore
 
 OSS = "oss-cn-shanghai.aliyuncs.com"
@@ -248,12 +248,12 @@ async def test_a_target_that_misses_a_configured_one_by_little_is_told_which(tmp
 
 def test_start_up_names_every_storage_entry_and_the_fallback_mode_without_secrets(
         tmp_path, caplog):
-    from livesnap.service import log_storage
+    from livesnap.node.wiring import log_storage
 
     entries = [cred(accounts=("*",), prefix="{Account}/"), cred(bucket="one")]
-    with caplog.at_level(logging.INFO, logger="livesnap.service"):
+    with caplog.at_level(logging.INFO, logger="livesnap.node.wiring"):
         log_storage(router(tmp_path, credentials=entries, fallback=False))
-    lines = [r for r in caplog.records if r.name == "livesnap.service"]
+    lines = [r for r in caplog.records if r.name == "livesnap.node.wiring"]
     assert [r.getMessage() for r in lines] == [
         f"storage entry: oss {OSS} bucket *", f"storage entry: oss {OSS} bucket one",
         "storage fallback off: OSS/S3 targets without an entry are refused at Submit"]

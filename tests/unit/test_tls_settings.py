@@ -10,8 +10,8 @@ from starlette.applications import Starlette
 from tests.support.tls import make_certificates
 
 from livesnap.config import Settings
-from livesnap.httpserver import tls_problem
-from livesnap.service import uvicorn_config
+from livesnap.node.httpserver import tls_problem
+from livesnap.node.service import uvicorn_config
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livesnap.config import StorageCredential
 from livesnap.errors import OutputError, OutputUnavailable
-from livesnap.metrics import Metrics
+from livesnap.node.metrics import Metrics
+from livesnap.node.wiring import storage_figures
 from livesnap.outputs.base import ObjectMeta, PendingObject, Upload
 from livesnap.outputs.router import StorageRouter
 from livesnap.outputs.spool import Spool, SpoolLimits, TargetUploader
-from livesnap.service import storage_figures
 
 
 def value(metrics: Metrics, name: str) -> float:

@@ -1,6 +1,6 @@
 """What a capture session reports for monitoring: a narrow protocol and a no-op default.
 
-``livesnap.metrics.Metrics`` implements it with Prometheus counters and histograms; the
+``livesnap.node.metrics.Metrics`` implements it with Prometheus counters and histograms; the
 capture package only knows this protocol, so it does not depend on prometheus-client.
 """
 

@@ -51,7 +51,7 @@ def launch_shards(
 ) -> dict[str, Any]:
     """Create the named shard actors that do not exist yet; name → actor handle.
 
-    ``host`` is the actor's class (``livesnap.shardhost.ShardHost``, passed in by the
+    ``host`` is the actor's class (``livesnap.node.shardhost.ShardHost``, passed in by the
     composition root), constructed as ``host(settings, name, names)``.
     """
     actor: Any = ray.remote(host)

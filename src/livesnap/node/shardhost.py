@@ -26,25 +26,22 @@ from typing import Any, TypeVar
 from prometheus_client.metrics_core import Metric
 
 from livesnap.callbacks.dispatcher import CallbackDispatcher
-from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import SystemClock
 from livesnap.cluster.shard import ShardRuntime, ShardStats, TickLedger, error_reply
 from livesnap.config import Settings
 from livesnap.errors import LivesnapError, ShardUnavailable
-from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import OutboxEvent
 from livesnap.logs import setup_logging
-from livesnap.metrics import Metrics
-from livesnap.outputs.router import StorageRouter
-from livesnap.service import (
+from livesnap.node.metrics import Metrics
+from livesnap.node.wiring import (
     CALLBACK_CLOSE_S,
-    RouterRemover,
-    SystemResolver,
     callback_dispatcher,
-    session_options,
+    capture_supervisor,
+    job_manager,
     storage_figures,
     storage_router,
 )
+from livesnap.outputs.router import StorageRouter
 from livesnap.store.sql import Fence, SqlStore, open_sql_store
 
 logger = logging.getLogger(__name__)
@@ -110,20 +107,11 @@ class ShardHost:
             settings, spool_dir=Path(settings.data_dir) / "spool-shards" / self.name)
         if self._metrics is not None:
             router.observe_uploads(self._metrics.upload)
-        remover = RouterRemover(router)
-        manager = JobManager(
-            store=fenced, clock=clock, resolver=SystemResolver(), remover=remover, storage=remover,
-            policy=Policy(limits=Limits(jobs_per_account=settings.max_jobs_per_account,
-                                        jobs_per_node=settings.max_jobs_per_node),
-                          blocked_networks=settings.networks(),
-                          watch_waiting=False),  # the serving process's manager waits
-        )
+        manager = job_manager(settings, store=fenced, clock=clock, router=router,
+                              watch_waiting=False)  # the serving process's manager waits
         ledger = TickLedger(manager, stats)
-        supervisor = CaptureSupervisor(
-            reports=ledger, sinks=router, clock=clock, options=session_options(settings),
-            max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
-            metrics=self._metrics,
-        )
+        supervisor = capture_supervisor(settings, reports=ledger, router=router, clock=clock,
+                                        metrics=self._metrics)
         manager.attach_engine(supervisor)
         self._sessions = supervisor.running_count
         self._connections = supervisor.connection_count

@@ -34,18 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from livesnap.capture.source import tune_malloc
 from livesnap.cluster.assign import owner
 from livesnap.cluster.shard import RemoteEngine, error_reply, raise_reply
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
 from livesnap.jobs.models import OutboxEvent
-
-if TYPE_CHECKING:  # imported by child_main at run time (shardhost imports service, and that this)
-    from livesnap.shardhost import ShardHost
+from livesnap.node.metrics import Metrics
+from livesnap.node.shardhost import ShardHost
 
 logger = logging.getLogger(__name__)
 
@@ -383,12 +383,7 @@ def child_main(
     it delivers the callbacks itself (``callbacks``) or sends its events to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from livesnap.capture.source import tune_malloc
-
     tune_malloc()  # before any reader thread exists (docs/performance.md)
-    from livesnap.metrics import Metrics
-    from livesnap.shardhost import ShardHost
-
     pipe = _ParentPipe(conn)
     host = pipe.host = ShardHost(
         settings, name, list(names), fence=False, callbacks=callbacks,

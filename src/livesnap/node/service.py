@@ -1,21 +1,19 @@
 """Composition root for ``livesnap serve``: builds the store, manager, engine and ASGI app.
 
-Part of the edge (with ``cli.py`` and ``config.py``): the only place that picks concrete
-adapters. Tests use ``build_service`` to run the whole thing in-process.
+Part of the edge (with ``cli.py`` and ``config.py``): with ``wiring``, the only place that
+picks concrete adapters. Tests use ``build_service`` to run the whole thing in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,15 +22,10 @@ from livesnap.api.app import ApiDeps, BodyLimits, create_app
 from livesnap.api.hooks import hook_routes
 from livesnap.api.ratelimit import KeyRateLimiter, RateLimit
 from livesnap.api.signature import NonceCache
-from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.dispatcher import CallbackDispatcher
 from livesnap.callbacks.http11 import CallbackClient
-from livesnap.callbacks.keys import CallbackKeys
-from livesnap.callbacks.policy import DeliveryPolicy
-from livesnap.capture.session import SessionOptions
-from livesnap.capture.source import SourceOptions
 from livesnap.capture.standin import NoCapture
 from livesnap.capture.supervisor import CaptureSupervisor
-from livesnap.capturehost import CaptureProcess, CaptureProcesses
 from livesnap.clock import Clock, SystemClock
 from livesnap.config import KeyRing, Settings
 from livesnap.console import (
@@ -41,93 +34,27 @@ from livesnap.console import (
     console_routes,
     load_or_create_secret,
 )
-from livesnap.errors import OutputError, StoreError
-from livesnap.httpserver import MAX_HEAD_BYTES, guarded_h11
-from livesnap.jobs.manager import JobManager, Limits, Policy
-from livesnap.jobs.models import StorageTarget
-from livesnap.jobs.ports import CaptureEngine, StorageInfo, Store
-from livesnap.jobs.retry import Backoff
-from livesnap.jobs.waiting import WaitPolicy
-from livesnap.metrics import MeteredOutbox, Metrics, Probes, ops_routes
-from livesnap.outputs.local import LocalSink, adopt_legacy_layout
-from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
-from livesnap.outputs.router import StorageRouter, TargetState
-from livesnap.outputs.spool import MIB, SpoolLimits
+from livesnap.errors import StoreError
+from livesnap.jobs.manager import JobManager
+from livesnap.jobs.ports import CaptureEngine, Store
+from livesnap.node.capturehost import CaptureProcess, CaptureProcesses
+from livesnap.node.httpserver import MAX_HEAD_BYTES, guarded_h11
+from livesnap.node.metrics import Metrics, Probes, ops_routes
+from livesnap.node.wiring import (
+    CALLBACK_CLOSE_S,
+    StoredSnapshots,
+    callback_dispatcher,
+    capture_supervisor,
+    job_manager,
+    log_storage,
+    storage_figures,
+    storage_router,
+)
+from livesnap.outputs.local import adopt_legacy_layout
+from livesnap.outputs.router import StorageRouter
 from livesnap.store import SqlStore, open_sql_store, stats
 
 logger = logging.getLogger(__name__)
-
-
-class SystemResolver:
-    """Host name → addresses through the OS resolver (off the event loop)."""
-
-    async def resolve(self, host: str) -> list[str]:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-        return sorted({str(info[4][0]) for info in infos})
-
-
-class RouterRemover:
-    """The manager's view of the storage router: deletes objects, describes targets."""
-
-    def __init__(self, router: StorageRouter) -> None:
-        self._router = router
-
-    async def delete(self, account: str, target: StorageTarget, key: str) -> None:
-        route = self._router.route(account, *_target(target))
-        await route.sink.delete(key)
-
-    def describe(self, account: str, target: StorageTarget) -> StorageInfo:
-        args = (account, *_target(target))
-        reason = self._router.check(*args)
-        if reason:
-            return StorageInfo(writable=False, fallback=False, description=reason)
-        try:
-            route = self._router.route(*args)
-        except OutputError as exc:  # e.g. obstore rejected the configured address
-            return StorageInfo(writable=False, fallback=False, description=exc.message)
-        return StorageInfo(writable=True, fallback=route.fallback, description=route.description)
-
-
-class StoredSnapshots:
-    """The console's view of the storage router: reads stored snapshots back to serve them."""
-
-    def __init__(self, router: StorageRouter) -> None:
-        self._router = router
-
-    async def read(self, account: str, target: StorageTarget, key: str) -> bytes | None:
-        try:
-            sink = self._router.route(account, *_target(target)).sink
-            if isinstance(sink, LocalSink):
-                return await asyncio.to_thread(sink.path_for(key).read_bytes)
-            if isinstance(sink, ObjectStoreSink):
-                data, _ = await sink.read(key)
-                return data
-        except (OutputError, OSError) as exc:
-            logger.debug("stored snapshot not readable",
-                        extra={"action": "console_read", "key": key, "reason": str(exc)})
-        return None
-
-
-def _target(target: StorageTarget) -> tuple[str, str, str]:
-    return target.storage_type.value, target.endpoint, target.bucket
-
-
-def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
-    """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``
-    (a capture shard has its own spool directory)."""
-    return StorageRouter(
-        root=Path(settings.data_dir) / "storage",
-        spool_dir=spool_dir or Path(settings.data_dir) / "spool",
-        credentials=settings.storage_credentials(),
-        fallback=settings.storage_fallback,
-        limits=SpoolLimits(
-            max_bytes=settings.spool_max_mb * MIB,
-            max_age_s=settings.spool_max_age_s,
-            retry_max_s=settings.storage_retry_max_s,
-        ),
-        timeouts=Timeouts(connect_s=settings.storage_connect_timeout_s,
-                          request_s=settings.storage_request_timeout_s),
-    )
 
 
 @dataclass
@@ -139,52 +66,6 @@ class Service:
     router: StorageRouter
     dispatcher: CallbackDispatcher | None = None
     metrics: Metrics | None = None
-
-
-def session_options(settings: Settings) -> SessionOptions:
-    return SessionOptions(
-        source=SourceOptions(
-            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality,
-            skip_loop_filter=settings.skip_loop_filter, rtsp_transport=settings.rtsp_transport,
-            tls_verify=settings.source_tls_verify,
-            tls_ca_file=str(settings.source_ca_file or ""),
-            blocked_networks=settings.networks(),
-        ),
-        backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
-        outage_window_s=settings.outage_window_s,
-        capture_timeout_s=settings.probe_timeout_s,
-        per_tick_min_interval_s=settings.per_tick_min_interval_s,
-        share_streams=settings.share_streams,
-    )
-
-
-CALLBACK_CLOSE_S = 3.0  # at shutdown; an unfinished delivery is made again after restart
-
-
-# One node's dispatcher polls an outbox nobody else writes without saying so (offer, notify):
-# when a poll found nothing due, the next one may wait this long. Retries the dispatcher
-# scheduled itself wake it on time; one another run scheduled may come this much late.
-NODE_IDLE_POLL_S = 5.0
-
-
-def callback_policy(settings: Settings) -> DeliveryPolicy:
-    return DeliveryPolicy(
-        backoff=Backoff(
-            base_s=settings.callback_backoff_base_s, factor=2.0,
-            cap_s=settings.callback_backoff_max_s, jitter=0.5,
-        ),
-        max_age_s=settings.callback_max_age_s,
-        retention_s=settings.callback_retention_days * 86_400.0,
-        connect_timeout_s=settings.callback_connect_timeout_s,
-        read_timeout_s=settings.callback_read_timeout_s,
-        total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,
-        concurrency=settings.callback_concurrency,
-        per_account=settings.callback_per_account,
-        per_host=settings.callback_per_host,
-        blocked_networks=settings.networks(),
-        # in a cluster, shards write events the API nodes' dispatchers only see by polling
-        idle_poll_interval_s=None if settings.engine == "ray" else NODE_IDLE_POLL_S,
-    )
 
 
 def rate_limiter(settings: Settings) -> KeyRateLimiter | None:
@@ -225,28 +106,6 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
                   storage=functools.partial(storage_figures, router), remote=remote)
 
 
-def log_storage(router: StorageRouter) -> None:
-    """One line per configured storage entry (never its secret) and one for the fallback."""
-    for entry in router.credentials:
-        logger.info(
-            "storage entry: %s %s bucket %s", entry.storage_type, entry.endpoint, entry.bucket,
-            extra={"action": "storage_entry", "storage_type": entry.storage_type,
-                   "endpoint": entry.endpoint, "bucket": entry.bucket,
-                   "accounts": ",".join(entry.accounts or ("(one account)",)),
-                   "prefix": entry.prefix or "(none)", "endpoint_url": entry.endpoint_url or ""})
-    fallback = ("on: OSS/S3 targets without an entry are written to local disk under "
-                f"{router.root}/<account>/" if router.fallback
-                else "off: OSS/S3 targets without an entry are refused at Submit")
-    logger.info("storage fallback %s", fallback,
-                extra={"action": "storage_fallback_mode", "fallback": router.fallback,
-                       "entries": len(router.credentials)})
-
-
-def storage_figures(router: StorageRouter) -> tuple[list[TargetState], dict[str, int]]:
-    """Each storage target's state and the totals, for ``/metrics``."""
-    return router.target_states(), dataclasses.asdict(router.counts)
-
-
 @contextlib.asynccontextmanager
 async def build_service(
     settings: Settings, keys: KeyRing, *, clock: Clock | None = None
@@ -260,22 +119,7 @@ async def build_service(
     router = storage_router(settings)
     log_storage(router)
     router.observe_uploads(metrics.upload)  # every object write: livesnap_upload_seconds
-    routes = RouterRemover(router)
-    policy = Policy(
-        limits=Limits(
-            jobs_per_account=settings.max_jobs_per_account,
-            jobs_per_node=settings.max_jobs_per_node,
-            kept_jobs_per_account=settings.max_kept_jobs_per_account,
-        ),
-        blocked_networks=settings.networks(),
-        # a job waiting for its stream is probed again as a lost stream is reconnected
-        waiting=WaitPolicy(first_s=min(2.0, settings.reconnect_max_s),
-                           max_s=settings.reconnect_max_s),
-    )
-    manager = JobManager(
-        store=store, clock=clock, policy=policy, resolver=SystemResolver(),
-        remover=routes, storage=routes,
-    )
+    manager = job_manager(settings, store=store, clock=clock, router=router)
     # one dispatcher per outbox: the one capture process delivers the callbacks itself, and
     # events written here (a stop, a delete) wake it; otherwise this process delivers them,
     # handed over in memory (written here, or by several capture processes over their pipes)
@@ -299,11 +143,8 @@ async def build_service(
         engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s,
                                 api_nice=settings.api_nice)
     else:
-        engine = CaptureSupervisor(
-            reports=manager, sinks=router, clock=clock, options=session_options(settings),
-            max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
-            metrics=metrics,
-        )
+        engine = capture_supervisor(settings, reports=manager, router=router, clock=clock,
+                                    metrics=metrics)
     manager.attach_engine(engine)
     deps = api_deps(settings, manager, keys, clock, metrics)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
@@ -338,20 +179,6 @@ async def build_service(
         if client is not None:
             await client.aclose()
         await store.close()
-
-
-def callback_dispatcher(
-    settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock
-) -> tuple[CallbackDispatcher, CallbackClient]:
-    """The outbox's dispatcher (not started) and the HTTP client it posts with."""
-    delivery = callback_policy(settings)
-    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())
-    client = callback_client(delivery)
-    dispatcher = CallbackDispatcher(
-        store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
-        policy=delivery,
-    )
-    return dispatcher, client
 
 
 def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:

@@ -1,0 +1,231 @@
+"""The parts of a node every engine mode wires alike, and the adapters between them.
+
+``livesnap serve`` (``service``), a capture process of a node and a Ray shard (``shardhost``)
+all build their job manager, capture supervisor, storage router and callback dispatcher here,
+so a setting is wired in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
+from livesnap.callbacks.http11 import CallbackClient
+from livesnap.callbacks.keys import CallbackKeys
+from livesnap.callbacks.policy import DeliveryPolicy
+from livesnap.capture.metrics import CaptureMetrics
+from livesnap.capture.session import SessionOptions
+from livesnap.capture.source import SourceOptions
+from livesnap.capture.supervisor import CaptureSupervisor
+from livesnap.clock import Clock
+from livesnap.config import Settings
+from livesnap.errors import OutputError
+from livesnap.jobs.manager import JobManager, Limits, Policy
+from livesnap.jobs.models import StorageTarget
+from livesnap.jobs.ports import CaptureReports, StorageInfo, Store
+from livesnap.jobs.retry import Backoff
+from livesnap.jobs.waiting import WaitPolicy
+from livesnap.node.metrics import MeteredOutbox, Metrics
+from livesnap.outputs.local import LocalSink
+from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
+from livesnap.outputs.router import StorageRouter, TargetState
+from livesnap.outputs.spool import MIB, SpoolLimits
+from livesnap.store import SqlStore
+
+logger = logging.getLogger(__name__)
+
+
+class SystemResolver:
+    """Host name → addresses through the OS resolver (off the event loop)."""
+
+    async def resolve(self, host: str) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        return sorted({str(info[4][0]) for info in infos})
+
+
+class RouterRemover:
+    """The manager's view of the storage router: deletes objects, describes targets."""
+
+    def __init__(self, router: StorageRouter) -> None:
+        self._router = router
+
+    async def delete(self, account: str, target: StorageTarget, key: str) -> None:
+        route = self._router.route(account, *_target(target))
+        await route.sink.delete(key)
+
+    def describe(self, account: str, target: StorageTarget) -> StorageInfo:
+        args = (account, *_target(target))
+        reason = self._router.check(*args)
+        if reason:
+            return StorageInfo(writable=False, fallback=False, description=reason)
+        try:
+            route = self._router.route(*args)
+        except OutputError as exc:  # e.g. obstore rejected the configured address
+            return StorageInfo(writable=False, fallback=False, description=exc.message)
+        return StorageInfo(writable=True, fallback=route.fallback, description=route.description)
+
+
+class StoredSnapshots:
+    """The console's view of the storage router: reads stored snapshots back to serve them."""
+
+    def __init__(self, router: StorageRouter) -> None:
+        self._router = router
+
+    async def read(self, account: str, target: StorageTarget, key: str) -> bytes | None:
+        try:
+            sink = self._router.route(account, *_target(target)).sink
+            if isinstance(sink, LocalSink):
+                return await asyncio.to_thread(sink.path_for(key).read_bytes)
+            if isinstance(sink, ObjectStoreSink):
+                data, _ = await sink.read(key)
+                return data
+        except (OutputError, OSError) as exc:
+            logger.debug("stored snapshot not readable",
+                        extra={"action": "console_read", "key": key, "reason": str(exc)})
+        return None
+
+
+def _target(target: StorageTarget) -> tuple[str, str, str]:
+    return target.storage_type.value, target.endpoint, target.bucket
+
+
+def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
+    """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``
+    (a capture shard has its own spool directory)."""
+    return StorageRouter(
+        root=Path(settings.data_dir) / "storage",
+        spool_dir=spool_dir or Path(settings.data_dir) / "spool",
+        credentials=settings.storage_credentials(),
+        fallback=settings.storage_fallback,
+        limits=SpoolLimits(
+            max_bytes=settings.spool_max_mb * MIB,
+            max_age_s=settings.spool_max_age_s,
+            retry_max_s=settings.storage_retry_max_s,
+        ),
+        timeouts=Timeouts(connect_s=settings.storage_connect_timeout_s,
+                          request_s=settings.storage_request_timeout_s),
+    )
+
+
+def job_manager(
+    settings: Settings, *, store: Store, clock: Clock, router: StorageRouter,
+    watch_waiting: bool = True,
+) -> JobManager:
+    """The job manager over ``store``, with the node's limits and blocked networks.
+
+    ``watch_waiting=False`` for a capture shard's manager: the serving process's manager
+    finds the jobs that wait for their stream in the store and watches them.
+    """
+    routes = RouterRemover(router)
+    policy = Policy(
+        limits=Limits(
+            jobs_per_account=settings.max_jobs_per_account,
+            jobs_per_node=settings.max_jobs_per_node,
+            kept_jobs_per_account=settings.max_kept_jobs_per_account,
+        ),
+        blocked_networks=settings.networks(),
+        # a job waiting for its stream is probed again as a lost stream is reconnected
+        waiting=WaitPolicy(first_s=min(2.0, settings.reconnect_max_s),
+                           max_s=settings.reconnect_max_s),
+        watch_waiting=watch_waiting,
+    )
+    return JobManager(store=store, clock=clock, policy=policy, resolver=SystemResolver(),
+                      remover=routes, storage=routes)
+
+
+def capture_supervisor(
+    settings: Settings, *, reports: CaptureReports, router: StorageRouter, clock: Clock,
+    metrics: CaptureMetrics | None,
+) -> CaptureSupervisor:
+    """The sessions of this process's jobs, reporting to ``reports``, storing through
+    ``router``."""
+    return CaptureSupervisor(
+        reports=reports, sinks=router, clock=clock, options=session_options(settings),
+        max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+        metrics=metrics,
+    )
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        source=SourceOptions(
+            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality,
+            skip_loop_filter=settings.skip_loop_filter, rtsp_transport=settings.rtsp_transport,
+            tls_verify=settings.source_tls_verify,
+            tls_ca_file=str(settings.source_ca_file or ""),
+            blocked_networks=settings.networks(),
+        ),
+        backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
+        outage_window_s=settings.outage_window_s,
+        capture_timeout_s=settings.probe_timeout_s,
+        per_tick_min_interval_s=settings.per_tick_min_interval_s,
+        share_streams=settings.share_streams,
+    )
+
+
+CALLBACK_CLOSE_S = 3.0  # at shutdown; an unfinished delivery is made again after restart
+
+
+# One node's dispatcher polls an outbox nobody else writes without saying so (offer, notify):
+# when a poll found nothing due, the next one may wait this long. Retries the dispatcher
+# scheduled itself wake it on time; one another run scheduled may come this much late.
+NODE_IDLE_POLL_S = 5.0
+
+
+def callback_policy(settings: Settings) -> DeliveryPolicy:
+    return DeliveryPolicy(
+        backoff=Backoff(
+            base_s=settings.callback_backoff_base_s, factor=2.0,
+            cap_s=settings.callback_backoff_max_s, jitter=0.5,
+        ),
+        max_age_s=settings.callback_max_age_s,
+        retention_s=settings.callback_retention_days * 86_400.0,
+        connect_timeout_s=settings.callback_connect_timeout_s,
+        read_timeout_s=settings.callback_read_timeout_s,
+        total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,
+        concurrency=settings.callback_concurrency,
+        per_account=settings.callback_per_account,
+        per_host=settings.callback_per_host,
+        blocked_networks=settings.networks(),
+        # in a cluster, shards write events the API nodes' dispatchers only see by polling
+        idle_poll_interval_s=None if settings.engine == "ray" else NODE_IDLE_POLL_S,
+    )
+
+
+def callback_dispatcher(
+    settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock
+) -> tuple[CallbackDispatcher, CallbackClient]:
+    """The outbox's dispatcher (not started) and the HTTP client it posts with."""
+    delivery = callback_policy(settings)
+    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())
+    client = callback_client(delivery)
+    dispatcher = CallbackDispatcher(
+        store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
+        policy=delivery,
+    )
+    return dispatcher, client
+
+
+def log_storage(router: StorageRouter) -> None:
+    """One line per configured storage entry (never its secret) and one for the fallback."""
+    for entry in router.credentials:
+        logger.info(
+            "storage entry: %s %s bucket %s", entry.storage_type, entry.endpoint, entry.bucket,
+            extra={"action": "storage_entry", "storage_type": entry.storage_type,
+                   "endpoint": entry.endpoint, "bucket": entry.bucket,
+                   "accounts": ",".join(entry.accounts or ("(one account)",)),
+                   "prefix": entry.prefix or "(none)", "endpoint_url": entry.endpoint_url or ""})
+    fallback = ("on: OSS/S3 targets without an entry are written to local disk under "
+                f"{router.root}/<account>/" if router.fallback
+                else "off: OSS/S3 targets without an entry are refused at Submit")
+    logger.info("storage fallback %s", fallback,
+                extra={"action": "storage_fallback_mode", "fallback": router.fallback,
+                       "entries": len(router.credentials)})
+
+
+def storage_figures(router: StorageRouter) -> tuple[list[TargetState], dict[str, int]]:
+    """Each storage target's state and the totals, for ``/metrics``."""
+    return router.target_states(), dataclasses.asdict(router.counts)
