@@ -24,10 +24,19 @@ ALLOWED = {
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client
-    "httpserver": {"api"},
-    # shards over ports; the actor's wiring is shardhost.py (the edge), passed in by cli.py
-    "cluster": {"jobs", "config", "errors", "clock"},  # the HTTP/1.1 protocol borrows only the API's error envelope
+    # shards over ports; the actor's wiring is node/shardhost.py, passed in by cli.py
+    "cluster": {"jobs", "config", "errors", "clock"},
+    # the edge: one node put together (composition, hosting, HTTP server, metrics); never the
+    # command line or the API client
+    "node": {"api", "callbacks", "capture", "clock", "cluster", "config", "console", "errors",
+             "jobs", "logs", "outputs", "store"},
+    # the command line: starts a node, or speaks to one through the client's commands
+    "cli": {"capture", "cluster", "commands", "config", "errors", "logs", "node", "store"},
+    "__main__": {"cli"},
+    "__init__": set(),
 }
+# node/ inside: service -> capturehost -> shardhost -> wiring, httpserver and metrics below all
+NODE_ORDER = ["service", "capturehost", "shardhost", "wiring", "httpserver", "metrics"]
 PURE_JOBS_FORBIDDEN = {"asyncio", "av", "httpx", "sqlalchemy", "aiosqlite", "asyncpg", "starlette"}
 
 
@@ -37,8 +46,77 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            # `from livesnap.pkg import module` imports that module (its package is the one
+            # it sits in, already importing); `from livesnap.pkg import name` the package
+            modules = {f"{node.module}.{alias.name}" for alias in node.names
+                       if _module_path(f"{node.module}.{alias.name}") is not None}
+            names.update(modules)
+            if len(modules) < len(node.names):
+                names.add(node.module)
     return names
+
+
+def _module_path(name: str) -> Path | None:
+    """The file of livesnap module ``name`` (a package's ``__init__``), or None."""
+    if not name.startswith("livesnap."):
+        return None
+    base = ROOT.joinpath(*name.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("livesnap", *parts))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """livesnap module -> the livesnap modules it imports anywhere in its file (at the top,
+    in functions, under TYPE_CHECKING: an import inside a function still makes a cycle)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        targets = {name for name in imports_of(path) if _module_path(name) is not None}
+        graph[_module_name(path)] = targets - {_module_name(path)}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
 
 
 def modules():
@@ -56,7 +134,8 @@ def test_packages_import_only_what_the_table_allows():
     for path, parts in modules():
         top = parts[0]
         if top not in ALLOWED:
-            continue  # cli.py, service.py, __main__: the composition root imports everything
+            problems.append(f"{'/'.join(parts)} has no row in ALLOWED")
+            continue
         for name in imports_of(path):
             if not name.startswith("livesnap."):
                 continue
@@ -65,6 +144,28 @@ def test_packages_import_only_what_the_table_allows():
                 continue
             if not allowed(target, ALLOWED[top]):
                 problems.append(f"{'/'.join(parts)} imports {name}")
+    assert problems == []
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_node_modules_import_one_way():
+    # service -> capturehost -> shardhost -> wiring: nothing imports a module left of it
+    problems = []
+    graph = import_graph()
+    for position, name in enumerate(NODE_ORDER):
+        for target in graph[f"livesnap.node.{name}"]:
+            inner = target.removeprefix("livesnap.node.")
+            if inner in NODE_ORDER and NODE_ORDER.index(inner) < position:
+                problems.append(f"node/{name} imports node/{inner}")
     assert problems == []
 
 
