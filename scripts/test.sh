@@ -52,6 +52,13 @@ if [[ ! -f $NMS_PREFIX/node_modules/node-media-server/package.json ]]; then
   npm install --prefix "$NMS_PREFIX" --no-audit --no-fund --loglevel=error "node-media-server@$NMS_VERSION"
 fi
 
+# The code's own checks before the tests, when the whole suite runs (no pytest arguments):
+# ruff's lint and mypy's strict typing of src/; a finding fails the run.
+if [[ $# -eq 0 ]]; then
+  .venv/bin/ruff check src tests bench || exit 1
+  .venv/bin/mypy --strict src || exit 1
+fi
+
 # Most tests wait on real time (live streams, timeouts, outages), not on the CPU: two workers
 # halve the wall time on two cores. Each test file runs whole on one worker (its module
 # fixtures stay together); LIVESNAP_TEST_WORKERS=0 runs everything in this process.
