@@ -47,7 +47,3 @@ def utc_from_ms(ms: int) -> datetime:
     """An aware UTC datetime from epoch milliseconds."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
-
-def ms_from_utc(when: datetime) -> int:
-    """Epoch milliseconds from an aware datetime."""
-    return round(when.timestamp() * 1000)

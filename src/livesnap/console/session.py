@@ -20,7 +20,7 @@ import hmac
 import json
 import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = "v1"
@@ -56,10 +56,6 @@ def anonymous(now_s: float) -> Session:
 def logged_in(account: str, key_id: str, now_s: float) -> Session:
     """A new session for ``account``; the CSRF token is new too (no token fixation)."""
     return Session(account=account, key_id=key_id, csrf=new_csrf_token(), issued_s=int(now_s))
-
-
-def refreshed(session: Session, now_s: float) -> Session:
-    return replace(session, issued_s=int(now_s))
 
 
 def _b64encode(data: bytes) -> str:
