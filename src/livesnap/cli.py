@@ -207,9 +207,9 @@ def cluster_up(
                                  shard_resource=resource)
     _migrate(settings)
     _connect(settings)
-    from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import cluster_status, launch_shards
     from livesnap.node.shardhost import ShardHost
+    from livesnap.shards.assign import shard_names
 
     names = shard_names(settings.shards)
     launch_shards(ShardHost, settings, names, resource=settings.shard_resource)
@@ -234,8 +234,8 @@ def cluster_status_cmd(
     settings = _settings(shards=shards, ray_address=ray_address)
     setup_logging(level="WARNING", json_lines=settings.log_json)
     _connect(settings)
-    from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import cluster_status
+    from livesnap.shards.assign import shard_names
 
     rows = cluster_status(shard_names(settings.shards), settings.ray_namespace)
     if as_json:
@@ -254,8 +254,8 @@ def cluster_down(
     settings = _settings(shards=shards, ray_address=ray_address)
     setup_logging(level="WARNING", json_lines=settings.log_json)
     _connect(settings)
-    from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import remove_shards
+    from livesnap.shards.assign import shard_names
 
     removed = remove_shards(shard_names(settings.shards), settings.ray_namespace)
     typer.echo(f"livesnap: removed {len(removed)} shard(s)")

@@ -172,7 +172,7 @@ NAMES = ["local-0", "local-1"]
 def test_two_capture_processes_share_the_jobs_and_serve_delivers_their_callbacks(
     tmp_path, publisher_factory
 ):
-    from livesnap.cluster.assign import owner
+    from livesnap.shards.assign import owner
 
     publisher = publisher_factory()
     with Receiver() as receiver, LivesnapServer(tmp_path / "data", env=SEVERAL) as server:

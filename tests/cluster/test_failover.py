@@ -212,8 +212,8 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
 ):
     cluster, workers, short = ray_cluster
     origin, _ = streams
-    from livesnap.cluster.assign import owner, shard_names
     from livesnap.cluster.rayengine import cluster_status
+    from livesnap.shards.assign import owner, shard_names
 
     names = shard_names(SHARDS)
     data_dir = tmp_path / "data"

@@ -11,18 +11,13 @@ from collections import Counter
 import pytest
 from tests.contract.test_store_contract import job, snap
 
-from livesnap.cluster.assign import owner, shard_names
-from livesnap.cluster.shard import (
-    ShardRuntime,
-    ShardStats,
-    TickLedger,
-    error_reply,
-    raise_reply,
-)
 from livesnap.errors import JobNotFound, ShardUnavailable, StreamNotFound
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureResult
 from livesnap.jobs.schedule import ticks_missed
+from livesnap.shards.assign import owner, shard_names
+from livesnap.shards.remote import error_reply, raise_reply
+from livesnap.shards.runtime import ShardRuntime, ShardStats, TickLedger
 
 JOB_IDS = [f"job-{i:05d}" for i in range(6000)]
 

@@ -24,14 +24,17 @@ ALLOWED = {
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client
-    # shards over ports; the actor's wiring is node/shardhost.py, passed in by cli.py
-    "cluster": {"jobs", "config", "errors", "clock"},
+    # capture shards over ports: the runtime, the assignment, the engine that commands them
+    "shards": {"jobs", "errors"},
+    # shards as Ray actors; the actor's wiring is node/shardhost.py, passed in by cli.py
+    "cluster": {"shards", "jobs", "config", "errors", "clock"},
     # the edge: one node put together (composition, hosting, HTTP server, metrics); never the
     # command line or the API client
     "node": {"api", "callbacks", "capture", "clock", "cluster", "config", "console", "errors",
-             "jobs", "logs", "outputs", "store"},
+             "jobs", "logs", "outputs", "shards", "store"},
     # the command line: starts a node, or speaks to one through the client's commands
-    "cli": {"capture", "cluster", "commands", "config", "errors", "logs", "node", "store"},
+    "cli": {"capture", "cluster", "commands", "config", "errors", "logs", "node", "shards",
+            "store"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -1,4 +1,5 @@
-"""Scale-out on Ray (docs/cluster.md): capture shards, job → shard assignment, the API's engine.
+"""Scale-out on Ray (docs/cluster.md): the capture shards (``livesnap.shards``) as Ray actors,
+and the API node's engine over them.
 
 Only ``cluster/rayengine.py`` imports Ray, and nothing imports it in the embedded mode.
 """

@@ -23,10 +23,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from livesnap.cluster.assign import owner
-from livesnap.cluster.shard import RemoteEngine, raise_reply
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
+from livesnap.shards.assign import owner
+from livesnap.shards.remote import RemoteEngine, raise_reply
 
 logger = logging.getLogger(__name__)
 

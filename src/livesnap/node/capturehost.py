@@ -39,13 +39,13 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from livesnap.capture.source import tune_malloc
-from livesnap.cluster.assign import owner
-from livesnap.cluster.shard import RemoteEngine, error_reply, raise_reply
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
 from livesnap.jobs.models import OutboxEvent
 from livesnap.node.metrics import Metrics
 from livesnap.node.shardhost import ShardHost
+from livesnap.shards.assign import owner
+from livesnap.shards.remote import RemoteEngine, error_reply, raise_reply
 
 logger = logging.getLogger(__name__)
 

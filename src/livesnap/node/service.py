@@ -186,8 +186,8 @@ def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:
     if store.engine.dialect.name != "postgresql":
         raise StoreError("cluster mode (engine ray) needs a PostgreSQL database_url that "
                          "every node shares")
-    from livesnap.cluster.assign import shard_names
     from livesnap.cluster.rayengine import RayEngine, connect
+    from livesnap.shards.assign import shard_names
 
     connect(settings.ray_address, settings.ray_namespace)
     return RayEngine(shards=shard_names(settings.shards), namespace=settings.ray_namespace,

@@ -27,7 +27,6 @@ from prometheus_client.metrics_core import Metric
 
 from livesnap.callbacks.dispatcher import CallbackDispatcher
 from livesnap.clock import SystemClock
-from livesnap.cluster.shard import ShardRuntime, ShardStats, TickLedger, error_reply
 from livesnap.config import Settings
 from livesnap.errors import LivesnapError, ShardUnavailable
 from livesnap.jobs.models import OutboxEvent
@@ -42,6 +41,8 @@ from livesnap.node.wiring import (
     storage_router,
 )
 from livesnap.outputs.router import StorageRouter
+from livesnap.shards.remote import error_reply
+from livesnap.shards.runtime import ShardRuntime, ShardStats, TickLedger
 from livesnap.store.sql import Fence, SqlStore, open_sql_store
 
 logger = logging.getLogger(__name__)

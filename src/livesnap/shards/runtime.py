@@ -1,7 +1,8 @@
 """One capture shard: the ordinary capture engine for the jobs this shard owns, kept in line
 with the database, and stopped for good once a newer instance of the shard takes over.
 
-Ray-free (``rayengine.py`` wraps it in an actor), so it runs and is tested in plain asyncio.
+Ray-free: a capture process of a node runs it as it is, and ``cluster/rayengine.py`` wraps it
+in a Ray actor; it runs and is tested in plain asyncio.
 
 * **Reconcile.** Every ``reconcile_s``: the jobs the database says are ``started`` and that
   rendezvous hashing gives to this shard are running, and no others. That is how a restarted
@@ -25,73 +26,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from livesnap import errors
-from livesnap.cluster.assign import owner
 from livesnap.errors import InvalidParameter, JobNotFound, LivesnapError, ShardUnavailable
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus, Verdict
-from livesnap.jobs.ports import CaptureEngine, CaptureReport, CaptureReports, CaptureResult
+from livesnap.jobs.ports import CaptureEngine, CaptureReport, CaptureReports
+from livesnap.shards.assign import owner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RemoteEngine", "ShardRuntime", "ShardStats", "ShardStore", "TickLedger",
-           "error_reply", "raise_reply"]
-
-
-def error_reply(exc: LivesnapError) -> dict[str, str]:
-    """A ``LivesnapError`` as plain data for the reply of a shard call (a process boundary)."""
-    return {"error": type(exc).__name__, "message": exc.message}
-
-
-def raise_reply(reply: dict[str, Any]) -> None:
-    """Re-raise an error made by :func:`error_reply` (an unknown kind as ``ShardUnavailable``)."""
-    if "error" in reply:
-        cls = getattr(errors, str(reply["error"]), None)
-        if not (isinstance(cls, type) and issubclass(cls, LivesnapError)):
-            cls = ShardUnavailable
-        raise cls(str(reply.get("message", "")))
-
-
-class RemoteEngine:
-    """A ``CaptureEngine`` whose sessions run in another process (a Ray shard, the capture
-    process), reached by ``_command(method, job_id, *args)`` → the reply of a
-    ``ShardHost`` method, its errors re-raised.
-
-    Nothing runs here, so ``is_running`` is False and ``running_count`` 0 (the other side
-    keeps the session cap). When it does not answer in time, start and stop succeed anyway:
-    it applies the job's stored state when it is back (reconcile); a capture-now fails with
-    ``ServiceUnavailable``.
-    """
-
-    async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def start(self, job: Job, *, probe: bool) -> None:
-        try:
-            await self._command("start", job.id, probe)
-        except ShardUnavailable as exc:
-            logger.warning("capture unavailable; the job starts when it is back", extra={
-                "action": "engine_start", "job_id": job.id, "reason": exc.message})
-
-    async def stop(self, job_id: str) -> None:
-        try:
-            await self._command("stop", job_id)
-        except ShardUnavailable as exc:
-            logger.warning("capture unavailable; the job stops when it is back", extra={
-                "action": "engine_stop", "job_id": job_id, "reason": exc.message})
-
-    async def capture_now(self, job: Job) -> CaptureResult:
-        file = (await self._command("capture", job.id)).get("file")
-        if file is None:
-            raise errors.CaptureTimeout()
-        return CaptureResult(file=file)
-
-    def is_running(self, job_id: str) -> bool:
-        return False
-
-    def running_count(self) -> int:
-        return 0
+__all__ = ["ShardRuntime", "ShardStats", "ShardStore", "TickLedger"]
 
 
 class ShardStore(Protocol):
