@@ -39,6 +39,10 @@ from pathlib import Path
 import av
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.servers import RtmpOrigin
+
 from livesnap.capture.source import (
     Captured,
     CaptureFailed,
@@ -51,31 +55,8 @@ from livesnap.capture.source import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
-RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 MIB = 1024 * 1024
 
-NGINX_CONF = """\
-load_module {module};
-daemon on;
-worker_processes 1;
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-events {{ worker_connections 1024; }}
-rtmp {{
-  access_log logs/rtmp-access.log;
-  server {{
-    listen 127.0.0.1:{port};
-    chunk_size 4096;
-    application live {{
-      live on;
-      record off;
-      allow publish 127.0.0.1;
-      deny publish all;
-      allow play all;
-    }}
-  }}
-}}
-"""
 
 
 # -- fixtures: clip, origin, publisher ---------------------------------------
@@ -108,20 +89,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def nginx_origin(workdir: Path) -> Iterator[tuple[int, psutil.Process]]:
-    (workdir / "logs").mkdir()
-    port = free_port()
-    (workdir / "nginx.conf").write_text(NGINX_CONF.format(module=RTMP_MODULE, port=port))
-    cmd = ["nginx", "-p", f"{workdir}/", "-c", "nginx.conf", "-e", "logs/error.log"]
-    subprocess.run(cmd, check=True)
-    pid_file = workdir / "logs" / "nginx.pid"
-    try:
-        wait_for(lambda: pid_file.exists(), 5, "nginx pid file")
-        yield port, psutil.Process(int(pid_file.read_text()))
-    finally:
-        subprocess.run([*cmd, "-s", "quit"], check=False)
-        if not poll(lambda: not pid_file.exists(), 5) and pid_file.exists():
-            psutil.Process(int(pid_file.read_text())).kill()
+def nginx_origin() -> Iterator[tuple[int, psutil.Process]]:
+    """The tests' nginx-rtmp origin (tests/support/servers.py): its port and master process."""
+    with RtmpOrigin() as origin:
+        assert origin.pid is not None
+        yield origin.rtmp_port, psutil.Process(origin.pid)
 
 
 @contextmanager
@@ -369,7 +341,7 @@ def main(argv: list[str]) -> int:
     print(f"load average before start: {psutil.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="livesnap-bench-") as tmp:
         workdir = Path(tmp)
-        with nginx_origin(workdir) as (port, origin):
+        with nginx_origin() as (port, origin):
             url = f"rtmp://127.0.0.1:{port}/live/bench"
             publisher = [
                 *("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re"),

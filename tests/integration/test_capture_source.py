@@ -15,7 +15,6 @@ import io
 import itertools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -29,6 +28,7 @@ import av
 import numpy as np
 import pytest
 import simplejpeg
+from tests.support.servers import RtmpOrigin
 
 from livesnap.capture.source import (
     Captured,
@@ -157,38 +157,6 @@ def assert_disconnected_once_and_last(recorder: Recorder) -> Disconnected:
 # -- origins -----------------------------------------------------------------
 
 
-@dataclass
-class Origin:
-    port: int
-
-    def url(self, key: str) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/live/{key}"
-
-
-NGINX_CONF = """\
-load_module {module};
-daemon on;
-worker_processes 1;
-pid logs/nginx.pid;
-error_log logs/error.log info;
-events {{ worker_connections 64; }}
-rtmp {{
-  access_log logs/rtmp-access.log;
-  server {{
-    listen 127.0.0.1:{port};
-    chunk_size 4096;
-    application live {{
-      live on;
-      record off;
-      allow publish 127.0.0.1;
-      deny publish all;
-      allow play all;
-    }}
-  }}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def tools() -> None:
     missing = [t for t in ("nginx", "ffmpeg") if shutil.which(t) is None]
@@ -198,29 +166,9 @@ def tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def origin(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
-    root = tmp_path_factory.mktemp("nginx")
-    (root / "logs").mkdir()
-    port = free_port()
-    (root / "nginx.conf").write_text(NGINX_CONF.format(module=RTMP_MODULE, port=port))
-    cmd = ["nginx", "-p", f"{root}/", "-c", "nginx.conf", "-e", "logs/error.log"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
-    try:
-        assert wait_until(lambda: _accepts(port), 5), "nginx did not listen"
-        yield Origin(port)
-    finally:
-        subprocess.run([*cmd, "-s", "quit"], capture_output=True, timeout=10)
-        pid_file = root / "logs" / "nginx.pid"
-        if not wait_until(lambda: not pid_file.exists(), 5) and pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
+def origin(tools: None) -> Iterator[RtmpOrigin]:
+    with RtmpOrigin() as rtmp:
+        yield rtmp
 
 
 def encode_clip(path: Path, width: int, height: int) -> Path:
@@ -267,7 +215,7 @@ def _playable(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def live_url(origin: Origin, clip: Path) -> Iterator[str]:
+def live_url(origin: RtmpOrigin, clip: Path) -> Iterator[str]:
     url = origin.url("test")
     proc = publish(clip, url)
     yield url
@@ -475,7 +423,7 @@ def test_failing_owner_callback_does_not_kill_the_reader(
 
 
 def test_publisher_killed_ends_the_reader(
-    origin: Origin, clip: Path, run_reader: Callable[..., Run]
+    origin: RtmpOrigin, clip: Path, run_reader: Callable[..., Run]
 ) -> None:
     url = origin.url("dying")
     publisher = publish(clip, url)
@@ -499,7 +447,7 @@ def test_publisher_killed_ends_the_reader(
 
 
 def test_publisher_restarting_with_another_size_is_followed(
-    origin: Origin, clip: Path, tmp_path: Path, run_reader: Callable[..., Run]
+    origin: RtmpOrigin, clip: Path, tmp_path: Path, run_reader: Callable[..., Run]
 ) -> None:
     # A camera's encoder restarts with new settings within rw_timeout: nginx
     # keeps the play session and the FLV demuxer attaches the new SPS/PPS, as
@@ -535,7 +483,7 @@ def test_publisher_restarting_with_another_size_is_followed(
     assert not run.recorder.of(Disconnected)
 
 
-def test_unpublished_stream_is_not_live(origin: Origin, run_reader: Callable[..., Run]) -> None:
+def test_unpublished_stream_is_not_live(origin: RtmpOrigin, run_reader: Callable[..., Run]) -> None:
     started = time.monotonic()
     run = run_reader(origin.url("nobody"))
 
