@@ -19,7 +19,6 @@ from tests.integration.test_capture_source import (  # noqa: F401  (fixtures)
     GOP_S,
     HEIGHT,
     WIDTH,
-    Origin,
     Run,
     _playable,
     origin,
@@ -28,6 +27,7 @@ from tests.integration.test_capture_source import (  # noqa: F401  (fixtures)
     tools,
     wait_until,
 )
+from tests.support.servers import RtmpOrigin
 
 from livesnap.capture.source import Captured, CaptureFailed, Connected, Disconnected
 
@@ -75,7 +75,7 @@ def valid_jpegs(run: Run) -> list[tuple[int, int]]:
 
 
 def test_corrupted_keyframes_do_not_stop_the_reader(
-    origin: Origin, long_clip: Path, run_reader: Callable[..., Run]  # noqa: F811
+    origin: RtmpOrigin, long_clip: Path, run_reader: Callable[..., Run]  # noqa: F811
 ) -> None:
     # every other keyframe (packet 0, 100, 200, … of a 50-frame GOP) gets 1 byte in 20 overwritten
     noise = "noise=amount=if(eq(mod(n\\,100)\\,0)\\,20\\,0)"
@@ -94,7 +94,7 @@ def test_corrupted_keyframes_do_not_stop_the_reader(
 
 
 def test_a_forward_timestamp_jump_keeps_the_captures_coming(
-    origin: Origin, long_clip: Path, run_reader: Callable[..., Run]  # noqa: F811
+    origin: RtmpOrigin, long_clip: Path, run_reader: Callable[..., Run]  # noqa: F811
 ) -> None:
     # after 3 s of stream the timestamps jump ten minutes ahead (an encoder clock step)
     jump = "setts=ts=TS+if(gte(N\\,75)\\,600000\\,0)"
@@ -113,7 +113,7 @@ def test_a_forward_timestamp_jump_keeps_the_captures_coming(
 
 
 def test_a_new_session_reads_the_new_codec(
-    origin: Origin, run_reader: Callable[..., Run]  # noqa: F811
+    origin: RtmpOrigin, run_reader: Callable[..., Run]  # noqa: F811
 ) -> None:
     # a camera that sends Sorenson H.263 (FLV1) instead of H.264 is captured too
     url = origin.url("flv1")
