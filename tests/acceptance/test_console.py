@@ -92,6 +92,28 @@ def check_wall(page: Page, base: str, count: int) -> None:
     page.screenshot(path=str(ARTIFACTS / "console-wall.png"), full_page=True)
 
 
+NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
+
+
+def check_wall_controls(page: Page) -> None:
+    """The filter form narrows the wall; on a phone (390 px) tiles fill the width, no sideways
+    scrolling."""
+    page.get_by_label("Name or job ID").fill("stage")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(".wall .tile")).to_have_count(1)
+    expect(page.locator(".wall .tile h2")).to_have_text("stage-cam")
+    expect(page.locator("[data-field=wall-count]")).to_contain_text("Showing 1–1 of 1 matching")
+    page.get_by_role("link", name="Reset").click()
+    expect(page.locator(".wall .tile")).to_have_count(2)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    assert page.evaluate(NO_SIDEWAYS_SCROLL)
+    width = page.locator(".wall .tile").first.bounding_box()["width"]
+    assert 300 <= width <= 390
+    page.screenshot(path=str(ARTIFACTS / "console-wall-390.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
 def check_stop(page: Page, name: str) -> None:
     page.get_by_role("link", name=name, exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text(name)
@@ -126,6 +148,7 @@ def test_console_wall_job_page_and_sessions(tmp_path, publisher_factory, browser
         page.on("pageerror", lambda error: script_errors.append(str(error)))
         page.on("console", lambda msg: msg.type == "error" and script_errors.append(msg.text))
         check_wall(page, base, len(names))
+        check_wall_controls(page)
         check_stop(page, "lobby-cam")
         status = client.get_live_snapshot_job(m.GetLiveSnapshotJobRequest(job_id=jobs["lobby-cam"]))
         assert status.body.status == "paused"

@@ -196,6 +196,28 @@ async def test_wall_shows_started_jobs_with_their_picture(console):
     assert state["staleAfterMs"] == 20_000
 
 
+async def test_the_wall_filters_sorts_and_pages_hundreds_of_jobs(console):
+    for i in range(30):
+        await console.job(name=f"cam-{i:02}", picture=False)
+    await console.login()
+    wall = await console.client.get("/console/?sort=name")
+    tiles = re.findall(r'<li class="tile', wall.text)
+    assert len(tiles) == 24 and "30 started jobs, 30 live." in wall.text
+    assert "Showing 1–24 of 30." in wall.text and "Page 1 of 2" in wall.text
+    assert "cam-00" in wall.text and "cam-29" not in wall.text
+    nxt = re.search(r'href="/console/(\?[^"]*)" rel="next"', wall.text).group(1)
+    assert "sort=name" in nxt and "page=2" in nxt
+    second = await console.client.get("/console/" + nxt.replace("&amp;", "&"))
+    assert len(re.findall(r'<li class="tile', second.text)) == 6
+    assert "cam-29" in second.text and "Showing 25–30 of 30." in second.text
+    assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
+    found = await console.client.get("/console/?q=CAM-1")  # cam-10 … cam-19
+    assert len(re.findall(r'<li class="tile', found.text)) == 10
+    assert "Showing 1–10 of 10 matching." in found.text and "Page 1 of" not in found.text
+    none = await console.client.get("/console/?show=trouble")
+    assert "No started job matches." in none.text and '<li class="tile' not in none.text
+
+
 async def test_a_live_job_that_stores_nothing_shows_its_error_on_its_tile(console):
     job = await console.job(picture=False)
     await console.manager.storage_changed(
@@ -230,6 +252,29 @@ async def test_job_page_shows_details_filmstrip_and_files(console):
     empty = await console.client.get(f"/console/jobs/{job.id}",
                                      params={"from": "2001-01-01T00:00", "to": "2001-01-02T00:00"})
     assert "No files in this range." in empty.text
+
+
+async def test_files_are_listed_newest_first_a_page_at_a_time(console):
+    job = await console.job(picture=False)
+    now_ms = int(SystemClock().time() * 1000)
+    taken = [now_ms - 600_000 + i * 5_000 + 7 for i in range(65)]  # odd ms: links keep them
+    for i, create_ms in enumerate(taken):
+        await console.manager.snapshot_stored(job, CaptureReport(
+            job_id=job.id, create_ms=create_ms, sequence=i + 1, sequence_key=f"k/{i}.jpg",
+            overwrite_key=None, width=1280, height=720, size=10, stream_time_ms=None, lag_ms=5))
+    await console.login()
+    first = await console.client.get(f"/console/jobs/{job.id}")
+    shown = [int(ms) for ms in re.findall(r'<th scope="row">.*?</th>\s*<td><a href="/console/jobs/'
+                                          r'[^/]+/files/(\d+)\.jpg"', first.text)]
+    assert shown == sorted(taken, reverse=True)[:60]  # newest first, 60 a page
+    assert "60 files, newest first" in first.text and "Newest files" not in first.text
+    older = re.search(r'href="(/console/jobs/[^"]+)" rel="next">Older files', first.text).group(1)
+    second = await console.client.get(older.replace("&amp;", "&"))
+    rest = [int(ms) for ms in re.findall(r'<th scope="row">.*?</th>\s*<td><a href="/console/jobs/'
+                                         r'[^/]+/files/(\d+)\.jpg"', second.text)]
+    assert rest == sorted(taken, reverse=True)[60:]  # the 5 oldest, none twice, none lost
+    assert "5 older files, newest first" in second.text
+    assert "Newest files" in second.text and "Older files" not in second.text
 
 
 def _all_files(job_id):

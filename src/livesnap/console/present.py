@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from livesnap.jobs.manager import STORAGE_ERROR_PREFIX
 from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus
@@ -75,7 +76,7 @@ def local_input_value(ms: int) -> str:
 
 
 def local_input_value_ms(ms: int) -> str:
-    """A ``datetime-local`` value with milliseconds (for "later files" links)."""
+    """A ``datetime-local`` value with milliseconds (for the file pages' links)."""
     moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}"
 
@@ -90,7 +91,7 @@ def parse_local_input(text: str | None) -> int | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return round(parsed.timestamp() * 1000)  # not int(): x.567 s may be 566.99… ms as a float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,3 +138,78 @@ def job_state(job: Job, latest: SnapshotFile | None, now_ms: int) -> dict[str, o
         "snapshotCount": job.snapshot_count,
         "lastError": job.last_error,
     }
+
+
+# the wall: which started jobs it shows, in what order, one page at a time ---------------------
+WALL_TILES_PER_PAGE = 24
+WALL_SHOWS = {"all": "All started jobs", "live": "Live only", "trouble": "Not live or not storing"}
+WALL_SORTS = {"status": "Trouble first", "name": "Name", "newest": "Newest first"}
+# "status" order: what needs a look first
+_BADGE_ORDER = {"trouble": 0, "offline": 1, "reconnecting": 2, "paused": 3, "live": 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WallView:
+    """The wall's filter (``q`` in the name or a job id prefix, ``show``), sort and page."""
+
+    q: str = ""
+    show: str = "all"
+    sort: str = "status"
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, params: dict[str, str]) -> WallView:
+        """From the page's query string; anything unknown falls back to the default."""
+        show = params.get("show", "all")
+        sort = params.get("sort", "status")
+        try:
+            page = max(1, min(int(params.get("page", "1")), 10_000))
+        except ValueError:
+            page = 1
+        return cls(q=params.get("q", "").strip()[:100],
+                   show=show if show in WALL_SHOWS else "all",
+                   sort=sort if sort in WALL_SORTS else "status", page=page)
+
+    def query(self, **changes: object) -> str:
+        """This view's query string with ``changes`` (the pager's links), defaults left out."""
+        values = {"q": self.q, "show": self.show, "sort": self.sort, "page": self.page, **changes}
+        defaults = {"q": "", "show": "all", "sort": "status", "page": 1}
+        kept = {k: str(v) for k, v in values.items() if v != defaults[k]}
+        return "?" + urlencode(kept) if kept else "?"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WallPage:
+    """One page of the wall: its jobs, and how many matched and were started in all."""
+
+    jobs: list[Job]
+    first: int  # the position of the first job shown among those matched, from 1
+    matched: int
+    started: int
+    live: int
+    page: int
+    pages: int
+
+
+def arrange_wall(jobs: list[Job], view: WallView, per_page: int = WALL_TILES_PER_PAGE) -> WallPage:
+    """Filter, sort and page the started jobs for the wall."""
+    badges = {job.id: badge_for(job).kind for job in jobs}
+    needle = view.q.casefold()
+    matched = [
+        job for job in jobs
+        if (not needle or needle in job.name.casefold() or job.id.startswith(view.q))
+        and (view.show == "all" or (badges[job.id] == "live") == (view.show == "live"))
+    ]
+    if view.sort == "name":
+        matched.sort(key=lambda job: (job.name.casefold(), job.id))
+    elif view.sort == "newest":
+        matched.sort(key=lambda job: (-job.created_ms, job.id))
+    else:
+        matched.sort(key=lambda job: (_BADGE_ORDER.get(badges[job.id], 9),
+                                      job.name.casefold(), job.id))
+    pages = max(1, -(-len(matched) // per_page))
+    page = min(view.page, pages)
+    start = (page - 1) * per_page
+    return WallPage(jobs=matched[start:start + per_page], first=start + 1, matched=len(matched),
+                    started=len(jobs), live=sum(kind == "live" for kind in badges.values()),
+                    page=page, pages=pages)

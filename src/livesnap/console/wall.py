@@ -68,12 +68,13 @@ class Tile:
 
 @dataclass(frozen=True, kw_only=True)
 class Browse:
-    """The time-picker range and the files in it."""
+    """The time-picker range and its newest files, one page at a time (older on the next)."""
 
     from_ms: int
     to_ms: int
     files: list[SnapshotFile]
-    next_from_ms: int | None
+    older_to_ms: int | None  # ``to`` of the next page of older files; None: no more
+    paged: bool  # this page starts before ``to`` (an "Older files" link led here)
 
 
 class WallViews:
@@ -131,11 +132,16 @@ class WallViews:
     # the wall ------------------------------------------------------------------------------
     async def wall(self, request: Request, visit: Visit) -> Response:
         now_ms = self.console.now_ms()
+        view = present.WallView.from_query(dict(request.query_params))
         started = await self._started_jobs(visit.account, now_ms)
-        tiles = await asyncio.gather(*(self._tile(visit.account, job, now_ms) for job in started))
+        shown = present.arrange_wall(started, view)
+        # only this page's tiles look up their latest picture
+        tiles = await asyncio.gather(*(self._tile(visit.account, job, now_ms)
+                                       for job in shown.jobs))
         idle = await self._idle_jobs(visit.account, now_ms)
         context = {"tiles": tiles, "idle": [(job, present.badge_for(job)) for job in idle],
-                   "now_ms": now_ms, "title": "Wall"}
+                   "view": view, "shown": shown, "shows": present.WALL_SHOWS,
+                   "sorts": present.WALL_SORTS, "now_ms": now_ms, "title": "Wall"}
         return self.pages.render(request, visit.session, "wall.html", context)
 
     async def state(self, request: Request, visit: Visit) -> Response:
@@ -240,12 +246,16 @@ class WallViews:
         params = request.query_params
         to_ms = present.parse_local_input(params.get("to")) or now_ms + 60_000
         from_ms = present.parse_local_input(params.get("from")) or to_ms - HOUR_MS
-        files = await self._files(account, job_id, from_ms, to_ms, limit=BROWSE_LIMIT + 1,
-                                  newest_first=False)
+        # a page of older files keeps the range's end in "until" and starts below it
+        until_ms = present.parse_local_input(params.get("before"))
+        page_to = min(to_ms, until_ms - 1) if until_ms is not None else to_ms
+        files = await self._files(account, job_id, from_ms, page_to, limit=BROWSE_LIMIT + 1,
+                                  newest_first=True)
         more = len(files) > BROWSE_LIMIT
         files = files[:BROWSE_LIMIT]
-        next_from = files[-1].create_ms + 1 if more else None
-        return Browse(from_ms=from_ms, to_ms=to_ms, files=files, next_from_ms=next_from)
+        older = files[-1].create_ms if more else None
+        return Browse(from_ms=from_ms, to_ms=to_ms, files=files, older_to_ms=older,
+                      paged=until_ms is not None)
 
     async def _deliveries(self, account: str, job: Job) -> list[DeliveryAttempt] | None:
         """The callback delivery log; None where this build has none."""
