@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console, RenderableType
+from rich.measure import Measurement
 
 from livesnap.client import ApiError, ClientError, Credentials, IceClient, Params, TransportError
 from livesnap.commands.output import json_text, stderr_console, stdout_console
@@ -42,6 +43,9 @@ class CommandError(Exception):
         self.code, self.message, self.exit_code = code, message, exit_code
 
 
+UNBOUNDED_WIDTH = 100_000  # what a --wide table is measured against
+
+
 class Cli:
     """What a command works with: the signed client and the output mode."""
 
@@ -56,12 +60,23 @@ class Cli:
     def call(self, action: str, params: Params = ()) -> dict[str, Any]:
         return self.client.call(action, params)
 
-    def show(self, body: Any, render: Callable[[], RenderableType | str]) -> None:
-        """The raw JSON with ``--json``, else what ``render`` draws."""
+    def show(
+        self, body: Any, render: Callable[[], RenderableType | str], *, wide: bool = False
+    ) -> None:
+        """The raw JSON with ``--json``, else what ``render`` draws: fitted to the terminal,
+        or with ``wide`` at its natural width however wide the terminal is."""
         if self.as_json:
             typer.echo(json_text(body))
-        else:  # names and ids are data: never read as rich markup
-            self.out.print(render(), markup=False, highlight=False)
+            return
+        drawn = render()
+        fitted = self.out.width
+        if wide:  # rich never draws wider than its console: widen it for this table
+            unbounded = self.out.options.update_width(UNBOUNDED_WIDTH)
+            self.out.width = max(Measurement.get(self.out, unbounded, drawn).maximum, fitted)
+        try:  # names and ids are data: never read as rich markup
+            self.out.print(drawn, markup=False, highlight=False)
+        finally:
+            self.out.width = fitted
 
     @contextlib.contextmanager
     def waiting(self, message: str) -> Iterator[None]:
@@ -91,6 +106,9 @@ class Cli:
 CONNECTION = "Connection (also from LIVESNAP_* variables or ~/.livesnap/config.toml)"
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the raw response JSON (scripts).")]
+WideFlag = Annotated[bool, typer.Option(
+    "--wide", help="Every column at full width (the table may be wider than the terminal); "
+    "without it, tables fit 80 columns.")]
 ProfileOpt = Annotated[str | None, typer.Option(
     "--profile", help="Profile in the config file.", rich_help_panel=CONNECTION)]
 EndpointOpt = Annotated[str | None, typer.Option(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from livesnap.commands.common import Cli, api_command, ice_time, parse_time
+from livesnap.commands.common import Cli, WideFlag, api_command, ice_time, parse_time
 from livesnap.commands.output import Column, list_table
 
 app = typer.Typer(help="List and delete snapshot files: list, delete.", no_args_is_help=True)
@@ -25,12 +25,12 @@ class Sort(StrEnum):
 
 FILE_COLUMNS = (
     Column("CreateTimestamp", "CreateTimestamp", no_wrap=True),
-    Column("CreateTime", "Created"),
+    Column("CreateTime", "Created", no_wrap=True, wide_only=True),
     Column("OssObject", "Object"),
-    Column("IsOverlay", "Overwrite"),
-    Column("Width", "Width"),
-    Column("Height", "Height"),
-    Column("Size", "Bytes"),
+    Column("IsOverlay", "Overwrite", no_wrap=True, wide_only=True),
+    Column("Width", "Width", no_wrap=True, wide_only=True),
+    Column("Height", "Height", no_wrap=True, wide_only=True),
+    Column("Size", "Bytes", no_wrap=True),
 )
 RESULT_COLUMNS = (Column("CreateTimestamp", "CreateTimestamp", no_wrap=True),
                   Column("Result", "Result"))
@@ -76,6 +76,7 @@ def list_files(
     sort: Annotated[Sort, typer.Option(help="By capture time.")] = Sort.asc,
     all_pages: Annotated[bool, typer.Option(
         "--all", help="Fetch every page (--json then prints {\"FileList\": [...]}).")] = False,
+    wide: WideFlag = False,
 ) -> None:
     """List a job's snapshot files in a time window (default: the last 24 hours)."""
     # ICE times have whole seconds: "now" rounds up, so this second's captures are included
@@ -89,8 +90,8 @@ def list_files(
     more = body.get("NextStartTime")
     caption = f"{len(body.get('FileList', []))} files" + (
         f"; more from {more} (or use --all)" if more else "")
-    cli.show(body, lambda: list_table(body.get("FileList", []), FILE_COLUMNS,
-                                      title=f"Files of job {job_id}", caption=caption))
+    cli.show(body, lambda: list_table(body.get("FileList", []), FILE_COLUMNS, wide=wide,
+                                      title=f"Files of job {job_id}", caption=caption), wide=wide)
 
 
 @app.command("delete")

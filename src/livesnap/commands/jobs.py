@@ -13,6 +13,7 @@ from livesnap.commands.common import (
     Cli,
     CommandError,
     ExitCode,
+    WideFlag,
     api_command,
     paging_params,
     parse_time,
@@ -50,9 +51,9 @@ class StorageType(StrEnum):
 LIST_COLUMNS = (
     Column("JobId", "Id", no_wrap=True),
     Column("JobName", "Name"),
-    Column("Status", "Status"),
-    Column("StreamStatus", "Stream"),
-    Column("CreateTime", "Created", no_wrap=True),
+    Column("Status", "Status", no_wrap=True),
+    Column("StreamStatus", "Stream", no_wrap=True),
+    Column("CreateTime", "Created", no_wrap=True, wide_only=True),
 )
 
 
@@ -168,6 +169,7 @@ def list_jobs(
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     page_size: Annotated[int, typer.Option(min=1, max=100, help="Jobs per page.")] = 10,
     sort: Annotated[Sort, typer.Option(help="By creation time.")] = Sort.desc,
+    wide: WideFlag = False,
 ) -> None:
     """List jobs created in a time window (default: the last 7 days)."""
     params = paging_params(page, page_size, sort.value, keyword)
@@ -175,8 +177,8 @@ def list_jobs(
         if value is not None:
             params.append((key, str(value)))
     body = cli.call("ListLiveSnapshotJobs", params)
-    cli.show(body, lambda: list_table(body.get("JobList", []), LIST_COLUMNS,
-                                      title="Jobs", caption=page_caption(body, "jobs")))
+    cli.show(body, lambda: list_table(body.get("JobList", []), LIST_COLUMNS, wide=wide,
+                                      title="Jobs", caption=page_caption(body, "jobs")), wide=wide)
 
 
 @app.command("get")

@@ -17,11 +17,13 @@ HIDDEN = ("RequestId",)
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: the response field, its header, and whether it may wrap."""
+    """One table column: the response field, its header, whether it may wrap, and whether
+    only ``--wide`` tables show it (the others fit 80 columns)."""
 
     key: str
     header: str
     no_wrap: bool = False
+    wide_only: bool = False
 
 
 def json_text(body: Any) -> str:
@@ -64,8 +66,11 @@ def detail_table(body: Mapping[str, Any], *, title: str) -> Table:
 
 
 def list_table(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, title: str, caption: str = ""
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, title: str, caption: str = "",
+    wide: bool = False,
 ) -> Table:
+    """Rows under ``columns``; without ``wide`` the ``wide_only`` ones are left out."""
+    columns = [column for column in columns if wide or not column.wide_only]
     table = Table(title=Text(title), caption=Text(caption) if caption else None,
                   title_justify="left", caption_justify="left")
     for column in columns:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from livesnap.commands.common import Cli, api_command, paging_params
+from livesnap.commands.common import Cli, WideFlag, api_command, paging_params
 from livesnap.commands.output import Column, detail_table, list_table, page_caption
 
 app = typer.Typer(
@@ -89,10 +89,10 @@ class Kind(StrEnum):
 LIST_COLUMNS = (
     Column("TemplateId", "Id", no_wrap=True),
     Column("TemplateName", "Name"),
-    Column("Type", "Type"),
-    Column("TimeInterval", "Interval (s)"),
-    Column("ConnectMode", "Connect"),
-    Column("CreateTime", "Created"),
+    Column("Type", "Type", no_wrap=True, wide_only=True),
+    Column("TimeInterval", "Interval", no_wrap=True),
+    Column("ConnectMode", "Connect", no_wrap=True),
+    Column("CreateTime", "Created", no_wrap=True, wide_only=True),
 )
 
 
@@ -117,14 +117,16 @@ def list_templates(
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     page_size: Annotated[int, typer.Option(min=1, max=100, help="Templates per page.")] = 10,
     sort: Annotated[Sort, typer.Option(help="By creation time.")] = Sort.desc,
+    wide: WideFlag = False,
 ) -> None:
     """List templates (yours and the built-in system template)."""
     params = paging_params(page, page_size, sort.value, keyword)
     if kind is not None:
         params.append(("Type", kind.value))
     body = cli.call("ListLiveSnapshotTemplates", params)
-    cli.show(body, lambda: list_table(body.get("TemplateList", []), LIST_COLUMNS,
-                                      title="Templates", caption=page_caption(body, "templates")))
+    cli.show(body, lambda: list_table(
+        body.get("TemplateList", []), LIST_COLUMNS, wide=wide, title="Templates",
+        caption=page_caption(body, "templates")), wide=wide)
 
 
 @app.command("create")
