@@ -55,13 +55,17 @@ ICE_ACTIONS = [
     "GetLiveSnapshotJob", "ListLiveSnapshotJobs", "SendLiveSnapshotJobCommand",
     "ListLiveSnapshotFiles", "DeleteLiveSnapshotFiles",
 ]
-ACTIONS = [*ICE_ACTIONS, "ListLiveSnapshotCallbackAttempts", "ReplayLiveSnapshotCallbacks"]
+# livesnap's extensions; DeleteLiveSnapshotJob deletes pooled jobs too (seeded or fuzzed): the
+# pool keeps their ids, which then stand for jobs that do not exist
+ACTIONS = [*ICE_ACTIONS, "ListLiveSnapshotCallbackAttempts", "ReplayLiveSnapshotCallbacks",
+           "DeleteLiveSnapshotJob"]
 SPEC_NAMES = [
     "TemplateName", "TimeInterval", "OverwriteFormat", "SequenceFormat", "TemplateId", "PageNo",
     "PageSize", "SortBy", "SearchKeyWord", "TemplateIds.1", "TemplateIds.2", "TemplateIds.201",
     "Type", "JobName", "StreamInput", "SnapshotOutput", "CallbackUrl", "JobId", "StartTime",
     "EndTime", "Status", "Command", "Limit", "CreateTimestampList", "DeleteOriginalFile",
     "ImageFormat", "Quality", "Width", "Height", "QualityGate", "LatestPointer",
+    "DeleteOriginalFiles",
 ]
 JUNK_NAMES = [
     "Action", "Version", "RegionId", "Format", "TemplateIds.0", "TemplateIds.-1",
@@ -233,6 +237,8 @@ def _plausible(action: str) -> st.SearchStrategy[dict[str, str]]:
              .map(json.dumps)}, optional={"DeleteOriginalFile": st.sampled_from(["True", "false"])}),
         "ListLiveSnapshotCallbackAttempts": st.fixed_dictionaries({"JobId": job}),
         "ReplayLiveSnapshotCallbacks": st.fixed_dictionaries({"JobId": job}),
+        "DeleteLiveSnapshotJob": st.fixed_dictionaries({"JobId": job}, optional={
+            "DeleteOriginalFiles": st.sampled_from(["True", "false", "yes"])}),
     }
     return table[action]
 

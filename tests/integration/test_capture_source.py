@@ -520,6 +520,32 @@ def test_silent_origin_times_out(
     assert last.reason == "timed out"
 
 
+def test_a_server_that_closes_at_once_sent_no_stream(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+) -> None:
+    # what an unreachable host or an origin that turns unknown streams away looks like to
+    # FFmpeg (end of file before anything): not "stream ended", nothing was ever live
+    def read_the_handshake_then_close(conn: socket.socket) -> None:  # a FIN: end of file
+        received = b""
+        while len(received) < 1537 and (chunk := conn.recv(4096)):
+            received += chunk
+        conn.close()
+
+    def close_unread(conn: socket.socket) -> None:  # unread bytes: the close is a reset
+        time.sleep(0.2)
+        conn.close()
+
+    for handler in (read_the_handshake_then_close, close_unread):
+        port = serve_socket(handler)
+        run = run_reader(f"rtmp://127.0.0.1:{port}/live/x")
+
+        assert run.recorder.wait_for(Disconnected, timeout=RW_TIMEOUT_S + 2)
+        last = assert_disconnected_once_and_last(run.recorder)
+        assert last.was_live is False
+        assert last.reason.startswith("the server sent no stream"), last
+
+
 def test_stop_during_a_stalled_open(
     serve_socket: Callable[[Callable[[socket.socket], None]], int],
     run_reader: Callable[..., Run],

@@ -739,6 +739,12 @@ class StreamReader:
                 timeout_s=options.rw_timeout_s)
             if problem is not None:
                 raise _OpenRefusedError(problem) from exc
+            if isinstance(exc, av.error.EOFError | av.error.ConnectionResetError):
+                # nothing was read yet: no stream ended, the server never sent one (an
+                # unreachable host, or an origin that closes players of unknown streams)
+                raise _OpenRefusedError(
+                    "the server sent no stream: unreachable, or it closed the connection at "
+                    "once (no such stream?)") from exc
             raise
 
     def _fetcher(self) -> CheckedFetcher | None:
