@@ -21,7 +21,7 @@ from livesnap.config import (
     parse_access_keys,
     storage_account_problem,
 )
-from livesnap.errors import StoreError
+from livesnap.errors import ClusterMismatch, StoreError
 from livesnap.logs import setup_logging
 
 app = typer.Typer(
@@ -132,6 +132,8 @@ def serve(
         asyncio.run(run(settings, keys))
     except StoreError as exc:  # e.g. an unreachable database at start: one line, not a trace
         raise _fail(f"database: {exc.message}") from None
+    except ClusterMismatch as exc:
+        raise _fail(exc.message) from None
 
 
 @app.command()
@@ -146,18 +148,27 @@ def migrate(
     typer.echo("livesnap: database is up to date")
 
 
-def _migrate(settings: Settings) -> None:
-    """Bring the database schema up to date; a database error is one line and exit 2."""
+def _migrate(settings: Settings, *, cluster: bool = False) -> None:
+    """Bring the database schema up to date (``cluster``: and make this command's shard
+    count and Ray namespace the cluster's); a database error is one line, exit 2."""
+    from livesnap.node.wiring import agree_with_cluster
     from livesnap.store import open_sql_store
 
     async def run() -> None:
         store = await open_sql_store(settings.resolved_database_url())
-        await store.close()
+        try:
+            if cluster:
+                await agree_with_cluster(settings, store, (), int(time.time() * 1000),
+                                         authoritative=True)
+        finally:
+            await store.close()
 
     try:
         asyncio.run(run())
     except StoreError as exc:
         raise _fail(f"database: {exc.message}") from None
+    except ClusterMismatch as exc:
+        raise _fail(exc.message) from None
 
 
 @app.command()
@@ -205,7 +216,7 @@ def cluster_up(
     settings = _cluster_settings(shards=shards, ray_address=ray_address,
                                  database_url=database_url, data_dir=data_dir,
                                  shard_resource=resource)
-    _migrate(settings)
+    _migrate(settings, cluster=True)
     _connect(settings)
     from livesnap.cluster.rayengine import cluster_status, launch_shards
     from livesnap.node.shardhost import ShardHost

@@ -91,6 +91,10 @@ class FencedOut(StoreError):
     """A newer instance of this capture shard has taken over: this one may not write."""
 
 
+class ClusterMismatch(LivesnapError):
+    """A node's setting differs from the one every node of its cluster shares."""
+
+
 class ShardUnavailable(LivesnapError):
     """The job's capture shard is starting, moving or was replaced; the command was not
     carried out (the shard applies the job's stored state when it is back)."""

@@ -43,6 +43,7 @@ from livesnap.node.metrics import Metrics, Probes, ops_routes
 from livesnap.node.wiring import (
     CALLBACK_CLOSE_S,
     StoredSnapshots,
+    agree_with_cluster,
     callback_dispatcher,
     capture_supervisor,
     job_manager,
@@ -106,6 +107,20 @@ def ops_probes(store: SqlStore, manager: JobManager, router: StorageRouter) -> P
                   storage=functools.partial(storage_figures, router), remote=remote)
 
 
+async def _cluster_keys(
+    settings: Settings, store: SqlStore, keys: KeyRing, clock: Clock
+) -> dict[str, str] | None:
+    """A cluster's API node: its settings checked against the cluster's (``ClusterMismatch``
+    closes the store), and the callback keys every node shares. None on a single node."""
+    if settings.engine != "ray":
+        return None
+    try:
+        return await agree_with_cluster(settings, store, keys.accounts, int(clock.time() * 1000))
+    except BaseException:
+        await store.close()
+        raise
+
+
 @contextlib.asynccontextmanager
 async def build_service(
     settings: Settings, keys: KeyRing, *, clock: Clock | None = None
@@ -114,6 +129,7 @@ async def build_service(
     clock = clock or SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_sql_store(settings.resolved_database_url())
+    shared_keys = await _cluster_keys(settings, store, keys, clock)
     metrics = Metrics()
     adopt_legacy_layout(settings.data_dir / "storage", keys.accounts)
     router = storage_router(settings)
@@ -128,7 +144,8 @@ async def build_service(
     dispatcher: CallbackDispatcher | None = None
     client: CallbackClient | None = None
     if not one_child:
-        dispatcher, client = callback_dispatcher(settings, store, metrics, clock)
+        dispatcher, client = callback_dispatcher(settings, store, metrics, clock,
+                                                 shared_keys=shared_keys)
         manager.on_events_written(dispatcher.offer)
     engine: CaptureEngine
     if settings.engine == "ray":

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
 from livesnap.callbacks.http11 import CallbackClient
-from livesnap.callbacks.keys import CallbackKeys
+from livesnap.callbacks.keys import CallbackKeys, new_key
 from livesnap.callbacks.policy import DeliveryPolicy
 from livesnap.capture.metrics import CaptureMetrics
 from livesnap.capture.session import SessionOptions
@@ -22,7 +23,7 @@ from livesnap.capture.source import SourceOptions
 from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import Clock
 from livesnap.config import Settings
-from livesnap.errors import OutputError
+from livesnap.errors import ClusterMismatch, OutputError
 from livesnap.jobs.manager import JobManager, Limits, Policy
 from livesnap.jobs.models import StorageTarget
 from livesnap.jobs.ports import CaptureReports, StorageInfo, Store
@@ -196,17 +197,58 @@ def callback_policy(settings: Settings) -> DeliveryPolicy:
 
 
 def callback_dispatcher(
-    settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock
+    settings: Settings, store: SqlStore, metrics: Metrics, clock: Clock,
+    shared_keys: Mapping[str, str] | None = None,
 ) -> tuple[CallbackDispatcher, CallbackClient]:
-    """The outbox's dispatcher (not started) and the HTTP client it posts with."""
+    """The outbox's dispatcher (not started) and the HTTP client it posts with.
+
+    ``shared_keys``: a cluster's callback keys (``agree_with_cluster``), used for the accounts
+    ``LIVESNAP_CALLBACK_KEYS`` does not name."""
     delivery = callback_policy(settings)
-    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, settings.configured_callback_keys())
+    keys = {**(shared_keys or {}), **settings.configured_callback_keys()}
+    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, keys)
     client = callback_client(delivery)
     dispatcher = CallbackDispatcher(
         store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
         policy=delivery,
     )
     return dispatcher, client
+
+
+# what every node of a cluster must agree on (its database's ``cluster_settings``)
+SHARDS_SETTING = "shards"
+NAMESPACE_SETTING = "ray_namespace"
+CALLBACK_KEY_SETTING = "callback_key:"  # + account
+
+
+async def agree_with_cluster(
+    settings: Settings, store: SqlStore, accounts: Iterable[str], now_ms: int, *,
+    authoritative: bool = False, make_key: Callable[[], str] = new_key,
+) -> dict[str, str]:
+    """Check this node's cluster settings against the ones its database holds, and return
+    the callback key of each account, generated once for the whole cluster: every API node
+    signs an account's callbacks with the same key (an account's key from this node's
+    ``callback-keys.json``, if it has one, is the one offered).
+
+    The shard count and the Ray namespace are the ones ``livesnap cluster up`` set
+    (``authoritative``), or the first node stored. Raises ``ClusterMismatch`` (one line saying
+    what differs and what to set) when this node's are not the cluster's.
+    """
+    for name, mine, option in (
+        (SHARDS_SETTING, str(settings.shards), "LIVESNAP_SHARDS"),
+        (NAMESPACE_SETTING, settings.ray_namespace, "LIVESNAP_RAY_NAMESPACE"),
+    ):
+        theirs = await store.agree(name, mine, now_ms, replace=authoritative)
+        if theirs != mine:
+            raise ClusterMismatch(
+                f"{option} is {mine!r} on this node but {theirs!r} in the cluster's database "
+                f"(set by 'livesnap cluster up' or the first node): every node must use the "
+                f"same value")
+    configured = settings.configured_callback_keys()
+    own = CallbackKeys.in_data_dir(settings.data_dir, {}).generated()
+    return {account: await store.agree(CALLBACK_KEY_SETTING + account,
+                                       own.get(account) or make_key(), now_ms)
+            for account in sorted(set(accounts)) if account not in configured}
 
 
 def log_storage(router: StorageRouter) -> None:

@@ -69,6 +69,7 @@ from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store import rows
 from livesnap.store.migrate import migrate as apply_migrations
 from livesnap.store.tables import (
+    cluster_settings,
     delivery_attempts,
     files,
     jobs,
@@ -253,6 +254,22 @@ class SqlStore:
         stmt = select(shard_epochs.c.shard, shard_epochs.c.epoch, shard_epochs.c.taken_ms)
         found = await self._run("shard_epochs", lambda conn: conn.execute(stmt).all())
         return {row[0]: (int(row[1]), int(row[2])) for row in found}
+
+    async def agree(self, name: str, value: str, now_ms: int, *, replace: bool = False) -> str:
+        """The cluster's value of setting ``name``: the one stored first, by this call if
+        none was (two nodes storing at once: the first insert wins, both read it); with
+        ``replace``, ``value`` becomes the cluster's (the operator's command that sets it)."""
+        row = {"name": name, "value": value, "set_ms": now_ms}
+        insert_stmt = (self._dialect_insert(cluster_settings).values(row).on_conflict_do_update(
+            index_elements=["name"], set_={"value": value, "set_ms": now_ms}) if replace
+            else self._insert_if_absent(cluster_settings, row, ["name"]))
+        read = select(cluster_settings.c.value).where(cluster_settings.c.name == name)
+
+        def run(conn: Connection) -> str:
+            conn.execute(insert_stmt)
+            return str(conn.scalar(read))
+
+        return await self._run("agree", run, write=True)
 
     def fenced(self, fence: Fence, on_fenced: Callable[[], None] | None = None) -> SqlStore:
         """A view of this store whose writes are refused once ``fence`` is stale."""

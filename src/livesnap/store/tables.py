@@ -132,6 +132,17 @@ shard_epochs = Table(
     PrimaryKeyConstraint("shard", name="pk_shard_epochs"),
 )
 
+# Settings every node of a cluster must share (0008): the first node stores its value, the
+# others compare theirs (shard count, Ray namespace) or read it (generated callback keys).
+cluster_settings = Table(
+    "cluster_settings",
+    metadata,
+    Column("name", String(), nullable=False),
+    Column("value", String(), nullable=False),
+    Column("set_ms", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("name", name="pk_cluster_settings"),
+)
+
 outbox_events = Table(
     "outbox_events",
     metadata,
