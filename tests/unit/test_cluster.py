@@ -11,13 +11,25 @@ from collections import Counter
 import pytest
 from tests.contract.test_store_contract import job, snap
 
+from livesnap.clock import SystemClock
 from livesnap.errors import JobNotFound, ShardUnavailable, StreamNotFound
-from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus, Verdict
+from livesnap.jobs.manager import JobManager
+from livesnap.jobs.models import (
+    Job,
+    JobSpec,
+    JobStatus,
+    SnapshotFile,
+    StorageTarget,
+    StorageType,
+    StreamStatus,
+    Verdict,
+)
 from livesnap.jobs.ports import CaptureReport, CaptureResult
 from livesnap.jobs.schedule import ticks_missed
 from livesnap.shards.assign import owner, shard_names
-from livesnap.shards.remote import error_reply, raise_reply
+from livesnap.shards.remote import RemoteEngine, error_reply, raise_reply
 from livesnap.shards.runtime import ShardRuntime, ShardStats, TickLedger
+from livesnap.store import MemoryStore
 
 JOB_IDS = [f"job-{i:05d}" for i in range(6000)]
 
@@ -318,3 +330,43 @@ def test_the_embedded_mode_never_imports_ray(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+class SilentShards(RemoteEngine):
+    """An API node's engine whose shards never answer (down, or not created yet)."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    async def _command(self, method, job_id, *args):
+        self.commands.append(method)
+        raise ShardUnavailable("Capture shard shard-2 did not answer (GetTimeoutError).")
+
+    async def shutdown(self, timeout_s):
+        self.commands.append("shutdown")
+
+
+async def test_a_start_its_shard_cannot_take_is_started_with_a_last_error_that_says_why() -> None:
+    engine = SilentShards()
+    manager = JobManager(store=MemoryStore(), clock=SystemClock())
+    manager.attach_engine(engine)
+    await manager.open()
+    spec = JobSpec(name="cam", template_id="system", stream_url="rtmp://127.0.0.1/live/a",
+                   stream_type="rtmp", callback_url=None,
+                   storage=StorageTarget(storage_type=StorageType.LOCAL, endpoint="e",
+                                         bucket="b"))
+    try:
+        submitted = await manager.submit_job("acct-a", spec)
+        for _ in range(200):  # the submit's start runs in the background
+            got = await manager.get_job("acct-a", submitted.id)
+            if got.status is JobStatus.STARTED:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.commands == ["start"]
+        assert got.status is JobStatus.STARTED  # the shard applies it when back (reconcile)
+        assert got.last_error == ("Capture shard shard-2 did not answer (GetTimeoutError). "
+                                  "The job starts capturing when the shard is back.")
+        await engine.start(got, probe=False)  # a background start (resume, hook) only logs
+        await engine.stop(got.id)  # and so does a stop
+    finally:
+        await manager.close(1)

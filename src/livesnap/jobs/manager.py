@@ -30,6 +30,7 @@ from livesnap.errors import (
     LivesnapError,
     MissingParameter,
     OutputError,
+    ShardUnavailable,
     StreamNotFound,
     TemplateNotFound,
 )
@@ -614,15 +615,19 @@ class JobManager:
     async def _start_locked(self, job: Job, *, reason: str) -> None:
         reserved = await self._check_limits(job)
         try:
+            deferred = ""  # why the capture has not begun although the job is started
             try:
                 await self.engine.start(job, probe=True)
             except StreamNotFound as exc:
                 await self._change(job.id, JobPatch(last_error=exc.message), reason="")
                 raise
+            except ShardUnavailable as exc:  # its shard starts it when back (reconcile)
+                deferred = f"{exc.message} The job starts capturing when the shard is back."
             try:  # the database checks the account's started jobs again (other API nodes)
                 await self._change(
                     job.id,
-                    JobPatch(status=JobStatus.STARTED, status_reason=reason, last_error=""),
+                    JobPatch(status=JobStatus.STARTED, status_reason=reason,
+                             last_error=deferred),
                     reason=reason, max_started=self._policy.limits.jobs_per_account,
                 )
             except JobLimitExceeded as exc:

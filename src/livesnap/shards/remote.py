@@ -37,9 +37,12 @@ class RemoteEngine:
     ``ShardHost`` method, its errors re-raised.
 
     Nothing runs here, so ``is_running`` is False and ``running_count`` 0 (the other side
-    keeps the session cap). When it does not answer in time, start and stop succeed anyway:
-    it applies the job's stored state when it is back (reconcile); a capture-now fails with
-    ``ServiceUnavailable``.
+    keeps the session cap). When it does not answer in time, stop succeeds anyway and so
+    does a start in the background (resume, a publish hook): the other side applies the
+    job's stored state when it is back (reconcile). A start by command or submit
+    (``probe``) raises ``ShardUnavailable`` instead, for the manager to record the job as
+    started with a ``LastError`` that says why it does not capture yet; a capture-now fails
+    with ``ServiceUnavailable``.
     """
 
     async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
@@ -51,6 +54,8 @@ class RemoteEngine:
         except ShardUnavailable as exc:
             logger.warning("capture unavailable; the job starts when it is back", extra={
                 "action": "engine_start", "job_id": job.id, "reason": exc.message})
+            if probe:
+                raise
 
     async def stop(self, job_id: str) -> None:
         try:
