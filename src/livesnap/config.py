@@ -463,6 +463,15 @@ class Settings(BaseSettings):
         return "https" if self.tls_cert is not None else "http"
 
     @model_validator(mode="after")
+    def _no_scattered_fallback_in_a_cluster(self) -> Settings:
+        """A cluster's shards run on any machine: unconfigured OSS/S3 targets would land on
+        the local disk of whichever one runs the job, so the fallback is off unless asked for
+        (one-host staging, where every node shares the data directory)."""
+        if self.engine == "ray" and "storage_fallback" not in self.model_fields_set:
+            self.storage_fallback = False
+        return self
+
+    @model_validator(mode="after")
     def _several_capture_processes(self) -> Settings:
         """Asking for several capture processes (or one per core) means the process engine."""
         if self.engine == "local" and self.capture_processes != 1:

@@ -221,6 +221,8 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
            "LIVESNAP_RAY_NAMESPACE": NAMESPACE, "LIVESNAP_SHARDS": str(SHARDS),
            "LIVESNAP_DATABASE_URL": postgres_url, "LIVESNAP_RW_TIMEOUT_S": "2",
            "LIVESNAP_RECONNECT_MAX_S": "2", "LIVESNAP_SHARD_RECONCILE_S": "1",
+           # one host: every node shares the data directory, so the local fallback is one place
+           "LIVESNAP_STORAGE_FALLBACK": "true",
            "RAY_TMPDIR": short, **RAY_ENV}
     up = livesnap("cluster", "up", "--resource", "shard", env=env, data_dir=data_dir)
     assert up.returncode == 0, up.stderr

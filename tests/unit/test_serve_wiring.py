@@ -37,6 +37,16 @@ async def test_the_http_server_stops_when_asked(tmp_path):
     assert serving.done() and serving.exception() is None
 
 
+def test_a_cluster_node_has_no_local_fallback_unless_asked_for(tmp_path, monkeypatch):
+    assert Settings(data_dir=tmp_path).storage_fallback  # one node: on by default
+    assert not Settings(data_dir=tmp_path, engine="ray").storage_fallback
+    assert Settings(data_dir=tmp_path, engine="ray", storage_fallback=True).storage_fallback
+    monkeypatch.setenv("LIVESNAP_ENGINE", "ray")
+    assert not Settings(data_dir=tmp_path).storage_fallback
+    monkeypatch.setenv("LIVESNAP_STORAGE_FALLBACK", "true")  # one-host staging, said so
+    assert Settings(data_dir=tmp_path).storage_fallback
+
+
 def test_several_capture_processes_mean_the_process_engine_and_zero_one_per_core(tmp_path):
     import os
 
