@@ -830,6 +830,21 @@ async def test_pending_events_per_job_in_order(store: Store) -> None:
     assert ids(pending) == ids([future, *same_ms[:2], *same_ms[3:]])
 
 
+async def test_an_event_is_claimed_by_one_dispatcher_until_its_claim_runs_out(
+        store: Store) -> None:
+    first, done = event("j1", T0), event("j1", T0 + 1)
+    await store.create_job(job("j1"), [first, done])
+    claim = store.claim_event  # type: ignore[attr-defined]
+    assert await claim(first.id, "node-a", T0, T0 + 100)
+    assert not await claim(first.id, "node-b", T0 + 50, T0 + 150)  # a's claim holds
+    assert await claim(first.id, "node-a", T0 + 60, T0 + 160)  # a retries: extends its own
+    assert not await claim(first.id, "node-b", T0 + 160, T0 + 260)  # to the ms
+    assert await claim(first.id, "node-b", T0 + 161, T0 + 261)  # ran out: b may take it
+    await store.record_attempt(attempt(done, T0), delivered=True, failed=False, next_attempt_ms=0)
+    assert not await claim(done.id, "node-a", T0, T0 + 100)  # delivered: nothing to claim
+    assert not await claim("no-such-event", "node-a", T0, T0 + 100)
+
+
 async def test_requeue_failed_events(store: Store) -> None:
     dead, alive = event("j1", T0), event("j1", T0 + 1)
     await store.create_job(job("j1"), [dead, alive])

@@ -153,7 +153,8 @@ def test_migration_scripts_are_shipped_with_the_package() -> None:
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")) == [
         "0001_initial.py", "0002_image_options.py", "0003_shard_epochs.py",
         "0004_attempts_by_event.py", "0005_connect_mode.py", "0006_pending_events.py",
-        "0007_files_by_object.py", "0008_cluster_settings.py"]
+        "0007_files_by_object.py", "0008_cluster_settings.py",
+        "0009_event_claims.py"]
 
 
 async def test_a_jobs_pending_events_are_found_through_the_partial_index(

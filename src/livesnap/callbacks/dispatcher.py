@@ -39,7 +39,7 @@ import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_LEN = 300
 MAX_ADDRESSES = 3  # addresses tried, in resolver order, when a connection is refused
+# a claim lasts one attempt's whole timeout and this much more (the attempt's record)
+CLAIM_MARGIN_S = 30.0
 PRUNE_BATCH = 1000  # events deleted per transaction
 PRUNE_MAX_BATCHES = 100  # per round; a larger backlog goes at the next rounds
 
@@ -75,6 +77,15 @@ class Outbox(Protocol):
 
     async def prune_events(self, before_ms: int, limit: int) -> int:
         """Delete up to ``limit`` events done with before ``before_ms``; how many."""
+
+
+class ClaimingOutbox(Outbox, Protocol):
+    """An outbox several dispatchers share (a cluster's API nodes): each event is claimed by
+    one of them before it is POSTed."""
+
+    async def claim_event(self, event_id: str, claimer: str, now_ms: int, until_ms: int) -> bool:
+        """Whether ``claimer`` may deliver the event now (nobody else's claim on it runs past
+        ``now_ms``); the claim then holds to ``until_ms``."""
 
 
 class KeySource(Protocol):
@@ -132,8 +143,15 @@ class CallbackDispatcher:
         policy: DeliveryPolicy,
         resolver: Resolver | None = None,
         rand: Callable[[], float] = random.random,
+        claimer: str | None = None,
     ) -> None:
+        """``claimer``: this dispatcher's name where others poll the same outbox (``store``
+        then a ``ClaimingOutbox``): it POSTs only events it claimed, so an event goes out
+        twice only when a dispatcher dies mid-delivery and its claim runs out."""
         self._store = store
+        self._claimer = claimer
+        # events another dispatcher claimed: not tried again before their claim runs out
+        self._claimed_elsewhere: dict[str, int] = {}
         self._client = client
         self._clock = clock
         self._keys = keys
@@ -328,7 +346,12 @@ class CallbackDispatcher:
             self._finished_in_poll = None
         if self._stopping.is_set():
             return 0  # close() may already have collected the tasks to wait for
-        fresh = [e for e in heads if e.job_id not in self._inflight and e.job_id not in finished]
+        if self._claimed_elsewhere:
+            listed = {e.id for e in heads}
+            self._claimed_elsewhere = {i: until for i, until in self._claimed_elsewhere.items()
+                                       if i in listed and until > now_ms}
+        fresh = [e for e in heads if e.job_id not in self._inflight and e.job_id not in finished
+                 and e.id not in self._claimed_elsewhere]
         self._quiet = not heads
         if self._retry_at_ms is not None and self._retry_at_ms <= now_ms:
             self._retry_at_ms = None  # due by now: this poll saw it
@@ -410,6 +433,8 @@ class CallbackDispatcher:
     # one attempt ---------------------------------------------------------------------------
     async def _deliver(self, event: OutboxEvent) -> None:
         at_ms = self._now_ms()
+        if not await self._claim(event, at_ms):
+            return
         started = self._clock.monotonic()
         status, error = await self._attempt(event)
         latency_ms = max(round((self._clock.monotonic() - started) * 1000), 0)
@@ -438,6 +463,24 @@ class CallbackDispatcher:
             self._retry_at_ms = retry if self._retry_at_ms is None else min(retry,
                                                                              self._retry_at_ms)
         _log_attempt(event, attempt, outcome)
+
+    async def _claim(self, event: OutboxEvent, now_ms: int) -> bool:
+        """Whether this dispatcher delivers ``event`` now (always, unless it shares the outbox
+        with others: then only if its claim on the event succeeds)."""
+        if self._claimer is None:
+            return True
+        lease_ms = round((self._policy.total_timeout_s + CLAIM_MARGIN_S) * 1000)
+        store = cast(ClaimingOutbox, self._store)
+        try:
+            claimed = await store.claim_event(event.id, self._claimer, now_ms, now_ms + lease_ms)
+        except LivesnapError as exc:  # the event stays due: the next poll tries again
+            logger.warning("cannot claim a callback event: %s", exc.message,
+                           extra={"action": "callback_claim", "job_id": event.job_id})
+            claimed = False
+        if not claimed:
+            self._forget(event.job_id)  # its next events are the poll's, in order
+            self._claimed_elsewhere[event.id] = now_ms + lease_ms
+        return claimed
 
     def _judge_receiver(self, event: OutboxEvent, *, hung: bool) -> None:
         """Count the receiver's attempts in a row that hung until a timeout (each held a

@@ -294,6 +294,9 @@ class _Outbox(Protocol):
 
     async def prune_events(self, before_ms: int, limit: int) -> int: ...
 
+    async def claim_event(
+        self, event_id: str, claimer: str, now_ms: int, until_ms: int) -> bool: ...
+
 
 class MeteredOutbox:
     """The callback dispatcher's outbox, observing each recorded delivery attempt."""
@@ -320,6 +323,9 @@ class MeteredOutbox:
         deleted = await self._outbox.prune_events(before_ms, limit)
         self._metrics.callbacks_pruned.inc(deleted)
         return deleted
+
+    async def claim_event(self, event_id: str, claimer: str, now_ms: int, until_ms: int) -> bool:
+        return await self._outbox.claim_event(event_id, claimer, now_ms, until_ms)
 
 
 @dataclass(frozen=True, kw_only=True)

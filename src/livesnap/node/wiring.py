@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -208,9 +211,12 @@ def callback_dispatcher(
     keys = {**(shared_keys or {}), **settings.configured_callback_keys()}
     callback_keys = CallbackKeys.in_data_dir(settings.data_dir, keys)
     client = callback_client(delivery)
+    # a cluster's API nodes all poll the one outbox: each event is claimed by one of them
+    claimer = (f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+               if settings.engine == "ray" else None)
     dispatcher = CallbackDispatcher(
         store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
-        policy=delivery,
+        policy=delivery, claimer=claimer,
     )
     return dispatcher, client
 

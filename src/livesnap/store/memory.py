@@ -46,6 +46,7 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._files: dict[tuple[str, int], SnapshotFile] = {}
         self._events: dict[str, OutboxEvent] = {}  # insertion order breaks created_ms ties
+        self._claims: dict[str, tuple[str, int]] = {}  # event id -> (claimer, until ms)
         self._attempts: list[DeliveryAttempt] = []
 
     async def close(self) -> None:
@@ -266,6 +267,17 @@ class MemoryStore:
         # accounts in turn; oldest first within a turn
         by_url = _in_turns(due, lambda e: (e.account, e.url))
         return _in_turns(by_url, lambda e: e.account)[: max(limit, 0)]
+
+    async def claim_event(self, event_id: str, claimer: str, now_ms: int, until_ms: int) -> bool:
+        async with self._lock:
+            event = self._events.get(event_id)
+            if event is None or not _undelivered(event):
+                return False
+            holder, held_until = self._claims.get(event_id, ("", -1))
+            if holder not in ("", claimer) and held_until >= now_ms:
+                return False
+            self._claims[event_id] = (claimer, until_ms)
+            return True
 
     async def pending_events(self, job_id: str) -> list[OutboxEvent]:
         async with self._lock:

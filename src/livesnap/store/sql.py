@@ -255,6 +255,19 @@ class SqlStore:
         found = await self._run("shard_epochs", lambda conn: conn.execute(stmt).all())
         return {row[0]: (int(row[1]), int(row[2])) for row in found}
 
+    async def claim_event(self, event_id: str, claimer: str, now_ms: int, until_ms: int) -> bool:
+        """Whether ``claimer`` may deliver the event now: it is undelivered, not failed, and
+        nobody else's claim on it runs past ``now_ms``. The claim then holds to ``until_ms``."""
+        t = outbox_events.c
+        stmt = update(outbox_events).where(
+            t.id == event_id, t.delivered_ms.is_(None), t.failed.is_(False),
+            or_(t.claimed_until_ms.is_(None), t.claimed_until_ms < now_ms,
+                t.claimed_by == claimer),
+        ).values(claimed_by=claimer, claimed_until_ms=until_ms)
+        claimed = await self._run("claim_event", lambda conn: conn.execute(stmt).rowcount,
+                                  write=True)
+        return bool(claimed)
+
     async def agree(self, name: str, value: str, now_ms: int, *, replace: bool = False) -> str:
         """The cluster's value of setting ``name``: the one stored first, by this call if
         none was (two nodes storing at once: the first insert wins, both read it); with

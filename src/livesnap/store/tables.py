@@ -160,6 +160,9 @@ outbox_events = Table(
     Column("delivered_ms", BigInteger(), nullable=True),
     Column("failed", Boolean(), nullable=False),
     Column("last_error", Text(), nullable=False),
+    # a cluster's dispatchers (0009): the one delivering the event now, and until when
+    Column("claimed_by", String(), nullable=True),
+    Column("claimed_until_ms", BigInteger(), nullable=True),
     PrimaryKeyConstraint("seq", name="pk_outbox_events"),
     UniqueConstraint("id", name="uq_outbox_events_id"),
     Index("ix_outbox_events_due", "delivered_ms", "failed", "next_attempt_ms"),
