@@ -270,6 +270,39 @@ def cluster_down(
 
     removed = remove_shards(shard_names(settings.shards), settings.ray_namespace)
     typer.echo(f"livesnap: removed {len(removed)} shard(s)")
+    marked = _mark_started_jobs(settings, CLUSTER_DOWN_NOTE) if removed else 0
+    if marked:
+        typer.echo(f"livesnap: {marked} started job(s) wait for the next 'livesnap cluster up' "
+                   "(their LastError says so)")
+
+
+CLUSTER_DOWN_NOTE = ("capture shards removed by 'livesnap cluster down': the job captures again "
+                     "after the next 'livesnap cluster up'")
+
+
+def _mark_started_jobs(settings: Settings, note: str) -> int:
+    """Say in every started job's ``LastError`` why it captures nothing (its shard is gone;
+    the status stays ``started``, so the next ``cluster up`` resumes it); how many."""
+    if not settings.resolved_database_url().startswith(("postgresql", "postgres")):
+        return 0  # not a cluster's database: nothing to say it in
+    from livesnap.jobs.models import JobPatch, JobStatus
+    from livesnap.store import open_sql_store
+
+    async def run() -> int:
+        store = await open_sql_store(settings.resolved_database_url(), migrate=False)
+        try:
+            jobs = await store.jobs_with_status(JobStatus.STARTED)
+            now_ms = int(time.time() * 1000)
+            for job in jobs:
+                await store.update_job(job.id, JobPatch(last_error=note), now_ms=now_ms)
+            return len(jobs)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:
+        raise _fail(f"shards removed, but the jobs could not be marked: {exc.message}") from None
 
 
 def _print_status(rows: list[dict[str, object]]) -> None:

@@ -331,6 +331,11 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
     down = livesnap("cluster", "down", env=env)
     assert down.returncode == 0 and f"removed {SHARDS} shard(s)" in down.stdout, down.stderr
     assert all(r["state"] == "missing" for r in cluster_status(names, NAMESPACE))
+    # the jobs stay started (the next cluster up resumes them) and say why nothing captures
+    states = pg._rows("SELECT status, last_error FROM jobs")
+    assert states and all(status == "started" and "cluster down" in error
+                          for status, error in states), states
+    assert f"{len(states)} started job(s) wait for the next" in down.stdout
 
 
 def livesnap(*args: str, env: dict[str, str], data_dir: Path | None = None
