@@ -11,11 +11,13 @@ here is stopped in its fixture's teardown.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -29,6 +31,7 @@ import numpy as np
 import pytest
 import simplejpeg
 from tests.support.servers import RtmpOrigin
+from tests.support.tls import write_certificates
 
 from livesnap.capture.source import (
     Captured,
@@ -544,6 +547,40 @@ def test_a_server_that_closes_at_once_sent_no_stream(
         last = assert_disconnected_once_and_last(run.recorder)
         assert last.was_live is False
         assert last.reason.startswith("the server sent no stream"), last
+
+
+def test_an_rtsps_certificate_is_checked_before_ffmpeg_connects(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+    tmp_path: Path,
+) -> None:
+    # FFmpeg's RTSP demuxer opens TLS without verification: livesnap's own handshake checks
+    # the certificate first. The server speaks TLS with a certificate of a private CA.
+    ca, cert, key = write_certificates(tmp_path / "tls", ["127.0.0.1"])
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    handshakes: list[bool] = []
+
+    def tls_then_silence(conn: socket.socket) -> None:
+        try:
+            with server_tls.wrap_socket(conn, server_side=True):
+                handshakes.append(True)
+                time.sleep(2 * RW_TIMEOUT_S + 1)
+        except OSError:
+            handshakes.append(False)  # the client refused the certificate
+
+    url = f"rtsps://127.0.0.1:{serve_socket(tls_then_silence)}/cam"
+    refused = run_reader(url)  # trusting the system's authorities only
+    assert refused.recorder.wait_for(Disconnected, timeout=RW_TIMEOUT_S + 2)
+    reason = assert_disconnected_once_and_last(refused.recorder).reason
+    assert reason.startswith("TLS certificate not accepted"), reason
+    assert handshakes == [False]  # FFmpeg never connected
+
+    trusted = run_reader(url, options=dataclasses.replace(OPTIONS, tls_ca_file=str(ca)))
+    assert wait_until(lambda: handshakes.count(True) >= 2, RW_TIMEOUT_S + 2)  # ours, FFmpeg's
+    trusted.reader.stop()
+    assert trusted.recorder.wait_for(Disconnected, timeout=2 * RW_TIMEOUT_S + 2)
+    assert "certificate" not in assert_disconnected_once_and_last(trusted.recorder).reason
 
 
 def test_stop_during_a_stalled_open(

@@ -718,6 +718,7 @@ class StreamReader:
     def _open(self) -> InputContainer:
         deadline = self._options.open_timeout_s
         started = time.monotonic()
+        self._check_certificate_first()
         try:
             return av.open(
                 _lower_scheme(self._url),
@@ -746,6 +747,18 @@ class StreamReader:
                     "the server sent no stream: unreachable, or it closed the connection at "
                     "once (no such stream?)") from exc
             raise
+
+    def _check_certificate_first(self) -> None:
+        """``rtsps://``: FFmpeg's RTSP demuxer cannot verify the certificate, so a handshake of
+        livesnap's own does, just before FFmpeg connects; a refused one ends the open."""
+        if self._url.split(":", 1)[0].lower() not in tls_module.CHECKED_FIRST_SCHEMES:
+            return
+        options = self._options
+        problem = tls_module.certificate_problem(
+            self._url, verify=options.tls_verify, ca_file=options.tls_ca_file,
+            timeout_s=options.rw_timeout_s)
+        if problem is not None:
+            raise _OpenRefusedError(problem)
 
     def _fetcher(self) -> CheckedFetcher | None:
         """HLS: FFmpeg fetches every URL through a checked fetcher (``capture.fetch``)."""

@@ -2,7 +2,9 @@
 
 One CA bundle serves both TLS clients of the capture: FFmpeg's (``rtmps://`` and
 ``https://`` sources, through ``av.open`` options) and Python's (the HLS fetcher in
-``capture.fetch``, and the handshake that explains a certificate FFmpeg refused).
+``capture.fetch``, the handshake that explains a certificate FFmpeg refused, and the one that
+checks an ``rtsps://`` source's certificate before FFmpeg connects: FFmpeg's RTSP demuxer
+opens its TLS connection without the verification options).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from urllib.parse import urlsplit
 
 from livesnap.jobs.urls import DEFAULT_PORTS
 
-__all__ = ["VERIFIED_SCHEMES", "certificate_problem", "certificate_reason", "client_context",
-           "ffmpeg_options", "system_ca_bundle"]
+__all__ = ["CHECKED_FIRST_SCHEMES", "VERIFIED_SCHEMES", "certificate_problem",
+           "certificate_reason", "client_context", "ffmpeg_options", "system_ca_bundle"]
 
 # Schemes whose TLS connection FFmpeg opens with the options given to av.open (rtmp and http
 # hand them on to their tls:// connection; the RTSP demuxer opens its own without them).
 VERIFIED_SCHEMES = frozenset({"rtmps", "https"})
+# Schemes whose certificate livesnap checks with a handshake of its own before FFmpeg
+# connects, because FFmpeg cannot be told to (its RTSP demuxer drops the options).
+CHECKED_FIRST_SCHEMES = frozenset({"rtsps"})
 # where distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine)
 _SYSTEM_CA_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
@@ -61,14 +66,17 @@ def certificate_reason(exc: ssl.SSLCertVerificationError) -> str:
 
 
 def certificate_problem(url: str, *, verify: bool, ca_file: str, timeout_s: float) -> str | None:
-    """Why the certificate of an ``rtmps://``/``https://`` source is not accepted, or None.
+    """Why the certificate of an ``rtmps://``/``https://``/``rtsps://`` source is not
+    accepted, or None.
 
     FFmpeg reports a refused certificate as a bare I/O error; after a failed open this
-    handshake (Python's TLS, the same CA bundle and host name) says what was wrong.
+    handshake (Python's TLS, the same CA bundle and host name) says what was wrong. For
+    ``rtsps://`` it runs before the open and is the only check.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in VERIFIED_SCHEMES or not verify or not parts.hostname:
+    if scheme not in VERIFIED_SCHEMES | CHECKED_FIRST_SCHEMES or not verify \
+            or not parts.hostname:
         return None
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
