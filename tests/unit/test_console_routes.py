@@ -252,6 +252,9 @@ async def test_job_page_shows_details_filmstrip_and_files(console):
     empty = await console.client.get(f"/console/jobs/{job.id}",
                                      params={"from": "2001-01-01T00:00", "to": "2001-01-02T00:00"})
     assert "No files in this range." in empty.text
+    # "Capture now" is the filled, first button of a started job; Stop is a plain one
+    buttons = re.findall(r'<button type="submit"( class="primary")?>([^<]+)</button>', page.text)
+    assert buttons[:3] == [(' class="primary"', "Capture now"), ("", "Restart"), ("", "Stop")]
 
 
 async def test_files_are_listed_newest_first_a_page_at_a_time(console):
