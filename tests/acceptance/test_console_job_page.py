@@ -106,4 +106,11 @@ def test_job_page_buttons_time_picker_and_delivery_log(
         press(page, "Restart", "Restarted: the job is capturing.")
         assert client.get_live_snapshot_job(
             m.GetLiveSnapshotJobRequest(job_id=job_id)).body.status == "started"
+
+        # on a phone (390 px) the page scrolls down only, never sideways
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.screenshot(path=str(ARTIFACTS / "console-job-page-390.png"), full_page=True)
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        page.screenshot(path=str(ARTIFACTS / "console-job-page-390.png"), full_page=True)
         assert script_errors == []
