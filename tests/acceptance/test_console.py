@@ -81,6 +81,7 @@ def check_wall(page: Page, base: str, count: int) -> None:
     page.wait_for_function(ALL_THUMBNAILS_LOADED, arg=count, timeout=20_000)
     tiles = page.locator(".wall .tile")
     expect(tiles).to_have_count(count)
+    assert tiles.first.bounding_box()["width"] >= 400  # on a 1400 px screen: large tiles
     for index in range(count):
         expect(tiles.nth(index).locator("[data-field=badge]")).to_have_text("Live")
         expect(tiles.nth(index).locator("[data-field=age]")).to_contain_text(" s ago")
@@ -111,7 +112,7 @@ def check_wall_controls(page: Page) -> None:
     width = page.locator(".wall .tile").first.bounding_box()["width"]
     assert 300 <= width <= 390
     page.screenshot(path=str(ARTIFACTS / "console-wall-390.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 800})
+    page.set_viewport_size({"width": 1400, "height": 900})
 
 
 def check_stop(page: Page, name: str) -> None:
@@ -138,7 +139,7 @@ def test_console_wall_job_page_and_sessions(tmp_path, publisher_factory, browser
         base = f"http://{server.endpoint}"
         check_without_session(base, jobs["lobby-cam"])
 
-        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
         page.goto(f"{base}/console/")
         expect(page).to_have_url(f"{base}/console/login")
         log_in(page, base, "testid", "wrong-secret")
