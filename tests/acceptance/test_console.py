@@ -208,6 +208,11 @@ def test_template_editor_sets_the_picture_extensions(tmp_path, publisher_factory
         expect(page.get_by_label("Image format")).to_have_value("webp")
         expect(page.get_by_label("Width")).to_have_value("320")
         expect(page.get_by_label("Quality gate")).to_be_checked()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-template-editor.png"), full_page=True)
+        page.goto(f"{base}/console/templates/system")  # read-only, and looks it
+        expect(page.get_by_label("Name")).to_have_attribute("readonly", "")
+        page.screenshot(path=str(ARTIFACTS / "console-system-template.png"), full_page=True)
 
         job_id = client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
             job_name="webp-cam", template_id=template_id, snapshot_output=OUTPUT,
