@@ -285,17 +285,13 @@ def _mark_started_jobs(settings: Settings, note: str) -> int:
     the status stays ``started``, so the next ``cluster up`` resumes it); how many."""
     if not settings.resolved_database_url().startswith(("postgresql", "postgres")):
         return 0  # not a cluster's database: nothing to say it in
-    from livesnap.jobs.models import JobPatch, JobStatus
+    from livesnap.node.wiring import note_on_started_jobs
     from livesnap.store import open_sql_store
 
     async def run() -> int:
         store = await open_sql_store(settings.resolved_database_url(), migrate=False)
         try:
-            jobs = await store.jobs_with_status(JobStatus.STARTED)
-            now_ms = int(time.time() * 1000)
-            for job in jobs:
-                await store.update_job(job.id, JobPatch(last_error=note), now_ms=now_ms)
-            return len(jobs)
+            return await note_on_started_jobs(store, note, int(time.time() * 1000))
         finally:
             await store.close()
 
