@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -160,20 +161,25 @@ class WallView:
     @classmethod
     def from_query(cls, params: dict[str, str]) -> WallView:
         """From the page's query string; anything unknown falls back to the default."""
-        show = params.get("show", "all")
-        sort = params.get("sort", "status")
+        default = cls()
+        show, sort = params.get("show"), params.get("sort")
         try:
-            page = max(1, min(int(params.get("page", "1")), 10_000))
+            page = max(1, min(int(params.get("page", default.page)), 10_000))
         except ValueError:
-            page = 1
-        return cls(q=params.get("q", "").strip()[:100],
-                   show=show if show in WALL_SHOWS else "all",
-                   sort=sort if sort in WALL_SORTS else "status", page=page)
+            page = default.page
+        return cls(q=params.get("q", default.q).strip()[:100],
+                   show=show if show in WALL_SHOWS else default.show,
+                   sort=sort if sort in WALL_SORTS else default.sort, page=page)
+
+    @property
+    def narrowed(self) -> bool:
+        """A filter or sort other than the default is chosen (the page aside)."""
+        return dataclasses.replace(self, page=1) != WallView()
 
     def query(self, **changes: object) -> str:
         """This view's query string with ``changes`` (the pager's links), defaults left out."""
-        values = {"q": self.q, "show": self.show, "sort": self.sort, "page": self.page, **changes}
-        defaults = {"q": "", "show": "all", "sort": "status", "page": 1}
+        defaults = dataclasses.asdict(WallView())
+        values = {**dataclasses.asdict(self), **changes}
         kept = {k: str(v) for k, v in values.items() if v != defaults[k]}
         return "?" + urlencode(kept) if kept else "?"
 
