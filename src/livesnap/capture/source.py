@@ -734,10 +734,7 @@ class StreamReader:
                 raise _OpenDeadlineError(
                     f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
                 ) from exc
-            options = self._options
-            problem = tls_module.certificate_problem(
-                self._url, verify=options.tls_verify, ca_file=options.tls_ca_file,
-                timeout_s=options.rw_timeout_s)
+            problem = self._certificate_problem()
             if problem is not None:
                 raise _OpenRefusedError(problem) from exc
             if isinstance(exc, av.error.EOFError | av.error.ConnectionResetError):
@@ -753,12 +750,16 @@ class StreamReader:
         livesnap's own does, just before FFmpeg connects; a refused one ends the open."""
         if self._url.split(":", 1)[0].lower() not in tls_module.CHECKED_FIRST_SCHEMES:
             return
-        options = self._options
-        problem = tls_module.certificate_problem(
-            self._url, verify=options.tls_verify, ca_file=options.tls_ca_file,
-            timeout_s=options.rw_timeout_s)
+        problem = self._certificate_problem()
         if problem is not None:
             raise _OpenRefusedError(problem)
+
+    def _certificate_problem(self) -> str | None:
+        """Why the source's certificate is refused (a handshake of livesnap's own), or None."""
+        options = self._options
+        return tls_module.certificate_problem(
+            self._url, verify=options.tls_verify, ca_file=options.tls_ca_file,
+            timeout_s=options.rw_timeout_s)
 
     def _fetcher(self) -> CheckedFetcher | None:
         """HLS: FFmpeg fetches every URL through a checked fetcher (``capture.fetch``)."""
