@@ -6,8 +6,9 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +24,11 @@ from livesnap.config import (
 )
 from livesnap.errors import ClusterMismatch, StoreError
 from livesnap.logs import setup_logging
+
+if TYPE_CHECKING:
+    from livesnap.store import SqlStore
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="livesnap: live-stream snapshots behind an Alibaba Cloud ICE-compatible API.",
@@ -152,23 +158,41 @@ def _migrate(settings: Settings, *, cluster: bool = False) -> None:
     """Bring the database schema up to date (``cluster``: and make this command's shard
     count and Ray namespace the cluster's); a database error is one line, exit 2."""
     from livesnap.node.wiring import agree_with_cluster
+
+    async def agree(store: SqlStore) -> None:
+        if cluster:
+            await agree_with_cluster(settings, store, (), int(time.time() * 1000),
+                                     authoritative=True)
+
+    _on_database(settings, agree)
+
+
+def _on_database(
+    settings: Settings, action: Callable[[SqlStore], Awaitable[T]], *, migrate: bool = True,
+    failing: str = "database",
+) -> T:
+    """Open the database (migrated, unless ``migrate`` is false), run ``action`` on it and
+    close it; a database error (``failing: …``) or a cluster mismatch is one line, exit 2."""
     from livesnap.store import open_sql_store
 
-    async def run() -> None:
-        store = await open_sql_store(settings.resolved_database_url())
+    async def run() -> T:
+        store = await open_sql_store(settings.resolved_database_url(), migrate=migrate)
         try:
-            if cluster:
-                await agree_with_cluster(settings, store, (), int(time.time() * 1000),
-                                         authoritative=True)
+            return await action(store)
         finally:
             await store.close()
 
     try:
-        asyncio.run(run())
+        return asyncio.run(run())
     except StoreError as exc:
-        raise _fail(f"database: {exc.message}") from None
+        raise _fail(f"{failing}: {exc.message}") from None
     except ClusterMismatch as exc:
         raise _fail(exc.message) from None
+
+
+def _is_cluster_database(settings: Settings) -> bool:
+    """A cluster shares one PostgreSQL database."""
+    return settings.resolved_database_url().startswith(("postgresql", "postgres"))
 
 
 @app.command()
@@ -184,7 +208,7 @@ app.add_typer(cluster_app, name="cluster")
 
 def _cluster_settings(**overrides: object) -> Settings:
     settings = _settings(**overrides)
-    if not settings.resolved_database_url().startswith(("postgresql", "postgres")):
+    if not _is_cluster_database(settings):
         raise _fail("cluster mode needs a PostgreSQL --database-url shared by every node")
     setup_logging(level="WARNING", json_lines=settings.log_json)
     return settings
@@ -283,22 +307,13 @@ CLUSTER_DOWN_NOTE = ("capture shards removed by 'livesnap cluster down': the job
 def _mark_started_jobs(settings: Settings, note: str) -> int:
     """Say in every started job's ``LastError`` why it captures nothing (its shard is gone;
     the status stays ``started``, so the next ``cluster up`` resumes it); how many."""
-    if not settings.resolved_database_url().startswith(("postgresql", "postgres")):
+    if not _is_cluster_database(settings):
         return 0  # not a cluster's database: nothing to say it in
     from livesnap.node.wiring import note_on_started_jobs
-    from livesnap.store import open_sql_store
 
-    async def run() -> int:
-        store = await open_sql_store(settings.resolved_database_url(), migrate=False)
-        try:
-            return await note_on_started_jobs(store, note, int(time.time() * 1000))
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except StoreError as exc:
-        raise _fail(f"shards removed, but the jobs could not be marked: {exc.message}") from None
+    return _on_database(settings, lambda store: note_on_started_jobs(
+        store, note, int(time.time() * 1000)), migrate=False,
+        failing="shards removed, but the jobs could not be marked")
 
 
 def _print_status(rows: list[dict[str, object]]) -> None:
