@@ -222,9 +222,7 @@ class MemoryStore:
             if self._jobs.pop(job_id, None) is None:
                 return False
             self._files = {k: f for k, f in self._files.items() if f.job_id != job_id}
-            gone = {e.id for e in self._events.values() if e.job_id == job_id}
-            self._events = {i: e for i, e in self._events.items() if i not in gone}
-            self._attempts = [a for a in self._attempts if a.event_id not in gone]
+            self._drop_events({e.id for e in self._events.values() if e.job_id == job_id})
             return True
 
     async def object_named_elsewhere(
@@ -324,10 +322,14 @@ class MemoryStore:
         async with self._lock:
             old = [e.id for e in self._events.values() if _prunable(e, before_ms)]
             gone = set(old[: max(limit, 0)])
-            for event_id in gone:
-                del self._events[event_id]
-            self._attempts = [a for a in self._attempts if a.event_id not in gone]
+            self._drop_events(gone)
             return len(gone)
+
+    def _drop_events(self, gone: set[str]) -> None:
+        """Delete these events with their attempts and claims (the caller holds the lock)."""
+        self._events = {i: e for i, e in self._events.items() if i not in gone}
+        self._attempts = [a for a in self._attempts if a.event_id not in gone]
+        self._claims = {i: c for i, c in self._claims.items() if i not in gone}
 
     async def requeue_events(self, job_id: str, now_ms: int) -> int:
         """Failed events become undelivered, due at ``now_ms``, with a fresh attempt count."""
