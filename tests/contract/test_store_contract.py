@@ -19,6 +19,7 @@ from sqlalchemy import event as sa_event
 
 from livesnap.errors import JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
+    NO_ERROR,
     SYSTEM_TEMPLATE_ID,
     ConnectMode,
     DeliveryAttempt,
@@ -30,6 +31,7 @@ from livesnap.jobs.models import (
     JobPatch,
     JobQuery,
     JobStatus,
+    LastError,
     OutboxEvent,
     SnapshotFile,
     StorageTarget,
@@ -377,7 +379,7 @@ async def test_update_job_applies_the_patch_and_enqueues_events(store: Store) ->
     before = job("j1", status_reason="was", last_error="boom", effective_interval_ms=5000)
     await store.create_job(before)
     ev = event("j1", type=EventType.STATUS_CHANGED)
-    patch = JobPatch(status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error="")
+    patch = JobPatch(status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error=NO_ERROR)
     after = await store.update_job("j1", patch, now_ms=T0 + 5, events=[ev])
     expected = before.evolve(
         status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error="", modified_ms=T0 + 5
@@ -484,7 +486,7 @@ async def test_the_started_jobs_of_an_account_are_capped_in_the_transaction(stor
     assert await store.update_job("b0", start, now_ms=T0, max_started=1)
     # other changes are never limited, nor starts without a limit
     refused_one = next(n for n in range(5) if n not in started)
-    assert await store.update_job(f"a{refused_one}", JobPatch(last_error="x"), now_ms=T0,
+    assert await store.update_job(f"a{refused_one}", JobPatch(last_error=LastError.stream("x")), now_ms=T0,
                                   max_started=2)
     assert await store.update_job(f"a{refused_one}", start, now_ms=T0)
 

@@ -14,7 +14,7 @@ import pytest
 from tests.contract.test_store_contract import event, job, snap
 
 from livesnap.errors import FencedOut
-from livesnap.jobs.models import JobPatch, JobStatus
+from livesnap.jobs.models import JobPatch, JobStatus, LastError
 from livesnap.store.sql import Fence, SqlStore, open_sql_store
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ async def test_a_replaced_instance_can_write_nothing(store: SqlStore) -> None:
     with pytest.raises(FencedOut):
         await old.record_snapshot(snap("j1", 2_000), [event("j1")])
     with pytest.raises(FencedOut):
-        await old.update_job("j1", JobPatch(last_error="stale"), now_ms=3)
+        await old.update_job("j1", JobPatch(last_error=LastError.stream("stale")), now_ms=3)
     with pytest.raises(FencedOut):
         await old.allocate_sequence("j1")
     assert told == ["fenced"] * 3

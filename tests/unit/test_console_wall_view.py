@@ -7,8 +7,7 @@ from urllib.parse import parse_qs
 from tests.contract.test_store_contract import job
 
 from livesnap.console.present import WallView, arrange_wall
-from livesnap.jobs.manager import STORAGE_ERROR_PREFIX
-from livesnap.jobs.models import JobStatus, StreamStatus
+from livesnap.jobs.models import JobStatus, LastError, StreamStatus
 
 
 def started(jid: str, name: str, stream: StreamStatus = StreamStatus.LIVE, *, created: int = 0,
@@ -20,7 +19,7 @@ def started(jid: str, name: str, stream: StreamStatus = StreamStatus.LIVE, *, cr
 JOBS = [
     started("j-1", "Stage cam", created=3),
     started("j-2", "lobby cam", StreamStatus.RECONNECTING, created=1),
-    started("j-3", "Yard", error=STORAGE_ERROR_PREFIX + "the store has not answered", created=2),
+    started("j-3", "Yard", error=LastError.storage("the store has not answered").text, created=2),
     started("j-4", "attic", StreamStatus.OFFLINE, created=4),
 ]
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from livesnap.jobs.manager import STORAGE_ERROR_PREFIX
-from livesnap.jobs.models import Job, JobStatus, SnapshotFile, StreamStatus
+from livesnap.jobs.models import ErrorKind, Job, JobStatus, LastError, SnapshotFile, StreamStatus
 
 STALE_GRACE_MS = 10_000
 
@@ -29,7 +28,8 @@ def badge_for(job: Job) -> Badge:
         return Badge(kind="paused", text="Paused")
     if job.status is JobStatus.INIT:
         return Badge(kind="offline", text="Not started")
-    if job.stream_status is StreamStatus.LIVE and job.last_error.startswith(STORAGE_ERROR_PREFIX):
+    storing = LastError.of(job.last_error).kind is not ErrorKind.STORAGE
+    if job.stream_status is StreamStatus.LIVE and not storing:
         return Badge(kind="trouble", text="Not storing")  # live, but no picture gets stored
     if job.stream_status is StreamStatus.LIVE:
         return Badge(kind="live", text="Live")

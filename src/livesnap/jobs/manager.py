@@ -50,6 +50,7 @@ from livesnap.jobs.models import (
     JobQuery,
     JobSpec,
     JobStatus,
+    LastError,
     OutboxEvent,
     Page,
     SnapshotFile,
@@ -75,9 +76,7 @@ from livesnap.jobs.waiting import WaitPolicy
 logger = logging.getLogger(__name__)
 
 MAX_NAME_LEN = 128
-STORAGE_ERROR_PREFIX = "storage: "
 FILE_PAGE = 1000  # file records read at a time when a job is deleted
-QUALITY_ERROR_PREFIX = "quality: "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -456,7 +455,9 @@ class JobManager:
                 await self._start_locked(current, reason="stream live at submit")
             except (StreamNotFound, JobLimitExceeded) as exc:
                 await self._store.update_job(
-                    job.id, JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING),
+                    job.id,
+                    JobPatch(last_error=LastError.stream(exc.message),
+                             stream_status=StreamStatus.WAITING),
                     now_ms=self._now_ms(),
                 )
                 self._wait_for_stream(current)
@@ -480,7 +481,8 @@ class JobManager:
             try:
                 await self._start_locked(job, reason=reason)
             except (StreamNotFound, JobLimitExceeded) as exc:
-                patch = JobPatch(last_error=exc.message, stream_status=StreamStatus.WAITING)
+                patch = JobPatch(last_error=LastError.stream(exc.message),
+                                 stream_status=StreamStatus.WAITING)
                 await self._change(job_id, patch, reason="")
                 return False
             self._waiting.forget(job_id)  # from now on its stream reports are a started job's
@@ -619,7 +621,8 @@ class JobManager:
             try:
                 await self.engine.start(job, probe=True)
             except StreamNotFound as exc:
-                await self._change(job.id, JobPatch(last_error=exc.message), reason="")
+                await self._change(job.id, JobPatch(last_error=LastError.stream(exc.message)),
+                                   reason="")
                 raise
             except ShardUnavailable as exc:  # its shard starts it when back (reconcile)
                 deferred = f"{exc.message} The job starts capturing when the shard is back."
@@ -627,12 +630,13 @@ class JobManager:
                 await self._change(
                     job.id,
                     JobPatch(status=JobStatus.STARTED, status_reason=reason,
-                             last_error=deferred),
+                             last_error=LastError.stream(deferred)),
                     reason=reason, max_started=self._policy.limits.jobs_per_account,
                 )
             except JobLimitExceeded as exc:
                 await self.engine.stop(job.id)
-                await self._change(job.id, JobPatch(last_error=exc.message), reason="")
+                await self._change(job.id, JobPatch(last_error=LastError.stream(exc.message)),
+                                   reason="")
                 raise
         finally:
             if reserved:
@@ -797,7 +801,7 @@ class JobManager:
             # a waiting job's probe says "connecting", then "offline" when it fails (maybe
             # after the job was marked waiting): the job is still waiting, nothing to write
             stream_status = StreamStatus.WAITING
-        patch = JobPatch(stream_status=stream_status, last_error=error)
+        patch = JobPatch(stream_status=stream_status, last_error=LastError.stream(error))
         reason = error or f"stream {stream_status.value}"
         await self._change(job_id, patch, reason=reason)
 
@@ -811,7 +815,7 @@ class JobManager:
                 status=JobStatus.PAUSED,
                 stream_status=StreamStatus.WAITING,
                 status_reason=reason,
-                last_error=reason,
+                last_error=LastError.stream(reason),
             )
             await self._change(job_id, patch, reason=reason)
             self._wait_for_stream(job)
@@ -823,31 +827,30 @@ class JobManager:
 
     async def storage_changed(self, job_id: str, error: str) -> None:
         """``LastError`` shows a storage problem; clearing it leaves other errors alone."""
-        await self._set_error(job_id, STORAGE_ERROR_PREFIX, error)
+        await self._set_error(job_id, LastError.storage(error))
 
     async def quality_changed(self, job_id: str, verdict: Verdict) -> None:
         """``LastError`` shows that a tick had no keyframe fit to keep, until one passes."""
         text = "" if verdict is Verdict.OK else f"no usable keyframe in a tick ({verdict.value})"
-        await self._set_error(job_id, QUALITY_ERROR_PREFIX, text)
+        await self._set_error(job_id, LastError.quality(text))
 
     async def ticks_missed(self, job_id: str, count: int) -> None:
         await self._store.add_missed_ticks(job_id, count)
 
-    async def _set_error(self, job_id: str, prefix: str, error: str) -> None:
-        """Set ``LastError`` to ``prefix + error``; ``""`` clears it only if it has ``prefix``."""
-        if not error:
+    async def _set_error(self, job_id: str, error: LastError) -> None:
+        """Set ``LastError``; clearing it (no message) clears only an error of the same kind."""
+        if not error.message:
             job = await self._store.load_job(job_id)
-            if job is None or not job.last_error.startswith(prefix):
+            if job is None or LastError.of(job.last_error).kind is not error.kind:
                 return
-        text = prefix + error if error else ""
-        await self._store.update_job(job_id, JobPatch(last_error=text), now_ms=self._now_ms())
+        await self._store.update_job(job_id, JobPatch(last_error=error), now_ms=self._now_ms())
 
 def _apply(job: Job, patch: JobPatch) -> Job:
     changes: dict[str, object] = {}
     for name in ("status", "stream_status", "status_reason", "last_error"):
         value = getattr(patch, name)
         if value is not None:
-            changes[name] = value
+            changes[name] = value.text if isinstance(value, LastError) else value
     if patch.effective_interval_ms is not None:
         changes["effective_interval_ms"] = patch.effective_interval_ms or None
     return job.evolve(**changes)

@@ -176,14 +176,65 @@ class Job(_Evolve):
     connect_mode: ConnectMode = ConnectMode.AUTO  # copied from the template, or given at submit
 
 
+class ErrorKind(StrEnum):
+    """What a job's ``LastError`` is about. The value is the text's prefix: ICE's
+    ``LastError`` is one string, so the kind travels in it (the stream's own words have none).
+    """
+
+    STREAM = ""  # its stream, its connection or its start (probe, limits, shard)
+    STORAGE = "storage: "  # a capture not stored yet, lost, or recorded late
+    QUALITY = "quality: "  # a tick whose keyframes all failed the quality gate
+
+
+@dataclass(frozen=True)
+class LastError:
+    """A job's ``LastError``: ``message`` about ``kind``; an empty message clears it.
+
+    Every writer says the kind (``LastError.stream(...)``, ``.storage``, ``.quality``);
+    ``LastError.of(text)`` reads a stored one back.
+    """
+
+    kind: ErrorKind
+    message: str
+
+    @property
+    def text(self) -> str:
+        """What ``LastError`` shows: the kind's prefix and the message, or "" when cleared."""
+        return self.kind.value + self.message if self.message else ""
+
+    @classmethod
+    def stream(cls, message: str) -> LastError:
+        return cls(ErrorKind.STREAM, message)
+
+    @classmethod
+    def storage(cls, message: str) -> LastError:
+        return cls(ErrorKind.STORAGE, message)
+
+    @classmethod
+    def quality(cls, message: str) -> LastError:
+        return cls(ErrorKind.QUALITY, message)
+
+    @classmethod
+    def of(cls, text: str) -> LastError:
+        """The error a stored ``LastError`` text holds."""
+        for kind in (ErrorKind.STORAGE, ErrorKind.QUALITY):
+            if text.startswith(kind.value):
+                return cls(kind, text[len(kind.value):])
+        return cls(ErrorKind.STREAM, text)
+
+
+NO_ERROR = LastError(ErrorKind.STREAM, "")
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobPatch:
-    """Fields a state change sets; ``None`` leaves a field as it is, ``""`` clears a text."""
+    """Fields a state change sets; ``None`` leaves a field as it is, ``""`` clears a text
+    (``NO_ERROR`` clears ``LastError``)."""
 
     status: JobStatus | None = None
     stream_status: StreamStatus | None = None
     status_reason: str | None = None
-    last_error: str | None = None
+    last_error: LastError | None = None
     effective_interval_ms: int | None = None
 
 

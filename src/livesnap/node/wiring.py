@@ -28,7 +28,7 @@ from livesnap.clock import Clock
 from livesnap.config import Settings
 from livesnap.errors import ClusterMismatch, OutputError
 from livesnap.jobs.manager import JobManager, Limits, Policy
-from livesnap.jobs.models import JobPatch, JobStatus, StorageTarget
+from livesnap.jobs.models import JobPatch, JobStatus, LastError, StorageTarget
 from livesnap.jobs.ports import CaptureReports, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.waiting import WaitPolicy
@@ -261,7 +261,7 @@ async def note_on_started_jobs(store: SqlStore, note: str, now_ms: int) -> int:
     """Set every started job's ``LastError`` to ``note`` (its status stays); how many."""
     started = await store.jobs_with_status(JobStatus.STARTED)
     for job in started:
-        await store.update_job(job.id, JobPatch(last_error=note), now_ms=now_ms)
+        await store.update_job(job.id, JobPatch(last_error=LastError.stream(note)), now_ms=now_ms)
     return len(started)
 
 

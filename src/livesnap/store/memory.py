@@ -383,6 +383,8 @@ def _page(items: Iterable[T], query: TemplateQuery | JobQuery) -> Page[T]:
 
 def _patch_changes(patch: JobPatch) -> dict[str, Any]:
     values = {f.name: getattr(patch, f.name) for f in dataclasses.fields(patch)}
+    if patch.last_error is not None:
+        values["last_error"] = patch.last_error.text
     return {name: value for name, value in values.items() if value is not None}
 
 

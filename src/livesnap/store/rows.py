@@ -21,6 +21,7 @@ from livesnap.jobs.models import (
     Job,
     JobPatch,
     JobStatus,
+    LastError,
     OutboxEvent,
     SnapshotFile,
     StorageTarget,
@@ -227,6 +228,8 @@ def patch_values(patch: JobPatch) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for item in dataclasses.fields(patch):
         value = getattr(patch, item.name)
-        if value is not None:
+        if isinstance(value, LastError):
+            values[item.name] = value.text
+        elif value is not None:
             values[item.name] = value.value if isinstance(value, Enum) else value
     return values
