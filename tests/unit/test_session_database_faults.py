@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tests.contract.test_store_contract import job, snap
 
-from livesnap.capture import session as session_module
+from livesnap.capture import recording
 from livesnap.capture.session import Session, SessionOptions
 from livesnap.clock import ManualClock
 from livesnap.errors import FencedOut, StoreError
@@ -61,8 +61,8 @@ def make_session(reports: FlakyReports, clock: ManualClock) -> Session:
 
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_module, "RECORD_RETRY_FIRST_S", 0.001)
-    monkeypatch.setattr(session_module, "RECORD_RETRY_MAX_S", 0.002)
+    monkeypatch.setattr(recording, "RECORD_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(recording, "RECORD_RETRY_MAX_S", 0.002)
 
 
 async def test_a_record_the_database_refuses_is_retried_and_reported_late() -> None:
@@ -70,7 +70,7 @@ async def test_a_record_the_database_refuses_is_retried_and_reported_late() -> N
     reports = FlakyReports(failures=3)
     session = make_session(reports, clock)
     captured_ms = int(clock.time() * 1000) - 30_000
-    await session._recorded(report(captured_ms), [])
+    await session.recorder.record(report(captured_ms), [])
     assert reports.recorded == [captured_ms]
     assert reports.errors == [
         "snapshot recorded 30 s after capture: the database was unavailable "
@@ -79,14 +79,14 @@ async def test_a_record_the_database_refuses_is_retried_and_reported_late() -> N
 
 async def test_a_record_written_at_once_says_nothing() -> None:
     reports = FlakyReports(failures=0)
-    await make_session(reports, ManualClock())._recorded(report(1), [])
+    await make_session(reports, ManualClock()).recorder.record(report(1), [])
     assert reports.recorded == [1] and reports.errors == []
 
 
 async def test_a_fenced_out_record_is_not_retried() -> None:
     reports = FlakyReports(failures=1, error=FencedOut("shard-0 epoch 1 was replaced"))
     with pytest.raises(FencedOut):
-        await make_session(reports, ManualClock())._recorded(report(1), [])
+        await make_session(reports, ManualClock()).recorder.record(report(1), [])
     assert reports.recorded == []
 
 

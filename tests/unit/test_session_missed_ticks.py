@@ -10,7 +10,7 @@ from tests.contract.test_store_contract import job, snap
 
 from livesnap.capture.encode import EncodedImage
 from livesnap.capture.session import Session, SessionOptions
-from livesnap.capture.source import CapturedFrame, TickMissed
+from livesnap.capture.source import CapturedFrame
 from livesnap.clock import ManualClock
 from livesnap.jobs.models import Job, SnapshotFile, StreamStatus, Verdict
 from livesnap.jobs.ports import CaptureReport
@@ -80,8 +80,9 @@ def make(clock: ManualClock, *, outage_window_s: float = 1800.0) -> tuple[Sessio
 async def capture(session: Session, clock: ManualClock) -> None:
     image = EncodedImage(data=b"\xff\xd8jpeg\xff\xd9", width=64, height=36)
     now = clock.time()
-    await session._store(CapturedFrame(image=image, stream_time=None, arrival_wall=now,
-                                       encoded_wall=now, verdict=Verdict.OK, skipped=0))
+    await session.recorder.capture(CapturedFrame(
+        image=image, stream_time=None, arrival_wall=now, encoded_wall=now, verdict=Verdict.OK,
+        skipped=0), [])
 
 
 async def test_gate_missed_ticks_count_at_once_and_not_again_at_the_next_capture() -> None:
@@ -89,7 +90,7 @@ async def test_gate_missed_ticks_count_at_once_and_not_again_at_the_next_capture
     session, reports = make(clock)
     for _ in range(3):  # three ticks of a frozen picture, each ending without a file
         clock.advance(INTERVAL_MS / 1000)
-        await session._on_tick_missed(TickMissed(verdict=Verdict.FROZEN))
+        await session.recorder.tick_missed(Verdict.FROZEN)
     assert reports.counted == [1, 1, 1] and reports.recorded == []
     assert reports.verdicts == [Verdict.FROZEN] * 3  # LastError says why
     clock.advance(INTERVAL_MS / 1000)
@@ -111,7 +112,7 @@ async def test_a_gate_miss_inside_an_outage_is_not_counted_twice() -> None:
     clock = ManualClock()
     session, reports = make(clock)
     clock.advance(INTERVAL_MS / 1000)
-    await session._on_tick_missed(TickMissed(verdict=Verdict.BLACK))
+    await session.recorder.tick_missed(Verdict.BLACK)
     clock.advance(3 * INTERVAL_MS / 1000)  # then two ticks with nothing at all
     await capture(session, clock)
     assert reports.total == 3
@@ -122,7 +123,7 @@ async def test_an_outage_that_pauses_the_job_counts_its_ticks_before_the_pause()
     session, reports = make(clock, outage_window_s=60)
     since = clock.monotonic()
     clock.advance(INTERVAL_MS / 1000)
-    await session._on_tick_missed(TickMissed(verdict=Verdict.DECODE_ERROR))
+    await session.recorder.tick_missed(Verdict.DECODE_ERROR)
     clock.advance(60 - INTERVAL_MS / 1000)
     assert await session._outage_over(since, "connection refused")
     # 60 s after the last capture: 11 ticks whose window has ended, one counted already
