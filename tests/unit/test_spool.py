@@ -48,7 +48,7 @@ class Jobs:
         self.trouble: list[tuple[str, int, str, bool]] = []
         self.missing_at_record: list[str] = []
 
-    def upload(self, job: str, n: int, *, overwrite: bool = True) -> Upload:
+    def upload(self, job: str, n: int, *, overwrite: bool = True, note: str = "") -> Upload:
         keys = [f"{job}/{n}.jpg"] + ([f"{job}.jpg"] if overwrite else [])
         objects = tuple(PendingObject(key=k, meta=ObjectMeta()) for k in keys)
 
@@ -61,7 +61,7 @@ class Jobs:
             self.trouble.append((job, n, message, lost))
 
         return Upload(job_id=job, data=bytes([n % 256]) * SIZE, objects=objects,
-                      on_stored=on_stored, on_trouble=on_trouble)
+                      on_stored=on_stored, on_trouble=on_trouble, note=note)
 
     def stored_of(self, job: str) -> list[int]:
         return [n for j, n in self.stored if j == job]
@@ -81,7 +81,7 @@ async def settle(predicate, limit_s: float = 3.0, what: str = "condition") -> No
 def make(tmp_path, **limits):
     sink = ScriptedSink()
     spool = Spool(tmp_path / "spool", SpoolLimits(**{**FAST, **limits}))
-    spool.clear_leftovers()
+    spool.take_leftovers()
     return sink, spool, TargetUploader(sink, spool=spool, name="t"), Jobs(sink)
 
 
@@ -222,14 +222,55 @@ async def test_a_failing_record_does_not_stop_the_queue(tmp_path, caplog):
     await uploader.close(1)
 
 
-def test_leftovers_of_an_earlier_run_are_removed_and_counted(tmp_path):
+def test_leftovers_without_a_readable_description_are_removed_and_counted(tmp_path):
     directory = tmp_path / "spool"
     directory.mkdir()
-    for n in range(3):
+    for n in range(3):  # bytes without a description: killed between the two writes
         (directory / f"{n:012d}.jpg").write_bytes(b"x")
+    (directory / "000000000003.jpg").write_bytes(b"x")  # a description cut short
+    (directory / "000000000003.json").write_text('{"seq": 3, "objects": [')
+    (directory / "000000000004.json").write_text("{}")  # a description without its bytes
+    (directory / "000000000005.json.part").write_text("{")
     spool = Spool(directory, SpoolLimits())
-    assert spool.clear_leftovers() == 3 and spool.counts.dropped == 3
+    assert spool.take_leftovers() == ([], 4) and spool.counts.dropped == 4
     assert list(directory.iterdir()) == []
+
+
+async def test_a_capture_spooled_by_a_killed_process_is_stored_by_the_next(tmp_path):
+    sink, spool, uploader, jobs = make(tmp_path)
+    sink.error = OutputUnavailable("connection refused")
+    pointer = PendingObject(key="a/latest.json", meta=ObjectMeta(content_type="application/json"),
+                            data=b'{"latest": 1}')
+    first = jobs.upload("a", 1, note="capture 1")
+    await uploader.submit(Upload(job_id="a", data=first.data,
+                                 objects=(*first.objects, pointer), on_stored=first.on_stored,
+                                 on_trouble=first.on_trouble, note=first.note))
+    await uploader.submit(jobs.upload("a", 2, note="capture 2"))
+    await uploader.submit(jobs.upload("b", 1))  # no note: not worth keeping
+    await settle(lambda: len(spool) == 3, what="three captures spooled")
+    # the process is killed here (its uploader, never closed, keeps failing: it stands for the
+    # dead process); the next one opens the same directory and reaches the store
+    later = Spool(spool.directory, SpoolLimits(**FAST))
+    left, unusable = later.take_leftovers()
+    assert unusable == 1 and [s.note for s in left] == ["capture 1", "capture 2"]
+    assert [o.key for o in left[0].objects] == ["a/1.jpg", "a.jpg", "a/latest.json"]
+    assert left[0].objects[2].data == b'{"latest": 1}'
+    assert left[0].objects[2].meta.content_type == "application/json"
+    store = ScriptedSink()
+    again = Jobs(store)
+    next_run = TargetUploader(store, spool=later, name="t")
+    for spooled in left:
+        n = int(spooled.note.split()[-1])
+        made = again.upload("a", n)
+        next_run.adopt(spooled, Upload(job_id="a", data=b"", objects=spooled.objects,
+                                       on_stored=made.on_stored, on_trouble=made.on_trouble))
+    await next_run.submit(again.upload("a", 3))  # this run's capture comes after them
+    await settle(lambda: len(again.stored) == 3, what="every capture stored")
+    assert again.stored == [("a", 1), ("a", 2), ("a", 3)] and again.missing_at_record == []
+    assert store.objects["a/1.jpg"][0] == bytes([1]) * SIZE  # the bytes from the spool file
+    assert spool_files(later) == [] and len(later) == 0
+    await next_run.close(1)
+    await uploader.close(0.1)
 
 
 def test_retry_delay_grows_and_is_capped():

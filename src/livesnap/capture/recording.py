@@ -10,12 +10,18 @@ A capture goes through three steps, one method each on ``Recorder``:
    record given up would leave stored objects unrecorded;
 3. the job's ``LastError`` is settled (a storage or quality error the capture ends) and the
    capture-now callers waiting for it get the file.
+
+Each upload carries its report as a note, which the spool keeps beside a spooled capture: a
+process killed while captures wait for the store leaves them on disk, and the next one stores
+and records them (``recovered_upload``) before its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import logging
 from collections.abc import Awaitable
 
@@ -28,7 +34,7 @@ from livesnap.jobs import imaging, naming
 from livesnap.jobs.models import Job, SnapshotFile, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.schedule import TickSchedule, ticks_missed, ticks_passed
-from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, Upload
+from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, SpooledCapture, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +157,7 @@ class Recorder:
             job_id=job.id, data=frame.image.data,
             objects=self._objects(report, frame.image.content_type),
             on_stored=functools.partial(self.record, report, waiters),
-            on_trouble=self.storage_trouble,
+            on_trouble=self.storage_trouble, note=_note(report),
         ))
 
     def _objects(self, report: CaptureReport, image_type: str) -> tuple[PendingObject, ...]:
@@ -219,30 +225,7 @@ class Recorder:
         await self._settle_errors(report, late)
 
     async def _write_record(self, report: CaptureReport) -> tuple[SnapshotFile | None, str]:
-        """Write the capture's record, retrying while the database fails (see
-        ``RECORD_RETRY_FIRST_S``); the record, and what ``LastError`` says if it came late."""
-        delay, reason = RECORD_RETRY_FIRST_S, ""
-        while True:
-            try:
-                file = await self._reports.snapshot_stored(self.job, report)
-            except FencedOut:
-                raise
-            except StoreError as exc:
-                if not reason:
-                    logger.warning("snapshot stored but not recorded yet: %s", exc.message,
-                                   extra={"action": "record_delayed", "job_id": self.job.id,
-                                          "create_ms": report.create_ms})
-                reason = exc.message
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECORD_RETRY_MAX_S)
-                continue
-            if not reason:
-                return file, ""
-            late_s = max(0.0, self._clock.time() - report.create_ms / 1000)
-            logger.warning("snapshot recorded late", extra={
-                "action": "record_late", "job_id": self.job.id, "seconds": round(late_s, 1)})
-            return file, (f"snapshot recorded {late_s:.0f} s after capture: the database was "
-                          f"unavailable ({reason})")
+        return await write_record(self._reports, self.job, report, self._clock)
 
     # 3. what LastError says ------------------------------------------------------------------
     async def _settle_errors(self, report: CaptureReport, late: str) -> None:
@@ -282,3 +265,80 @@ class Recorder:
 
     async def _report(self, call: Awaitable[None], what: str) -> bool:
         return await report_safely(call, what, self.job.id)
+
+
+async def write_record(
+    reports: CaptureReports, job: Job, report: CaptureReport, clock: Clock
+) -> tuple[SnapshotFile | None, str]:
+    """Write a stored capture's record, retrying while the database fails (see
+    ``RECORD_RETRY_FIRST_S``); the record, and what ``LastError`` says if it came late."""
+    delay, reason = RECORD_RETRY_FIRST_S, ""
+    while True:
+        try:
+            file = await reports.snapshot_stored(job, report)
+        except FencedOut:
+            raise
+        except StoreError as exc:
+            if not reason:
+                logger.warning("snapshot stored but not recorded yet: %s", exc.message,
+                               extra={"action": "record_delayed", "job_id": job.id,
+                                      "create_ms": report.create_ms})
+            reason = exc.message
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX_S)
+            continue
+        if not reason:
+            return file, ""
+        late_s = max(0.0, clock.time() - report.create_ms / 1000)
+        logger.warning("snapshot recorded late", extra={
+            "action": "record_late", "job_id": job.id, "seconds": round(late_s, 1)})
+        return file, (f"snapshot recorded {late_s:.0f} s after capture: the database was "
+                      f"unavailable ({reason})")
+
+
+# captures an earlier process spooled ----------------------------------------------------------
+def _note(report: CaptureReport) -> str:
+    """The capture's report, as the spool keeps it beside a spooled capture."""
+    fields = dataclasses.asdict(report)
+    fields["quality"] = None if report.quality is None else report.quality.value
+    return json.dumps(fields)
+
+
+def _report_from_note(note: str) -> CaptureReport | None:
+    try:
+        fields = json.loads(note)
+        quality = fields.pop("quality")
+        return CaptureReport(**fields, quality=None if quality is None else Verdict(quality))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def recovered_upload(
+    spooled: SpooledCapture, job: Job, *, reports: CaptureReports, clock: Clock
+) -> Upload | str:
+    """The upload of a capture an earlier process spooled, which records it once stored; or
+    why it is not stored.
+
+    Only its sequence object is stored: the job's overwrite object (and latest pointer) shows
+    a newer picture by now, or will within an interval of the job's resuming, and must never
+    go back in time. So a capture of a job without sequence objects is not stored again.
+    """
+    report = _report_from_note(spooled.note)
+    if report is None or report.job_id != job.id:
+        return "its description cannot be read"
+    objects = tuple(o for o in spooled.objects if o.key == report.sequence_key)
+    if not objects:
+        return "it has only an overwrite object, which newer captures replace"
+
+    async def stored() -> None:
+        file, _late = await write_record(reports, job, report, clock)
+        if file is not None:
+            logger.info("spooled snapshot of an earlier run stored and recorded", extra={
+                "action": "spool_recovered", "job_id": job.id, "create_ms": report.create_ms})
+
+    async def trouble(message: str, lost: bool) -> None:
+        await report_safely(reports.storage_changed(job.id, message), "storage_changed",
+                            job.id)
+
+    return Upload(job_id=job.id, data=b"", objects=objects, on_stored=stored,
+                  on_trouble=trouble, note=spooled.note)

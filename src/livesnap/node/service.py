@@ -48,6 +48,7 @@ from livesnap.node.wiring import (
     capture_supervisor,
     job_manager,
     log_storage,
+    resume_spooled,
     storage_figures,
     storage_router,
 )
@@ -179,6 +180,7 @@ async def build_service(
         if process is not None:
             await process.open()
         await manager.open()
+        await resume_spooled(router, store.load_job, manager, clock)
         if settings.engine == "local":  # a capture process or the shards resume their own jobs
             await manager.resume()
             await manager.resume_waiting()  # and every later waiting job is marked here

@@ -37,6 +37,7 @@ from livesnap.node.wiring import (
     callback_dispatcher,
     capture_supervisor,
     job_manager,
+    resume_spooled,
     storage_figures,
     storage_router,
 )
@@ -133,6 +134,7 @@ class ShardHost:
         )
         runtime_box.append(runtime)
         self._runtime = runtime
+        await resume_spooled(router, base.load_job, ledger, clock)  # before its jobs resume
         self._ready.set()
         logger.info("shard running", extra={"action": "shard_start", "shard": self.name,
                                              "epoch": epoch, "pid": self.pid})

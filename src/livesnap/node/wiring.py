@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from livesnap.callbacks.dispatcher import CallbackDispatcher, callback_client
@@ -21,14 +21,15 @@ from livesnap.callbacks.http11 import CallbackClient
 from livesnap.callbacks.keys import CallbackKeys, new_key
 from livesnap.callbacks.policy import DeliveryPolicy
 from livesnap.capture.metrics import CaptureMetrics
+from livesnap.capture.recording import recovered_upload
 from livesnap.capture.session import SessionOptions
 from livesnap.capture.source import SourceOptions
 from livesnap.capture.supervisor import CaptureSupervisor
 from livesnap.clock import Clock
 from livesnap.config import Settings
-from livesnap.errors import ClusterMismatch, OutputError
+from livesnap.errors import ClusterMismatch, OutputError, StoreError
 from livesnap.jobs.manager import JobManager, Limits, Policy
-from livesnap.jobs.models import JobPatch, JobStatus, LastError, StorageTarget
+from livesnap.jobs.models import Job, JobPatch, JobStatus, LastError, StorageTarget
 from livesnap.jobs.ports import CaptureReports, StorageInfo, Store
 from livesnap.jobs.retry import Backoff
 from livesnap.jobs.waiting import WaitPolicy
@@ -263,6 +264,44 @@ async def note_on_started_jobs(store: SqlStore, note: str, now_ms: int) -> int:
     for job in started:
         await store.update_job(job.id, JobPatch(last_error=LastError.stream(note)), now_ms=now_ms)
     return len(started)
+
+
+async def resume_spooled(
+    router: StorageRouter, load_job: Callable[[str], Awaitable[Job | None]],
+    reports: CaptureReports, clock: Clock,
+) -> int:
+    """Queue the captures an earlier run left in the spool, ahead of this run's: each is
+    stored and recorded when its store answers. A capture whose job is gone, whose storage is
+    no longer configured or that has nothing left to store is dropped. How many were queued."""
+    queued = 0
+    for spooled in router.take_leftovers():
+        try:
+            job = await load_job(spooled.job_id)
+        except StoreError as exc:  # its files stay: the next start takes them again
+            logger.warning("spooled snapshot of an earlier run left for the next start: %s",
+                           exc.message, extra={"action": "spool_resume_failed",
+                                               "job_id": spooled.job_id})
+            continue
+        if job is None:
+            router.discard(spooled, "its job was deleted")
+            continue
+        upload = recovered_upload(spooled, job, reports=reports, clock=clock)
+        if isinstance(upload, str):
+            router.discard(spooled, upload)
+            continue
+        target = job.storage
+        try:
+            route = router.route(job.account, target.storage_type.value, target.endpoint,
+                                 target.bucket)
+        except OutputError as exc:
+            router.discard(spooled, exc.message)
+            continue
+        router.adopt(spooled, route, upload)
+        queued += 1
+    if queued:
+        logger.info("storing the snapshots an earlier run left in the spool", extra={
+            "action": "spool_resumed", "count": queued})
+    return queued
 
 
 def log_storage(router: StorageRouter) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -53,6 +54,23 @@ class Upload:
     objects: tuple[PendingObject, ...]
     on_stored: Callable[[], Awaitable[None]]
     on_trouble: Callable[[str, bool], Awaitable[None]]
+    # what the owner needs to make this upload again after a restart (opaque here): kept
+    # beside the capture while it is spooled; "" = not worth keeping across a restart
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpooledCapture:
+    """A capture an earlier process left in the spool: its bytes in ``path``, its objects,
+    and the ``note`` its ``Upload`` carried."""
+
+    seq: int
+    path: Path
+    size: int
+    created: float  # wall-clock seconds it was captured (queued)
+    job_id: str
+    objects: tuple[PendingObject, ...]
+    note: str
 
 
 class UploadQueue(Protocol):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from livesnap.config import StorageCredential, normalize_endpoint
 from livesnap.errors import OutputError
-from livesnap.outputs.base import Route, SnapshotSink
+from livesnap.outputs.base import Route, SnapshotSink, SpooledCapture, Upload
 from livesnap.outputs.local import LocalSink, safe_segment
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
 from livesnap.outputs.spool import (
@@ -87,13 +87,33 @@ class StorageRouter:
         self.spool = Spool(spool_dir or root.parent / "spool", limits or SpoolLimits())
         self._routes: dict[tuple[str, str, str, str], Route] = {}
         self._uploaders: list[TargetUploader] = []
-        left = self.spool.clear_leftovers()
-        if left:
+        self._leftovers, unusable = self.spool.take_leftovers()
+        if unusable:
             logger.warning(
-                "removed snapshots spooled by an earlier run (never stored, no record)",
-                extra={"action": "spool_leftovers", "count": left,
-                       "directory": str(self.spool.directory)},
+                "removed snapshots an earlier run left half-written in the spool (never "
+                "stored, no record)", extra={"action": "spool_leftovers", "count": unusable,
+                                             "directory": str(self.spool.directory)},
             )
+
+    def take_leftovers(self) -> list[SpooledCapture]:
+        """The captures an earlier run left in the spool, oldest first (once: each must then
+        be ``adopt``-ed or ``discard``-ed)."""
+        left, self._leftovers = self._leftovers, []
+        return left
+
+    def adopt(self, spooled: SpooledCapture, route: Route, upload: Upload) -> None:
+        """Store a leftover capture through ``route`` (one of this router's), ahead of the
+        captures of this run."""
+        uploads = route.uploads
+        if not isinstance(uploads, TargetUploader):
+            raise TypeError("a route of another router")
+        uploads.adopt(spooled, upload)
+
+    def discard(self, spooled: SpooledCapture, reason: str) -> None:
+        """Give a leftover capture up (its job is gone, or it has nothing left to store)."""
+        logger.warning("spooled snapshot of an earlier run dropped: %s", reason, extra={
+            "action": "upload_dropped", "job_id": spooled.job_id})
+        self.spool.discard(spooled)
 
     @property
     def credentials(self) -> tuple[StorageCredential, ...]:

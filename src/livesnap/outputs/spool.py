@@ -14,16 +14,24 @@ by every target and bounded by size and age: the oldest capture is dropped first
 its job told. Errors that a retry cannot fix (refused credentials, a missing bucket) drop the
 capture at once, counted as failed.
 
-The spool lives for one process: on start, files left by an earlier run (which has no record of
-what they were) are removed and counted as dropped.
+A spooled capture outlives its process. Beside its bytes (``<n>.jpg``) the spool keeps what
+it is (``<n>.json``: its job, its objects with their headers, and the ``note`` its ``Upload``
+carried); a process that is killed leaves both. The next process on the same spool directory
+takes them back (``take_leftovers``): its owner rebuilds each one's upload from the note, and
+the uploader stores it, in order, before the captures of the new run. A bytes file without its
+description (killed between the two writes) or a description it cannot read is removed and
+counted as dropped, as is a capture whose upload carried no note.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import heapq
+import json
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -32,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livesnap.errors import LivesnapError, OutputError
-from livesnap.outputs.base import ObjectMeta, SnapshotSink, Upload
+from livesnap.outputs.base import ObjectMeta, PendingObject, SnapshotSink, SpooledCapture, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -126,25 +134,40 @@ class Spool:
         self._next_seq += 1
         return self._next_seq
 
-    def clear_leftovers(self) -> int:
-        """Remove files an earlier process left (nothing says what they were); how many."""
+    def take_leftovers(self) -> tuple[list[SpooledCapture], int]:
+        """The captures an earlier process left, oldest first, to be adopted or discarded;
+        and how many were removed because they cannot be stored (counted as dropped)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        removed = 0
+        found = [s for s in map(_read_leftover, self.directory.glob("*.json")) if s is not None]
+        keep = {p for s in found for p in (s.path, s.path.with_suffix(".json"))}
+        unusable = 0
         for path in self.directory.iterdir():
-            if path.is_file():
+            if path.is_file() and path not in keep:
+                unusable += path.suffix == ".jpg"
                 path.unlink(missing_ok=True)
-                removed += 1
-        self.counts.dropped += removed
-        return removed
+        self._next_seq = max([self._next_seq, *(s.seq for s in found)])
+        self.counts.dropped += unusable
+        return sorted(found, key=lambda s: s.seq), unusable
+
+    def discard(self, spooled: SpooledCapture) -> None:
+        """Remove a leftover capture that will not be stored (counted as dropped)."""
+        _remove_files(spooled.path)
+        self.counts.dropped += 1
+
+    def adopt(self, entry: _Entry) -> None:
+        """Count a leftover capture's entry (its files exist) as spooled by this process."""
+        self._entries[entry.seq] = entry
+        heapq.heappush(self._oldest, entry.seq)
+        self._bytes += entry.size
 
     async def add(self, entry: _Entry) -> None:
         """Move ``entry``'s bytes to disk (``OSError`` if that fails), then apply the limits."""
         if entry.data is None:
             return
         path = self.directory / f"{entry.seq:012d}.jpg"
-        await asyncio.to_thread(_write_file, path, entry.data)
-        if entry.finished:  # stored while the file was being written
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(_write_spooled, path, entry.data, _description(entry))
+        if entry.finished:  # stored while the files were being written
+            await asyncio.to_thread(_remove_files, path)
             return
         entry.path, entry.data = path, None
         self._entries[entry.seq] = entry
@@ -171,8 +194,7 @@ class Spool:
         if self._entries.pop(entry.seq, None) is not None:
             self._bytes -= entry.size
         if entry.path is not None:
-            with contextlib.suppress(OSError):
-                entry.path.unlink(missing_ok=True)
+            _remove_files(entry.path)
 
     async def enforce_limits(self) -> None:
         """Drop the oldest spooled captures while the spool is too big or they are too old."""
@@ -268,6 +290,14 @@ class TargetUploader:
             await self._spill(entry)
         if self.outage is not None and not entry.finished:
             await _safely(upload.on_trouble(self.outage, False), "on_trouble", entry)
+
+    def adopt(self, spooled: SpooledCapture, upload: Upload) -> None:
+        """Queue a capture an earlier process spooled (``upload`` rebuilt from its note)."""
+        entry = _Entry(seq=spooled.seq, upload=_without_data(upload), owner=self,
+                       created=spooled.created, size=spooled.size, data=None, path=spooled.path)
+        self._spool.adopt(entry)
+        self._queue.append(entry)
+        self._ensure_runner()
 
     # lifecycle -----------------------------------------------------------------------------
     async def close(self, timeout_s: float) -> int:
@@ -464,7 +494,7 @@ class TargetUploader:
 def _without_data(upload: Upload) -> Upload:
     """The upload's description without its bytes (the entry holds them, or the spool file)."""
     return Upload(job_id=upload.job_id, data=b"", objects=upload.objects,
-                  on_stored=upload.on_stored, on_trouble=upload.on_trouble)
+                  on_stored=upload.on_stored, on_trouble=upload.on_trouble, note=upload.note)
 
 
 async def _safely(call: Awaitable[None], what: str, entry: _Entry) -> None:
@@ -488,6 +518,59 @@ def _observe_safely(observe: UploadObserver, seconds: float, ok: bool, target: s
                                                           "target": target})
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_spooled(path: Path, data: bytes, description: dict[str, object] | None) -> None:
+    """The capture's bytes, then (renamed into place, so that it is whole or absent) its
+    description: a description on disk always has its bytes beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    if description is None:
+        return
+    partial = path.with_suffix(".json.part")
+    partial.write_text(json.dumps(description))
+    os.replace(partial, path.with_suffix(".json"))
+
+
+def _remove_files(path: Path) -> None:
+    """A spooled capture's description first (bytes without one are taken for a torn write)."""
+    with contextlib.suppress(OSError):
+        path.with_suffix(".json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _description(entry: _Entry) -> dict[str, object] | None:
+    """What a later process needs to store ``entry`` (None when its upload has no note)."""
+    upload = entry.upload
+    if not upload.note:
+        return None
+    return {
+        "version": 1, "seq": entry.seq, "created": entry.created, "size": entry.size,
+        "job_id": upload.job_id, "note": upload.note,
+        "objects": [{
+            "key": obj.key, "content_type": obj.meta.content_type,
+            "cache_control": obj.meta.cache_control, "metadata": dict(obj.meta.metadata),
+            "data": None if obj.data is None else base64.b64encode(obj.data).decode(),
+        } for obj in upload.objects],
+    }
+
+
+def _read_leftover(path: Path) -> SpooledCapture | None:
+    """The capture a description file names, or None if it cannot be read whole."""
+    try:
+        found = json.loads(path.read_text())
+        objects = tuple(PendingObject(
+            key=str(obj["key"]),
+            meta=ObjectMeta(content_type=str(obj["content_type"]),
+                            cache_control=obj["cache_control"],
+                            metadata={str(k): str(v) for k, v in obj["metadata"].items()}),
+            data=None if obj["data"] is None else base64.b64decode(obj["data"]),
+        ) for obj in found["objects"])
+        data_path = path.with_suffix(".jpg")
+        if not data_path.is_file():
+            return None
+        return SpooledCapture(seq=int(found["seq"]), path=data_path,
+                              size=data_path.stat().st_size, created=float(found["created"]),
+                              job_id=str(found["job_id"]), objects=objects,
+                              note=str(found["note"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
