@@ -72,7 +72,7 @@ def _fail(message: str) -> typer.Exit:
 def _settings(**overrides: object) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)  # type: ignore[arg-type]
+        return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -82,17 +82,18 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _keys(settings: Settings) -> KeyRing:
-    if settings.access_keys is not None and settings.access_keys.get_secret_value().strip():
+    given = settings.server.access_keys
+    if given is not None and given.get_secret_value().strip():
         try:
-            return KeyRing(parse_access_keys(settings.access_keys.get_secret_value()))
+            return KeyRing(parse_access_keys(given.get_secret_value()))
         except ValueError as exc:
             raise _fail(str(exc)) from exc
-    keys, created = load_or_create_keys(settings.data_dir)
+    keys, created = load_or_create_keys(settings.server.data_dir)
     if created:
         key = keys[0]
         typer.echo(
             "livesnap: generated an access key pair (shown once; kept in "
-            f"{settings.data_dir / 'access-keys.json'}):\n"
+            f"{settings.server.data_dir / 'access-keys.json'}):\n"
             f"  AccessKeyId:     {key.id}\n  AccessKeySecret: {key.secret}",
             err=True,
         )
@@ -116,21 +117,21 @@ def serve(
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url,
                          engine=engine, capture_processes=capture_processes,
                          ray_address=ray_address, tls_cert=tls_cert, tls_key=tls_key)
-    setup_logging(level=settings.log_level, json_lines=settings.log_json)
+    setup_logging(level=settings.server.log_level, json_lines=settings.server.log_json)
     from livesnap.node.httpserver import tls_problem
     from livesnap.node.service import port_is_free
     from livesnap.node.service import serve as run
 
-    problem = tls_problem(settings.tls_cert, settings.tls_key)
+    problem = tls_problem(settings.server.tls_cert, settings.server.tls_key)
     if problem:
         raise _fail(problem)
     keys = _keys(settings)
-    problem = storage_account_problem(settings.storage_credentials(), keys.accounts)
+    problem = storage_account_problem(settings.storage.storage_credentials(), keys.accounts)
     if problem:
         raise _fail(problem)
-    if settings.port and not port_is_free(settings.host, settings.port):
-        raise _fail(f"port {settings.port} on {settings.host} is already in use")
-    if settings.capture and settings.engine == "local":
+    if settings.server.port and not port_is_free(settings.server.host, settings.server.port):
+        raise _fail(f"port {settings.server.port} on {settings.server.host} is already in use")
+    if settings.capture.capture and settings.capture.engine == "local":
         from livesnap.capture.source import tune_malloc
 
         tune_malloc()  # before any reader thread exists (docs/performance.md)
@@ -149,7 +150,7 @@ def migrate(
 ) -> None:
     """Apply database migrations and exit (serve also does this on start)."""
     settings = _settings(data_dir=data_dir, database_url=database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
     _migrate(settings)
     typer.echo("livesnap: database is up to date")
 
@@ -176,7 +177,7 @@ def _on_database(
     from livesnap.store import open_sql_store
 
     async def run() -> T:
-        store = await open_sql_store(settings.resolved_database_url(), migrate=migrate)
+        store = await open_sql_store(settings.server.resolved_database_url(), migrate=migrate)
         try:
             return await action(store)
         finally:
@@ -192,7 +193,7 @@ def _on_database(
 
 def _is_cluster_database(settings: Settings) -> bool:
     """A cluster shares one PostgreSQL database."""
-    return settings.resolved_database_url().startswith(("postgresql", "postgres"))
+    return settings.server.resolved_database_url().startswith(("postgresql", "postgres"))
 
 
 @app.command()
@@ -210,7 +211,7 @@ def _cluster_settings(**overrides: object) -> Settings:
     settings = _settings(**overrides)
     if not _is_cluster_database(settings):
         raise _fail("cluster mode needs a PostgreSQL --database-url shared by every node")
-    setup_logging(level="WARNING", json_lines=settings.log_json)
+    setup_logging(level="WARNING", json_lines=settings.server.log_json)
     return settings
 
 
@@ -220,7 +221,7 @@ def _connect(settings: Settings) -> None:
     except ImportError as exc:
         raise _fail(f"Ray is not installed ({exc.name}): pip install 'livesnap[ray]'") from None
     try:
-        connect(settings.ray_address, settings.ray_namespace)
+        connect(settings.cluster.ray_address, settings.cluster.ray_namespace)
     except (ConnectionError, RuntimeError) as exc:
         raise _fail(f"cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
 
@@ -246,11 +247,11 @@ def cluster_up(
     from livesnap.node.shardhost import ShardHost
     from livesnap.shards.assign import shard_names
 
-    names = shard_names(settings.shards)
-    launch_shards(ShardHost, settings, names, resource=settings.shard_resource)
+    names = shard_names(settings.cluster.shards)
+    launch_shards(ShardHost, settings, names, resource=settings.cluster.shard_resource)
     deadline = time.monotonic() + wait
     while True:
-        rows = cluster_status(names, settings.ray_namespace)
+        rows = cluster_status(names, settings.cluster.ray_namespace)
         if all(r["state"] == "running" for r in rows) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -267,12 +268,12 @@ def cluster_status_cmd(
 ) -> None:
     """Shards, their nodes, job counts, epochs, missed ticks and reconcile lag."""
     settings = _settings(shards=shards, ray_address=ray_address)
-    setup_logging(level="WARNING", json_lines=settings.log_json)
+    setup_logging(level="WARNING", json_lines=settings.server.log_json)
     _connect(settings)
     from livesnap.cluster.rayengine import cluster_status
     from livesnap.shards.assign import shard_names
 
-    rows = cluster_status(shard_names(settings.shards), settings.ray_namespace)
+    rows = cluster_status(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, default=str))
@@ -287,12 +288,12 @@ def cluster_down(
 ) -> None:
     """Stop every shard's streams and remove the shard actors (jobs stay as they are)."""
     settings = _settings(shards=shards, ray_address=ray_address)
-    setup_logging(level="WARNING", json_lines=settings.log_json)
+    setup_logging(level="WARNING", json_lines=settings.server.log_json)
     _connect(settings)
     from livesnap.cluster.rayengine import remove_shards
     from livesnap.shards.assign import shard_names
 
-    removed = remove_shards(shard_names(settings.shards), settings.ray_namespace)
+    removed = remove_shards(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
     typer.echo(f"livesnap: removed {len(removed)} shard(s)")
     marked = _mark_started_jobs(settings, CLUSTER_DOWN_NOTE) if removed else 0
     if marked:

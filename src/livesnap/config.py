@@ -1,4 +1,6 @@
-"""Settings: read once at the edge (CLI flags and ``LIVESNAP_*`` environment), then passed down.
+"""Settings: read once at the edge (CLI flags and ``LIVESNAP_*`` environment), then passed down,
+grouped by concern (``settings.server``, ``.storage``, ``.capture``, ``.callbacks``,
+``.cluster``).
 
 Secrets are masked in ``repr``. Access keys come from ``LIVESNAP_ACCESS_KEYS`` as
 ``id:secret:account`` entries separated by commas; without any, the CLI generates one pair in
@@ -16,10 +18,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livesnap.jobs.connect import DEFAULT_PER_TICK_MIN_INTERVAL_S
@@ -318,12 +320,21 @@ def _secret(entry: dict[str, Any], name: str, where: str, env: Mapping[str, str]
     return env[env_name].strip()
 
 
-class Settings(BaseSettings):
-    """Every setting, with its ``LIVESNAP_`` environment name (see docs/configuration.md)."""
+class _Group(BaseSettings):
+    """One concern's settings, each read from ``LIVESNAP_<FIELD>`` when not given."""
 
     # hide_input_in_errors: a rejected value may be a secret (inline storage config, keys)
     model_config = SettingsConfigDict(env_prefix="LIVESNAP_", extra="ignore",
                                       hide_input_in_errors=True)
+
+
+class ServerSettings(_Group):
+    """The node itself: where it listens and keeps its data, who may call it and how much,
+    which networks it may reach, how it logs and how long it takes to stop.
+
+    ``data_dir`` and ``database_url`` are here, not in a group of their own: the node keeps its
+    keys, database and local files there, whatever its engine or storage.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -331,26 +342,11 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None  # may carry a password
     access_keys: SecretStr | None = None
     host_id: str = "livesnap"
+    # stream and callback URLs may not point into these (checked at Submit and at connect time)
     blocked_networks: str = ",".join(DEFAULT_BLOCKED_NETWORKS)
     max_jobs_per_account: int = Field(default=100, ge=1)
     max_jobs_per_node: int = Field(default=500, ge=1)
     max_kept_jobs_per_account: int = Field(default=1000, ge=1)
-    capture: bool = True
-    jpeg_quality: int = Field(default=85, ge=1, le=100)
-    skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)
-    share_streams: bool = True  # jobs on the same stream URL share one connection (capture.md)
-    rw_timeout_s: float = Field(default=5.0, gt=0)
-    # how RTSP media travels: tcp (interleaved, through NAT) or udp (docs/capture.md)
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    # rtmps:// and https:// sources: verify their certificates, against this PEM bundle of
-    # certificate authorities (unset: the system's) (docs/capture.md#tls-sources)
-    source_tls_verify: bool = True
-    source_ca_file: Path | None = None
-    probe_timeout_s: float = Field(default=10.0, gt=0)
-    outage_window_s: float = Field(default=1800.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    # jobs in ConnectMode auto connect per tick from this TimeInterval on (docs/capture.md)
-    per_tick_min_interval_s: float = Field(default=DEFAULT_PER_TICK_MIN_INTERVAL_S, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     log_json: bool = False
     log_level: str = "INFO"
@@ -366,20 +362,54 @@ class Settings(BaseSettings):
     # or neither (docs/configuration.md#https)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # where capture runs: local = in this process; process = in one child process on this
-    # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
-    engine: Literal["local", "process", "ray"] = "local"
-    # process: how many capture processes (0 = one per CPU core); not 1 with local: process
-    capture_processes: int = Field(default=1, ge=0, le=256)
-    # process: the serving process's threads run this much nicer than the capture process
-    api_nice: int = Field(default=5, ge=0, le=19)
-    ray_address: str = ""  # "" = the Ray node on this host ("auto")
-    ray_namespace: str = "livesnap"
-    shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}
-    shard_resource: str = ""  # a custom Ray resource each shard needs one unit of
-    shard_reconcile_s: float = Field(default=5.0, gt=0)
-    shard_call_timeout_s: float = Field(default=15.0, gt=0)
-    # object storage (docs/storage.md)
+    # publish hooks: the token origins send to /hooks/streams (docs/capture.md); unset = off
+    hook_token: SecretStr | None = None
+
+    @field_validator("blocked_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value.split(","))
+        return value
+
+    @field_validator("hook_token")
+    @classmethod
+    def _hook_token_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HOOK_TOKEN:
+            raise ValueError(f"must be at least {MIN_HOOK_TOKEN} characters (it is all that "
+                             "guards /hooks/streams)")
+        return value
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("cert", "key") if self.tls_key is None else ("key", "cert")
+            raise ValueError(f"HTTPS needs a certificate and its key: tls_{given} is given but "
+                             f"not tls_{missing} (--tls-{missing}, LIVESNAP_TLS_{missing.upper()})")
+        return self
+
+    @property
+    def scheme(self) -> Literal["http", "https"]:
+        """``https`` when the API port speaks TLS."""
+        return "https" if self.tls_cert is not None else "http"
+
+    def networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.blocked_networks.split(","))
+
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'livesnap.db').resolve()}"
+
+
+class StorageSettings(_Group):
+    """Where snapshots go: object-storage credentials, the local-disk fallback, the outage
+    spool (docs/storage.md)."""
+
     storage_config: SecretStr | None = None  # a file path, or the JSON itself (may hold secrets)
     storage_fallback: bool = True  # unconfigured OSS/S3 targets go to local disk
     storage_retry_max_s: float = Field(default=5.0, gt=0)
@@ -387,27 +417,48 @@ class Settings(BaseSettings):
     storage_request_timeout_s: float = Field(default=30.0, gt=0)
     spool_max_mb: int = Field(default=1024, ge=1)
     spool_max_age_s: float = Field(default=86400.0, gt=0)
-    # publish hooks: the token origins send to /hooks/streams (docs/capture.md); unset = off
-    hook_token: SecretStr | None = None
-    # callbacks (docs/callbacks.md)
-    callback_keys: SecretStr | None = None  # account:key,…; other accounts get a generated key
-    callback_connect_timeout_s: float = Field(default=2.0, gt=0)
-    callback_read_timeout_s: float = Field(default=5.0, gt=0)
-    callback_backoff_base_s: float = Field(default=1.0, gt=0)
-    callback_backoff_max_s: float = Field(default=300.0, gt=0)
-    callback_max_age_s: float = Field(default=86_400.0, gt=0)
-    # delivered and given-up events (and their attempts) are deleted after this; 0 keeps them
-    callback_retention_days: float = Field(default=7.0, ge=0)
-    callback_concurrency: int = Field(default=16, ge=1, le=1024)
-    # per account and per receiver host (0: half of callback_concurrency)
-    callback_per_account: int = Field(default=0, ge=0, le=1024)
-    callback_per_host: int = Field(default=0, ge=0, le=1024)
 
-    @field_validator("blocked_networks")
+    @field_validator("storage_config")
     @classmethod
-    def _networks_parse(cls, value: str) -> str:
-        parse_networks(value.split(","))
+    def _storage_config_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            load_storage_config(value.get_secret_value())  # fail fast at start
         return value
+
+    def storage_credentials(self) -> list[StorageCredential]:
+        """The configured object-storage credentials (none: every target falls back)."""
+        if self.storage_config is None:
+            return []
+        return load_storage_config(self.storage_config.get_secret_value())
+
+
+class CaptureSettings(_Group):
+    """How streams are read and pictures made, and where that runs (``engine``: in this
+    process, in capture processes, or on a cluster's shards)."""
+
+    capture: bool = True  # false: the API without capture
+    # where capture runs: local = in this process; process = in one child process on this
+    # machine (docs/configuration.md); ray = on the cluster's capture shards (docs/cluster.md)
+    engine: Literal["local", "process", "ray"] = "local"
+    # process: how many capture processes (0 = one per CPU core); not 1 with local: process
+    capture_processes: int = Field(default=1, ge=0, le=256)
+    # process: the serving process's threads run this much nicer than the capture process
+    api_nice: int = Field(default=5, ge=0, le=19)
+    jpeg_quality: int = Field(default=85, ge=1, le=100)
+    skip_loop_filter: bool = False  # faster keyframe decode, lossy (docs/performance.md)
+    share_streams: bool = True  # jobs on the same stream URL share one connection (capture.md)
+    rw_timeout_s: float = Field(default=5.0, gt=0)
+    # how RTSP media travels: tcp (interleaved, through NAT) or udp (docs/capture.md)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # rtmps:// and https:// sources: verify their certificates, against this PEM bundle of
+    # certificate authorities (unset: the system's) (docs/capture.md#tls-sources)
+    source_tls_verify: bool = True
+    source_ca_file: Path | None = None
+    probe_timeout_s: float = Field(default=10.0, gt=0)
+    outage_window_s: float = Field(default=1800.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # jobs in ConnectMode auto connect per tick from this TimeInterval on (docs/capture.md)
+    per_tick_min_interval_s: float = Field(default=DEFAULT_PER_TICK_MIN_INTERVAL_S, gt=0)
 
     @field_validator("source_ca_file", mode="before")
     @classmethod
@@ -423,13 +474,35 @@ class Settings(BaseSettings):
             raise ValueError(f"{path} holds no PEM certificate")
         return path
 
-    @field_validator("hook_token")
-    @classmethod
-    def _hook_token_long(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_HOOK_TOKEN:
-            raise ValueError(f"must be at least {MIN_HOOK_TOKEN} characters (it is all that "
-                             "guards /hooks/streams)")
-        return value
+    @model_validator(mode="after")
+    def _several_capture_processes(self) -> CaptureSettings:
+        """Asking for several capture processes (or one per core) means the process engine."""
+        if self.engine == "local" and self.capture_processes != 1:
+            self.engine = "process"
+        return self
+
+    @property
+    def capture_process_count(self) -> int:
+        """How many capture processes ``capture_processes`` asks for (0: one per core)."""
+        return self.capture_processes or max(1, len(os.sched_getaffinity(0)))
+
+
+class CallbackSettings(_Group):
+    """Job event callbacks: their signing keys, timeouts, retries and concurrency
+    (docs/callbacks.md)."""
+
+    callback_keys: SecretStr | None = None  # account:key,…; other accounts get a generated key
+    callback_connect_timeout_s: float = Field(default=2.0, gt=0)
+    callback_read_timeout_s: float = Field(default=5.0, gt=0)
+    callback_backoff_base_s: float = Field(default=1.0, gt=0)
+    callback_backoff_max_s: float = Field(default=300.0, gt=0)
+    callback_max_age_s: float = Field(default=86_400.0, gt=0)
+    # delivered and given-up events (and their attempts) are deleted after this; 0 keeps them
+    callback_retention_days: float = Field(default=7.0, ge=0)
+    callback_concurrency: int = Field(default=16, ge=1, le=1024)
+    # per account and per receiver host (0: half of callback_concurrency)
+    callback_per_account: int = Field(default=0, ge=0, le=1024)
+    callback_per_host: int = Field(default=0, ge=0, le=1024)
 
     @field_validator("callback_keys")
     @classmethod
@@ -439,43 +512,9 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _callback_backoff_order(self) -> Settings:
+    def _callback_backoff_order(self) -> CallbackSettings:
         if self.callback_backoff_max_s < self.callback_backoff_base_s:
             raise ValueError("callback_backoff_max_s must be at least callback_backoff_base_s")
-        return self
-
-    @field_validator("tls_cert", "tls_key", mode="before")
-    @classmethod
-    def _empty_path_is_none(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            given, missing = ("cert", "key") if self.tls_key is None else ("key", "cert")
-            raise ValueError(f"HTTPS needs a certificate and its key: tls_{given} is given but "
-                             f"not tls_{missing} (--tls-{missing}, LIVESNAP_TLS_{missing.upper()})")
-        return self
-
-    @property
-    def scheme(self) -> Literal["http", "https"]:
-        """``https`` when the API port speaks TLS."""
-        return "https" if self.tls_cert is not None else "http"
-
-    @model_validator(mode="after")
-    def _no_scattered_fallback_in_a_cluster(self) -> Settings:
-        """A cluster's shards run on any machine: unconfigured OSS/S3 targets would land on
-        the local disk of whichever one runs the job, so the fallback is off unless asked for
-        (one-host staging, where every node shares the data directory)."""
-        if self.engine == "ray" and "storage_fallback" not in self.model_fields_set:
-            self.storage_fallback = False
-        return self
-
-    @model_validator(mode="after")
-    def _several_capture_processes(self) -> Settings:
-        """Asking for several capture processes (or one per core) means the process engine."""
-        if self.engine == "local" and self.capture_processes != 1:
-            self.engine = "process"
         return self
 
     def configured_callback_keys(self) -> dict[str, str]:
@@ -484,28 +523,57 @@ class Settings(BaseSettings):
             return {}
         return parse_callback_keys(self.callback_keys.get_secret_value())
 
-    @field_validator("storage_config")
+
+class ClusterSettings(_Group):
+    """The capture shards: the Ray cluster they run on (docs/cluster.md), and how often a
+    shard, or a capture process of the process engine, is reconciled and waited for."""
+
+    ray_address: str = ""  # "" = the Ray node on this host ("auto")
+    ray_namespace: str = "livesnap"
+    shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}
+    shard_resource: str = ""  # a custom Ray resource each shard needs one unit of
+    shard_reconcile_s: float = Field(default=5.0, gt=0)
+    shard_call_timeout_s: float = Field(default=15.0, gt=0)
+
+
+class Settings(BaseModel):
+    """Every setting, grouped by concern; each keeps its ``LIVESNAP_<FIELD>`` environment name
+    (docs/configuration.md).
+
+    Built from flat keywords, as the command line has them (``Settings(data_dir=…,
+    engine="ray")``): each goes to the group that declares it, and each group reads the
+    environment for the rest. A keyword no group declares is an error (a typo would otherwise
+    be a setting silently not made).
+    """
+
+    server: ServerSettings
+    storage: StorageSettings
+    capture: CaptureSettings
+    callbacks: CallbackSettings
+    cluster: ClusterSettings
+
+    def __init__(self, **values: Any) -> None:
+        groups = self.groups()
+        unknown = sorted(set(values).difference(*(g.model_fields for g in groups.values())))
+        if unknown:
+            raise TypeError(f"Settings got unknown setting(s): {', '.join(unknown)}")
+        super().__init__(**{
+            name: group(**{k: v for k, v in values.items() if k in group.model_fields})
+            for name, group in groups.items()
+        })
+
     @classmethod
-    def _storage_config_parses(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            load_storage_config(value.get_secret_value())  # fail fast at start
-        return value
+    def groups(cls) -> dict[str, type[BaseSettings]]:
+        """Attribute → group class: ``server`` → :class:`ServerSettings`, …"""
+        return {name: cast(type[BaseSettings], field.annotation)
+                for name, field in cls.model_fields.items()}
 
-    def storage_credentials(self) -> list[StorageCredential]:
-        """The configured object-storage credentials (none: every target falls back)."""
-        if self.storage_config is None:
-            return []
-        return load_storage_config(self.storage_config.get_secret_value())
-
-    def networks(self) -> tuple[Network, ...]:
-        return parse_networks(self.blocked_networks.split(","))
-
-    @property
-    def capture_process_count(self) -> int:
-        """How many capture processes ``capture_processes`` asks for (0: one per core)."""
-        return self.capture_processes or max(1, len(os.sched_getaffinity(0)))
-
-    def resolved_database_url(self) -> str:
-        if self.database_url is not None and self.database_url.get_secret_value():
-            return self.database_url.get_secret_value()
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'livesnap.db').resolve()}"
+    @model_validator(mode="after")
+    def _no_scattered_fallback_in_a_cluster(self) -> Settings:
+        """A cluster's shards run on any machine: unconfigured OSS/S3 targets would land on
+        the local disk of whichever one runs the job, so the fallback is off unless asked for
+        (one-host staging, where every node shares the data directory), by keyword or by
+        ``LIVESNAP_STORAGE_FALLBACK``."""
+        if self.capture.engine == "ray" and "storage_fallback" not in self.storage.model_fields_set:
+            self.storage.storage_fallback = False
+        return self

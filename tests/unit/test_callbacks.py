@@ -238,9 +238,10 @@ def test_callback_settings(monkeypatch):
     monkeypatch.setenv("LIVESNAP_CALLBACK_KEYS", "acct:secret-key")
     monkeypatch.setenv("LIVESNAP_CALLBACK_BACKOFF_MAX_S", "2")
     settings = Settings()
-    assert settings.configured_callback_keys() == {"acct": "secret-key"}
+    assert settings.callbacks.configured_callback_keys() == {"acct": "secret-key"}
     assert "secret-key" not in repr(settings)
-    assert (settings.callback_backoff_max_s, settings.callback_max_age_s) == (2.0, 86400.0)
+    callbacks = settings.callbacks
+    assert (callbacks.callback_backoff_max_s, callbacks.callback_max_age_s) == (2.0, 86400.0)
     monkeypatch.setenv("LIVESNAP_CALLBACK_BACKOFF_MAX_S", "0.5")
     with pytest.raises(ValueError, match="callback_backoff_max_s"):
         Settings()

@@ -222,4 +222,4 @@ def test_the_hook_token_must_be_long_enough(tmp_path):
 
     with pytest.raises(ValidationError, match="at least 16 characters"):
         Settings(data_dir=tmp_path, hook_token="short")
-    assert Settings(data_dir=tmp_path, hook_token=TOKEN).hook_token is not None
+    assert Settings(data_dir=tmp_path, hook_token=TOKEN).server.hook_token is not None

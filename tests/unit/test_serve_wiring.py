@@ -38,24 +38,24 @@ async def test_the_http_server_stops_when_asked(tmp_path):
 
 
 def test_a_cluster_node_has_no_local_fallback_unless_asked_for(tmp_path, monkeypatch):
-    assert Settings(data_dir=tmp_path).storage_fallback  # one node: on by default
-    assert not Settings(data_dir=tmp_path, engine="ray").storage_fallback
-    assert Settings(data_dir=tmp_path, engine="ray", storage_fallback=True).storage_fallback
+    assert Settings(data_dir=tmp_path).storage.storage_fallback  # one node: on by default
+    assert not Settings(data_dir=tmp_path, engine="ray").storage.storage_fallback
+    assert Settings(data_dir=tmp_path, engine="ray", storage_fallback=True).storage.storage_fallback
     monkeypatch.setenv("LIVESNAP_ENGINE", "ray")
-    assert not Settings(data_dir=tmp_path).storage_fallback
+    assert not Settings(data_dir=tmp_path).storage.storage_fallback
     monkeypatch.setenv("LIVESNAP_STORAGE_FALLBACK", "true")  # one-host staging, said so
-    assert Settings(data_dir=tmp_path).storage_fallback
+    assert Settings(data_dir=tmp_path).storage.storage_fallback
 
 
 def test_several_capture_processes_mean_the_process_engine_and_zero_one_per_core(tmp_path):
     import os
 
-    one = Settings(data_dir=tmp_path)
+    one = Settings(data_dir=tmp_path).capture
     assert (one.engine, one.capture_process_count) == ("local", 1)
-    two = Settings(data_dir=tmp_path, capture_processes=2)
+    two = Settings(data_dir=tmp_path, capture_processes=2).capture
     assert (two.engine, two.capture_process_count) == ("process", 2)
-    per_core = Settings(data_dir=tmp_path, capture_processes=0)
+    per_core = Settings(data_dir=tmp_path, capture_processes=0).capture
     assert per_core.engine == "process"
     assert per_core.capture_process_count == len(os.sched_getaffinity(0))
-    ray = Settings(data_dir=tmp_path, engine="ray", capture_processes=2)
+    ray = Settings(data_dir=tmp_path, engine="ray", capture_processes=2).capture
     assert ray.engine == "ray"  # a cluster's API node captures nothing itself

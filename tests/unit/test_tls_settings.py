@@ -33,10 +33,10 @@ def settings(folder, cert: str, key: str) -> Settings:
 
 
 def test_tls_is_off_by_default_and_an_empty_value_is_unset(tmp_path, monkeypatch):
-    assert Settings(data_dir=tmp_path).scheme == "http"
+    assert Settings(data_dir=tmp_path).server.scheme == "http"
     monkeypatch.setenv("LIVESNAP_TLS_CERT", "")
     monkeypatch.setenv("LIVESNAP_TLS_KEY", "")
-    plain = Settings(data_dir=tmp_path)
+    plain = Settings(data_dir=tmp_path).server
     assert (plain.tls_cert, plain.tls_key, plain.scheme) == (None, None, "http")
     assert tls_problem(plain.tls_cert, plain.tls_key) is None
 
@@ -58,7 +58,7 @@ def test_a_certificate_without_its_key_or_the_reverse_is_refused(tmp_path, given
     ("cert.pem", "encrypted-key.pem", "the TLS key {dir}/encrypted-key.pem is encrypted"),
 ])
 def test_files_that_do_not_load_are_named_in_one_line(files, cert, key, reason):
-    chosen = settings(files, cert, key)
+    chosen = settings(files, cert, key).server
     problem = tls_problem(chosen.tls_cert, chosen.tls_key)
     if reason is None:
         assert problem is None

@@ -59,9 +59,9 @@ def launch_shards(
     handles = {}
     for name in names:
         handles[name] = actor.options(
-            name=name, namespace=settings.ray_namespace, lifetime="detached", get_if_exists=True,
-            max_restarts=-1, max_task_retries=-1, max_concurrency=32, num_cpus=0,
-            resources=resources, scheduling_strategy="SPREAD",
+            name=name, namespace=settings.cluster.ray_namespace, lifetime="detached",
+            get_if_exists=True, max_restarts=-1, max_task_retries=-1, max_concurrency=32,
+            num_cpus=0, resources=resources, scheduling_strategy="SPREAD",
         ).remote(settings, name, list(names))
     return handles
 

@@ -388,7 +388,7 @@ def child_main(
     host = pipe.host = ShardHost(
         settings, name, list(names), fence=False, callbacks=callbacks,
         metrics=Metrics(process=False), on_events=None if callbacks else pipe.forward)
-    timeout_s = settings.shutdown_timeout_s
+    timeout_s = settings.server.shutdown_timeout_s
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="ls-command") as pool:
         while True:
             try:

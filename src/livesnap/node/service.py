@@ -72,19 +72,20 @@ class Service:
 
 def rate_limiter(settings: Settings) -> KeyRateLimiter | None:
     """The per-access-key request quota, or None when ``rate_limit_rps`` is 0."""
-    if settings.rate_limit_rps <= 0:
+    server = settings.server
+    if server.rate_limit_rps <= 0:
         return None
-    return KeyRateLimiter(RateLimit(rate=settings.rate_limit_rps, burst=settings.rate_limit_burst))
+    return KeyRateLimiter(RateLimit(rate=server.rate_limit_rps, burst=server.rate_limit_burst))
 
 
 def api_deps(
     settings: Settings, manager: JobManager, keys: KeyRing, clock: Clock,
     metrics: Metrics | None = None,
 ) -> ApiDeps:
+    server = settings.server
     return ApiDeps(
-        manager=manager, keys=keys, clock=clock, nonces=NonceCache(), host_id=settings.host_id,
-        body=BodyLimits(max_bytes=settings.max_request_bytes,
-                        read_timeout_s=settings.body_timeout_s),
+        manager=manager, keys=keys, clock=clock, nonces=NonceCache(), host_id=server.host_id,
+        body=BodyLimits(max_bytes=server.max_request_bytes, read_timeout_s=server.body_timeout_s),
         limiter=rate_limiter(settings),
         observe=metrics.api_request if metrics is not None else None,
     )
@@ -113,7 +114,7 @@ async def _cluster_keys(
 ) -> dict[str, str] | None:
     """A cluster's API node: its settings checked against the cluster's (``ClusterMismatch``
     closes the store), and the callback keys every node shares. None on a single node."""
-    if settings.engine != "ray":
+    if settings.capture.engine != "ray":
         return None
     try:
         return await agree_with_cluster(settings, store, keys.accounts, int(clock.time() * 1000))
@@ -128,11 +129,12 @@ async def build_service(
 ) -> AsyncIterator[Service]:
     """Open everything, resume started jobs, and close it all in order on exit."""
     clock = clock or SystemClock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_sql_store(settings.resolved_database_url())
+    server, capture = settings.server, settings.capture
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_sql_store(server.resolved_database_url())
     shared_keys = await _cluster_keys(settings, store, keys, clock)
     metrics = Metrics()
-    adopt_legacy_layout(settings.data_dir / "storage", keys.accounts)
+    adopt_legacy_layout(server.data_dir / "storage", keys.accounts)
     router = storage_router(settings)
     log_storage(router)
     router.observe_uploads(metrics.upload)  # every object write: livesnap_upload_seconds
@@ -140,8 +142,8 @@ async def build_service(
     # one dispatcher per outbox: the one capture process delivers the callbacks itself, and
     # events written here (a stop, a delete) wake it; otherwise this process delivers them,
     # handed over in memory (written here, or by several capture processes over their pipes)
-    one_child = (settings.capture and settings.engine == "process"
-                 and settings.capture_process_count == 1)
+    one_child = (capture.capture and capture.engine == "process"
+                 and capture.capture_process_count == 1)
     dispatcher: CallbackDispatcher | None = None
     client: CallbackClient | None = None
     if not one_child:
@@ -149,28 +151,28 @@ async def build_service(
                                                  shared_keys=shared_keys)
         manager.on_events_written(dispatcher.offer)
     engine: CaptureEngine
-    if settings.engine == "ray":
+    if capture.engine == "ray":
         engine = ray_engine(settings, store)
-    elif not settings.capture:
+    elif not capture.capture:
         engine = NoCapture()
-    elif dispatcher is not None and settings.engine == "process":
-        engine = CaptureProcesses(settings, settings.capture_process_count,
-                                  timeout_s=settings.shard_call_timeout_s,
-                                  api_nice=settings.api_nice, on_events=dispatcher.offer)
-    elif settings.engine == "process":
-        engine = CaptureProcess(settings, timeout_s=settings.shard_call_timeout_s,
-                                api_nice=settings.api_nice)
+    elif dispatcher is not None and capture.engine == "process":
+        engine = CaptureProcesses(settings, capture.capture_process_count,
+                                  timeout_s=settings.cluster.shard_call_timeout_s,
+                                  api_nice=capture.api_nice, on_events=dispatcher.offer)
+    elif capture.engine == "process":
+        engine = CaptureProcess(settings, timeout_s=settings.cluster.shard_call_timeout_s,
+                                api_nice=capture.api_nice)
     else:
         engine = capture_supervisor(settings, reports=manager, router=router, clock=clock,
                                     metrics=metrics)
     manager.attach_engine(engine)
     deps = api_deps(settings, manager, keys, clock, metrics)
     console = ConsoleDeps(manager=manager, keys=keys, reader=StoredSnapshots(router),
-                          secret=load_or_create_secret(settings.data_dir), now=clock.time,
-                          revoked_path=settings.data_dir / REVOKED_FILE,
-                          per_tick_min_interval_s=settings.per_tick_min_interval_s)
+                          secret=load_or_create_secret(server.data_dir), now=clock.time,
+                          revoked_path=server.data_dir / REVOKED_FILE,
+                          per_tick_min_interval_s=capture.per_tick_min_interval_s)
     ops = ops_routes(metrics, ops_probes(store, manager, router))
-    hook_token = settings.hook_token.get_secret_value() if settings.hook_token else None
+    hook_token = server.hook_token.get_secret_value() if server.hook_token else None
     hooks = hook_routes(manager, hook_token)
     app = create_app(deps, extra_routes=[*console_routes(console), *ops, *hooks])
     process = engine if isinstance(engine, CaptureProcess | CaptureProcesses) else None
@@ -181,7 +183,7 @@ async def build_service(
             await process.open()
         await manager.open()
         await resume_spooled(router, store.load_job, manager, clock)
-        if settings.engine == "local":  # a capture process or the shards resume their own jobs
+        if capture.engine == "local":  # a capture process or the shards resume their own jobs
             await manager.resume()
             await manager.resume_waiting()  # and every later waiting job is marked here
         else:  # capture processes and shards mark jobs waiting in the store: look for them
@@ -192,9 +194,9 @@ async def build_service(
                       dispatcher=dispatcher, metrics=metrics)
     finally:
         if dispatcher is not None:
-            await dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
-        await manager.close(settings.shutdown_timeout_s)
-        await router.close(settings.shutdown_timeout_s)  # records need the store: before it
+            await dispatcher.close(min(CALLBACK_CLOSE_S, server.shutdown_timeout_s))
+        await manager.close(server.shutdown_timeout_s)
+        await router.close(server.shutdown_timeout_s)  # records need the store: before it
         if client is not None:
             await client.aclose()
         await store.close()
@@ -208,9 +210,10 @@ def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:
     from livesnap.cluster.rayengine import RayEngine, connect
     from livesnap.shards.assign import shard_names
 
-    connect(settings.ray_address, settings.ray_namespace)
-    return RayEngine(shards=shard_names(settings.shards), namespace=settings.ray_namespace,
-                     timeout_s=settings.shard_call_timeout_s)
+    cluster = settings.cluster
+    connect(cluster.ray_address, cluster.ray_namespace)
+    return RayEngine(shards=shard_names(cluster.shards), namespace=cluster.ray_namespace,
+                     timeout_s=cluster.shard_call_timeout_s)
 
 
 class _Server(uvicorn.Server):
@@ -252,9 +255,10 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _request_exit, server, sig)
-        url = f"{settings.scheme}://{settings.host}:{settings.port}"
-        logger.info("listening on %s", url, extra={"action": "serve", "host": settings.host,
-                                                   "port": settings.port, "url": url})
+        host, port = settings.server.host, settings.server.port
+        url = f"{settings.server.scheme}://{host}:{port}"
+        logger.info("listening on %s", url, extra={"action": "serve", "host": host,
+                                                   "port": port, "url": url})
         try:
             await server.serve()
         finally:
@@ -266,12 +270,13 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     """uvicorn over livesnap's guarded h11 protocol (request-head deadline, ICE-shaped 400s),
     with TLS when a certificate and key are configured."""
+    server = settings.server
     return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=settings.keep_alive_s,
-        http=guarded_h11(header_timeout_s=settings.header_timeout_s, host_id=settings.host_id),
+        app, host=server.host, port=server.port, log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=server.keep_alive_s,
+        http=guarded_h11(header_timeout_s=server.header_timeout_s, host_id=server.host_id),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+        ssl_certfile=server.tls_cert, ssl_keyfile=server.tls_key,
     )
 
 

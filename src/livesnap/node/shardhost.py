@@ -87,7 +87,8 @@ class ShardHost:
 
     # the shard's own thread ------------------------------------------------------------------
     def _main(self) -> None:
-        setup_logging(level=self.settings.log_level, json_lines=self.settings.log_json)
+        server = self.settings.server
+        setup_logging(level=server.log_level, json_lines=server.log_json)
         try:
             asyncio.run(self._serve())
         except Exception:
@@ -105,8 +106,9 @@ class ShardHost:
                              on_fenced=lambda: runtime_box[0].fence() if runtime_box else None
                              ) if self._fence else base
         settings = self.settings
+        server = settings.server
         router = storage_router(
-            settings, spool_dir=Path(settings.data_dir) / "spool-shards" / self.name)
+            settings, spool_dir=Path(server.data_dir) / "spool-shards" / self.name)
         if self._metrics is not None:
             router.observe_uploads(self._metrics.upload)
         manager = job_manager(settings, store=fenced, clock=clock, router=router,
@@ -129,8 +131,8 @@ class ShardHost:
             manager.on_events_written(self._on_events)
         runtime = ShardRuntime(
             name=self.name, shards=self.shards, epoch=epoch, store=base, engine=supervisor,
-            ledger=ledger, stats=stats, reconcile_s=settings.shard_reconcile_s,
-            stop_timeout_s=settings.shutdown_timeout_s,
+            ledger=ledger, stats=stats, reconcile_s=settings.cluster.shard_reconcile_s,
+            stop_timeout_s=server.shutdown_timeout_s,
         )
         runtime_box.append(runtime)
         self._runtime = runtime
@@ -142,8 +144,8 @@ class ShardHost:
             await runtime.run()
         finally:
             if self._dispatcher is not None:
-                await self._dispatcher.close(min(CALLBACK_CLOSE_S, settings.shutdown_timeout_s))
-            await router.close(settings.shutdown_timeout_s)
+                await self._dispatcher.close(min(CALLBACK_CLOSE_S, server.shutdown_timeout_s))
+            await router.close(server.shutdown_timeout_s)
             if client is not None:
                 await client.aclose()
             await base.close()
@@ -156,7 +158,8 @@ class ShardHost:
         while not self._closing.is_set():
             store: SqlStore | None = None
             try:
-                store = await open_sql_store(self.settings.resolved_database_url(), migrate=False)
+                store = await open_sql_store(self.settings.server.resolved_database_url(),
+                                             migrate=False)
                 epoch = await store.take_epoch(self.name, int(time.time() * 1000))
                 return store, epoch
             except LivesnapError as exc:

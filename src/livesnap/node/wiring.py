@@ -100,18 +100,19 @@ def _target(target: StorageTarget) -> tuple[str, str, str]:
 def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
     """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``
     (a capture shard has its own spool directory)."""
+    data_dir, storage = Path(settings.server.data_dir), settings.storage
     return StorageRouter(
-        root=Path(settings.data_dir) / "storage",
-        spool_dir=spool_dir or Path(settings.data_dir) / "spool",
-        credentials=settings.storage_credentials(),
-        fallback=settings.storage_fallback,
+        root=data_dir / "storage",
+        spool_dir=spool_dir or data_dir / "spool",
+        credentials=storage.storage_credentials(),
+        fallback=storage.storage_fallback,
         limits=SpoolLimits(
-            max_bytes=settings.spool_max_mb * MIB,
-            max_age_s=settings.spool_max_age_s,
-            retry_max_s=settings.storage_retry_max_s,
+            max_bytes=storage.spool_max_mb * MIB,
+            max_age_s=storage.spool_max_age_s,
+            retry_max_s=storage.storage_retry_max_s,
         ),
-        timeouts=Timeouts(connect_s=settings.storage_connect_timeout_s,
-                          request_s=settings.storage_request_timeout_s),
+        timeouts=Timeouts(connect_s=storage.storage_connect_timeout_s,
+                          request_s=storage.storage_request_timeout_s),
     )
 
 
@@ -125,16 +126,17 @@ def job_manager(
     finds the jobs that wait for their stream in the store and watches them.
     """
     routes = RouterRemover(router)
+    server = settings.server
     policy = Policy(
         limits=Limits(
-            jobs_per_account=settings.max_jobs_per_account,
-            jobs_per_node=settings.max_jobs_per_node,
-            kept_jobs_per_account=settings.max_kept_jobs_per_account,
+            jobs_per_account=server.max_jobs_per_account,
+            jobs_per_node=server.max_jobs_per_node,
+            kept_jobs_per_account=server.max_kept_jobs_per_account,
         ),
-        blocked_networks=settings.networks(),
+        blocked_networks=server.networks(),
         # a job waiting for its stream is probed again as a lost stream is reconnected
-        waiting=WaitPolicy(first_s=min(2.0, settings.reconnect_max_s),
-                           max_s=settings.reconnect_max_s),
+        waiting=WaitPolicy(first_s=min(2.0, settings.capture.reconnect_max_s),
+                           max_s=settings.capture.reconnect_max_s),
         watch_waiting=watch_waiting,
     )
     return JobManager(store=store, clock=clock, policy=policy, resolver=SystemResolver(),
@@ -149,25 +151,27 @@ def capture_supervisor(
     ``router``."""
     return CaptureSupervisor(
         reports=reports, sinks=router, clock=clock, options=session_options(settings),
-        max_sessions=settings.max_jobs_per_node, probe_timeout_s=settings.probe_timeout_s,
+        max_sessions=settings.server.max_jobs_per_node,
+        probe_timeout_s=settings.capture.probe_timeout_s,
         metrics=metrics,
     )
 
 
 def session_options(settings: Settings) -> SessionOptions:
+    capture = settings.capture
     return SessionOptions(
         source=SourceOptions(
-            rw_timeout_s=settings.rw_timeout_s, jpeg_quality=settings.jpeg_quality,
-            skip_loop_filter=settings.skip_loop_filter, rtsp_transport=settings.rtsp_transport,
-            tls_verify=settings.source_tls_verify,
-            tls_ca_file=str(settings.source_ca_file or ""),
-            blocked_networks=settings.networks(),
+            rw_timeout_s=capture.rw_timeout_s, jpeg_quality=capture.jpeg_quality,
+            skip_loop_filter=capture.skip_loop_filter, rtsp_transport=capture.rtsp_transport,
+            tls_verify=capture.source_tls_verify,
+            tls_ca_file=str(capture.source_ca_file or ""),
+            blocked_networks=settings.server.networks(),
         ),
-        backoff=Backoff(base_s=1.0, cap_s=settings.reconnect_max_s),
-        outage_window_s=settings.outage_window_s,
-        capture_timeout_s=settings.probe_timeout_s,
-        per_tick_min_interval_s=settings.per_tick_min_interval_s,
-        share_streams=settings.share_streams,
+        backoff=Backoff(base_s=1.0, cap_s=capture.reconnect_max_s),
+        outage_window_s=capture.outage_window_s,
+        capture_timeout_s=capture.probe_timeout_s,
+        per_tick_min_interval_s=capture.per_tick_min_interval_s,
+        share_streams=capture.share_streams,
     )
 
 
@@ -181,22 +185,24 @@ NODE_IDLE_POLL_S = 5.0
 
 
 def callback_policy(settings: Settings) -> DeliveryPolicy:
+    callbacks = settings.callbacks
     return DeliveryPolicy(
         backoff=Backoff(
-            base_s=settings.callback_backoff_base_s, factor=2.0,
-            cap_s=settings.callback_backoff_max_s, jitter=0.5,
+            base_s=callbacks.callback_backoff_base_s, factor=2.0,
+            cap_s=callbacks.callback_backoff_max_s, jitter=0.5,
         ),
-        max_age_s=settings.callback_max_age_s,
-        retention_s=settings.callback_retention_days * 86_400.0,
-        connect_timeout_s=settings.callback_connect_timeout_s,
-        read_timeout_s=settings.callback_read_timeout_s,
-        total_timeout_s=settings.callback_connect_timeout_s + 2 * settings.callback_read_timeout_s,
-        concurrency=settings.callback_concurrency,
-        per_account=settings.callback_per_account,
-        per_host=settings.callback_per_host,
-        blocked_networks=settings.networks(),
+        max_age_s=callbacks.callback_max_age_s,
+        retention_s=callbacks.callback_retention_days * 86_400.0,
+        connect_timeout_s=callbacks.callback_connect_timeout_s,
+        read_timeout_s=callbacks.callback_read_timeout_s,
+        total_timeout_s=(callbacks.callback_connect_timeout_s
+                         + 2 * callbacks.callback_read_timeout_s),
+        concurrency=callbacks.callback_concurrency,
+        per_account=callbacks.callback_per_account,
+        per_host=callbacks.callback_per_host,
+        blocked_networks=settings.server.networks(),
         # in a cluster, shards write events the API nodes' dispatchers only see by polling
-        idle_poll_interval_s=None if settings.engine == "ray" else NODE_IDLE_POLL_S,
+        idle_poll_interval_s=None if settings.capture.engine == "ray" else NODE_IDLE_POLL_S,
     )
 
 
@@ -209,12 +215,12 @@ def callback_dispatcher(
     ``shared_keys``: a cluster's callback keys (``agree_with_cluster``), used for the accounts
     ``LIVESNAP_CALLBACK_KEYS`` does not name."""
     delivery = callback_policy(settings)
-    keys = {**(shared_keys or {}), **settings.configured_callback_keys()}
-    callback_keys = CallbackKeys.in_data_dir(settings.data_dir, keys)
+    keys = {**(shared_keys or {}), **settings.callbacks.configured_callback_keys()}
+    callback_keys = CallbackKeys.in_data_dir(settings.server.data_dir, keys)
     client = callback_client(delivery)
     # a cluster's API nodes all poll the one outbox: each event is claimed by one of them
     claimer = (f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-               if settings.engine == "ray" else None)
+               if settings.capture.engine == "ray" else None)
     dispatcher = CallbackDispatcher(
         store=MeteredOutbox(store, metrics), client=client, clock=clock, keys=callback_keys,
         policy=delivery, claimer=claimer,
@@ -242,8 +248,8 @@ async def agree_with_cluster(
     what differs and what to set) when this node's are not the cluster's.
     """
     for name, mine, option in (
-        (SHARDS_SETTING, str(settings.shards), "LIVESNAP_SHARDS"),
-        (NAMESPACE_SETTING, settings.ray_namespace, "LIVESNAP_RAY_NAMESPACE"),
+        (SHARDS_SETTING, str(settings.cluster.shards), "LIVESNAP_SHARDS"),
+        (NAMESPACE_SETTING, settings.cluster.ray_namespace, "LIVESNAP_RAY_NAMESPACE"),
     ):
         theirs = await store.agree(name, mine, now_ms, replace=authoritative)
         if theirs != mine:
@@ -251,8 +257,8 @@ async def agree_with_cluster(
                 f"{option} is {mine!r} on this node but {theirs!r} in the cluster's database "
                 f"(set by 'livesnap cluster up' or the first node): every node must use the "
                 f"same value")
-    configured = settings.configured_callback_keys()
-    own = CallbackKeys.in_data_dir(settings.data_dir, {}).generated()
+    configured = settings.callbacks.configured_callback_keys()
+    own = CallbackKeys.in_data_dir(settings.server.data_dir, {}).generated()
     return {account: await store.agree(CALLBACK_KEY_SETTING + account,
                                        own.get(account) or make_key(), now_ms)
             for account in sorted(set(accounts)) if account not in configured}
