@@ -47,7 +47,8 @@ def test_http_flv_capture_drop_recovery_and_stop(tmp_path, nms, clip_720p):
     try:
         with LivesnapServer(tmp_path / "data", env=FAST) as server:
             client = ice_client(server.endpoint)
-            job_id = submit_stream(server, nms.flv_url("cam"))
+            # by name: FFmpeg opens the checked address and sends the name as Host
+            job_id = submit_stream(server, nms.flv_url("cam").replace("127.0.0.1", "localhost"))
             wait_until(lambda: len(recent_files(client, job_id)) >= 2, 40,
                        "two HTTP-FLV snapshots", detail=lambda: str(raw_job(server, job_id)))
             job = raw_job(server, job_id)

@@ -42,6 +42,7 @@ from livesnap.capture.source import (
     SourceOptions,
     StreamReader,
 )
+from livesnap.jobs.urls import parse_networks
 
 pytestmark = pytest.mark.integration
 
@@ -362,6 +363,59 @@ def test_a_scheme_in_capitals_reads_the_stream(
     # URL schemes are case-insensitive and the API accepts RTMP://; FFmpeg knows only rtmp
     run = run_reader("RTMP" + live_url.removeprefix("rtmp"), answer=True)
     assert run.recorder.wait_for(Captured, timeout=2 * GOP_S + 5), run.recorder.events
+
+
+def named(url: str, name: str) -> str:
+    """``url`` with its loopback address replaced by the host name ``name``."""
+    return url.replace("127.0.0.1", name, 1)
+
+
+def test_ffmpeg_connects_to_the_address_the_check_resolved(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    # FFmpeg cannot resolve a .invalid name itself: it captures only by the checked address
+    # (the name's first address refuses the connection: the next one is tried)
+    asked: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.2", "127.0.0.1"]
+
+    options = dataclasses.replace(OPTIONS, resolve=resolve)
+    run = run_reader(named(live_url, "camera.invalid"), answer=True, options=options)
+    assert run.recorder.wait_for(Captured, timeout=2 * GOP_S + 5), run.recorder.events
+    assert asked == ["camera.invalid"]
+
+
+def test_http_flv_by_checked_address_still_names_its_host(
+    serve_socket: Callable[[Callable[[socket.socket], None]], int],
+    run_reader: Callable[..., Run],
+) -> None:
+    heads: list[bytes] = []
+
+    def answer_404(conn: socket.socket) -> None:
+        heads.append(conn.recv(4096))
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    port = serve_socket(answer_404)
+    options = dataclasses.replace(OPTIONS, resolve=lambda host, port: ["127.0.0.1"])
+    run = run_reader(f"http://cdn.invalid:{port}/live/cam.flv", options=options)
+    assert run.recorder.wait_for(Disconnected, timeout=10), run.recorder.events
+    assert heads and heads[0].startswith(b"GET /live/cam.flv HTTP/1.1\r\n"), heads
+    assert f"\r\nHost: cdn.invalid:{port}\r\n".encode() in heads[0]
+    assert heads[0].lower().count(b"\r\nhost:") == 1  # FFmpeg added no Host of its own
+
+
+def test_a_name_that_resolves_into_a_blocked_network_is_never_opened(
+    live_url: str, run_reader: Callable[..., Run]
+) -> None:
+    options = dataclasses.replace(OPTIONS, resolve=lambda host, port: ["127.0.0.1"],
+                                  blocked_networks=parse_networks(["127.0.0.0/8"]))
+    run = run_reader(named(live_url, "camera.invalid"), answer=True, options=options)
+    assert run.recorder.wait_for(Disconnected, timeout=5), run.recorder.events
+    reason = assert_disconnected_once_and_last(run.recorder).reason
+    assert "camera.invalid resolves into a blocked network (127.0.0.1)" in reason
+    assert not run.recorder.of(Connected)
 
 
 def test_selector_false_decodes_nothing(live_url: str, run_reader: Callable[..., Run]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from livesnap.capture.address import BlockedAddressError, checked_address
 from livesnap.capture.tls import client_context
 from livesnap.jobs import urls
 from livesnap.jobs.urls import DEFAULT_PORTS
@@ -27,10 +28,6 @@ __all__ = ["BlockedAddressError", "CheckedFetcher", "is_hls_url"]
 
 _USER_AGENT = "livesnap"
 _MAX_ERROR_BODY = 512
-
-
-class BlockedAddressError(OSError):
-    """A URL the demuxer wanted resolves into a blocked network, or is not http(s)."""
 
 
 def is_hls_url(url: str) -> bool:
@@ -75,7 +72,7 @@ class CheckedFetcher:
             raise BlockedAddressError(f"HLS may only fetch http(s) URLs, not {scheme}://")
         host = parts.hostname
         port = parts.port or DEFAULT_PORTS[scheme]
-        address = self._checked_address(host, port)
+        address = checked_address(host, port, self._blocked, what="HLS URL")
         connection = self._connection(scheme, address, host, port)
         try:
             target = parts.path or "/"
@@ -96,18 +93,6 @@ class CheckedFetcher:
             kind = "redirect (not followed)" if 300 <= response.status < 400 else "error"
             raise OSError(f"HTTP {kind} {response.status} {response.reason} for {host}")
         return _Body(response, connection)
-
-    def _checked_address(self, host: str, port: int) -> str:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = [str(info[4][0]) for info in infos]
-        bad = urls.blocked_address(addresses, self._blocked)
-        if bad is not None:
-            raise BlockedAddressError(
-                f"HLS URL host {host} resolves into a blocked network ({bad})")
-        return addresses[0]
 
     def _connection(
         self, scheme: str, address: str, host: str, port: int

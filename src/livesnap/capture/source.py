@@ -44,18 +44,20 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import errno
 import logging
 import os
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import av
 import av.error
 
+from livesnap.capture import address
 from livesnap.capture import tls as tls_module
 from livesnap.capture.encode import EncodedImage
 from livesnap.capture.fetch import CheckedFetcher, is_hls_url
@@ -198,6 +200,9 @@ class SourceOptions:
     tls_verify: bool = True
     tls_ca_file: str = ""
     blocked_networks: tuple[urls.Network, ...] = ()
+    # how a reader resolves the stream's host name, once per connection (capture.address)
+    resolve: address.Resolver = field(default=address.system_addresses, compare=False,
+                                      repr=False)
 
     def __post_init__(self) -> None:
         if self.rw_timeout_s <= 0:
@@ -719,31 +724,56 @@ class StreamReader:
         deadline = self._options.open_timeout_s
         started = time.monotonic()
         self._check_certificate_first()
+        targets = self._pinned()
+        for number, target in enumerate(targets, 1):
+            left = deadline - (time.monotonic() - started)
+            try:
+                return av.open(
+                    target.url,
+                    container_options={**self._options.container_options(),
+                                       **protocol_options(self._url, self._options),
+                                       **target.options},
+                    timeout=(max(left, 0.001), None),
+                    io_open=self._fetch,
+                )
+            except av.error.FFmpegError as exc:
+                if number < len(targets) and _unreachable(exc):
+                    continue  # the name's next address, as FFmpeg would have tried it
+                self._open_failed(exc, started)
+        raise AssertionError("unreachable: every open either returns or raises")
+
+    def _open_failed(self, exc: av.error.FFmpegError, started: float) -> NoReturn:
+        """Raise what went wrong with an open, in words that say what really happened."""
+        deadline = self._options.open_timeout_s
+        # Interrupted by the deadline, FFmpeg reports whatever it was doing
+        # ("invalid data", "exit requested"); say what really happened.
+        if time.monotonic() - started >= deadline:
+            raise _OpenDeadlineError(
+                f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
+            ) from exc
+        problem = self._certificate_problem()
+        if problem is not None:
+            raise _OpenRefusedError(problem) from exc
+        if isinstance(exc, av.error.EOFError | av.error.ConnectionResetError):
+            # nothing was read yet: no stream ended, the server never sent one (an
+            # unreachable host, or an origin that closes players of unknown streams)
+            raise _OpenRefusedError(
+                "the server sent no stream: unreachable, or it closed the connection at "
+                "once (no such stream?)") from exc
+        raise exc
+
+    def _pinned(self) -> list[address.Pinned]:
+        """The URLs FFmpeg may open, in order: the host name resolved once, every address
+        checked, one URL per address in the name's place (``capture.address``); HLS pins
+        each request itself."""
+        url = _lower_scheme(self._url)
+        if is_hls_url(url):
+            return [address.Pinned(url)]
         try:
-            return av.open(
-                _lower_scheme(self._url),
-                container_options={**self._options.container_options(),
-                                   **protocol_options(self._url, self._options)},
-                timeout=(deadline, None),
-                io_open=self._fetch,
-            )
-        except av.error.FFmpegError as exc:
-            # Interrupted by the deadline, FFmpeg reports whatever it was doing
-            # ("invalid data", "exit requested"); say what really happened.
-            if time.monotonic() - started >= deadline:
-                raise _OpenDeadlineError(
-                    f"no playable stream within {deadline:g} s ({_describe_error(exc)})"
-                ) from exc
-            problem = self._certificate_problem()
-            if problem is not None:
-                raise _OpenRefusedError(problem) from exc
-            if isinstance(exc, av.error.EOFError | av.error.ConnectionResetError):
-                # nothing was read yet: no stream ended, the server never sent one (an
-                # unreachable host, or an origin that closes players of unknown streams)
-                raise _OpenRefusedError(
-                    "the server sent no stream: unreachable, or it closed the connection at "
-                    "once (no such stream?)") from exc
-            raise
+            return address.pin(url, self._options.blocked_networks,
+                               resolve=self._options.resolve)
+        except OSError as exc:
+            raise _OpenRefusedError(str(exc)) from None
 
     def _check_certificate_first(self) -> None:
         """``rtsps://``: FFmpeg's RTSP demuxer cannot verify the certificate, so a handshake of
@@ -904,6 +934,15 @@ class StreamReader:
         # The frame (and with it the decoder's buffer pool) is released once the
         # callers have rendered it; only the encoded bytes leave the reader.
         return frames[-1]
+
+
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                          errno.EADDRNOTAVAIL})
+
+
+def _unreachable(exc: av.error.FFmpegError) -> bool:
+    """The address could not be connected to (another address of the name may be)."""
+    return exc.errno in _UNREACHABLE
 
 
 def _lower_scheme(url: str) -> str:
