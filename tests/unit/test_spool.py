@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 
 import pytest
@@ -144,13 +145,13 @@ async def test_a_full_spool_drops_the_oldest_first_and_counts_them(tmp_path):
                                        retry_max_s=30)
     sink.error = OutputUnavailable("down")
     await uploader.submit(jobs.upload("a", 1))
-    await settle(lambda: len(spool) == 1, what="the outage")
+    await settle(lambda: uploader.outage is not None, what="the outage")
     for n in range(2, 7):
         await uploader.submit(jobs.upload("a", n))
     assert jobs.lost() == [("a", 1), ("a", 2), ("a", 3)]
     assert all("spool over" in m for _, _, m, lost in jobs.trouble if lost)
     assert spool.counts.dropped == 3 and len(spool) == 3 and spool.size_bytes == 3 * SIZE
-    assert spool_files(spool) == [f"{seq:012d}.jpg" for seq in (4, 5, 6)]
+    assert spool_files(spool) == [f"{seq:012d}.capture" for seq in (4, 5, 6)]
     await uploader.close(0.05)
 
 
@@ -162,7 +163,7 @@ async def test_spooled_captures_expire_after_the_age_limit(tmp_path):
     uploader, jobs = TargetUploader(sink, spool=spool, name="t"), Jobs(sink)
     sink.error = OutputUnavailable("down")
     await uploader.submit(jobs.upload("a", 1))
-    await settle(lambda: len(spool) == 1, what="the outage")
+    await settle(lambda: uploader.outage is not None, what="the outage")
     await uploader.submit(jobs.upload("a", 2))
     now[0] += 61
     await uploader.submit(jobs.upload("a", 3))
@@ -222,18 +223,28 @@ async def test_a_failing_record_does_not_stop_the_queue(tmp_path, caplog):
     await uploader.close(1)
 
 
-def test_leftovers_without_a_readable_description_are_removed_and_counted(tmp_path):
+def test_leftovers_that_cannot_be_stored_are_removed_and_counted(tmp_path):
     directory = tmp_path / "spool"
     directory.mkdir()
-    for n in range(3):  # bytes without a description: killed between the two writes
-        (directory / f"{n:012d}.jpg").write_bytes(b"x")
-    (directory / "000000000003.jpg").write_bytes(b"x")  # a description cut short
-    (directory / "000000000003.json").write_text('{"seq": 3, "objects": [')
-    (directory / "000000000004.json").write_text("{}")  # a description without its bytes
-    (directory / "000000000005.json.part").write_text("{")
+
+    def capture(seq: int, *, note: str = "n", size: int = 3, picture: bytes = b"jpg") -> bytes:
+        head = {"version": 1, "seq": seq, "created": 1.0, "size": size, "job_id": "a",
+                "note": note, "objects": [{"key": "a/1.jpg", "content_type": "image/jpeg",
+                                           "cache_control": None, "metadata": {}, "data": None}]}
+        return json.dumps(head).encode() + b"\n" + picture
+
+    (directory / "000000000001.capture").write_bytes(b"no description line")
+    (directory / "000000000002.capture").write_bytes(capture(2, picture=b"jp"))  # cut short
+    (directory / "000000000003.capture").write_bytes(capture(3, note=""))  # nothing to rebuild
+    (directory / "000000000004.capture.part").write_bytes(capture(4)[:20])  # killed mid-write
+    (directory / "000000000005.capture").write_bytes(capture(5))  # whole: kept
     spool = Spool(directory, SpoolLimits())
-    assert spool.take_leftovers() == ([], 4) and spool.counts.dropped == 4
-    assert list(directory.iterdir()) == []
+    left, unusable = spool.take_leftovers()
+    assert unusable == 3 and spool.counts.dropped == 3
+    assert [(s.seq, s.offset, s.size, s.note) for s in left] == [
+        (5, len(capture(5)) - 3, 3, "n")]
+    assert sorted(p.name for p in directory.iterdir()) == ["000000000005.capture"]
+    assert spool.next_seq() == 6  # this run's captures come after the leftovers
 
 
 async def test_a_capture_spooled_by_a_killed_process_is_stored_by_the_next(tmp_path):
@@ -285,3 +296,28 @@ def test_a_store_that_is_back_is_tried_within_5_s_by_default():
     limits = SpoolLimits()
     assert max(limits.retry_delay(n, 0.0) for n in range(1, 40)) == 5.0
     assert 2.5 <= limits.retry_delay(30, 1.0) <= 5.0
+
+
+async def test_a_capture_is_on_disk_before_submit_returns_and_gone_once_recorded(tmp_path):
+    sink, spool, uploader, jobs = make(tmp_path)
+    sink.gates["a/1.jpg"] = asyncio.Event()  # the store takes its time
+    await uploader.submit(jobs.upload("a", 1, note="capture 1"))
+    assert spool_files(spool) == ["000000000001.capture"]  # written ahead of the upload
+    assert spool.counts.spooled == 0  # still in memory too: nothing is read back
+    sink.gates["a/1.jpg"].set()
+    await settle(lambda: jobs.stored == [("a", 1)], what="the record")
+    assert spool_files(spool) == [] and len(spool) == 0
+    await uploader.close(1)
+
+
+async def test_a_shutdown_leaves_what_it_could_not_store_for_the_next_start(tmp_path, caplog):
+    sink, spool, uploader, jobs = make(tmp_path)
+    sink.error = OutputUnavailable("connection refused")
+    for n in (1, 2):
+        await uploader.submit(jobs.upload("a", n, note=f"capture {n}"))
+    await uploader.submit(jobs.upload("b", 1))  # no note: the next start could not store it
+    assert await uploader.close(0.1) == 3
+    assert jobs.lost() == [("b", 1)] and spool.counts.dropped == 1
+    assert "snapshots left in the spool for the next start" in caplog.text
+    left, unusable = Spool(spool.directory, SpoolLimits()).take_leftovers()
+    assert [s.note for s in left] == ["capture 1", "capture 2"] and unusable == 0

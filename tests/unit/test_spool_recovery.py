@@ -28,7 +28,8 @@ class Reports:
 
 def spooled(report: CaptureReport, keys: list[str]) -> SpooledCapture:
     return SpooledCapture(
-        seq=7, path=Path("/nonexistent/7.jpg"), size=10, created=1.0, job_id=report.job_id,
+        seq=7, path=Path("/nonexistent/7.capture"), offset=100, size=10, created=1.0,
+        job_id=report.job_id,
         objects=tuple(PendingObject(key=k, meta=ObjectMeta()) for k in keys),
         note=recording._note(report))
 

@@ -61,11 +61,12 @@ class Upload:
 
 @dataclass(frozen=True, kw_only=True)
 class SpooledCapture:
-    """A capture an earlier process left in the spool: its bytes in ``path``, its objects,
-    and the ``note`` its ``Upload`` carried."""
+    """A capture an earlier process left in the spool: its picture in ``path`` from
+    ``offset``, its objects, and the ``note`` its ``Upload`` carried."""
 
     seq: int
     path: Path
+    offset: int  # where the picture starts in the file
     size: int
     created: float  # wall-clock seconds it was captured (queued)
     job_id: str

@@ -14,13 +14,16 @@ by every target and bounded by size and age: the oldest capture is dropped first
 its job told. Errors that a retry cannot fix (refused credentials, a missing bucket) drop the
 capture at once, counted as failed.
 
-A spooled capture outlives its process. Beside its bytes (``<n>.jpg``) the spool keeps what
-it is (``<n>.json``: its job, its objects with their headers, and the ``note`` its ``Upload``
-carried); a process that is killed leaves both. The next process on the same spool directory
-takes them back (``take_leftovers``): its owner rebuilds each one's upload from the note, and
-the uploader stores it, in order, before the captures of the new run. A bytes file without its
-description (killed between the two writes) or a description it cannot read is removed and
-counted as dropped, as is a capture whose upload carried no note.
+Every capture is written to the spool directory before ``submit`` returns (write-ahead), and
+its file is removed only once the capture is stored and its ``on_stored`` has run: one file per
+capture, ``<n>.capture``, a line of JSON that says what it is (its job, its objects with their
+headers, and the ``note`` its ``Upload`` carried) followed by the picture, renamed into place
+whole. While the store answers, the picture also stays in memory (a few per target), so the
+file is only read back after an outage. A process that is killed leaves the files; the next
+process on the same directory takes them back (``take_leftovers``): its owner rebuilds each
+upload from the note, and the uploader stores it, in order, before the new captures. A file
+that cannot be read, or whose upload carried no note, is removed and counted as dropped. The
+files are not synced to disk: they survive the process, not a power loss.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from livesnap.outputs.base import ObjectMeta, PendingObject, SnapshotSink, Spool
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+SUFFIX = ".capture"  # a spool file: a line of JSON describing the capture, then its picture
+MAX_DESCRIPTION = 1024 * 1024  # bytes of that line at most (the latest pointer is inline)
 IDLE_CHECK_S = 30.0  # how often an idle uploader looks for spooled captures that got too old
 SLOW_UPLOAD_S = 5.0  # an upload in flight this long is told to its job (before any timeout)
 
@@ -81,14 +86,15 @@ class SpoolCounts:
     """Running totals, in captures (the metrics endpoint reads these)."""
 
     uploaded: int = 0  # every object stored and ``on_stored`` called
-    spooled: int = 0  # written to the spool directory (outage, or a backlog)
+    spooled: int = 0  # kept on disk only (outage, or a backlog): read back to be uploaded
     dropped: int = 0  # given up unstored: spool limits, shutdown, leftovers of an earlier run
     failed: int = 0  # refused by the store (an error a retry cannot fix)
 
 
 @dataclass(eq=False)
 class _Entry:
-    """One capture in a queue: its bytes in memory, or in the spool file ``path``."""
+    """One capture in a queue: its spool file ``path`` (its picture from ``offset``), and while
+    it is young the picture in memory too."""
 
     seq: int
     upload: Upload
@@ -96,7 +102,8 @@ class _Entry:
     created: float  # wall-clock seconds
     size: int
     data: bytes | None
-    path: Path | None = None
+    path: Path | None = None  # None: its spool file could not be written (memory only)
+    offset: int = 0
     stored_keys: set[str] = field(default_factory=set)
     started: float | None = None  # time.monotonic() the upload in flight began, while it runs
     finished: bool = False
@@ -138,12 +145,14 @@ class Spool:
         """The captures an earlier process left, oldest first, to be adopted or discarded;
         and how many were removed because they cannot be stored (counted as dropped)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        found = [s for s in map(_read_leftover, self.directory.glob("*.json")) if s is not None]
-        keep = {p for s in found for p in (s.path, s.path.with_suffix(".json"))}
+        found: list[SpooledCapture] = []
         unusable = 0
         for path in self.directory.iterdir():
-            if path.is_file() and path not in keep:
-                unusable += path.suffix == ".jpg"
+            spooled = _read_leftover(path) if path.suffix == SUFFIX else None
+            if spooled is not None:
+                found.append(spooled)
+            elif path.is_file():
+                unusable += path.suffix == SUFFIX
                 path.unlink(missing_ok=True)
         self._next_seq = max([self._next_seq, *(s.seq for s in found)])
         self.counts.dropped += unusable
@@ -151,30 +160,37 @@ class Spool:
 
     def discard(self, spooled: SpooledCapture) -> None:
         """Remove a leftover capture that will not be stored (counted as dropped)."""
-        _remove_files(spooled.path)
+        spooled.path.unlink(missing_ok=True)
         self.counts.dropped += 1
 
     def adopt(self, entry: _Entry) -> None:
-        """Count a leftover capture's entry (its files exist) as spooled by this process."""
+        """Count a leftover capture's entry (its file exists) as this process's."""
         self._entries[entry.seq] = entry
         heapq.heappush(self._oldest, entry.seq)
         self._bytes += entry.size
 
-    async def add(self, entry: _Entry) -> None:
-        """Move ``entry``'s bytes to disk (``OSError`` if that fails), then apply the limits."""
-        if entry.data is None:
+    async def persist(self, entry: _Entry) -> None:
+        """Write ``entry`` to the spool directory (``OSError`` if that fails), keeping its
+        picture in memory; then apply the limits."""
+        data = entry.data
+        if data is None or entry.path is not None:
             return
-        path = self.directory / f"{entry.seq:012d}.jpg"
-        await asyncio.to_thread(_write_spooled, path, entry.data, _description(entry))
-        if entry.finished:  # stored while the files were being written
-            await asyncio.to_thread(_remove_files, path)
+        path = self.directory / f"{entry.seq:012d}{SUFFIX}"
+        entry.offset = await asyncio.to_thread(_write_spooled, path, data, _description(entry))
+        if entry.finished:  # stored while the file was being written
+            await asyncio.to_thread(path.unlink, missing_ok=True)
             return
-        entry.path, entry.data = path, None
+        entry.path = path
         self._entries[entry.seq] = entry
         heapq.heappush(self._oldest, entry.seq)
         self._bytes += entry.size
-        self.counts.spooled += 1
         await self.enforce_limits()
+
+    def unload(self, entry: _Entry) -> None:
+        """Keep ``entry`` on disk only (an outage, or a backlog): its picture leaves memory."""
+        if entry.path is not None and entry.data is not None:
+            entry.data = None
+            self.counts.spooled += 1
 
     async def read(self, entry: _Entry) -> bytes:
         """The capture's bytes, from memory or from its spool file."""
@@ -184,7 +200,7 @@ class Spool:
         if entry.path is None:
             raise OutputError("spooled capture has neither bytes nor a file")
         try:
-            return await asyncio.to_thread(entry.path.read_bytes)
+            return await asyncio.to_thread(_read_picture, entry.path, entry.offset)
         except OSError as exc:
             raise OutputError(f"spool file unreadable: {exc.strerror or exc}") from exc
 
@@ -194,7 +210,8 @@ class Spool:
         if self._entries.pop(entry.seq, None) is not None:
             self._bytes -= entry.size
         if entry.path is not None:
-            _remove_files(entry.path)
+            with contextlib.suppress(OSError):
+                entry.path.unlink(missing_ok=True)
 
     async def enforce_limits(self) -> None:
         """Drop the oldest spooled captures while the spool is too big or they are too old."""
@@ -284,6 +301,9 @@ class TargetUploader:
             return
         entry = _Entry(seq=self._spool.next_seq(), upload=_without_data(upload), owner=self,
                        created=self._spool.now(), size=len(upload.data), data=upload.data)
+        await self._persist(entry)  # on disk before the upload starts: it survives a crash
+        if entry.finished:  # the spool's limits dropped it at once
+            return
         self._queue.append(entry)
         self._ensure_runner()
         if self.outage is not None or self._in_memory() > self._limits.memory_entries:
@@ -294,14 +314,16 @@ class TargetUploader:
     def adopt(self, spooled: SpooledCapture, upload: Upload) -> None:
         """Queue a capture an earlier process spooled (``upload`` rebuilt from its note)."""
         entry = _Entry(seq=spooled.seq, upload=_without_data(upload), owner=self,
-                       created=spooled.created, size=spooled.size, data=None, path=spooled.path)
+                       created=spooled.created, size=spooled.size, data=None, path=spooled.path,
+                       offset=spooled.offset)
         self._spool.adopt(entry)
         self._queue.append(entry)
         self._ensure_runner()
 
     # lifecycle -----------------------------------------------------------------------------
     async def close(self, timeout_s: float) -> int:
-        """Finish what is queued within ``timeout_s``; give up the rest. How many were left."""
+        """Finish what is queued within ``timeout_s``; leave the rest in the spool for the next
+        start (what could not be written there is given up). How many were not stored."""
         self._closing = True
         self._wake.set()
         if self._runner is not None:
@@ -314,13 +336,19 @@ class TargetUploader:
             task.cancel()
         if self._tasks or self._notices:
             await asyncio.wait([*self._tasks, *self._notices])
-        left = list(self._queue)
-        if left:
+        # what the next start can store: on disk, with the note to rebuild its upload from
+        kept = [e for e in self._queue if e.path is not None and e.upload.note]
+        lost = [e for e in self._queue if e not in kept]
+        if kept:  # their files stay: the next start on this spool stores them
+            logger.warning("snapshots left in the spool for the next start", extra={
+                "action": "upload_kept", "target": self.name, "count": len(kept)})
+            self._queue.clear()
+        if lost:
             logger.warning("snapshots not stored before shutdown", extra={
-                "action": "upload_dropped", "target": self.name, "count": len(left)})
-        for entry in left:
+                "action": "upload_dropped", "target": self.name, "count": len(lost)})
+        for entry in lost:
             await self.drop(entry, "snapshot not stored before shutdown", quiet=True)
-        return len(left)
+        return len(kept) + len(lost)
 
     async def drop(
         self, entry: _Entry, message: str, *, failed: bool = False, quiet: bool = False
@@ -481,11 +509,28 @@ class TargetUploader:
                 told.add(job_id)
                 await _safely(entry.upload.on_trouble(self.outage, False), "on_trouble", entry)
 
-    async def _spill(self, entry: _Entry) -> None:
+    async def _persist(self, entry: _Entry) -> None:
+        """Write-ahead; a spool that cannot be written leaves the capture in memory only (it is
+        still uploaded, but would not survive a crash, or an outage: see ``_spill``)."""
         try:
-            await self._spool.add(entry)
+            await self._spool.persist(entry)
         except OSError as exc:
-            await self.drop(entry, f"snapshot dropped: cannot write the spool ({exc.strerror})")
+            logger.warning("snapshot kept in memory only: cannot write the spool (%s)",
+                           exc.strerror or exc, extra={"action": "spool_write_failed",
+                                                       "target": self.name,
+                                                       "job_id": entry.upload.job_id})
+
+    async def _spill(self, entry: _Entry) -> None:
+        """Keep ``entry`` on disk only; one that has no spool file is written now, or, if
+        that fails too, dropped (an outage may last longer than memory would hold it)."""
+        if entry.path is None:
+            try:
+                await self._spool.persist(entry)
+            except OSError as exc:
+                await self.drop(entry,
+                                f"snapshot dropped: cannot write the spool ({exc.strerror})")
+                return
+        self._spool.unload(entry)
 
     def _in_memory(self) -> int:
         return sum(1 for entry in self._queue if entry.data is not None)
@@ -518,31 +563,28 @@ def _observe_safely(observe: UploadObserver, seconds: float, ok: bool, target: s
                                                           "target": target})
 
 
-def _write_spooled(path: Path, data: bytes, description: dict[str, object] | None) -> None:
-    """The capture's bytes, then (renamed into place, so that it is whole or absent) its
-    description: a description on disk always has its bytes beside it."""
+def _write_spooled(path: Path, data: bytes, description: dict[str, object]) -> int:
+    """One file: a line of JSON, then the picture; renamed into place whole. Where the picture
+    starts."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if description is None:
-        return
-    partial = path.with_suffix(".json.part")
-    partial.write_text(json.dumps(description))
-    os.replace(partial, path.with_suffix(".json"))
+    head = json.dumps(description).encode() + b"\n"
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "wb") as out:
+        out.write(head)
+        out.write(data)
+    os.replace(partial, path)
+    return len(head)
 
 
-def _remove_files(path: Path) -> None:
-    """A spooled capture's description first (bytes without one are taken for a torn write)."""
-    with contextlib.suppress(OSError):
-        path.with_suffix(".json").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
+def _read_picture(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as spooled:
+        spooled.seek(offset)
+        return spooled.read()
 
 
-def _description(entry: _Entry) -> dict[str, object] | None:
-    """What a later process needs to store ``entry`` (None when its upload has no note)."""
+def _description(entry: _Entry) -> dict[str, object]:
+    """What a later process needs to store ``entry`` (no note: it will not be stored)."""
     upload = entry.upload
-    if not upload.note:
-        return None
     return {
         "version": 1, "seq": entry.seq, "created": entry.created, "size": entry.size,
         "job_id": upload.job_id, "note": upload.note,
@@ -555,9 +597,11 @@ def _description(entry: _Entry) -> dict[str, object] | None:
 
 
 def _read_leftover(path: Path) -> SpooledCapture | None:
-    """The capture a description file names, or None if it cannot be read whole."""
+    """The capture a spool file holds, or None if it cannot be read whole or has no note."""
     try:
-        found = json.loads(path.read_text())
+        with open(path, "rb") as spooled:
+            head = spooled.readline(MAX_DESCRIPTION)
+        found = json.loads(head)
         objects = tuple(PendingObject(
             key=str(obj["key"]),
             meta=ObjectMeta(content_type=str(obj["content_type"]),
@@ -565,12 +609,11 @@ def _read_leftover(path: Path) -> SpooledCapture | None:
                             metadata={str(k): str(v) for k, v in obj["metadata"].items()}),
             data=None if obj["data"] is None else base64.b64decode(obj["data"]),
         ) for obj in found["objects"])
-        data_path = path.with_suffix(".jpg")
-        if not data_path.is_file():
+        size = path.stat().st_size - len(head)
+        if not found["note"] or size != int(found["size"]):
             return None
-        return SpooledCapture(seq=int(found["seq"]), path=data_path,
-                              size=data_path.stat().st_size, created=float(found["created"]),
-                              job_id=str(found["job_id"]), objects=objects,
-                              note=str(found["note"]))
+        return SpooledCapture(seq=int(found["seq"]), path=path, offset=len(head), size=size,
+                              created=float(found["created"]), job_id=str(found["job_id"]),
+                              objects=objects, note=str(found["note"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
