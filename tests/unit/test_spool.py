@@ -123,7 +123,8 @@ async def test_outage_spools_everything_then_drains_in_order(tmp_path):
         await uploader.submit(jobs.upload("a", n))
     for n in range(1, 4):
         await uploader.submit(jobs.upload("b", n))
-    await settle(lambda: len(spool) == 8, what="eight spooled captures")
+    await settle(lambda: uploader.outage is not None and spool.counts.spooled == 8,
+                 what="eight captures on disk only")
     assert len(spool_files(spool)) == 8 and uploader.outage is not None
     assert "connection refused" in uploader.outage
     told = {job for job, _, _, lost in jobs.trouble if not lost}

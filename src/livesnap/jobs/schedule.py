@@ -68,7 +68,8 @@ class TickSchedule:
         self._lock = threading.Lock()
 
     def on_keyframe(self, wall_time: float) -> bool:
-        now_ms = int(wall_time * 1000)
+        # rounded, not truncated: 1.001 s is 1000.999… ms in binary floating point
+        now_ms = round(wall_time * 1000)
         with self._lock:
             if self._retry is not None:
                 if now_ms < self._next_tick_ms:
