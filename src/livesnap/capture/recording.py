@@ -11,9 +11,9 @@ A capture goes through three steps, one method each on ``Recorder``:
 3. the job's ``LastError`` is settled (a storage or quality error the capture ends) and the
    capture-now callers waiting for it get the file.
 
-Each upload carries its report as a note, which the spool keeps beside a spooled capture: a
-process killed while captures wait for the store leaves them on disk, and the next one stores
-and records them (``recovered_upload``) before its own.
+Each upload carries its report as a note, which the spool writes with the capture before its
+upload starts: a process killed before a capture is stored and recorded leaves it on disk, and
+the next one stores and records it (``recovered_upload``) before its own.
 """
 
 from __future__ import annotations

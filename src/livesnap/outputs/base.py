@@ -54,8 +54,8 @@ class Upload:
     objects: tuple[PendingObject, ...]
     on_stored: Callable[[], Awaitable[None]]
     on_trouble: Callable[[str, bool], Awaitable[None]]
-    # what the owner needs to make this upload again after a restart (opaque here): kept
-    # beside the capture while it is spooled; "" = not worth keeping across a restart
+    # what the owner needs to make this upload again after a restart (opaque here): written
+    # with the capture into the spool; "" = not worth keeping across a restart
     note: str = ""
 
 
