@@ -54,9 +54,26 @@ def report(create_ms: int) -> CaptureReport:
                          width=64, height=36, size=100, stream_time_ms=None, lag_ms=None)
 
 
-def make_session(reports: FlakyReports, clock: ManualClock) -> Session:
-    return Session(job("j1"), reports=reports, sinks=None, clock=clock,  # type: ignore[arg-type]
-                   options=SessionOptions())
+class DeletingSink:
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    async def delete(self, key: str) -> None:
+        self.deleted.append(key)
+
+
+class OneRoute:
+    def __init__(self, sink: DeletingSink) -> None:
+        self.sink = sink
+
+    def route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> object:
+        return self
+
+
+def make_session(reports: FlakyReports, clock: ManualClock,
+                 sink: DeletingSink | None = None) -> Session:
+    return Session(job("j1"), reports=reports, sinks=OneRoute(sink or DeletingSink()),
+                   clock=clock, options=SessionOptions())  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +115,12 @@ async def test_a_failed_status_write_keeps_the_session_and_is_written_at_the_nex
     await session._set_stream(StreamStatus.RECONNECTING, error="no data")  # nothing new
     await session._set_stream(StreamStatus.LIVE)
     assert reports.streams == [StreamStatus.RECONNECTING, StreamStatus.LIVE]
+
+
+async def test_a_record_refused_to_a_replaced_instance_takes_its_sequence_object_with_it():
+    reports = FlakyReports(failures=1, error=FencedOut("shard-0 epoch 1 was replaced"))
+    sink = DeletingSink()
+    with pytest.raises(FencedOut):
+        await make_session(reports, ManualClock(), sink).recorder.record(report(7), [])
+    assert sink.deleted == ["snapshot/j1/7.jpg"]  # the overwrite object is the new owner's
+    assert reports.recorded == []

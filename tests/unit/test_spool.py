@@ -299,15 +299,26 @@ def test_a_store_that_is_back_is_tried_within_5_s_by_default():
     assert 2.5 <= limits.retry_delay(30, 1.0) <= 5.0
 
 
-async def test_a_capture_is_on_disk_before_submit_returns_and_gone_once_recorded(tmp_path):
+async def test_a_capture_is_on_disk_until_it_is_recorded(tmp_path):
     sink, spool, uploader, jobs = make(tmp_path)
     sink.gates["a/1.jpg"] = asyncio.Event()  # the store takes its time
-    await uploader.submit(jobs.upload("a", 1, note="capture 1"))
+    made = jobs.upload("a", 1, note="capture 1")
+    on_disk_at_record: list[list[str]] = []
+
+    async def record() -> None:
+        on_disk_at_record.append(spool_files(spool))
+        await made.on_stored()
+
+    await uploader.submit(Upload(job_id="a", data=made.data, objects=made.objects,
+                                 on_stored=record, on_trouble=made.on_trouble, note=made.note))
     assert spool_files(spool) == ["000000000001.capture"]  # written ahead of the upload
     assert spool.counts.spooled == 0  # still in memory too: nothing is read back
     sink.gates["a/1.jpg"].set()
     await settle(lambda: jobs.stored == [("a", 1)], what="the record")
-    assert spool_files(spool) == [] and len(spool) == 0
+    # a crash during the record would have left it for the next start
+    assert on_disk_at_record == [["000000000001.capture"]]
+    await settle(lambda: spool_files(spool) == [], what="the file removed")
+    assert len(spool) == 0 and spool.counts.uploaded == 1
     await uploader.close(1)
 
 

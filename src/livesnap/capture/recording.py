@@ -217,7 +217,11 @@ class Recorder:
     async def record(self, report: CaptureReport, waiters: Waiters) -> None:
         """Every object of a capture is stored: write its record (the upload queue calls this),
         then settle ``LastError`` and answer the capture-now callers."""
-        file, late = await self._write_record(report)
+        try:
+            file, late = await self._write_record(report)
+        except FencedOut:
+            await self._remove_unowned(report)
+            raise
         self._metrics.snapshot_stored((report.lag_ms or 0) / 1000)
         for waiter in waiters:
             if file is not None and not waiter.done():
@@ -226,6 +230,24 @@ class Recorder:
 
     async def _write_record(self, report: CaptureReport) -> tuple[SnapshotFile | None, str]:
         return await write_record(self._reports, self.job, report, self._clock)
+
+    async def _remove_unowned(self, report: CaptureReport) -> None:
+        """This instance was replaced (a cluster shard another node took over): the record was
+        refused, so the sequence object it would have owned goes too. The overwrite object is
+        left: the instance that owns the job now writes it."""
+        if not report.sequence_key:
+            return
+        job = self.job
+        try:
+            route = self._sinks.route(job.account, job.storage.storage_type.value,
+                                      job.storage.endpoint, job.storage.bucket)
+            await route.sink.delete(report.sequence_key)
+        except OutputError as exc:
+            logger.warning("object of a refused record not removed: %s", exc.message, extra={
+                "action": "fenced_object_left", "job_id": job.id, "key": report.sequence_key})
+            return
+        logger.info("object of a refused record removed", extra={
+            "action": "fenced_object_removed", "job_id": job.id, "key": report.sequence_key})
 
     # 3. what LastError says ------------------------------------------------------------------
     async def _settle_errors(self, report: CaptureReport, late: str) -> None:

@@ -477,15 +477,17 @@ class TargetUploader:
                 _observe_safely(self.observe, time.monotonic() - started, ok, self.name)
 
     async def _stored(self, entry: _Entry) -> None:
+        """Every object is stored: the owner records the capture, and only then does its spool
+        file go (a crash before the record leaves it for the next start, which records it)."""
         with contextlib.suppress(ValueError):
             self._queue.remove(entry)
-        self._spool.release(entry)
-        self._spool.counts.uploaded += 1
         if self.outage is not None:
             logger.info("object store reachable again", extra={
                 "action": "storage_back", "target": self.name, "pending": len(self._queue)})
             self.outage, self._attempt = None, 0
         await _safely(entry.upload.on_stored(), "on_stored", entry)
+        self._spool.release(entry)
+        self._spool.counts.uploaded += 1
 
     async def _delay(self, exc: OutputError) -> None:
         """A retryable failure: (enter the) outage, spool everything, retry after a backoff."""
