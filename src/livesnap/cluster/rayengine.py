@@ -32,18 +32,29 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "remove_shards"]
 
-# Ray's own defaults for a process that only talks to a cluster (ray.md: loopback-only
-# listeners, no usage reporting); set before ray.init, never overriding the user's values.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+AUTH_HINT = ("if the cluster wants a token: RAY_AUTH_MODE=token, and the token in "
+             "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token")
 
 
 def connect(address: str, namespace: str) -> None:
-    """Join the Ray cluster at ``address`` (this host must run a Ray node: ray.md gotcha 9)."""
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    if not ray.is_initialized():
+    """Join the Ray cluster at ``address`` (this host must run a Ray node: a driver attaches to
+    a local raylet). ``ConnectionError`` with one line of why when it cannot. (Ray's
+    environment defaults are set by importing ``livesnap.cluster``, before Ray.)"""
+    if ray.is_initialized():
+        return
+    try:
         ray.init(address=address or "auto", namespace=namespace, log_to_driver=False,
                  logging_level=logging.WARNING)
+    except RayError as exc:  # e.g. AuthenticationError: token mode on, but no token here
+        raise ConnectionError((str(exc).strip() or type(exc).__name__).splitlines()[0]) from None
+    except ConnectionError as exc:
+        # a GCS that wants a token answers a driver without one (or with another) only
+        # "Unauthenticated" in its log lines, and ray.init gives up after ~20 s with this
+        reason = (str(exc).strip() or "no answer").splitlines()[0]
+        if (reason.startswith("Failed to connect")
+                and os.environ.get("RAY_AUTH_MODE", "").lower() != "token"):
+            reason = f"{reason}; {AUTH_HINT}"
+        raise ConnectionError(reason) from None
 
 
 def launch_shards(
