@@ -306,8 +306,12 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
         # 3. nothing recorded twice; the ticks missed are those the shards reported
         shown = livesnap("cluster", "status", "--json", env=env)
         assert shown.returncode == 0, shown.stderr
-        status = [json.loads(line) for line in shown.stdout.splitlines()]
+        *status, last = [json.loads(line) for line in shown.stdout.splitlines()]
         assert sorted(r["name"] for r in status) == names
+        # the nodes line: the killed and the frozen node shown dead, every shard on a live one
+        nodes = {n["node_id"]: n for n in last["nodes"]}
+        assert not nodes[victim.node_id]["alive"] and not nodes[frozen_node.node_id]["alive"]
+        assert sorted(s for n in nodes.values() if n["alive"] for s in n["shards"]) == names
         assert all(r["state"] == "running" for r in status), status
         assert sum(r["takeovers"] for r in status) >= 1  # the last takeovers, in memory
         frozen_jobs = [j for j, s in jobs.items() if s in frozen]

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from livesnap.cluster.nodes import node_rows
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
 from livesnap.shards.assign import owner
@@ -30,7 +31,8 @@ from livesnap.shards.remote import RemoteEngine, raise_reply
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "remove_shards"]
+__all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "node_status",
+           "remove_shards"]
 
 AUTH_HINT = ("if the cluster wants a token: RAY_AUTH_MODE=token, and the token in "
              "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token")
@@ -118,6 +120,22 @@ def cluster_status(
             row["node_alive"] = bool(node.get("Alive", False))
         rows.append(row)
     return rows
+
+
+def node_status(shards: Sequence[dict[str, Any]], resource: str = "shard") -> list[dict[str, Any]]:
+    """Every node the GCS knows, dead ones included, with the ``cluster_status`` rows' shards
+    on it. From the GCS directly (``ray.nodes()``; ``ray.util.state`` would need the
+    dashboard, which the documented setup leaves out); a live node's free resources come from
+    Ray's ``available_resources_per_node`` (a developer API), and are left unknown if it fails."""
+    free: dict[str, dict[str, float]] = {}
+    try:
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node()  # type: ignore[no-untyped-call]
+    except (ImportError, RayError, ConnectionError) as exc:
+        logger.warning("free resources per node unknown", extra={"reason": str(exc)[:200]})
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    return node_rows(nodes, free, shards, resource=resource)
 
 
 class RayEngine(RemoteEngine):
