@@ -39,6 +39,10 @@ from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.timeout(400)]
 
+# Ray reads this once, when it is imported: at 0 the nodes of ray.cluster_utils.Cluster get
+# 127.0.0.1 and listen on loopback only; at Linux's default, 1, they took this machine's
+# network address and listened on every interface
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray  # noqa: E402  (livesnap[ray]: scripts/test.sh installs it)
 
 SHARDS = 6
@@ -80,6 +84,10 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
         "_system_config": FAST_CHECKS})
     workers = [cluster.add_node(**node_args) for _ in range(2)]
     cluster.wait_for_nodes()
+    nodes = [cluster.head_node, *workers]
+    assert {node.node_ip_address for node in nodes} == {"127.0.0.1"}
+    open_ports = listening(nodes)
+    assert open_ports and all(ip in LOOPBACK for ip, _ in open_ports), open_ports
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     try:
         yield cluster, workers, short
@@ -97,6 +105,22 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
                 os.environ[key] = value
         shutil.rmtree(short, ignore_errors=True)
         assert leftovers == set() or not wait_pids_alive(leftovers), leftovers
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening(nodes: list[object]) -> list[tuple[str, int]]:
+    """The TCP addresses the nodes' own processes (GCS, raylets, agents) listen on."""
+    found = []
+    for node in nodes:
+        for infos in node.all_processes.values():  # type: ignore[attr-defined]
+            for info in infos:
+                with contextlib.suppress(psutil.Error):
+                    found += [(c.laddr.ip, c.laddr.port) for c in psutil.Process(
+                        info.process.pid).net_connections(kind="tcp")
+                        if c.status == psutil.CONN_LISTEN]
+    return found
 
 
 def wait_pids_alive(pids: set[int]) -> set[int]:
