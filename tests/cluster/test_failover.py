@@ -9,6 +9,11 @@ instances, still running, stop themselves (no player left on the origin, no reco
 with their epoch); the raylet is resumed. Throughout, the API answers. At the end no job has
 a duplicate record, the ticks missed are at most those the shards reported, and no Ray
 process is left. Marked ``cluster``: the quick suite skips it (``-m "not cluster"``).
+
+Before it, in this module so that the two never run Ray side by side (a file runs whole on one
+xdist worker): ``scripts/staging-cluster.sh`` starts a head and 2 workers, all on loopback
+with Ray's token authentication, ``livesnap cluster status`` sees the 3 nodes with the token
+and is refused without it, and ``stop`` leaves none of its processes behind.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import psutil
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.support.servers import Publisher, RtmpOrigin
+from tests.support.servers import REPO_ROOT, Publisher, RtmpOrigin
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
 from tests.support.waiting import wait_until
 
@@ -68,6 +73,75 @@ def ray_pids() -> set[int]:
                               in cmd or "ray/_private" in cmd)):
             found.add(proc.info["pid"])
     return found
+
+
+STAGING = REPO_ROOT / "scripts" / "staging-cluster.sh"
+
+
+def staging(action: str, directory: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(STAGING), action, "--dir", directory, *args],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def processes_under(directory: str) -> list[str]:
+    """Live processes with ``directory`` in their command line or a file open under it."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if (directory in " ".join(proc.info["cmdline"] or [])
+                    or any(f.path.startswith(directory) for f in proc.open_files())):
+                found.append(f"{proc.pid} {proc.name()}")
+    return found
+
+
+def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it() -> None:
+    directory = tempfile.mkdtemp(prefix="ls")  # Ray's socket paths under it must stay short
+    started = False
+    try:
+        up = staging("start", directory, "--workers", "2", "--shards", "4")
+        started = True
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "a head and 2 worker node(s)" in up.stdout, up.stdout
+        assert "every listener on loopback" in up.stdout, up.stdout
+        assert "cluster up --shards 4 --resource shard --ray-address 127.0.0.1:" in up.stdout
+        env_file = Path(directory, "env.sh").read_text()
+        address = env_file.split("LIVESNAP_RAY_ADDRESS=")[1].split()[0]
+        assert address.startswith("127.0.0.1:")
+
+        # `ray status` has nothing to show until the autoscaler's first report, a few s in
+        shown = wait_until(lambda: (s := staging("status", directory)).returncode == 0
+                           and "Active:" in s.stdout and s, 30, "ray status lists the nodes")
+        active = shown.stdout.split("Active:")[1].split("Pending:")[0]
+        assert len([line for line in active.splitlines() if "node_" in line]) == 3, shown.stdout
+        assert "every listener on loopback" in shown.stdout
+
+        token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{directory}/auth_token"}
+        status = livesnap("cluster", "status", "--shards", "4", "--ray-address", address,
+                          "--json", env=token)
+        assert status.returncode == 0, status.stderr[-3000:]
+        *shards, last = [json.loads(line) for line in status.stdout.splitlines()]
+        assert [r["state"] for r in shards] == ["missing"] * 4  # no `cluster up` here
+        nodes = last["nodes"]
+        assert [(n["alive"], n["address"], n["resource_total"]) for n in nodes] == [
+            (True, "127.0.0.1", 4)] * 3
+        assert [n["head"] for n in nodes] == [True, False, False]
+
+        # without the token the GCS refuses the driver: Ray gives up after ~20 s
+        refused = livesnap("cluster", "status", "--ray-address", address,
+                           env={"RAY_AUTH_MODE": "disabled"})
+        assert refused.returncode == 2
+        assert "cannot join the Ray cluster: Failed to connect" in refused.stderr
+        assert "RAY_AUTH_MODE=token" in refused.stderr.splitlines()[-1]
+    finally:
+        if started:
+            down = staging("stop", directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    assert wait_until(lambda: not processes_under(directory), 10, "staging processes gone")
+    assert not Path(directory, "ray").exists()
 
 
 @pytest.fixture(scope="module")
