@@ -129,6 +129,20 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
             (True, "127.0.0.1", 4)] * 3
         assert [n["head"] for n in nodes] == [True, False, False]
 
+        # no address: the cluster this machine's node recorded, never just any GCS around
+        elsewhere = tempfile.mkdtemp(prefix="ls")
+        try:
+            alone = livesnap("cluster", "status", "--shards", "4",
+                             env={**token, "RAY_TMPDIR": elsewhere, "RAY_ADDRESS": ""})
+        finally:
+            shutil.rmtree(elsewhere, ignore_errors=True)
+        assert alone.returncode == 2 and "no Ray node was started on this machine" in (
+            alone.stderr), alone.stderr[-2000:]
+        local = livesnap("cluster", "status", "--shards", "4", "--json",
+                         env={**token, "RAY_TMPDIR": directory, "RAY_ADDRESS": ""})
+        assert local.returncode == 0, local.stderr[-2000:]
+        assert len(json.loads(local.stdout.splitlines()[-1])["nodes"]) == 3
+
         # without the token the GCS refuses the driver: Ray gives up after ~20 s
         refused = livesnap("cluster", "status", "--ray-address", address,
                            env={"RAY_AUTH_MODE": "disabled"})

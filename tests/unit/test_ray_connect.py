@@ -49,7 +49,7 @@ def test_no_cluster_found_is_not_blamed_on_tokens(failing_init) -> None:
     failing_init(ConnectionError("Could not find any running Ray instance. Please specify "
                                  "the one to connect to.\nmore"))
     with pytest.raises(ConnectionError) as raised:
-        rayengine.connect("", "livesnap")
+        rayengine.connect("auto", "livesnap")
     assert str(raised.value) == ("Could not find any running Ray instance. Please specify the "
                                  "one to connect to.")
 
@@ -74,3 +74,37 @@ def test_a_loopback_address_stays_loopback_whatever_the_environment_says() -> No
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["127.0.0.1:6379"]
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path):
+    """No RAY_ADDRESS, and Ray's temp directory in ``tmp_path``: a ``ray start`` records the
+    cluster's address in ``<it>/ray/ray_current_cluster``. The calls to ray.init are kept."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token look-up in this test's home
+    monkeypatch.setattr(rayengine.ray, "is_initialized", lambda: False)
+    calls: list[object] = []
+    monkeypatch.setattr(rayengine.ray, "init", lambda **kwargs: calls.append(kwargs["address"]))
+    return tmp_path, calls
+
+
+def test_without_an_address_no_node_on_this_machine_is_refused_before_ray_looks(
+        recorded) -> None:
+    """Ray's "auto" would go on to join any GCS process it finds on the machine."""
+    _, calls = recorded
+    with pytest.raises(ConnectionError) as raised:
+        rayengine.connect("", "livesnap")
+    assert str(raised.value) == rayengine.NO_LOCAL_NODE and calls == []
+
+
+def test_without_an_address_the_cluster_ray_start_recorded_is_joined(recorded,
+                                                                     monkeypatch) -> None:
+    directory, calls = recorded
+    (directory / "ray").mkdir()
+    (directory / "ray" / "ray_current_cluster").write_text("10.0.0.1:6379")
+    rayengine.connect("", "livesnap")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")  # Ray's own variable comes first
+    rayengine.connect("", "livesnap")
+    rayengine.connect("10.0.0.5:6379", "livesnap")  # and a given address before both
+    assert calls == ["10.0.0.1:6379", "10.0.0.9:6379", "10.0.0.5:6379"]

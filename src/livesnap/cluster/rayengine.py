@@ -38,14 +38,52 @@ AUTH_HINT = ("if the cluster wants a token: RAY_AUTH_MODE=token, and the token i
              "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token")
 
 
+NO_LOCAL_NODE = ("no Ray node was started on this machine (ray start; livesnap looks for "
+                 "RAY_ADDRESS or the address ray start records under RAY_TMPDIR) and no "
+                 "--ray-address (LIVESNAP_RAY_ADDRESS) was given")
+
+
+def local_cluster_address() -> str:
+    """The cluster of this machine's Ray node: ``RAY_ADDRESS``, else the address the last
+    ``ray start`` recorded (``ray/ray_current_cluster`` under ``RAY_TMPDIR``, ``TMPDIR`` or
+    /tmp); "" if neither. Ray's own ``auto`` goes on to join any GCS process it finds on the
+    machine, another user's test cluster included; livesnap stops there instead."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.services import find_bootstrap_address
+    except ImportError:  # not in this Ray: let ray.init look ("auto")
+        return "auto"
+    return find_bootstrap_address(None) or ""
+
+
+def _token_as_auto_would() -> None:
+    """What ``ray.init(address="auto")`` does and an explicit address does not: with
+    ``RAY_AUTH_MODE`` unset, turn token mode on when a token is at hand (``~/.ray/auth_token``,
+    ``RAY_AUTH_TOKEN_PATH``, ``RAY_AUTH_TOKEN``), as ``ray start --head`` did with it."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def connect(address: str, namespace: str) -> None:
-    """Join the Ray cluster at ``address`` (this host must run a Ray node: a driver attaches to
-    a local raylet). ``ConnectionError`` with one line of why when it cannot. (Ray's
-    environment defaults are set by importing ``livesnap.cluster``, before Ray.)"""
+    """Join the Ray cluster at ``address``, or with "" the cluster of this machine's Ray node
+    (a driver attaches to a local raylet either way), never starting one.
+    ``ConnectionError`` with one line of why when it cannot. (Ray's environment defaults are
+    set by importing ``livesnap.cluster``, before Ray.)"""
     if ray.is_initialized():
         return
+    target = address or local_cluster_address()
+    if not target:
+        raise ConnectionError(NO_LOCAL_NODE)
     try:
-        ray.init(address=address or "auto", namespace=namespace, log_to_driver=False,
+        if not address:
+            _token_as_auto_would()
+        ray.init(address=target, namespace=namespace, log_to_driver=False,
                  logging_level=logging.WARNING)
     except RayError as exc:  # e.g. AuthenticationError: token mode on, but no token here
         raise ConnectionError((str(exc).strip() or type(exc).__name__).splitlines()[0]) from None
