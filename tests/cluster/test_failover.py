@@ -138,8 +138,14 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
             shutil.rmtree(elsewhere, ignore_errors=True)
         assert alone.returncode == 2 and "no Ray node was started on this machine" in (
             alone.stderr), alone.stderr[-2000:]
+        # ... and, as Ray's "auto" would, token mode when RAY_AUTH_MODE is unset and the
+        # token is in ~/.ray/auth_token
+        home = Path(directory, "home")
+        (home / ".ray").mkdir(parents=True)
+        shutil.copy(Path(directory, "auth_token"), home / ".ray" / "auth_token")
+        assert "RAY_AUTH_MODE" not in os.environ
         local = livesnap("cluster", "status", "--shards", "4", "--json",
-                         env={**token, "RAY_TMPDIR": directory, "RAY_ADDRESS": ""})
+                         env={"HOME": str(home), "RAY_TMPDIR": directory, "RAY_ADDRESS": ""})
         assert local.returncode == 0, local.stderr[-2000:]
         assert len(json.loads(local.stdout.splitlines()[-1])["nodes"]) == 3
 
