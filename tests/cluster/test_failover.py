@@ -55,7 +55,7 @@ JOBS = 20
 STREAMS = 4
 INTERVAL_S = 5
 NAMESPACE = "livesnap-test"
-# ray.md: fast health checks, 2-3 s detection on loopback
+# the fast health checks of docs/cluster.md: 2-3 s detection on loopback
 FAST_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
                "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
@@ -189,7 +189,7 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
         ray.shutdown()
         cluster.shutdown()
         leftovers = ray_pids() - before
-        for pid in leftovers:  # ray.md gotcha 13: agents reparented to init survive shutdown
+        for pid in leftovers:  # agents reparented to init survive shutdown
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
         for key, value in saved.items():
@@ -417,7 +417,7 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
                 assert stale == [], f"records written by fenced instances: {stale}"
             finally:
                 os.kill(raylet.pid, signal.SIGCONT)
-                raylet.poll()  # reap it, so its workers see it gone (ray.md gotcha 13)
+                raylet.poll()  # reap it: workers take a zombie raylet for alive
             time.sleep(INTERVAL_S + 1)
 
         assert watch.failures == [] and watch.calls > 20, (watch.calls, watch.failures[:5])

@@ -1,7 +1,7 @@
 """Ray: capture shards as named detached actors, and the API node's ``CaptureEngine`` over them.
 
 The only module that imports Ray. What Ray guarantees and what livesnap adds on top is in
-docs/cluster.md; the measured behaviour behind every option here is in ray.md:
+docs/cluster.md, with the measured behaviour behind the options here:
 
 * shards are named, detached actors with ``max_restarts=-1`` (a dead node's shards restart
   elsewhere), ``num_cpus=0`` (capacity by the optional custom resource instead) and the SPREAD
