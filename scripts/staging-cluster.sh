@@ -38,8 +38,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $workers =~ ^[0-9]+$ && $shards =~ ^[1-9][0-9]*$ ]] || usage
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd -P)
+[[ $action != start ]] || mkdir -p "$dir"
+[[ ! -d $dir ]] || dir=$(cd "$dir" && pwd -P)
 # Ray's AF_UNIX sockets live under DIR/ray/session_<date>_<pid>/sockets/: 107 bytes at most
 if [[ ${#dir} -gt 36 ]]; then
   echo "staging-cluster: $dir is too long for Ray's socket paths (36 characters at most)" >&2
