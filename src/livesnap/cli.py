@@ -6,15 +6,16 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from livesnap import __version__
 from livesnap.commands import register as register_client_commands
+from livesnap.commands.output import Column, list_table, stdout_console
 from livesnap.config import (
     KeyRing,
     Settings,
@@ -26,6 +27,8 @@ from livesnap.errors import ClusterMismatch, StoreError
 from livesnap.logs import setup_logging
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from livesnap.store import SqlStore
 
 T = TypeVar("T")
@@ -264,21 +267,31 @@ def cluster_up(
 def cluster_status_cmd(
     shards: Annotated[int | None, typer.Option(help=SHARDS_HELP)] = None,
     ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    resource: Annotated[str | None, typer.Option(
+        help="The custom Ray resource shards take, shown per node (env "
+             "LIVESNAP_SHARD_RESOURCE; default shard).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object per shard and line, then one line {\"nodes\": [...]}."
+    )] = False,
 ) -> None:
-    """Shards, their nodes, job counts, epochs, missed ticks and reconcile lag."""
-    settings = _settings(shards=shards, ray_address=ray_address)
+    """Shards (node, job counts, epochs, missed ticks, reconcile lag) and Ray's nodes (alive
+    or dead, free resources, the shards on each)."""
+    settings = _settings(shards=shards, ray_address=ray_address, shard_resource=resource)
     setup_logging(level="WARNING", json_lines=settings.server.log_json)
     _connect(settings)
-    from livesnap.cluster.rayengine import cluster_status
+    from livesnap.cluster.rayengine import cluster_status, node_status
     from livesnap.shards.assign import shard_names
 
     rows = cluster_status(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
+    nodes = node_status(rows, settings.cluster.shard_resource or "shard")
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, default=str))
+        typer.echo(json.dumps({"nodes": nodes}, default=str))
     else:
         _print_status(rows)
+        typer.echo()
+        stdout_console().print(node_table(nodes))
 
 
 @cluster_app.command("down")
@@ -327,6 +340,33 @@ def _print_status(rows: list[dict[str, object]]) -> None:
         typer.echo(f"{r['name']!s:<10} {r['state']!s:<12} {r.get('node_address', '')!s:<16} "
                    f"{r.get('pid', '')!s:>7} {r.get('epoch', '')!s:>5} {r.get('jobs', '')!s:>5} "
                    f"{r.get('missed_ticks', '')!s:>6} {lag:>6}")
+
+
+def node_table(nodes: Sequence[Mapping[str, Any]]) -> Table:
+    """Ray's nodes for people, in 80 columns: the first 8 characters of the node id (enough
+    to tell nodes apart; ``--json`` has it whole), free/total units of the shards' resource
+    and of CPUs, and the shards on each node (wrapped between names)."""
+    resource = str(nodes[0]["resource"]) if nodes else "shard"
+    columns = [Column("node", "Node", no_wrap=True), Column("address", "Address", no_wrap=True),
+               Column("state", "State", no_wrap=True), Column("free", resource, no_wrap=True),
+               Column("cpu", "CPU", no_wrap=True), Column("shards", "Shards on it")]
+    rows = [{
+        "node": f"{str(n['node_id'])[:8]}{' head' if n['head'] else ''}",
+        "address": n["address"],
+        "state": "alive" if n["alive"] else "dead",
+        "free": _free_of_total(n["resource_free"], n["resource_total"]),
+        "cpu": _free_of_total(n["cpu_free"], n["cpu_total"]),
+        "shards": " ".join(n["shards"]),
+    } for n in nodes]
+    return list_table(rows, columns, title="Ray nodes", caption=(
+        f"{resource}, CPU: free/total units (- free: unknown, for a dead node or one that "
+        "has just joined)"))
+
+
+def _free_of_total(free: object, total: object) -> str:
+    if total is None:
+        return ""
+    return f"{'-' if free is None else free}/{total}"
 
 
 register_client_commands(app)  # templates, jobs, files: livesnap/commands/

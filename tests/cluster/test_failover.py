@@ -9,6 +9,11 @@ instances, still running, stop themselves (no player left on the origin, no reco
 with their epoch); the raylet is resumed. Throughout, the API answers. At the end no job has
 a duplicate record, the ticks missed are at most those the shards reported, and no Ray
 process is left. Marked ``cluster``: the quick suite skips it (``-m "not cluster"``).
+
+Before it, in this module so that the two never run Ray side by side (a file runs whole on one
+xdist worker): ``scripts/staging-cluster.sh`` starts a head and 2 workers, all on loopback
+with Ray's token authentication, ``livesnap cluster status`` sees the 3 nodes with the token
+and is refused without it, and ``stop`` leaves none of its processes behind.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ import psutil
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.support.servers import Publisher, RtmpOrigin
+from tests.support.servers import REPO_ROOT, Publisher, RtmpOrigin
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.timeout(400)]
 
+# Ray reads this once, when it is imported: at 0 the nodes of ray.cluster_utils.Cluster get
+# 127.0.0.1 and listen on loopback only; at Linux's default, 1, they took this machine's
+# network address and listened on every interface
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray  # noqa: E402  (livesnap[ray]: scripts/test.sh installs it)
 
 SHARDS = 6
@@ -46,7 +55,7 @@ JOBS = 20
 STREAMS = 4
 INTERVAL_S = 5
 NAMESPACE = "livesnap-test"
-# ray.md: fast health checks, 2-3 s detection on loopback
+# the fast health checks of docs/cluster.md: 2-3 s detection on loopback
 FAST_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
                "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
@@ -66,6 +75,95 @@ def ray_pids() -> set[int]:
     return found
 
 
+STAGING = REPO_ROOT / "scripts" / "staging-cluster.sh"
+
+
+def staging(action: str, directory: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(STAGING), action, "--dir", directory, *args],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def processes_under(directory: str) -> list[str]:
+    """Live processes with ``directory`` in their command line or a file open under it."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if (directory in " ".join(proc.info["cmdline"] or [])
+                    or any(f.path.startswith(directory) for f in proc.open_files())):
+                found.append(f"{proc.pid} {proc.name()}")
+    return found
+
+
+def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it() -> None:
+    directory = tempfile.mkdtemp(prefix="ls")  # Ray's socket paths under it must stay short
+    started = False
+    try:
+        up = staging("start", directory, "--workers", "2", "--shards", "4")
+        started = True
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "a head and 2 worker node(s)" in up.stdout, up.stdout
+        assert "every listener on loopback" in up.stdout, up.stdout
+        assert "cluster up --shards 4 --resource shard --ray-address 127.0.0.1:" in up.stdout
+        env_file = Path(directory, "env.sh").read_text()
+        address = env_file.split("LIVESNAP_RAY_ADDRESS=")[1].split()[0]
+        assert address.startswith("127.0.0.1:")
+
+        # `ray status` has nothing to show until the autoscaler's first report, a few s in
+        shown = wait_until(lambda: (s := staging("status", directory)).returncode == 0
+                           and "Active:" in s.stdout and s, 30, "ray status lists the nodes")
+        active = shown.stdout.split("Active:")[1].split("Pending:")[0]
+        assert len([line for line in active.splitlines() if "node_" in line]) == 3, shown.stdout
+        assert "every listener on loopback" in shown.stdout
+
+        token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{directory}/auth_token"}
+        status = livesnap("cluster", "status", "--shards", "4", "--ray-address", address,
+                          "--json", env=token)
+        assert status.returncode == 0, status.stderr[-3000:]
+        *shards, last = [json.loads(line) for line in status.stdout.splitlines()]
+        assert [r["state"] for r in shards] == ["missing"] * 4  # no `cluster up` here
+        nodes = last["nodes"]
+        assert [(n["alive"], n["address"], n["resource_total"]) for n in nodes] == [
+            (True, "127.0.0.1", 4)] * 3
+        assert [n["head"] for n in nodes] == [True, False, False]
+
+        # no address: the cluster this machine's node recorded, never just any GCS around
+        elsewhere = tempfile.mkdtemp(prefix="ls")
+        try:
+            alone = livesnap("cluster", "status", "--shards", "4",
+                             env={**token, "RAY_TMPDIR": elsewhere, "RAY_ADDRESS": ""})
+        finally:
+            shutil.rmtree(elsewhere, ignore_errors=True)
+        assert alone.returncode == 2 and "no Ray node was started on this machine" in (
+            alone.stderr), alone.stderr[-2000:]
+        # ... and, as Ray's "auto" would, token mode when RAY_AUTH_MODE is unset and the
+        # token is in ~/.ray/auth_token
+        home = Path(directory, "home")
+        (home / ".ray").mkdir(parents=True)
+        shutil.copy(Path(directory, "auth_token"), home / ".ray" / "auth_token")
+        assert "RAY_AUTH_MODE" not in os.environ
+        local = livesnap("cluster", "status", "--shards", "4", "--json",
+                         env={"HOME": str(home), "RAY_TMPDIR": directory, "RAY_ADDRESS": ""})
+        assert local.returncode == 0, local.stderr[-2000:]
+        assert len(json.loads(local.stdout.splitlines()[-1])["nodes"]) == 3
+
+        # without the token the GCS refuses the driver: Ray gives up after ~20 s
+        refused = livesnap("cluster", "status", "--ray-address", address,
+                           env={"RAY_AUTH_MODE": "disabled"})
+        assert refused.returncode == 2
+        assert "cannot join the Ray cluster: Failed to connect" in refused.stderr
+        assert "RAY_AUTH_MODE=token" in refused.stderr.splitlines()[-1]
+    finally:
+        if started:
+            down = staging("stop", directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
+    assert wait_until(lambda: not processes_under(directory), 10, "staging processes gone")
+    assert not Path(directory, "ray").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
     from ray.cluster_utils import Cluster
@@ -80,6 +178,10 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
         "_system_config": FAST_CHECKS})
     workers = [cluster.add_node(**node_args) for _ in range(2)]
     cluster.wait_for_nodes()
+    nodes = [cluster.head_node, *workers]
+    assert {node.node_ip_address for node in nodes} == {"127.0.0.1"}
+    open_ports = listening(nodes)
+    assert open_ports and all(ip in LOOPBACK for ip, _ in open_ports), open_ports
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     try:
         yield cluster, workers, short
@@ -87,7 +189,7 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
         ray.shutdown()
         cluster.shutdown()
         leftovers = ray_pids() - before
-        for pid in leftovers:  # ray.md gotcha 13: agents reparented to init survive shutdown
+        for pid in leftovers:  # agents reparented to init survive shutdown
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
         for key, value in saved.items():
@@ -97,6 +199,22 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
                 os.environ[key] = value
         shutil.rmtree(short, ignore_errors=True)
         assert leftovers == set() or not wait_pids_alive(leftovers), leftovers
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening(nodes: list[object]) -> list[tuple[str, int]]:
+    """The TCP addresses the nodes' own processes (GCS, raylets, agents) listen on."""
+    found = []
+    for node in nodes:
+        for infos in node.all_processes.values():  # type: ignore[attr-defined]
+            for info in infos:
+                with contextlib.suppress(psutil.Error):
+                    found += [(c.laddr.ip, c.laddr.port) for c in psutil.Process(
+                        info.process.pid).net_connections(kind="tcp")
+                        if c.status == psutil.CONN_LISTEN]
+    return found
 
 
 def wait_pids_alive(pids: set[int]) -> set[int]:
@@ -299,15 +417,19 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
                 assert stale == [], f"records written by fenced instances: {stale}"
             finally:
                 os.kill(raylet.pid, signal.SIGCONT)
-                raylet.poll()  # reap it, so its workers see it gone (ray.md gotcha 13)
+                raylet.poll()  # reap it: workers take a zombie raylet for alive
             time.sleep(INTERVAL_S + 1)
 
         assert watch.failures == [] and watch.calls > 20, (watch.calls, watch.failures[:5])
         # 3. nothing recorded twice; the ticks missed are those the shards reported
         shown = livesnap("cluster", "status", "--json", env=env)
         assert shown.returncode == 0, shown.stderr
-        status = [json.loads(line) for line in shown.stdout.splitlines()]
+        *status, last = [json.loads(line) for line in shown.stdout.splitlines()]
         assert sorted(r["name"] for r in status) == names
+        # the nodes line: the killed and the frozen node shown dead, every shard on a live one
+        nodes = {n["node_id"]: n for n in last["nodes"]}
+        assert not nodes[victim.node_id]["alive"] and not nodes[frozen_node.node_id]["alive"]
+        assert sorted(s for n in nodes.values() if n["alive"] for s in n["shards"]) == names
         assert all(r["state"] == "running" for r in status), status
         assert sum(r["takeovers"] for r in status) >= 1  # the last takeovers, in memory
         frozen_jobs = [j for j, s in jobs.items() if s in frozen]

@@ -1,7 +1,7 @@
 """Ray: capture shards as named detached actors, and the API node's ``CaptureEngine`` over them.
 
 The only module that imports Ray. What Ray guarantees and what livesnap adds on top is in
-docs/cluster.md; the measured behaviour behind every option here is in ray.md:
+docs/cluster.md, with the measured behaviour behind the options here:
 
 * shards are named, detached actors with ``max_restarts=-1`` (a dead node's shards restart
   elsewhere), ``num_cpus=0`` (capacity by the optional custom resource instead) and the SPREAD
@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from livesnap.cluster.nodes import node_rows
 from livesnap.config import Settings
 from livesnap.errors import ShardUnavailable
 from livesnap.shards.assign import owner
@@ -30,20 +31,70 @@ from livesnap.shards.remote import RemoteEngine, raise_reply
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "remove_shards"]
+__all__ = ["RayEngine", "cluster_status", "connect", "launch_shards", "node_status",
+           "remove_shards"]
 
-# Ray's own defaults for a process that only talks to a cluster (ray.md: loopback-only
-# listeners, no usage reporting); set before ray.init, never overriding the user's values.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+AUTH_HINT = ("if the cluster wants a token: RAY_AUTH_MODE=token, and the token in "
+             "RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token")
+
+
+NO_LOCAL_NODE = ("no Ray node was started on this machine (ray start; livesnap looks for "
+                 "RAY_ADDRESS or the address ray start records under RAY_TMPDIR) and no "
+                 "--ray-address (LIVESNAP_RAY_ADDRESS) was given")
+
+
+def local_cluster_address() -> str:
+    """The cluster of this machine's Ray node: ``RAY_ADDRESS``, else the address the last
+    ``ray start`` recorded (``ray/ray_current_cluster`` under ``RAY_TMPDIR``, ``TMPDIR`` or
+    /tmp); "" if neither. Ray's own ``auto`` goes on to join any GCS process it finds on the
+    machine, another user's test cluster included; livesnap stops there instead."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.services import find_bootstrap_address
+    except ImportError:  # not in this Ray: let ray.init look ("auto")
+        return "auto"
+    return find_bootstrap_address(None) or ""
+
+
+def _token_as_auto_would() -> None:
+    """What ``ray.init(address="auto")`` does and an explicit address does not: with
+    ``RAY_AUTH_MODE`` unset, turn token mode on when a token is at hand (``~/.ray/auth_token``,
+    ``RAY_AUTH_TOKEN_PATH``, ``RAY_AUTH_TOKEN``), as ``ray start --head`` did with it."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def connect(address: str, namespace: str) -> None:
-    """Join the Ray cluster at ``address`` (this host must run a Ray node: ray.md gotcha 9)."""
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    if not ray.is_initialized():
-        ray.init(address=address or "auto", namespace=namespace, log_to_driver=False,
+    """Join the Ray cluster at ``address``, or with "" the cluster of this machine's Ray node
+    (a driver attaches to a local raylet either way), never starting one.
+    ``ConnectionError`` with one line of why when it cannot. (Ray's environment defaults are
+    set by importing ``livesnap.cluster``, before Ray.)"""
+    if ray.is_initialized():
+        return
+    target = address or local_cluster_address()
+    if not target:
+        raise ConnectionError(NO_LOCAL_NODE)
+    try:
+        if not address:
+            _token_as_auto_would()
+        ray.init(address=target, namespace=namespace, log_to_driver=False,
                  logging_level=logging.WARNING)
+    except RayError as exc:  # e.g. AuthenticationError: token mode on, but no token here
+        raise ConnectionError((str(exc).strip() or type(exc).__name__).splitlines()[0]) from None
+    except ConnectionError as exc:
+        # a GCS that wants a token answers a driver without one (or with another) only
+        # "Unauthenticated" in its log lines, and ray.init gives up after ~20 s with this
+        reason = (str(exc).strip() or "no answer").splitlines()[0]
+        if (reason.startswith("Failed to connect")
+                and os.environ.get("RAY_AUTH_MODE", "").lower() != "token"):
+            reason = f"{reason}; {AUTH_HINT}"
+        raise ConnectionError(reason) from None
 
 
 def launch_shards(
@@ -107,6 +158,22 @@ def cluster_status(
             row["node_alive"] = bool(node.get("Alive", False))
         rows.append(row)
     return rows
+
+
+def node_status(shards: Sequence[dict[str, Any]], resource: str = "shard") -> list[dict[str, Any]]:
+    """Every node the GCS knows, dead ones included, with the ``cluster_status`` rows' shards
+    on it. From the GCS directly (``ray.nodes()``; ``ray.util.state`` would need the
+    dashboard, which the documented setup leaves out); a live node's free resources come from
+    Ray's ``available_resources_per_node`` (a developer API), and are left unknown if it fails."""
+    free: dict[str, dict[str, float]] = {}
+    try:
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node()  # type: ignore[no-untyped-call]
+    except (ImportError, RayError, ConnectionError) as exc:
+        logger.warning("free resources per node unknown", extra={"reason": str(exc)[:200]})
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    return node_rows(nodes, free, shards, resource=resource)
 
 
 class RayEngine(RemoteEngine):

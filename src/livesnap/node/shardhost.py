@@ -4,7 +4,7 @@ Part of the edge (with ``service.py``): it builds the store, storage router, job
 capture supervisor for one shard and runs ``cluster.shard.ShardRuntime`` on an asyncio loop in
 its own thread. It does not import Ray; ``cluster/rayengine.py`` makes it an actor.
 
-Ray's rules for the actor (docs/cluster.md, ray.md): ``__init__`` never raises (a raising
+Ray's rules for the actor (docs/cluster.md): ``__init__`` never raises (a raising
 constructor kills a restartable actor for good), so the database is opened with retries in
 the background; methods are short and thread-safe, and each waits at most ``timeout_s``.
 """

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# A Ray cluster on this one machine for trying livesnap's cluster mode (docs/cluster.md,
+# "A staging cluster on one machine"): a head and N worker nodes, every node on 127.0.0.1 and
+# every Ray listener on loopback, Ray's token authentication on, the fast health checks.
+#
+#   scripts/staging-cluster.sh start [--workers N] [--shards S] [--database-url URL] [--dir DIR]
+#   scripts/staging-cluster.sh status [--dir DIR]
+#   scripts/staging-cluster.sh stop [--dir DIR]
+#
+# start prints the livesnap commands to run against it. stop ends this cluster's processes
+# only (not `ray stop`, which ends every Ray process on the machine) and removes its Ray files;
+# DIR/data (snapshots, access keys) stays. Defaults: 2 workers, 6 shards,
+# DIR=${TMPDIR:-/tmp}/livesnap-staging-$UID, URL=$LIVESNAP_DATABASE_URL.
+#
+# Python: $PYTHON, else .venv/bin/python of this checkout, else python3; it needs livesnap and
+# Ray (pip install 'livesnap[ray]'): the shards run in worker processes of that Python.
+set -euo pipefail
+
+usage() {
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+action=${1:-}
+[[ $action == start || $action == status || $action == stop ]] || usage
+shift
+workers=2
+shards=6
+dir=${TMPDIR:-/tmp}/livesnap-staging-$(id -u)
+database_url=${LIVESNAP_DATABASE_URL:-}
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --workers) workers=${2:?}; shift 2 ;;
+    --shards) shards=${2:?}; shift 2 ;;
+    --database-url) database_url=${2:?}; shift 2 ;;
+    --dir) dir=${2:?}; shift 2 ;;
+    *) usage ;;
+  esac
+done
+[[ $workers =~ ^[0-9]+$ && $shards =~ ^[1-9][0-9]*$ ]] || usage
+[[ $action != start ]] || mkdir -p "$dir"
+[[ ! -d $dir ]] || dir=$(cd "$dir" && pwd -P)
+# Ray's AF_UNIX sockets live under DIR/ray/session_<date>_<pid>/sockets/: 107 bytes at most
+if [[ ${#dir} -gt 36 ]]; then
+  echo "staging-cluster: $dir is too long for Ray's socket paths (36 characters at most)" >&2
+  exit 2
+fi
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -n ${PYTHON:-} ]]; then
+  py=$PYTHON
+elif [[ -x $repo/.venv/bin/python ]]; then
+  py=$repo/.venv/bin/python
+else
+  py=$(command -v python3)
+fi
+
+# The processes of this cluster: Ray's own (gcs_server, raylet, ray::*, Ray's Python helpers)
+# with a file open under DIR (each logs into DIR/ray), DIR in its command line, or the marker
+# in its environment. A Ray process that renames itself (ray::RuntimeEnvAgent) can blank its
+# environment, and an agent outlives its raylet as a child of init, so neither the
+# environment nor the parent finds them all.
+cluster_pids() {
+  local proc pid comm cmd state
+  local -a args
+  for proc in /proc/[0-9]*; do
+    pid=${proc#/proc/}
+    [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+    { read -r comm <"$proc/comm"; } 2>/dev/null || continue
+    case $comm in
+      gcs_server | raylet | ray::* | python*) ;;
+      *) continue ;;
+    esac
+    { mapfile -d '' args <"$proc/cmdline"; } 2>/dev/null || continue
+    cmd="${args[*]}"
+    [[ $comm != python* || $cmd == */ray/* || $cmd == ray::* ]] || continue
+    if [[ $cmd == *"$dir/"* ]] ||
+      grep -qzxF "LIVESNAP_STAGING_DIR=$dir" "$proc/environ" 2>/dev/null ||
+      [[ -n $(find "$proc/fd" -maxdepth 1 -lname "$dir/*" -print -quit 2>/dev/null) ]]; then
+      state=Z
+      { read -r _ _ state _ <"$proc/stat"; } 2>/dev/null || true
+      [[ $state == Z ]] || echo "$pid"  # a zombie is gone already (init reaps it)
+    fi
+  done
+}
+
+# Listening TCP sockets of these processes that are not on loopback (ss is in iproute2).
+open_listeners() {
+  local pids=$1 pid
+  command -v ss >/dev/null || return 0
+  ss -ltnpH 2>/dev/null | while read -r _ _ _ local _ users; do
+    [[ $local == 127.0.0.1:* || $local == "[::ffff:127.0.0.1]:"* ]] && continue
+    for pid in $pids; do
+      [[ $users == *"pid=$pid,"* ]] && echo "  $local $users"
+    done
+  done || true
+}
+
+# Ray keeps an address of 127.0.0.1 only while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Linux
+# defaults it to 1 and rewrites 127.0.0.1 to this machine's network address), and only a node
+# on 127.0.0.1 listens on loopback alone: any other node address means every interface.
+ray_env() {
+  env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR="$dir" \
+    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$dir/auth_token" LIVESNAP_STAGING_DIR="$dir" "$@"
+}
+
+start() {
+  if [[ -n $(cluster_pids) ]]; then
+    echo "staging-cluster: a staging cluster runs in $dir already (stop it first)" >&2
+    exit 1
+  fi
+  rm -rf "$dir/ray" "$dir/auth_token" "$dir/env.sh"
+  (umask 077 && "$py" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$dir/auth_token")
+  # `ray start` refuses to add a worker node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, so the
+  # nodes come from ray.cluster_utils.Cluster, which starts each node's processes as
+  # `ray start` does; shutdown_at_exit=False leaves them running when this Python exits.
+  local out
+  out=$(ray_env STAGING_WORKERS="$workers" STAGING_SHARDS="$shards" "$py" - <<'PY'
+import os
+import sys
+
+from ray.cluster_utils import Cluster
+
+base = os.environ["RAY_TMPDIR"]
+# the fast health checks of docs/cluster.md: a dead node is noticed in about 2 s
+fast = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
+        "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+node = {"num_cpus": 1, "resources": {"shard": int(os.environ["STAGING_SHARDS"])},
+        "object_store_memory": 80 << 20}
+cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+    **node, "include_dashboard": False, "temp_dir": f"{base}/ray", "_system_config": fast})
+for _ in range(int(os.environ["STAGING_WORKERS"])):
+    cluster.add_node(**node)
+cluster.wait_for_nodes(timeout=60)
+print(cluster.address)
+sys.stdout.flush()
+os._exit(0)  # no teardown: the nodes are meant to outlive this process
+PY
+  ) || {
+    echo "staging-cluster: Ray did not start (logs: $dir/ray/session_latest/logs)" >&2
+    stop >&2
+    exit 1
+  }
+  local addr=${out##*$'\n'}
+  cat >"$dir/env.sh" <<EOF
+# the staging cluster in $dir (scripts/staging-cluster.sh): source it before livesnap
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0   # keep 127.0.0.1 (Ray would rewrite it)
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$dir/auth_token
+export RAY_USAGE_STATS_ENABLED=0
+export LIVESNAP_RAY_ADDRESS=$addr
+EOF
+  local pids open
+  pids=$(cluster_pids)
+  open=$(open_listeners "$pids")
+  echo "staging-cluster: Ray at $addr: a head and $workers worker node(s)," \
+    "$(wc -w <<<"$pids") processes, ${open:+NOT }every listener on loopback"
+  [[ -z $open ]] || echo "$open"
+
+  local url=${database_url:-postgresql://USER:PASSWORD@127.0.0.1/livesnap} note=""
+  [[ -n $database_url ]] || note=" (no --database-url given: put yours in)"
+  local livesnap="$py -m livesnap"
+  [[ -x $(dirname "$py")/livesnap ]] && livesnap=$(dirname "$py")/livesnap
+  cat <<EOF
+
+livesnap on it, with the PostgreSQL database $url$note;
+the nodes share the local storage in $dir/data:
+
+  . $dir/env.sh    # Ray's address and token, for this shell
+  $livesnap cluster up --shards $shards --resource shard --ray-address $addr \\
+      --database-url '$url' --data-dir $dir/data
+  LIVESNAP_SHARDS=$shards LIVESNAP_STORAGE_FALLBACK=true $livesnap serve --engine ray \\
+      --ray-address $addr --database-url '$url' --data-dir $dir/data
+  $livesnap cluster status --shards $shards --ray-address $addr
+
+Afterwards: stop livesnap serve, then
+  LIVESNAP_DATABASE_URL='$url' $livesnap cluster down --shards $shards --ray-address $addr
+  $0 stop --dir $dir
+EOF
+}
+
+status() {
+  local addr="" pids open
+  [[ -f $dir/env.sh ]] && addr=$(sed -n 's/^export LIVESNAP_RAY_ADDRESS=//p' "$dir/env.sh")
+  pids=$(cluster_pids)
+  if [[ -z $pids ]]; then
+    echo "staging-cluster: nothing runs in $dir"
+    exit 1
+  fi
+  open=$(open_listeners "$pids")
+  echo "staging-cluster: Ray at ${addr:-?}: $(wc -w <<<"$pids") processes in $dir," \
+    "${open:+NOT }every listener on loopback"
+  [[ -z $open ]] || echo "$open"
+  if [[ -n $addr ]]; then
+    ray_env "$py" -m ray.scripts.scripts status --address "$addr"
+  fi
+}
+
+stop() {
+  local pids left="" i
+  pids=$(cluster_pids)
+  if [[ -n $pids ]]; then
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq 10); do # gcs_server and raylet can take longer than this over SIGTERM
+      sleep 0.3
+      left=$(cluster_pids)
+      [[ -z $left ]] && break
+    done
+    if [[ -n $left ]]; then
+      # shellcheck disable=SC2086
+      kill -KILL $left 2>/dev/null || true
+      for i in $(seq 20); do
+        sleep 0.3
+        left=$(cluster_pids)
+        [[ -z $left ]] && break
+      done
+    fi
+  fi
+  rm -rf "$dir/ray" "$dir/auth_token" "$dir/env.sh"
+  if [[ -n $left ]]; then
+    echo "staging-cluster: still running in $dir:" $left >&2
+    exit 1
+  fi
+  echo "staging-cluster: stopped $(wc -w <<<"$pids") processes in $dir"
+}
+
+"$action"

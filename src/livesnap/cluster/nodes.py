@@ -1,0 +1,77 @@
+"""The Ray nodes of a cluster as ``livesnap cluster status`` shows them, without Ray.
+
+``rayengine.node_status`` passes in Ray's node records (``ray.nodes()``: every node the GCS
+knows, dead ones included) and each live node's free resources; this module makes one row per
+node with the shards on it, so the rows can be built and tested from plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["HEAD_RESOURCE", "node_rows"]
+
+# Ray gives the head node this resource (and only the head)
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+def node_rows(
+    nodes: Sequence[Mapping[str, Any]], free: Mapping[str, Mapping[str, float]],
+    shards: Sequence[Mapping[str, Any]], *, resource: str = "shard",
+) -> list[dict[str, Any]]:
+    """One row per node: live nodes first (the head first), then the dead ones.
+
+    ``nodes`` are ``ray.nodes()`` records; ``free`` maps a live node's id to its free
+    resources (Ray leaves out a resource with nothing free); ``shards`` are
+    ``cluster_status`` rows, whose ``node`` places a shard that answered; ``resource`` is the
+    custom resource shards take (its total and free units; ``None`` where the node has none).
+    """
+    placed: dict[str, list[str]] = {}
+    for shard in shards:
+        if shard.get("node"):
+            placed.setdefault(str(shard["node"]), []).append(str(shard["name"]))
+    rows = []
+    for node in nodes:
+        node_id = str(node.get("NodeID", ""))
+        alive = bool(node.get("Alive", False))
+        total: Mapping[str, float] = node.get("Resources") or {}
+        known = free.get(node_id) if alive else None
+        rows.append({
+            "node_id": node_id,
+            "address": str(node.get("NodeManagerAddress", "")),
+            "alive": alive,
+            "head": HEAD_RESOURCE in total,
+            "cpu_total": _number(total.get("CPU")),
+            "cpu_free": _free(known, total, "CPU"),
+            "resource": resource,
+            "resource_total": _number(total.get(resource)) if resource else None,
+            "resource_free": _free(known, total, resource) if resource else None,
+            "shards": sorted(placed.get(node_id, []), key=_shard_order),
+            "death_reason": "" if alive else str(node.get("DeathReasonMessage") or ""),
+        })
+    rows.sort(key=lambda r: (not r["alive"], not r["head"], r["address"], r["node_id"]))
+    return rows
+
+
+def _number(value: Any) -> int | float | None:
+    """Ray's resource amounts are floats; whole ones read better as ints (``1`` CPU)."""
+    if value is None:
+        return None
+    amount = float(value)
+    return int(amount) if amount.is_integer() else amount
+
+
+def _free(known: Mapping[str, float] | None, total: Mapping[str, float], name: str
+          ) -> int | float | None:
+    """Free units of ``name``: unknown for a dead node or one not reported yet, and ``0`` for
+    a resource the node has but Ray left out of its free ones (none left)."""
+    if known is None or name not in total:
+        return None
+    return _number(known.get(name, 0.0))
+
+
+def _shard_order(name: str) -> tuple[int, str]:
+    """``shard-2`` before ``shard-10``."""
+    number = name.rpartition("-")[2]
+    return (int(number), name) if number.isdigit() else (-1, name)
