@@ -19,7 +19,6 @@ from sqlalchemy import event as sa_event
 
 from livesnap.errors import JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
-    NO_ERROR,
     SYSTEM_TEMPLATE_ID,
     ConnectMode,
     DeliveryAttempt,
@@ -379,7 +378,7 @@ async def test_update_job_applies_the_patch_and_enqueues_events(store: Store) ->
     before = job("j1", status_reason="was", last_error="boom", effective_interval_ms=5000)
     await store.create_job(before)
     ev = event("j1", type=EventType.STATUS_CHANGED)
-    patch = JobPatch(status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error=NO_ERROR)
+    patch = JobPatch(status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error=LastError.stream(""))
     after = await store.update_job("j1", patch, now_ms=T0 + 5, events=[ev])
     expected = before.evolve(
         status=JobStatus.STARTED, stream_status=StreamStatus.LIVE, last_error="", modified_ms=T0 + 5

@@ -2,7 +2,7 @@
 
 import pytest
 
-from livesnap.jobs.models import NO_ERROR, ErrorKind, LastError
+from livesnap.jobs.models import ErrorKind, LastError
 
 
 @pytest.mark.parametrize("error", [
@@ -21,7 +21,7 @@ def test_the_wire_text_is_the_prefix_and_the_message():
 
 
 def test_a_cleared_error_shows_nothing_whatever_its_kind():
-    assert NO_ERROR.text == LastError.storage("").text == LastError.quality("").text == ""
+    assert LastError.stream("").text == LastError.storage("").text == LastError.quality("").text == ""
     assert LastError.of("").kind is ErrorKind.STREAM
 
 

@@ -34,7 +34,14 @@ from livesnap.jobs import imaging, naming
 from livesnap.jobs.models import Job, SnapshotFile, Verdict
 from livesnap.jobs.ports import CaptureReport, CaptureReports
 from livesnap.jobs.schedule import TickSchedule, ticks_missed, ticks_passed
-from livesnap.outputs.base import ObjectMeta, PendingObject, SinkRouter, SpooledCapture, Upload
+from livesnap.outputs.base import (
+    ObjectMeta,
+    PendingObject,
+    Route,
+    SinkRouter,
+    SpooledCapture,
+    Upload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +146,7 @@ class Recorder:
         create_ms = self._create_ms(frame)
         numbered = job.sequence_format is not None and "{Sequence}" in job.sequence_format
         sequence = await self._reports.next_sequence(job.id) if numbered else None
-        route = self._sinks.route(
-            job.account, job.storage.storage_type.value, job.storage.endpoint, job.storage.bucket
-        )
+        route = self._route()
         stream_ms = None if frame.stream_time is None else int(frame.stream_time * 1000)
         report = CaptureReport(
             job_id=job.id, create_ms=create_ms, sequence=sequence,
@@ -177,6 +182,12 @@ class Recorder:
                     meta=ObjectMeta(content_type="application/json", cache_control="no-cache",
                                     metadata=meta)))
         return tuple(objects)
+
+    def _route(self) -> Route:
+        """Where the job's objects go (its account's route to its storage target)."""
+        storage = self.job.storage
+        return self._sinks.route(self.job.account, storage.storage_type.value,
+                                 storage.endpoint, storage.bucket)
 
     def _create_ms(self, frame: CapturedFrame) -> int:
         # Strictly increasing: the file record is unique on (job, CreateTimestamp).
@@ -218,7 +229,7 @@ class Recorder:
         """Every object of a capture is stored: write its record (the upload queue calls this),
         then settle ``LastError`` and answer the capture-now callers."""
         try:
-            file, late = await self._write_record(report)
+            file, late = await write_record(self._reports, self.job, report, self._clock)
         except FencedOut:
             await self._remove_unowned(report)
             raise
@@ -228,9 +239,6 @@ class Recorder:
                 waiter.set_result(file)
         await self._settle_errors(report, late)
 
-    async def _write_record(self, report: CaptureReport) -> tuple[SnapshotFile | None, str]:
-        return await write_record(self._reports, self.job, report, self._clock)
-
     async def _remove_unowned(self, report: CaptureReport) -> None:
         """This instance was replaced (a cluster shard another node took over): the record was
         refused, so the sequence object it would have owned goes too. The overwrite object is
@@ -239,9 +247,7 @@ class Recorder:
             return
         job = self.job
         try:
-            route = self._sinks.route(job.account, job.storage.storage_type.value,
-                                      job.storage.endpoint, job.storage.bucket)
-            await route.sink.delete(report.sequence_key)
+            await self._route().sink.delete(report.sequence_key)
         except OutputError as exc:
             logger.warning("object of a refused record not removed: %s", exc.message, extra={
                 "action": "fenced_object_left", "job_id": job.id, "key": report.sequence_key})

@@ -223,13 +223,10 @@ class LastError:
         return cls(ErrorKind.STREAM, text)
 
 
-NO_ERROR = LastError(ErrorKind.STREAM, "")
-
-
 @dataclass(frozen=True, kw_only=True)
 class JobPatch:
     """Fields a state change sets; ``None`` leaves a field as it is, ``""`` clears a text
-    (``NO_ERROR`` clears ``LastError``)."""
+    (a ``LastError`` with no message clears ``LastError``)."""
 
     status: JobStatus | None = None
     stream_status: StreamStatus | None = None

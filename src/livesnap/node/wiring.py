@@ -295,10 +295,8 @@ async def resume_spooled(
         if isinstance(upload, str):
             router.discard(spooled, upload)
             continue
-        target = job.storage
         try:
-            route = router.route(job.account, target.storage_type.value, target.endpoint,
-                                 target.bucket)
+            route = router.route(job.account, *_target(job.storage))
         except OutputError as exc:
             router.discard(spooled, exc.message)
             continue
