@@ -529,6 +529,9 @@ class ClusterSettings(_Group):
     shard, or a capture process of the process engine, is reconciled and waited for."""
 
     ray_address: str = ""  # "" = the Ray node on this host ("auto")
+    # the --temp-dir of the local Ray node to attach to, on a machine that runs several nodes
+    # of one cluster (a staging cluster); "" = Ray's choice, the head's node when it is here
+    ray_temp_dir: str = ""
     ray_namespace: str = "livesnap"
     shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}
     shard_resource: str = ""  # a custom Ray resource each shard needs one unit of

@@ -211,7 +211,7 @@ def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:
     from livesnap.shards.assign import shard_names
 
     cluster = settings.cluster
-    connect(cluster.ray_address, cluster.ray_namespace)
+    connect(cluster.ray_address, cluster.ray_namespace, cluster.ray_temp_dir)
     return RayEngine(shards=shard_names(cluster.shards), namespace=cluster.ray_namespace,
                      timeout_s=cluster.shard_call_timeout_s)
 
