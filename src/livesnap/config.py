@@ -537,6 +537,9 @@ class ClusterSettings(_Group):
     shard_resource: str = ""  # a custom Ray resource each shard needs one unit of
     shard_reconcile_s: float = Field(default=5.0, gt=0)
     shard_call_timeout_s: float = Field(default=15.0, gt=0)
+    # how often an API node checks that the shards sit fairly on the live nodes, and moves
+    # some when two checks in a row say they do not (0: never; `livesnap cluster rebalance`)
+    rebalance_s: float = Field(default=60.0, ge=0)
 
 
 class Settings(BaseModel):
