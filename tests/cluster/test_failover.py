@@ -251,8 +251,21 @@ def loopback_cluster(redis: RedisServer | None = None) -> Iterator[tuple[object,
                 psutil.Process(pid).kill()
         restore(saved)
         alive = wait_pids_alive(leftovers) if leftovers else set()
-        shutil.rmtree(short, ignore_errors=True)  # once nothing writes its session logs
+        shutil.rmtree(short, ignore_errors=True)
+        RAY_DIRS.append(short)
         assert not alive, alive
+
+
+# A second Ray session in this process made the first one's session directory again, a
+# minute after it was removed (Ray's in-process logging); removed again at the module's end
+RAY_DIRS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_ray_dirs() -> Iterator[None]:
+    yield
+    for directory in RAY_DIRS:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -671,7 +684,8 @@ def test_the_head_fails_capture_goes_on_a_new_head_takes_over_and_shards_rebalan
             placed = shards_on(after)
             assert len(placed[joined.node_id]) == 2, placed
             moved = {n for n in names if after[n]["node"] != before[n]["node"]}
-            assert len(moved) == 2, (shards_on(before), placed, log[-3000:])  # the fewest
+            fewest = sum(max(0, len(held) - 2) for held in shards_on(before).values())
+            assert len(moved) == fewest, (shards_on(before), placed, log[-3000:])
             for name in moved:  # a new instance, a new epoch; the old one writes no more
                 assert after[name]["epoch"] == before[name]["epoch"] + 1
             balanced_at = time.time()
