@@ -15,8 +15,8 @@
 # processes (SIGKILL), and start-head starts a new head on the same address with the same
 # Redis, which the other nodes and their shards reconnect to (docs/cluster.md, "When the head
 # fails"). stop ends this cluster's processes only (not `ray stop`, which ends every Ray
-# process on the machine) and removes its Ray files; DIR/data (snapshots, access keys) stays,
-# and so do the Redis keys of the cluster. Defaults: 2 workers, 6 shards,
+# process on the machine) and removes its Ray files and its keys in Redis (each start uses a
+# namespace of its own); DIR/data (snapshots, access keys) stays. Defaults: 2 workers, 6 shards,
 # DIR=${TMPDIR:-/tmp}/livesnap-staging-$UID, URL=$LIVESNAP_DATABASE_URL.
 #
 # Python: $PYTHON, else .venv/bin/python of this checkout, else python3; it needs livesnap and
@@ -24,7 +24,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -130,6 +130,7 @@ start() {
     "$py" - <<'PY'
 import json
 import os
+import secrets
 import sys
 
 from ray.cluster_utils import Cluster
@@ -142,9 +143,11 @@ node = {"num_cpus": 1, "resources": {"shard": int(os.environ["STAGING_SHARDS"])}
         "object_store_memory": 80 << 20}
 head = {**node, "include_dashboard": False, "temp_dir": f"{base}/ray", "_system_config": fast}
 redis = os.environ["STAGING_REDIS"]
+# a namespace of this start's own: a head finding another cluster's state under its
+# namespace would take that cluster over
+namespace = f"livesnap-staging-{os.getuid()}-{secrets.token_hex(4)}" if redis else ""
 if redis:  # the head's GCS keeps the cluster's state there (read as the head starts)
-    os.environ.update(RAY_REDIS_ADDRESS=redis,
-                      RAY_external_storage_namespace=f"livesnap-staging-{os.getuid()}")
+    os.environ.update(RAY_REDIS_ADDRESS=redis, RAY_external_storage_namespace=namespace)
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args=head)
 os.environ.pop("RAY_REDIS_ADDRESS", None)
 for i in range(int(os.environ["STAGING_WORKERS"])):
@@ -152,7 +155,7 @@ for i in range(int(os.environ["STAGING_WORKERS"])):
 cluster.wait_for_nodes(timeout=60)
 port = cluster.head_node._ray_params.gcs_server_port
 with open(f"{base}/head.json", "w") as f:  # what start-head needs to start the same head again
-    json.dump({**head, "gcs_server_port": port, "redis": redis}, f)
+    json.dump({**head, "gcs_server_port": port, "redis": redis, "namespace": namespace}, f)
 print(cluster.address)
 sys.stdout.flush()
 os._exit(0)  # no teardown: the nodes are meant to outlive this process
@@ -273,11 +276,10 @@ from ray.cluster_utils import Cluster
 base = os.environ["RAY_TMPDIR"]
 with open(f"{base}/head.json") as f:
     head = json.load(f)
-redis = head.pop("redis")
+redis, namespace = head.pop("redis"), head.pop("namespace")
 if not redis:
     sys.exit("the cluster was started without --redis: a new head would not find it")
-os.environ.update(RAY_REDIS_ADDRESS=redis,
-                  RAY_external_storage_namespace=f"livesnap-staging-{os.getuid()}")
+os.environ.update(RAY_REDIS_ADDRESS=redis, RAY_external_storage_namespace=namespace)
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args=head)
 print(cluster.address)
 sys.stdout.flush()
@@ -288,6 +290,23 @@ PY
     exit 1
   }
   echo "staging-cluster: a new head at ${out##*$'\n'}, with the cluster's state from Redis"
+}
+
+# The cluster's keys in its Redis (Ray keeps them as RAY<namespace>@…), with redis-cli.
+forget_redis_keys() {
+  local redis namespace host port
+  [[ -f $dir/head.json ]] || return 0
+  read -r redis namespace < <("$py" -c 'import json, sys
+h = json.load(open(sys.argv[1])); print(h.get("redis") or "-", h.get("namespace") or "-")' \
+    "$dir/head.json") || return 0
+  [[ $redis != - && $namespace != - ]] || return 0
+  if ! command -v redis-cli >/dev/null; then
+    echo "staging-cluster: redis-cli not found: the keys RAY$namespace@* stay in $redis" >&2
+    return 0
+  fi
+  host=${redis%:*} port=${redis##*:}
+  redis-cli -h "$host" -p "$port" --scan --pattern "RAY$namespace@*" |
+    xargs -r redis-cli -h "$host" -p "$port" del >/dev/null || true
 }
 
 stop() {
@@ -311,6 +330,7 @@ stop() {
       done
     fi
   fi
+  forget_redis_keys
   rm -rf "$dir/ray" "$dir"/w[0-9]* "$dir/auth_token" "$dir/env.sh" "$dir/head.json"
   if [[ -n $left ]]; then
     echo "staging-cluster: still running in $dir:" $left >&2

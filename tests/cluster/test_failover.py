@@ -175,8 +175,10 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
     finally:
         if started:
             down = staging("stop", directory)
+            keys_left = redis.keys()
         redis.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    assert keys_left == 0  # stop removed the cluster's state from Redis
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
     assert wait_until(lambda: not processes_under(directory), 10, "staging processes gone")
     assert not Path(directory, "ray").exists()
