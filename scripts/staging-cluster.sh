@@ -4,12 +4,19 @@
 # every Ray listener on loopback, Ray's token authentication on, the fast health checks.
 #
 #   scripts/staging-cluster.sh start [--workers N] [--shards S] [--database-url URL] [--dir DIR]
+#                                    [--redis HOST:PORT]
 #   scripts/staging-cluster.sh status [--dir DIR]
+#   scripts/staging-cluster.sh kill-head [--dir DIR]
+#   scripts/staging-cluster.sh start-head [--dir DIR]
 #   scripts/staging-cluster.sh stop [--dir DIR]
 #
-# start prints the livesnap commands to run against it. stop ends this cluster's processes
-# only (not `ray stop`, which ends every Ray process on the machine) and removes its Ray files;
-# DIR/data (snapshots, access keys) stays. Defaults: 2 workers, 6 shards,
+# start prints the livesnap commands to run against it. With --redis the head keeps the
+# cluster's state (Ray's GCS) in that Redis, so the head can fail: kill-head kills the head's
+# processes (SIGKILL), and start-head starts a new head on the same address with the same
+# Redis, which the other nodes and their shards reconnect to (docs/cluster.md, "When the head
+# fails"). stop ends this cluster's processes only (not `ray stop`, which ends every Ray
+# process on the machine) and removes its Ray files and its keys in Redis (each start uses a
+# namespace of its own); DIR/data (snapshots, access keys) stays. Defaults: 2 workers, 6 shards,
 # DIR=${TMPDIR:-/tmp}/livesnap-staging-$UID, URL=$LIVESNAP_DATABASE_URL.
 #
 # Python: $PYTHON, else .venv/bin/python of this checkout, else python3; it needs livesnap and
@@ -17,23 +24,25 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 action=${1:-}
-[[ $action == start || $action == status || $action == stop ]] || usage
+case $action in start | status | stop | kill-head | start-head) ;; *) usage ;; esac
 shift
 workers=2
 shards=6
 dir=${TMPDIR:-/tmp}/livesnap-staging-$(id -u)
 database_url=${LIVESNAP_DATABASE_URL:-}
+redis=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --workers) workers=${2:?}; shift 2 ;;
     --shards) shards=${2:?}; shift 2 ;;
     --database-url) database_url=${2:?}; shift 2 ;;
     --dir) dir=${2:?}; shift 2 ;;
+    --redis) redis=${2:?}; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -109,14 +118,19 @@ start() {
     echo "staging-cluster: a staging cluster runs in $dir already (stop it first)" >&2
     exit 1
   fi
-  rm -rf "$dir/ray" "$dir/auth_token" "$dir/env.sh"
+  rm -rf "$dir/ray" "$dir"/w[0-9]* "$dir/auth_token" "$dir/env.sh" "$dir/head.json"
   (umask 077 && "$py" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$dir/auth_token")
   # `ray start` refuses to add a worker node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, so the
-  # nodes come from ray.cluster_utils.Cluster, which starts each node's processes as
-  # `ray start` does; shutdown_at_exit=False leaves them running when this Python exits.
+  # nodes come from ray.cluster_utils.Cluster, which starts each node's processes as `ray start`
+  # does; shutdown_at_exit=False leaves them running when this Python exits. Each worker has a
+  # temp directory of its own (DIR/wN), so that the head's processes are those under DIR/ray
+  # (kill-head) and a livesnap process can attach to a worker (LIVESNAP_RAY_TEMP_DIR).
   local out
-  out=$(ray_env STAGING_WORKERS="$workers" STAGING_SHARDS="$shards" "$py" - <<'PY'
+  out=$(ray_env STAGING_WORKERS="$workers" STAGING_SHARDS="$shards" STAGING_REDIS="$redis" \
+    "$py" - <<'PY'
+import json
 import os
+import secrets
 import sys
 
 from ray.cluster_utils import Cluster
@@ -127,11 +141,21 @@ fast = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500,
         "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 node = {"num_cpus": 1, "resources": {"shard": int(os.environ["STAGING_SHARDS"])},
         "object_store_memory": 80 << 20}
-cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-    **node, "include_dashboard": False, "temp_dir": f"{base}/ray", "_system_config": fast})
-for _ in range(int(os.environ["STAGING_WORKERS"])):
-    cluster.add_node(**node)
+head = {**node, "include_dashboard": False, "temp_dir": f"{base}/ray", "_system_config": fast}
+redis = os.environ["STAGING_REDIS"]
+# a namespace of this start's own: a head finding another cluster's state under its
+# namespace would take that cluster over
+namespace = f"livesnap-staging-{os.getuid()}-{secrets.token_hex(4)}" if redis else ""
+if redis:  # the head's GCS keeps the cluster's state there (read as the head starts)
+    os.environ.update(RAY_REDIS_ADDRESS=redis, RAY_external_storage_namespace=namespace)
+cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args=head)
+os.environ.pop("RAY_REDIS_ADDRESS", None)
+for i in range(int(os.environ["STAGING_WORKERS"])):
+    cluster.add_node(**node, temp_dir=f"{base}/w{i + 1}")
 cluster.wait_for_nodes(timeout=60)
+port = cluster.head_node._ray_params.gcs_server_port
+with open(f"{base}/head.json", "w") as f:  # what start-head needs to start the same head again
+    json.dump({**head, "gcs_server_port": port, "redis": redis, "namespace": namespace}, f)
 print(cluster.address)
 sys.stdout.flush()
 os._exit(0)  # no teardown: the nodes are meant to outlive this process
@@ -149,6 +173,9 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$dir/auth_token
 export RAY_USAGE_STATS_ENABLED=0
 export LIVESNAP_RAY_ADDRESS=$addr
 EOF
+  # livesnap's own Ray drivers on the first worker, not on the head: they outlive the head
+  [[ $workers -eq 0 ]] || echo "export LIVESNAP_RAY_TEMP_DIR=$dir/w1   # attach to worker 1" \
+    >>"$dir/env.sh"
   local pids open
   pids=$(cluster_pids)
   open=$(open_listeners "$pids")
@@ -172,6 +199,10 @@ the nodes share the local storage in $dir/data:
       --ray-address $addr --database-url '$url' --data-dir $dir/data
   $livesnap cluster status --shards $shards --ray-address $addr
 
+${redis:+The head keeps the cluster's state in Redis at $redis: to see capture go on without
+it, $0 kill-head --dir $dir, and after a while
+$0 start-head --dir $dir (within 60 s: Ray's nodes give up on the head after that).
+}
 Afterwards: stop livesnap serve, then
   LIVESNAP_DATABASE_URL='$url' $livesnap cluster down --shards $shards --ray-address $addr
   $0 stop --dir $dir
@@ -190,9 +221,92 @@ status() {
   echo "staging-cluster: Ray at ${addr:-?}: $(wc -w <<<"$pids") processes in $dir," \
     "${open:+NOT }every listener on loopback"
   [[ -z $open ]] || echo "$open"
-  if [[ -n $addr ]]; then
+  if [[ -z $(head_pids) ]]; then
+    echo "staging-cluster: the head is down (start-head starts a new one)"
+  elif [[ -n $addr ]]; then
     ray_env "$py" -m ray.scripts.scripts status --address "$addr"
   fi
+}
+
+# The head's processes: this cluster's whose files are under DIR/ray (each worker has its own
+# temp directory).
+head_pids() {
+  local pid
+  for pid in $(cluster_pids); do
+    if grep -qzF "$dir/ray/" "/proc/$pid/cmdline" 2>/dev/null ||
+      [[ -n $(find "/proc/$pid/fd" -maxdepth 1 -lname "$dir/ray/*" -print -quit 2>/dev/null) ]]; then
+      echo "$pid"
+    fi
+  done
+}
+
+kill_head() {
+  local pids i
+  pids=$(head_pids)
+  if [[ -z $pids ]]; then
+    echo "staging-cluster: no head runs in $dir" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  for i in $(seq 20); do
+    [[ -z $(head_pids) ]] && break
+    sleep 0.2
+  done
+  echo "staging-cluster: killed the head's $(wc -w <<<"$pids") processes (SIGKILL)"
+}
+
+start_head() {
+  if [[ ! -f $dir/head.json ]]; then
+    echo "staging-cluster: no cluster was started in $dir" >&2
+    exit 1
+  fi
+  if [[ -n $(head_pids) ]]; then
+    echo "staging-cluster: the head runs already (kill-head first)" >&2
+    exit 1
+  fi
+  local out
+  out=$(ray_env "$py" - <<'PY'
+import json
+import os
+import sys
+
+from ray.cluster_utils import Cluster
+
+base = os.environ["RAY_TMPDIR"]
+with open(f"{base}/head.json") as f:
+    head = json.load(f)
+redis, namespace = head.pop("redis"), head.pop("namespace")
+if not redis:
+    sys.exit("the cluster was started without --redis: a new head would not find it")
+os.environ.update(RAY_REDIS_ADDRESS=redis, RAY_external_storage_namespace=namespace)
+cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args=head)
+print(cluster.address)
+sys.stdout.flush()
+os._exit(0)
+PY
+  ) || {
+    echo "staging-cluster: the new head did not start (logs: $dir/ray/session_latest/logs)" >&2
+    exit 1
+  }
+  echo "staging-cluster: a new head at ${out##*$'\n'}, with the cluster's state from Redis"
+}
+
+# The cluster's keys in its Redis (Ray keeps them as RAY<namespace>@…), with redis-cli.
+forget_redis_keys() {
+  local redis namespace host port
+  [[ -f $dir/head.json ]] || return 0
+  read -r redis namespace < <("$py" -c 'import json, sys
+h = json.load(open(sys.argv[1])); print(h.get("redis") or "-", h.get("namespace") or "-")' \
+    "$dir/head.json") || return 0
+  [[ $redis != - && $namespace != - ]] || return 0
+  if ! command -v redis-cli >/dev/null; then
+    echo "staging-cluster: redis-cli not found: the keys RAY$namespace@* stay in $redis" >&2
+    return 0
+  fi
+  host=${redis%:*} port=${redis##*:}
+  redis-cli -h "$host" -p "$port" --scan --pattern "RAY$namespace@*" |
+    xargs -r redis-cli -h "$host" -p "$port" del >/dev/null || true
 }
 
 stop() {
@@ -216,7 +330,8 @@ stop() {
       done
     fi
   fi
-  rm -rf "$dir/ray" "$dir/auth_token" "$dir/env.sh"
+  forget_redis_keys
+  rm -rf "$dir/ray" "$dir"/w[0-9]* "$dir/auth_token" "$dir/env.sh" "$dir/head.json"
   if [[ -n $left ]]; then
     echo "staging-cluster: still running in $dir:" $left >&2
     exit 1
@@ -224,4 +339,8 @@ stop() {
   echo "staging-cluster: stopped $(wc -w <<<"$pids") processes in $dir"
 }
 
-"$action"
+case $action in
+  kill-head) kill_head ;;
+  start-head) start_head ;;
+  *) "$action" ;;
+esac

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium
+  # the cluster test's Redis, which keeps Ray's GCS state so that the head can be replaced
+  redis-server
   # RTMPS in the tests: nginx's stream module ends TLS in front of nginx-rtmp
   libnginx-mod-stream
   # the RTSP camera of the tests: GStreamer's RTSP server, driven from the system python3
@@ -15,7 +17,7 @@ PACKAGES=(ffmpeg nginx libnginx-mod-rtmp postgresql chromium
 system_deps_present() {
   [[ -x /usr/bin/ffmpeg && -x /usr/sbin/nginx && -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] &&
     [[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] &&
-    [[ -x /usr/bin/chromium ]] &&
+    [[ -x /usr/bin/chromium && -x /usr/bin/redis-server ]] &&
     compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null &&
     compgen -G '/usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib' >/dev/null &&
     compgen -G '/usr/lib/*/gstreamer-1.0/libgstx264.so' >/dev/null &&

@@ -23,7 +23,7 @@ from livesnap.config import (
     parse_access_keys,
     storage_account_problem,
 )
-from livesnap.errors import ClusterMismatch, StoreError
+from livesnap.errors import ClusterMismatch, RebalanceRefused, StoreError
 from livesnap.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -224,7 +224,8 @@ def _connect(settings: Settings) -> None:
     except ImportError as exc:
         raise _fail(f"Ray is not installed ({exc.name}): pip install 'livesnap[ray]'") from None
     try:
-        connect(settings.cluster.ray_address, settings.cluster.ray_namespace)
+        connect(settings.cluster.ray_address, settings.cluster.ray_namespace,
+                settings.cluster.ray_temp_dir)
     except (ConnectionError, RuntimeError) as exc:
         raise _fail(f"cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
 
@@ -279,19 +280,64 @@ def cluster_status_cmd(
     settings = _settings(shards=shards, ray_address=ray_address, shard_resource=resource)
     setup_logging(level="WARNING", json_lines=settings.server.log_json)
     _connect(settings)
-    from livesnap.cluster.rayengine import cluster_status, node_status
+    from livesnap.cluster.rayengine import cluster_status, gcs_storage, node_status
     from livesnap.shards.assign import shard_names
 
     rows = cluster_status(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
     nodes = node_status(rows, settings.cluster.shard_resource or "shard")
+    storage = gcs_storage()
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, default=str))
-        typer.echo(json.dumps({"nodes": nodes}, default=str))
+        typer.echo(json.dumps({"nodes": nodes, "gcs_storage": storage}, default=str))
     else:
         _print_status(rows)
         typer.echo()
         stdout_console().print(node_table(nodes))
+        typer.echo(gcs_line(storage))
+
+
+def gcs_line(storage: str) -> str:
+    """One line on whether the cluster survives the loss of its head (docs/cluster.md, "When
+    the head fails")."""
+    if storage == "redis":
+        return ("GCS: fault tolerant (Redis): the shards keep capturing while the head is "
+                "down; start it again with the same Redis")
+    if storage == "memory":
+        return ("GCS: in memory, NOT fault tolerant: if the head fails, every shard stops "
+                "about 60 s later (docs/cluster.md, \"When the head fails\")")
+    return f"GCS: {storage or 'storage unknown'}"
+
+
+@cluster_app.command("rebalance")
+def cluster_rebalance(
+    shards: Annotated[int | None, typer.Option(help=SHARDS_HELP)] = None,
+    ray_address: Annotated[str | None, typer.Option(help=RAY_ADDRESS_HELP)] = None,
+    resource: Annotated[str | None, typer.Option(
+        help="The custom Ray resource shards take: only nodes with units of it take shards, "
+             "as many as they have (env LIVESNAP_SHARD_RESOURCE).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the moves, make none.")] = False,
+) -> None:
+    """Move shards so that every live node holds a fair share (the floor or the ceiling of
+    shards/nodes), one shard at a time: its jobs pause for a tick or two while it moves."""
+    settings = _settings(shards=shards, ray_address=ray_address, shard_resource=resource)
+    setup_logging(level="WARNING", json_lines=settings.server.log_json)
+    _connect(settings)
+    from livesnap.cluster.rayengine import rebalance
+    from livesnap.node.shardhost import ShardHost
+    from livesnap.shards.assign import shard_names
+
+    try:
+        moves = rebalance(ShardHost, shard_names(settings.cluster.shards),
+                          settings.cluster.ray_namespace, resource=settings.cluster.shard_resource,
+                          dry_run=dry_run, report=lambda line: typer.echo(f"livesnap: {line}"))
+    except RebalanceRefused as exc:
+        raise _fail(str(exc)) from None
+    if not moves:
+        typer.echo("livesnap: every node holds a fair share already; nothing to move")
+    elif not dry_run:
+        typer.echo(f"livesnap: moved {len(moves)} shard(s)")
 
 
 @cluster_app.command("down")

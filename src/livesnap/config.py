@@ -529,11 +529,17 @@ class ClusterSettings(_Group):
     shard, or a capture process of the process engine, is reconciled and waited for."""
 
     ray_address: str = ""  # "" = the Ray node on this host ("auto")
+    # the --temp-dir of the local Ray node to attach to, on a machine that runs several nodes
+    # of one cluster (a staging cluster); "" = Ray's choice, the head's node when it is here
+    ray_temp_dir: str = ""
     ray_namespace: str = "livesnap"
     shards: int = Field(default=4, ge=1, le=1024)  # shard-0 … shard-{N-1}
     shard_resource: str = ""  # a custom Ray resource each shard needs one unit of
     shard_reconcile_s: float = Field(default=5.0, gt=0)
     shard_call_timeout_s: float = Field(default=15.0, gt=0)
+    # how often an API node checks that the shards sit fairly on the live nodes, and moves
+    # some when two checks in a row say they do not (0: never; `livesnap cluster rebalance`)
+    rebalance_s: float = Field(default=60.0, ge=0)
 
 
 class Settings(BaseModel):

@@ -95,6 +95,10 @@ class ClusterMismatch(LivesnapError):
     """A node's setting differs from the one every node of its cluster shares."""
 
 
+class RebalanceRefused(LivesnapError):
+    """The shards were not rebalanced: not every shard is running."""
+
+
 class ShardUnavailable(LivesnapError):
     """The job's capture shard is starting, moving or was replaced; the command was not
     carried out (the shard applies the job's stored state when it is back)."""

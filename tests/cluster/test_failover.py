@@ -38,7 +38,7 @@ import psutil
 import pytest
 from alibabacloud_ice20201109 import models as m
 
-from tests.support.servers import REPO_ROOT, Publisher, RtmpOrigin
+from tests.support.servers import REPO_ROOT, Publisher, RedisServer, RtmpOrigin
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
 from tests.support.waiting import wait_until
 
@@ -100,8 +100,10 @@ def processes_under(directory: str) -> list[str]:
 def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it() -> None:
     directory = tempfile.mkdtemp(prefix="ls")  # Ray's socket paths under it must stay short
     started = False
+    redis = RedisServer().start()
     try:
-        up = staging("start", directory, "--workers", "2", "--shards", "4")
+        up = staging("start", directory, "--workers", "2", "--shards", "4",
+                     "--redis", redis.address)
         started = True
         assert up.returncode == 0, up.stderr[-3000:]
         assert "a head and 2 worker node(s)" in up.stdout, up.stdout
@@ -155,34 +157,91 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
         assert refused.returncode == 2
         assert "cannot join the Ray cluster: Failed to connect" in refused.stderr
         assert "RAY_AUTH_MODE=token" in refused.stderr.splitlines()[-1]
+
+        # --redis: the head can be killed and a new one started in its place
+        assert json.loads(status.stdout.splitlines()[-1])["gcs_storage"] == "redis"
+        killed = staging("kill-head", directory)
+        assert killed.returncode == 0 and "killed the head's" in killed.stdout, killed.stderr
+        assert "the head is down" in staging("status", directory).stdout
+        again = staging("start-head", directory)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"a new head at {address}" in again.stdout
+        status = livesnap("cluster", "status", "--shards", "4", "--ray-address", address,
+                          "--json", env=token)
+        assert status.returncode == 0, status.stderr[-3000:]
+        nodes = json.loads(status.stdout.splitlines()[-1])["nodes"]
+        assert [(n["alive"], n["head"]) for n in nodes] == [
+            (True, True), (True, False), (True, False), (False, False)], nodes
     finally:
         if started:
             down = staging("stop", directory)
+            keys_left = redis.keys()
+        redis.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    assert keys_left == 0  # stop removed the cluster's state from Redis
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
     assert wait_until(lambda: not processes_under(directory), 10, "staging processes gone")
     assert not Path(directory, "ray").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
+NODE_ARGS = {"num_cpus": 1, "resources": {"shard": 10}, "object_store_memory": 80 << 20}
+
+
+def head_args(short: str) -> dict[str, object]:
+    return {**NODE_ARGS, "include_dashboard": False, "temp_dir": f"{short}/ray",
+            "_system_config": FAST_CHECKS}
+
+
+@contextlib.contextmanager
+def redis_backed(redis: RedisServer | None) -> Iterator[None]:
+    """Ray's GCS fault tolerance for a head started inside: its state in ``redis`` (the
+    head's process reads ``RAY_REDIS_ADDRESS`` as it starts; the namespace keeps the keys of
+    this cluster apart from any other's in the same Redis)."""
+    if redis is None:
+        yield
+        return
+    keys = {"RAY_REDIS_ADDRESS": redis.address,
+            "RAY_external_storage_namespace": "livesnap-test"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        restore(saved)
+
+
+def restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@contextlib.contextmanager
+def loopback_cluster(redis: RedisServer | None = None) -> Iterator[tuple[object, list[object], str]]:
+    """A head and 2 workers on loopback (the fast health checks), this process a driver.
+
+    With ``redis``, the head is fault tolerant, and the first worker has a temp directory of
+    its own, for every driver to attach to it (``LIVESNAP_RAY_TEMP_DIR``) instead of to the
+    head: a driver dies with the node it is attached to, and the head is to be killed."""
     from ray.cluster_utils import Cluster
 
     before = ray_pids()
     short = tempfile.mkdtemp(prefix="lr")  # AF_UNIX paths under it must stay short
     saved = {k: os.environ.get(k) for k in [*RAY_ENV, "RAY_TMPDIR"]}
     os.environ.update(RAY_ENV, RAY_TMPDIR=short)
-    node_args = {"num_cpus": 1, "resources": {"shard": 10}, "object_store_memory": 80 << 20}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **node_args, "include_dashboard": False, "temp_dir": f"{short}/ray",
-        "_system_config": FAST_CHECKS})
-    workers = [cluster.add_node(**node_args) for _ in range(2)]
+    with redis_backed(redis):
+        cluster = Cluster(initialize_head=True, head_node_args=head_args(short))
+    workers = [cluster.add_node(**NODE_ARGS, **(
+        {"temp_dir": f"{short}/w0"} if redis is not None and i == 0 else {})) for i in range(2)]
     cluster.wait_for_nodes()
     nodes = [cluster.head_node, *workers]
     assert {node.node_ip_address for node in nodes} == {"127.0.0.1"}
     open_ports = listening(nodes)
     assert open_ports and all(ip in LOOPBACK for ip, _ in open_ports), open_ports
-    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False,
+             _temp_dir=f"{short}/w0" if redis is not None else None)
     try:
         yield cluster, workers, short
     finally:
@@ -192,13 +251,37 @@ def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
         for pid in leftovers:  # agents reparented to init survive shutdown
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore(saved)
+        alive = wait_pids_alive(leftovers) if leftovers else set()
         shutil.rmtree(short, ignore_errors=True)
-        assert leftovers == set() or not wait_pids_alive(leftovers), leftovers
+        RAY_DIRS.append(short)
+        assert not alive, alive
+
+
+# A second Ray session in this process made the first one's session directory again, a
+# minute after it was removed (Ray's in-process logging); removed again at the module's end
+RAY_DIRS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_ray_dirs() -> Iterator[None]:
+    yield
+    for directory in RAY_DIRS:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[tuple[object, list[object], str]]:
+    """Per test, so that no two Ray clusters ever run side by side."""
+    with loopback_cluster() as made:
+        yield made
+
+
+@pytest.fixture
+def ft_cluster() -> Iterator[tuple[object, list[object], str, RedisServer]]:
+    """A cluster whose head is fault tolerant (GCS state in a Redis of its own)."""
+    with RedisServer() as redis, loopback_cluster(redis) as (cluster, workers, short):
+        yield cluster, workers, short, redis
 
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
@@ -264,6 +347,11 @@ class PgReader:
     def newest_ms(self, job_id: str) -> int:
         rows = self._rows("SELECT max(create_ms) FROM files WHERE job_id = $1", job_id)
         return int(rows[0][0] or 0)
+
+    def records_after(self, job_id: str, after_ms: float) -> int:
+        rows = self._rows("SELECT count(*) FROM files WHERE job_id = $1 AND create_ms > $2",
+                          job_id, int(after_ms))
+        return int(rows[0][0])
 
     def first_after_ms(self, job_id: str, after_ms: float) -> int:
         rows = self._rows("SELECT min(create_ms) FROM files WHERE job_id = $1 AND create_ms > $2",
@@ -340,7 +428,7 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
            "LIVESNAP_DATABASE_URL": postgres_url, "LIVESNAP_RW_TIMEOUT_S": "2",
            "LIVESNAP_RECONNECT_MAX_S": "2", "LIVESNAP_SHARD_RECONCILE_S": "1",
            # one host: every node shares the data directory, so the local fallback is one place
-           "LIVESNAP_STORAGE_FALLBACK": "true",
+           "LIVESNAP_STORAGE_FALLBACK": "true", "LIVESNAP_REBALANCE_S": "0",
            "RAY_TMPDIR": short, **RAY_ENV}
     up = livesnap("cluster", "up", "--resource", "shard", env=env, data_dir=data_dir)
     assert up.returncode == 0, up.stderr
@@ -466,3 +554,174 @@ def livesnap(*args: str, env: dict[str, str], data_dir: Path | None = None
     extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
     return subprocess.run([sys.executable, "-m", "livesnap", *args, *extra],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+
+# without a head for longer than a tick and its keyframe (5 s + a GOP of 2 s): a record of
+# every job on the other nodes in that time shows that they kept capturing
+HEAD_DOWN_S = 8
+
+
+def shards_on(rows: dict[str, dict[str, object]]) -> dict[str, list[str]]:
+    """node id → the shards running on it."""
+    placed: dict[str, list[str]] = {}
+    for name, row in rows.items():
+        placed.setdefault(str(row.get("node", "")), []).append(name)
+    return placed
+
+
+def test_the_head_fails_capture_goes_on_a_new_head_takes_over_and_shards_rebalance(
+    ft_cluster, streams, postgres_url, tmp_path
+):
+    """The head (GCS and raylet) is killed hard; the shards on the other nodes keep capturing;
+    a new head started with the same Redis finds the cluster again, the head's shards restart
+    on live nodes, new jobs start. Then a worker dies and a new one joins: an API node's
+    automatic rebalance moves shards onto it until every node holds two, each moved shard's
+    old instance stopped before its new one writes. No record twice."""
+    cluster, workers, short, redis = ft_cluster
+    origin, _ = streams
+    from livesnap.cluster.rayengine import cluster_status
+    from livesnap.shards.assign import owner, shard_names
+
+    names = shard_names(SHARDS)
+    data_dir = tmp_path / "data"
+    env = {"LIVESNAP_ENGINE": "ray", "LIVESNAP_RAY_ADDRESS": cluster.address,
+           "LIVESNAP_RAY_NAMESPACE": NAMESPACE, "LIVESNAP_SHARDS": str(SHARDS),
+           "LIVESNAP_RAY_TEMP_DIR": f"{short}/w0",  # every driver on a worker, none on the head
+           "LIVESNAP_DATABASE_URL": postgres_url, "LIVESNAP_RW_TIMEOUT_S": "2",
+           "LIVESNAP_RECONNECT_MAX_S": "2", "LIVESNAP_SHARD_RECONCILE_S": "1",
+           "LIVESNAP_STORAGE_FALLBACK": "true", "LIVESNAP_REBALANCE_S": "0",
+           "RAY_TMPDIR": short, **RAY_ENV}
+    figures: dict[str, float] = {}
+    up = livesnap("cluster", "up", "--resource", "shard", env=env, data_dir=data_dir)
+    assert up.returncode == 0, up.stderr
+    pg = PgReader(postgres_url)
+    with LivesnapServer(data_dir, env=env) as server:
+        rows = {r["name"]: r for r in cluster_status(names, NAMESPACE)}
+        head_id = cluster.head_node.node_id
+        on_head = set(shards_on(rows).get(head_id, []))
+        assert on_head and len(shards_on(rows)) == 3, rows  # SPREAD: 2 on each node
+        client = ice_client(server.endpoint)
+        template = client.create_live_snapshot_template(m.CreateLiveSnapshotTemplateRequest(
+            template_name="ft", time_interval=INTERVAL_S,
+            sequence_format="{JobId}/{Sequence}.jpg")).body.template_id
+
+        def submit(i: int) -> str:
+            return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
+                job_name=f"ft{i}", template_id=template,
+                stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(
+                    type="rtmp", url=origin.url(f"cl-{i % STREAMS}")),
+                snapshot_output=m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+                    storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com",
+                    bucket="bucket-1"),
+            )).body.job_id
+
+        jobs = {job_id: owner(job_id, names) for job_id in map(submit, range(12))}
+        wait_until(lambda: len(pg.jobs_with_files()) == len(jobs), 60, "every job has a snapshot")
+        head_jobs = [j for j, s in jobs.items() if s in on_head]
+        other_jobs = [j for j, s in jobs.items() if s not in on_head]
+        assert head_jobs and other_jobs, jobs
+
+        with ApiWatch(client, other_jobs[0]) as watch:
+            # 1. the head dies: GCS, raylet and its shards, at once
+            gcs_port = cluster.head_node._ray_params.gcs_server_port
+            killed_at = time.time()
+            cluster.remove_node(cluster.head_node, allow_graceful=False)
+            # a command to a shard on another node goes straight to its process
+            acs = core_client(server.endpoint)
+            shot = json.loads(acs.do_action_with_exception(core_request(
+                "SendLiveSnapshotJobCommand", "POST",
+                body={"JobId": other_jobs[0], "Command": "capture"})))
+            assert shot["Snapshot"]["OssObject"], shot
+            figures["capture_now_headless_s"] = time.time() - killed_at
+            time.sleep(max(0.0, killed_at + HEAD_DOWN_S - time.time()))
+            # the shards on the other nodes kept capturing, every job of theirs
+            counts = {j: pg.records_after(j, killed_at * 1000) for j in other_jobs}
+            assert all(n >= 1 for n in counts.values()), counts
+            figures["records_while_headless"] = sum(counts.values())
+
+            # 2. a new head on the same address with the same Redis
+            restarted_at = time.time()
+            with redis_backed(redis):
+                cluster.add_node(**head_args(short), gcs_server_port=gcs_port)
+            figures["new_head_start_s"] = time.time() - restarted_at
+            shown = livesnap("cluster", "status", "--json", env=env)
+            assert shown.returncode == 0, shown.stderr[-3000:]
+            figures["status_answers_s"] = time.time() - restarted_at
+            *status, last = [json.loads(line) for line in shown.stdout.splitlines()]
+            assert [r["name"] for r in status] == names and last["gcs_storage"] == "redis"
+            nodes = {n["node_id"]: n for n in last["nodes"]}
+            assert not nodes[head_id]["alive"], nodes[head_id]
+            assert [n["head"] for n in last["nodes"] if n["alive"]] == [True, False, False]
+            # the old head's shards restart on live nodes and their jobs capture again
+            resumed = wait_until(
+                lambda: all(pg.first_after_ms(j, restarted_at * 1000) for j in head_jobs) and
+                max(pg.first_after_ms(j, restarted_at * 1000) for j in head_jobs),
+                60, "the head's jobs capture again")
+            figures["head_jobs_capture_again_s"] = resumed / 1000 - restarted_at
+            rows = {r["name"]: r for r in cluster_status(names, NAMESPACE)}
+            assert all(r["state"] == "running" for r in rows.values()), rows
+            assert all(rows[n]["restarted"] for n in on_head)
+            # ... the other shards were never interrupted: the same instances
+            assert all(not rows[n]["restarted"] and rows[n]["epoch"] == 1
+                       for n in names if n not in on_head), rows
+            # ... and a new job starts and captures
+            started = time.time()
+            new_job = submit(12)
+            jobs[new_job] = owner(new_job, names)
+            wait_until(lambda: pg.newest_ms(new_job), 30, "the new job captures")
+            figures["new_job_first_snapshot_s"] = time.time() - started
+
+            # 3. a worker (not the drivers' own) dies: its shards pile onto the others; a new
+            # node joins, empty, and an API node's automatic rebalance moves shards onto it
+            victim = workers[1]
+            cluster.remove_node(victim, allow_graceful=False)
+            wait_until(lambda: all(r["state"] == "running" and r["node"] != victim.node_id
+                                   for r in cluster_status(names, NAMESPACE)),
+                       30, "the victim's shards run elsewhere")
+            joined_at = time.time()
+            joined = cluster.add_node(**NODE_ARGS)
+            before = {r["name"]: r for r in cluster_status(names, NAMESPACE)}
+            assert joined.node_id not in shards_on(before)
+            balancing = {**env, "LIVESNAP_REBALANCE_S": "1"}  # this API node checks each second
+            with LivesnapServer(tmp_path / "data2", env=balancing) as balancer:
+                after = wait_until(lambda: (rows := {r["name"]: r for r in cluster_status(
+                    names, NAMESPACE)}) and all(r["state"] == "running" for r in rows.values())
+                    and sorted(map(len, shards_on(rows).values())) == [2, 2, 2] and rows,
+                    60, "every node holds two shards")
+                figures["rebalanced_after_join_s"] = time.time() - joined_at
+                log = balancer.log()
+            placed = shards_on(after)
+            assert len(placed[joined.node_id]) == 2, placed
+            moved = {n for n in names if after[n]["node"] != before[n]["node"]}
+            fewest = sum(max(0, len(held) - 2) for held in shards_on(before).values())
+            assert len(moved) == fewest, (shards_on(before), placed, log[-3000:])
+            for name in moved:  # a new instance, a new epoch; the old one writes no more
+                assert after[name]["epoch"] == before[name]["epoch"] + 1
+            balanced_at = time.time()
+            moved_jobs = [j for j, s in jobs.items() if s in moved]
+            resumed = wait_until(
+                lambda: all(pg.first_after_ms(j, balanced_at * 1000) for j in moved_jobs) and
+                max(pg.first_after_ms(j, balanced_at * 1000) for j in moved_jobs),
+                60, "the moved jobs capture again")
+            figures["moved_jobs_capture_again_s"] = resumed / 1000 - balanced_at
+            stale = pg.records_by([f"{n}:{before[n]['epoch']}" for n in moved],
+                                  after_ms=int(balanced_at * 1000))
+            assert stale == [], f"records written by moved shards' old instances: {stale}"
+            # the first API node holds handles of the moved shards' old instances: its
+            # commands look the shards up again
+            for command in ("stop", "start"):
+                client.send_live_snapshot_job_command(m.SendLiveSnapshotJobCommandRequest(
+                    job_id=moved_jobs[0], command=command))
+            restarted_ms = time.time() * 1000
+            wait_until(lambda: pg.first_after_ms(moved_jobs[0], restarted_ms), 30,
+                       "the job restarted through the moved shard captures")
+            # the command finds nothing left to do
+            again = livesnap("cluster", "rebalance", "--dry-run", env=env)
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert "nothing to move" in again.stdout, again.stdout
+
+        assert watch.failures == [] and watch.calls > 20, (watch.calls, watch.failures[:5])
+        assert pg.duplicate_keys() == []
+        print(json.dumps({k: round(v, 1) for k, v in figures.items()}))
+    down = livesnap("cluster", "down", env=env)
+    assert down.returncode == 0, down.stderr

@@ -47,6 +47,22 @@ async def test_the_first_value_stored_is_the_clusters_even_when_two_nodes_race(u
         await second.close()
 
 
+async def test_one_node_at_a_time_holds_a_lease_until_it_runs_out(url: str):
+    first, second = await open_sql_store(url), await open_sql_store(url, migrate=False)
+    try:
+        won = await asyncio.gather(first.take_lease("rebalance", "a", T0, T0 + 100),
+                                   second.take_lease("rebalance", "b", T0, T0 + 100))
+        assert sorted(won) == [False, True]  # two nodes at once: one gets it
+        holder, other = ("a", "b") if won[0] else ("b", "a")
+        assert await first.take_lease("rebalance", holder, T0 + 50, T0 + 150)  # renewed
+        assert not await first.take_lease("rebalance", other, T0 + 149, T0 + 250)
+        assert await first.take_lease("rebalance", other, T0 + 151, T0 + 250)  # ran out
+        assert await first.agree("rebalance-other", "x", T0) == "x"  # settings apart
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_a_node_with_another_shard_count_or_namespace_is_refused(url: str, tmp_path: Path):
     store = await open_sql_store(url)
     try:

@@ -960,3 +960,78 @@ def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Redis (Debian's redis-server): the store of Ray's GCS fault tolerance in the cluster test
+# --------------------------------------------------------------------------------------------
+
+
+class RedisServer(_Managed):
+    """A throw-away Redis on a free loopback port, nothing persisted (``--save ''``)."""
+
+    def __init__(self, *, start_timeout: float = 10.0) -> None:
+        self.start_timeout = start_timeout
+        self.port = 0
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>``, as ``RAY_REDIS_ADDRESS`` takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, attempts: int = 3) -> Self:
+        binary = require_binary("redis-server", "redis-server")
+        self.directory = Path(tempfile.mkdtemp(prefix="livesnap-redis-"))
+        for attempt in range(attempts):
+            self.port = free_port()
+            log = self.directory / "redis.log"
+            self._proc = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+                 "--logfile", str(log)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if self.ping():
+                    return self
+                time.sleep(0.05)
+            failed = _tail(log)
+            self.stop(keep_directory=True)
+            if "in use" not in failed or attempt == attempts - 1:
+                raise RuntimeError(f"redis-server did not start:\n{failed}")
+        raise AssertionError("unreachable")
+
+    def ping(self) -> bool:
+        """True if Redis answers ``PING`` (spoken by hand: no client library needed)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def keys(self) -> int:
+        """How many keys Redis holds (``DBSIZE``)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"DBSIZE\r\n")
+            return int(sock.recv(64).strip().lstrip(b":"))
+
+    def stop(self, *, keep_directory: bool = False) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(5)
+            self._proc = None
+        if self.directory is not None and not keep_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None

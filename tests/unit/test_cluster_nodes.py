@@ -13,7 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from livesnap import cli
-from livesnap.cluster.nodes import node_rows
+from livesnap.cluster.nodes import node_rows, plan_rebalance
+from livesnap.errors import RebalanceRefused
 
 HEAD, WORKER, GONE, NEW = ("a1" * 28, "b2" * 28, "c3" * 28, "d4" * 28)
 # what ray.nodes() gives (Ray 2.60), trimmed to the fields that matter plus a few that do not
@@ -94,7 +95,8 @@ def test_the_node_table_fits_80_columns_with_ids_states_and_shard_names_whole() 
 def fake_ray(monkeypatch):
     """``livesnap.cluster.rayengine`` replaced: no Ray, the records above."""
     engine = types.ModuleType("livesnap.cluster.rayengine")
-    engine.connect = lambda address, namespace: None
+    engine.connect = lambda address, namespace, temp_dir="": None
+    engine.gcs_storage = lambda: "memory"
     engine.cluster_status = lambda names, namespace: [dict(r) for r in SHARD_ROWS]
     engine.node_status = lambda shards, resource: node_rows(NODES, FREE, shards,
                                                              resource=resource)
@@ -108,7 +110,8 @@ def test_status_json_keeps_a_line_per_shard_and_adds_one_nodes_line(fake_ray) ->
     lines = [json.loads(line) for line in done.output.splitlines()]
     *shards, last = lines
     assert shards == SHARD_ROWS  # the shard rows as before, every key kept
-    assert list(last) == ["nodes"]
+    assert list(last) == ["nodes", "gcs_storage"]
+    assert last["gcs_storage"] == "memory"
     assert [(n["node_id"], n["alive"], n["shards"]) for n in last["nodes"]] == [
         (HEAD, True, ["shard-1"]), (WORKER, True, ["shard-2", "shard-10"]), (NEW, True, []),
         (GONE, False, [])]
@@ -120,3 +123,77 @@ def test_status_prints_the_shard_table_then_the_node_table(fake_ray) -> None:
     shard_table, node_table = done.output.split("Ray nodes")
     assert "shard-3    no answer" in shard_table
     assert f"{GONE[:8]}" in node_table and "dead" in node_table
+    # the last line says whether the cluster survives losing its head
+    assert "GCS: in memory, NOT fault tolerant" in done.output.splitlines()[-1]
+
+
+def test_the_gcs_line_says_what_losing_the_head_costs() -> None:
+    assert cli.gcs_line("redis").startswith("GCS: fault tolerant (Redis)")
+    assert "every shard stops" in cli.gcs_line("memory")
+    assert cli.gcs_line("rocksdb") == "GCS: rocksdb"
+    assert cli.gcs_line("") == "GCS: storage unknown"
+
+
+def placed(node: str, shards: list[str], *, alive: bool = True, total: float | None = 10
+           ) -> dict[str, object]:
+    return {"node_id": node, "alive": alive, "resource_total": total, "shards": shards}
+
+
+def names(first: int, last: int) -> list[str]:
+    return [f"shard-{i}" for i in range(first, last + 1)]
+
+
+def test_a_rejoined_node_gets_its_fair_share_back_in_the_fewest_moves() -> None:
+    # after failovers: 3 + 3 on two nodes, the rejoined (or replaced) head empty
+    moves = plan_rebalance([placed(HEAD, []), placed(WORKER, names(0, 2)),
+                            placed(NEW, names(3, 5))], resource="shard")
+    assert [(m.source, m.target) for m in moves] == [(NEW, HEAD), (WORKER, HEAD)]
+    assert [m.shard for m in moves] == ["shard-5", "shard-2"]  # the last of each source
+
+
+def test_every_live_node_ends_with_the_floor_or_the_ceiling_and_dead_ones_get_none() -> None:
+    moves = plan_rebalance([placed(HEAD, names(0, 6)), placed(WORKER, []), placed(NEW, []),
+                            placed(GONE, [], alive=False)])
+    held = {HEAD: 7 - len(moves), WORKER: 0, NEW: 0}
+    for move in moves:
+        held[move.target] += 1
+    assert sorted(held.values()) == [2, 2, 3] and GONE not in held
+
+
+def test_balanced_enough_means_no_move() -> None:
+    assert plan_rebalance([placed(HEAD, names(0, 2)), placed(WORKER, names(3, 4)),
+                           placed(NEW, names(5, 6))]) == []
+    assert plan_rebalance([placed(HEAD, names(0, 5))]) == []  # one node: nowhere to go
+
+
+def test_a_node_without_the_resource_or_room_takes_no_shard() -> None:
+    moves = plan_rebalance([placed(HEAD, names(0, 3)), placed(WORKER, [], total=1),
+                            placed(NEW, [], total=None)], resource="shard")
+    assert [(m.shard, m.target) for m in moves] == [("shard-3", WORKER)]
+
+
+def test_rebalance_prints_each_move_and_refuses_while_a_shard_is_not_running(
+    fake_ray, monkeypatch
+) -> None:
+    from livesnap.cluster.nodes import Move
+
+    calls = []
+
+    def rebalance(host, shard_names, namespace, *, resource, dry_run, report):
+        calls.append((len(shard_names), namespace, resource, dry_run))
+        report("would move shard-5: node aaaa -> node bbbb")
+        return [Move("shard-5", "a", "b")]
+
+    fake_ray.rebalance = rebalance
+    done = CliRunner().invoke(cli.app, ["cluster", "rebalance", "--dry-run", "--shards", "6"])
+    assert done.exit_code == 0, done.output
+    assert "would move shard-5" in done.output and "moved" not in done.output
+    assert calls == [(6, "livesnap", "", True)]
+
+    def refused(*args, **kwargs):
+        raise RebalanceRefused("not every shard is running: shard-3 (no answer)")
+
+    fake_ray.rebalance = refused
+    done = CliRunner().invoke(cli.app, ["cluster", "rebalance"])
+    assert done.exit_code == 2
+    assert "not every shard is running: shard-3" in done.output

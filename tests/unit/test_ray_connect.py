@@ -4,6 +4,7 @@ lines; ``ray.init`` just fails to connect). Ray's ``init`` is faked: no cluster 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -108,3 +109,51 @@ def test_without_an_address_the_cluster_ray_start_recorded_is_joined(recorded,
     rayengine.connect("", "livesnap")
     rayengine.connect("10.0.0.5:6379", "livesnap")  # and a given address before both
     assert calls == ["10.0.0.1:6379", "10.0.0.9:6379", "10.0.0.5:6379"]
+
+
+def test_the_temp_dir_picks_the_local_node(monkeypatch) -> None:
+    given: list[dict[str, object]] = []
+    monkeypatch.setattr(rayengine.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(rayengine.ray, "init", lambda **kwargs: given.append(kwargs))
+    rayengine.connect("127.0.0.1:6379", "livesnap", "/tmp/staging/w1")
+    rayengine.connect("127.0.0.1:6379", "livesnap")
+    assert [g["_temp_dir"] for g in given] == ["/tmp/staging/w1", None]  # None: Ray's choice
+
+
+class _Ref:
+    def __init__(self, result: object) -> None:
+        self._result = result
+
+    def future(self) -> concurrent.futures.Future[object]:
+        done: concurrent.futures.Future[object] = concurrent.futures.Future()
+        if isinstance(self._result, BaseException):
+            done.set_exception(self._result)
+        else:
+            done.set_result(self._result)
+        return done
+
+
+class _Handle:
+    def __init__(self, result: object) -> None:
+        self.calls = 0
+        self._result = result
+
+    @property
+    def stop(self) -> _Handle:
+        return self
+
+    def remote(self, *args: object) -> _Ref:
+        self.calls += 1
+        return _Ref(self._result)
+
+
+async def test_an_api_node_looks_a_replaced_shard_up_again(monkeypatch) -> None:
+    from ray.exceptions import ActorDiedError
+
+    dead, new = _Handle(ActorDiedError()), _Handle({})
+    lookups = iter([dead, new])
+    monkeypatch.setattr(rayengine.ray, "get_actor", lambda name, namespace: next(lookups))
+    engine = rayengine.RayEngine(shards=["shard-0"], namespace="livesnap", timeout_s=1)
+    await engine.stop("job-1")  # the old instance is gone: the name is looked up again
+    await engine.stop("job-2")  # ... and the new handle kept
+    assert (dead.calls, new.calls) == (1, 2)

@@ -8,9 +8,9 @@ node with the shards on it, so the rows can be built and tested from plain dicts
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["HEAD_RESOURCE", "node_rows"]
+__all__ = ["HEAD_RESOURCE", "Move", "node_rows", "plan_rebalance"]
 
 # Ray gives the head node this resource (and only the head)
 HEAD_RESOURCE = "node:__internal_head__"
@@ -75,3 +75,47 @@ def _shard_order(name: str) -> tuple[int, str]:
     """``shard-2`` before ``shard-10``."""
     number = name.rpartition("-")[2]
     return (int(number), name) if number.isdigit() else (-1, name)
+
+
+class Move(NamedTuple):
+    """One step of a rebalance: ``shard`` leaves node ``source`` for node ``target``."""
+
+    shard: str
+    source: str
+    target: str
+
+
+def plan_rebalance(rows: Sequence[Mapping[str, Any]], *, resource: str = "") -> list[Move]:
+    """The moves that give every node a fair share of the shards: after them no live node
+    holds two shards more than another (each holds the floor or the ceiling of shards/nodes),
+    as far as each node's units of ``resource`` allow.
+
+    ``rows`` are :func:`node_rows` rows. A node takes shards if it is alive and, with a
+    ``resource``, has units of it (then at most its total); without one, any live node. Only
+    the shards in the rows (those that answered where they run) move; the fewest moves are
+    planned, each from a node with the most shards to one with the fewest, the last shard
+    of the source first (a stable, predictable choice).
+    """
+    capacity: dict[str, float] = {}
+    held: dict[str, list[str]] = {}
+    for row in rows:
+        if not row.get("alive"):
+            continue
+        node = str(row["node_id"])
+        total = row.get("resource_total") if resource else float("inf")
+        if total is None or total < 1:
+            total = 0
+        capacity[node] = float(total)
+        held[node] = sorted(row.get("shards", []), key=_shard_order)
+    moves: list[Move] = []
+    while True:
+        takers = [n for n in held if len(held[n]) < capacity[n]]
+        if not takers:
+            return moves
+        source = max(held, key=lambda n: (len(held[n]), n))
+        target = min(takers, key=lambda n: (len(held[n]), n))
+        if len(held[source]) - len(held[target]) <= 1:
+            return moves
+        shard = held[source].pop()
+        held[target].append(shard)
+        moves.append(Move(shard, source, target))

@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -55,6 +58,10 @@ from livesnap.node.wiring import (
 from livesnap.outputs.local import adopt_legacy_layout
 from livesnap.outputs.router import StorageRouter
 from livesnap.store import SqlStore, open_sql_store, stats
+
+if TYPE_CHECKING:  # livesnap.cluster only in cluster mode: importing it sets Ray's defaults
+    from livesnap.cluster.autobalance import AutoRebalance
+    from livesnap.cluster.nodes import Move
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +197,9 @@ async def build_service(
             manager.start_waiting_sweep()
         if dispatcher is not None:
             dispatcher.start()
-        yield Service(settings=settings, store=store, manager=manager, app=app, router=router,
-                      dispatcher=dispatcher, metrics=metrics)
+        async with _rebalancing(settings, store):
+            yield Service(settings=settings, store=store, manager=manager, app=app,
+                          router=router, dispatcher=dispatcher, metrics=metrics)
     finally:
         if dispatcher is not None:
             await dispatcher.close(min(CALLBACK_CLOSE_S, server.shutdown_timeout_s))
@@ -211,9 +219,59 @@ def ray_engine(settings: Settings, store: SqlStore) -> CaptureEngine:
     from livesnap.shards.assign import shard_names
 
     cluster = settings.cluster
-    connect(cluster.ray_address, cluster.ray_namespace)
+    connect(cluster.ray_address, cluster.ray_namespace, cluster.ray_temp_dir)
     return RayEngine(shards=shard_names(cluster.shards), namespace=cluster.ray_namespace,
                      timeout_s=cluster.shard_call_timeout_s)
+
+
+def auto_rebalance(settings: Settings, store: SqlStore) -> AutoRebalance | None:
+    """An API node's automatic rebalance (``LIVESNAP_REBALANCE_S``; one API node of the
+    cluster at a time, by a lease in the database), or None."""
+    cluster = settings.cluster
+    if settings.capture.engine != "ray" or cluster.rebalance_s <= 0:
+        return None
+    from livesnap.cluster.autobalance import AutoRebalance
+    from livesnap.cluster.rayengine import rebalance
+    from livesnap.node.shardhost import ShardHost
+    from livesnap.shards.assign import shard_names
+
+    names = shard_names(cluster.shards)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    def report(line: str) -> None:
+        logger.info("rebalance: %s", line, extra={"action": "rebalance"})
+
+    def plan() -> list[Move]:
+        return rebalance(ShardHost, names, cluster.ray_namespace,
+                         resource=cluster.shard_resource, dry_run=True)
+
+    def move() -> list[Move]:
+        return rebalance(ShardHost, names, cluster.ray_namespace,
+                         resource=cluster.shard_resource, report=report)
+
+    async def lease(seconds: float) -> bool:
+        now_ms = int(time.time() * 1000)
+        return await store.take_lease(REBALANCE_LEASE, holder, now_ms,
+                                      now_ms + int(seconds * 1000))
+
+    return AutoRebalance(every_s=cluster.rebalance_s, plan=plan, move=move, lease=lease)
+
+
+REBALANCE_LEASE = "lease:rebalance"
+
+
+@contextlib.asynccontextmanager
+async def _rebalancing(settings: Settings, store: SqlStore) -> AsyncIterator[None]:
+    """The API node's automatic rebalance runs inside (cluster mode only)."""
+    balancer = auto_rebalance(settings, store)
+    if balancer is None:
+        yield
+        return
+    balancer.start()
+    try:
+        yield
+    finally:
+        await balancer.close()
 
 
 class _Server(uvicorn.Server):

@@ -215,6 +215,11 @@ class ShardHost:
         return {**stats, "pid": self.pid, "node": self.node, "restarted": self.restarted,
                 "ready": runtime is not None}
 
+    def launch_settings(self) -> tuple[Settings, list[str]]:
+        """The settings and shard names this instance was created with (a rebalance starts
+        the shard's next instance with the same)."""
+        return self.settings, list(self.shards)
+
     def notify(self) -> None:
         """Callback events were written elsewhere: the dispatcher polls now."""
         dispatcher, loop = self._dispatcher, self._loop

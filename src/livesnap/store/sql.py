@@ -284,6 +284,23 @@ class SqlStore:
 
         return await self._run("agree", run, write=True)
 
+    async def take_lease(self, name: str, holder: str, now_ms: int, until_ms: int) -> bool:
+        """Whether ``holder`` holds the lease ``name`` (a row of ``cluster_settings``: its
+        holder, and when it runs out) until ``until_ms``: it had it, or nobody's ran past
+        ``now_ms``. One node at a time does what the lease guards (a rebalance)."""
+        t = cluster_settings.c
+        insert_stmt = self._insert_if_absent(
+            cluster_settings, {"name": name, "value": "", "set_ms": 0}, ["name"])
+        take = update(cluster_settings).where(
+            t.name == name, or_(t.value == holder, t.value == "", t.set_ms < now_ms),
+        ).values(value=holder, set_ms=until_ms)
+
+        def run(conn: Connection) -> bool:
+            conn.execute(insert_stmt)
+            return bool(conn.execute(take).rowcount)
+
+        return await self._run("take_lease", run, write=True)
+
     def fenced(self, fence: Fence, on_fenced: Callable[[], None] | None = None) -> SqlStore:
         """A view of this store whose writes are refused once ``fence`` is stale."""
         return SqlStore(self._engine, fence=fence, on_fenced=on_fenced,
