@@ -1,0 +1,57 @@
+"""The local-disk sink: whole objects only, never outside its directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from livesnap.errors import OutputError
+from livesnap.outputs.base import ObjectMeta
+from livesnap.outputs.local import LocalSink
+
+META = ObjectMeta(content_type="image/jpeg")
+
+
+async def test_put_writes_replaces_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    sink = LocalSink(tmp_path)
+    await sink.put("snapshot/job/1.jpg", b"first", meta=META)
+    await sink.put("snapshot/job.jpg", b"a" * 200_000, meta=META)
+    await sink.put("snapshot/job.jpg", b"latest", meta=META)  # the overwrite object
+    assert (tmp_path / "snapshot/job/1.jpg").read_bytes() == b"first"
+    assert (tmp_path / "snapshot/job.jpg").read_bytes() == b"latest"
+    names = sorted(p.name for p in tmp_path.rglob("*"))
+    assert names == ["1.jpg", "job", "job.jpg", "snapshot"]  # no .part left behind
+    assert stat.S_IMODE((tmp_path / "snapshot/job.jpg").stat().st_mode) == 0o600
+
+
+async def test_a_directory_removed_after_its_first_object_is_made_again(tmp_path: Path) -> None:
+    sink = LocalSink(tmp_path)
+    await sink.put("a/b/1.jpg", b"1", meta=META)
+    shutil.rmtree(tmp_path / "a")
+    await sink.put("a/b/2.jpg", b"2", meta=META)
+    assert (tmp_path / "a/b/2.jpg").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("key", ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "a/..", "a/.",
+                                 "", "a/", ".."])
+async def test_keys_outside_the_directory_are_refused(tmp_path: Path, key: str) -> None:
+    root = tmp_path / "root"
+    sink = LocalSink(root)
+    with pytest.raises(OutputError, match="escapes the storage directory"):
+        await sink.put(key, b"x", meta=META)
+    assert not any(tmp_path.rglob("x.jpg"))
+
+
+async def test_a_directory_linked_outside_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    sink = LocalSink(root)
+    with pytest.raises(OutputError, match="escapes"):
+        await sink.put("link/x.jpg", b"x", meta=META)
+    assert list(outside.iterdir()) == []
