@@ -803,6 +803,54 @@ async def test_sql_store_writes_that_come_soon_after_a_group_join_the_next_one(
         await sql.close()
 
 
+async def test_sql_store_an_attempt_that_may_wait_rides_with_the_next_record(
+        tmp_path: Path) -> None:
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+                               group_gap_s=0.0, group_company_s=30.0)
+    try:
+        e1 = event("j1", T0)
+        await sql.create_job(job("j1"), [e1])
+        assert sql.sync_engine is not None
+        begun: list[int] = []
+        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        delivered: dict[str, Any] = {"delivered": True, "failed": False, "next_attempt_ms": 0}
+        waiting = asyncio.ensure_future(
+            sql.record_attempt(attempt(e1, T0 + 1), may_wait=True, **delivered))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and begun == []  # held back: nothing to share with yet
+        assert await sql.record_snapshot(snap("j1", T0 + 2), [])
+        assert await waiting == []
+        assert len(begun) == 1  # the record and the attempt: one transaction
+        assert [a.event_id for a in await sql.delivery_log("j1", limit=5)] == [e1.id]
+        # commit_soon lets a held-back attempt go alone
+        e2 = event("j2", T0 + 3)
+        await sql.create_job(job("j2"), [e2])
+        waiting = asyncio.ensure_future(
+            sql.record_attempt(attempt(e2, T0 + 4), may_wait=True, **delivered))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        sql.commit_soon()
+        assert await asyncio.wait_for(waiting, 5) == []
+    finally:
+        await sql.close()
+
+
+async def test_sql_store_an_attempt_that_may_wait_commits_alone_after_the_wait(
+        tmp_path: Path) -> None:
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+                               group_company_s=0.2)
+    try:
+        e1, e2 = event("j1", T0), event("j1", T0 + 1)
+        await sql.create_job(job("j1"), [e1, e2])
+        pending = await asyncio.wait_for(sql.record_attempt(
+            attempt(e1, T0 + 1), delivered=True, failed=False, next_attempt_ms=0,
+            may_wait=True), 5)
+        assert pending == [e2.id]
+        assert [e.id for e in await sql.pending_events("j1")] == [e2.id]
+    finally:
+        await sql.close()
+
+
 async def test_delivery_log_newest_first(store: Store) -> None:
     e1, e2, other = event("j1"), event("j1"), event("j2")
     await store.create_job(job("j1"), [e1, e2])

@@ -881,6 +881,46 @@ async def test_a_known_jobs_offered_events_go_out_without_a_poll(store):
     assert all(e.delivered_ms is not None for e in state.values())
 
 
+async def test_a_fresh_events_attempt_waits_to_share_the_next_records_transaction(tmp_path):
+    # SQLite: an attempt of a known job with nothing else to deliver may wait (here up to 30 s)
+    # for the next write that may not; the next offer of the job, or close, hurries it
+    store = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+                                 group_company_s=30)
+    try:
+        flags: list[bool] = []
+        real = store.record_attempt
+
+        async def record_attempt(attempt, **kw):
+            flags.append(kw["may_wait"])
+            return await real(attempt, **kw)
+
+        store.record_attempt = record_attempt
+        d, receiver, job, _ = await started_slow_poller(store)
+        other = make_job("job-2")
+        await store.create_job(other)
+        first = await write_and_offer(store, d, job, 1)  # the poll's: not known yet
+        await until(lambda: job.id in d._known)
+        second = await write_and_offer(store, d, job, 2)  # from memory
+        await until(lambda: len(flags) == 2)
+        await asyncio.sleep(0.2)
+        assert (await event_state(store, job.id))[second.id].delivered_ms is None  # waiting
+        # another job's file record takes it along
+        assert await store.record_snapshot(make_file(other, T0 + 5), [])
+        await until(lambda: len(d._inflight) == 0)
+        assert (await event_state(store, job.id))[second.id].delivered_ms is not None
+        third = await write_and_offer(store, d, job, 3)
+        await until(lambda: len(flags) == 3)
+        fourth = await write_and_offer(store, d, job, 4)  # its offer hurries the third's
+        await until(lambda: len(flags) == 4)
+        await d.close(5)  # and close the fourth's
+        assert flags == [False, True, True, True]
+        assert receiver.event_ids() == [first.id, second.id, third.id, fourth.id]
+        state = await event_state(store, job.id)
+        assert all(e.delivered_ms is not None for e in state.values())
+    finally:
+        await store.close()
+
+
 async def test_a_job_waiting_for_a_retry_keeps_its_order_through_the_poll(store):
     clock, receiver = ManualClock(T0 / 1000 + 60), Receiver(200, 500)
     policy = DeliveryPolicy(poll_interval_s=0.02, backoff=Backoff(base_s=10, cap_s=10, jitter=0),

@@ -85,7 +85,8 @@ class FakeOutbox:
     async def due_heads(self, now_ms: int, limit: int) -> list:
         return []
 
-    async def record_attempt(self, attempt, *, delivered, failed, next_attempt_ms) -> list[str]:
+    async def record_attempt(self, attempt, *, delivered, failed, next_attempt_ms,
+                             may_wait=False) -> list[str]:
         self.recorded.append(attempt)
         return [] if delivered else [attempt.event_id]
 

@@ -71,9 +71,14 @@ class Outbox(Protocol):
         turn (each one's oldest first), so that one account's backlog hides no other's."""
 
     async def record_attempt(
-        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int,
+        may_wait: bool = False,
     ) -> list[str]:
-        """Write the attempt; the job's events still undelivered and not failed after it."""
+        """Write the attempt; the job's events still undelivered and not failed after it
+        (``may_wait``: the store may hold the write back a little to share a transaction)."""
+
+    def commit_soon(self) -> None:
+        """Attempts held back by ``may_wait`` commit now (a delivery waits on one)."""
 
     async def prune_events(self, before_ms: int, limit: int) -> int:
         """Delete up to ``limit`` events done with before ``before_ms``; how many."""
@@ -214,6 +219,8 @@ class CallbackDispatcher:
             # in outbox order (created_ms, then the order of writing)
             at = bisect.bisect_right([e.created_ms for e in queue], event.created_ms)
             queue.insert(at, event)
+            if job in self._inflight:  # its attempt's record may be waiting for company
+                self._store.commit_soon()
             self._pump(job)
 
     def _forget(self, job: str) -> None:
@@ -256,6 +263,7 @@ class CallbackDispatcher:
         A cancelled delivery is not recorded, so it is made again after the next start.
         """
         self.stop()
+        self._store.commit_soon()  # attempts in flight are recorded now, not after a wait
         tasks = [t for t in (self._task, *self._running()) if t is not None]
         pending: set[asyncio.Task[None]] = set()
         if tasks:
@@ -447,10 +455,14 @@ class CallbackDispatcher:
         )
         job = event.job_id
         missed = self._offers_missed.get(job, 0)
+        # delivered, and the job has nothing else to deliver: no delivery waits on this record,
+        # so it may share the next file record's transaction (an offer hurries it)
+        may_wait = (outcome.delivered and job in self._known and not self._known[job]
+                    and not self._stopping.is_set())
         try:
             pending = await self._store.record_attempt(
                 attempt, delivered=outcome.delivered, failed=outcome.failed,
-                next_attempt_ms=outcome.next_attempt_ms,
+                next_attempt_ms=outcome.next_attempt_ms, may_wait=may_wait,
             )
         except LivesnapError as exc:  # the event stays due and is sent again (same EventId)
             self._forget(job)

@@ -139,11 +139,16 @@ class Store(Protocol):
         delivered: bool,
         failed: bool,
         next_attempt_ms: int,
+        may_wait: bool = False,
     ) -> list[str]:
         """Log one delivery attempt and update its event; the ids of the job's events still
         undelivered and not failed once it is written, oldest first, at most
         ``PENDING_LIMIT + 1`` of them (the dispatcher learns from it whether it knows all that
-        the job still has to deliver)."""
+        the job still has to deliver). ``may_wait``: nothing waits on this write, so the store
+        may hold it back a little to commit it with others (until ``commit_soon``)."""
+
+    def commit_soon(self) -> None:
+        """Writes held back by ``may_wait`` commit now."""
 
     async def delivery_log(self, job_id: str, limit: int) -> list[DeliveryAttempt]: ...
 

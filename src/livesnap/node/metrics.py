@@ -289,8 +289,11 @@ class _Outbox(Protocol):
     async def due_heads(self, now_ms: int, limit: int) -> list[OutboxEvent]: ...
 
     async def record_attempt(
-        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int,
+        may_wait: bool = False,
     ) -> list[str]: ...
+
+    def commit_soon(self) -> None: ...
 
     async def prune_events(self, before_ms: int, limit: int) -> int: ...
 
@@ -309,15 +312,20 @@ class MeteredOutbox:
         return await self._outbox.due_heads(now_ms, limit)
 
     async def record_attempt(
-        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int
+        self, attempt: DeliveryAttempt, *, delivered: bool, failed: bool, next_attempt_ms: int,
+        may_wait: bool = False,
     ) -> list[str]:
         pending = await self._outbox.record_attempt(
-            attempt, delivered=delivered, failed=failed, next_attempt_ms=next_attempt_ms
+            attempt, delivered=delivered, failed=failed, next_attempt_ms=next_attempt_ms,
+            may_wait=may_wait,
         )
         status = attempt.status_code
         self._metrics.callback(attempt.latency_ms / 1000, status is not None and
                                200 <= status < 300)
         return pending
+
+    def commit_soon(self) -> None:
+        self._outbox.commit_soon()
 
     async def prune_events(self, before_ms: int, limit: int) -> int:
         deleted = await self._outbox.prune_events(before_ms, limit)

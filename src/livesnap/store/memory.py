@@ -287,6 +287,9 @@ class MemoryStore:
                 lambda e: e.job_id == job_id and (e.failed or not failed_only)
             )
 
+    def commit_soon(self) -> None:
+        """Nothing here waits to commit (see ``SqlStore.commit_soon``)."""
+
     async def record_attempt(
         self,
         attempt: DeliveryAttempt,
@@ -294,6 +297,7 @@ class MemoryStore:
         delivered: bool,
         failed: bool,
         next_attempt_ms: int,
+        may_wait: bool = False,
     ) -> list[str]:
         async with self._lock:
             found = self._events.get(attempt.event_id)
