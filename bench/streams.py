@@ -744,6 +744,29 @@ def create_template(
     return template_id, detail
 
 
+# In --env/--variant: BENCH_PIN_CAPTURE=1 pins each capture process of the service (its child
+# processes, LIVESNAP_ENGINE=process) to a core of its own, round robin over this process's
+# cores, with every thread (`taskset -a`); the API process and the streams stay unpinned.
+PIN_CAPTURE = "BENCH_PIN_CAPTURE"
+
+
+def pin_capture_processes(proc: psutil.Process) -> dict[str, int]:
+    """Pin each child of ``proc`` to a core of its own; child pid -> core."""
+    cores = sorted(os.sched_getaffinity(0))
+    children = sorted((c for c in proc.children()
+                       if "resource_tracker" not in " ".join(c.cmdline())), key=lambda c: c.pid)
+    if not children:
+        raise RuntimeError(f"{PIN_CAPTURE}=1 but the service has no capture process "
+                           "(LIVESNAP_ENGINE=process)")
+    pinned: dict[str, int] = {}
+    for i, child in enumerate(children):
+        core = cores[i % len(cores)]
+        subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(child.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        pinned[str(child.pid)] = core
+    return pinned
+
+
 def measure_livesnap(
     streams: Streams, n: int, *, warmup: float, window: float, workdir: Path,
     env: dict[str, str] | None = None, ready_timeout: float | None = None,
@@ -768,12 +791,13 @@ def measure_livesnap(
         # jobs that really watch the same stream)
         "LIVESNAP_SHARE_STREAMS": "false",
         "LIVESNAP_RATE_LIMIT_RPS": "0",  # submitting hundreds of jobs is not what is measured
-        **(env or {}),
+        **{k: v for k, v in (env or {}).items() if k != PIN_CAPTURE},
     }
     with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
         time.sleep(settle)  # the fresh service (and a capture process) settles before its idle size
+        pinned = pin_capture_processes(proc) if (env or {}).get(PIN_CAPTURE) == "1" else {}
         idle_rss = rss_bytes([proc])
         idle0, idle_t0 = cpu_seconds([proc]), time.monotonic()
         time.sleep(idle_window)
@@ -887,6 +911,7 @@ def measure_livesnap(
             "template_extensions": template or {},
             "template_detail": template_detail,
             "job_connect_mode": job_detail.get("ConnectMode"),
+            "pinned_cpus": pinned,
             **tick_figures(creates, t0_ms, t1_ms, interval_ms),
             "origin": figures.origin,
         },

@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 from tests.support.servers import REPO_ROOT
 
@@ -113,3 +116,27 @@ def test_snapshot_path_bench_quick_mode() -> None:
     assert busy["name"] == "snapshots" and busy["snapshots"] >= 10, out
     assert busy["callbacks"] >= busy["snapshots"] // 2, out
     assert finite_positive(out["ms_per_snapshot_gross"]) and out["callbacks"] is True
+
+
+def test_pinning_puts_each_capture_process_on_a_core_of_its_own() -> None:
+    streams = load_bench()
+    parent = subprocess.Popen(  # a stand-in for `livesnap serve` with two capture processes
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+         " for _ in range(2)]\nprint('ready', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == b"ready\n"
+        pinned = streams.pin_capture_processes(psutil.Process(parent.pid))
+        cores = sorted(os.sched_getaffinity(0))
+        assert sorted(pinned.values()) == sorted(cores[i % len(cores)] for i in range(2))
+        for pid, core in pinned.items():
+            assert os.sched_getaffinity(int(pid)) == {core}
+        assert os.sched_getaffinity(parent.pid) == set(cores)  # the API process stays free
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
