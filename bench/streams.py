@@ -819,7 +819,7 @@ def measure_livesnap(
             )).body
             submitted[body.job_id] = time.time()
         # A job's first capture may wait for its first tick (a per-tick job, a long interval).
-        timeout = ready_timeout or max(30.0, 10 + n * 0.15, interval + 2 * GOP_S + 10)
+        timeout = ready_timeout or max(30.0, 10 + n * 0.6, interval + 2 * GOP_S + 10)
         deadline = time.monotonic() + timeout
         def started() -> int:
             if callbacks:

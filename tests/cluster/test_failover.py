@@ -443,14 +443,7 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
             sequence_format="{JobId}/{Sequence}.jpg")).body.template_id
         jobs = {}
         for i in range(JOBS):
-            job_id = client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
-                job_name=f"c{i}", template_id=template,
-                stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(
-                    type="rtmp", url=origin.url(f"cl-{i % STREAMS}")),
-                snapshot_output=m.SubmitLiveSnapshotJobRequestSnapshotOutput(
-                    storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com",
-                    bucket="bucket-1"),
-            )).body.job_id
+            job_id = submit_job(client, template, f"c{i}", origin.url(f"cl-{i % STREAMS}"))
             jobs[job_id] = owner(job_id, names)
         pg = PgReader(postgres_url)
         wait_until(lambda: len(pg.jobs_with_files()) == JOBS, 60, "every job has a snapshot")
@@ -548,6 +541,16 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
     assert f"{len(states)} started job(s) wait for the next" in down.stdout
 
 
+def submit_job(client: object, template: str, name: str, url: str) -> str:
+    """Submit a job on ``url`` to the cluster's one OSS bucket; its id."""
+    return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(  # type: ignore[attr-defined]
+        job_name=name, template_id=template,
+        stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
+        snapshot_output=m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+            storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com", bucket="bucket-1"),
+    )).body.job_id
+
+
 def livesnap(*args: str, env: dict[str, str], data_dir: Path | None = None
              ) -> subprocess.CompletedProcess[str]:
     """The ``livesnap`` CLI as a user runs it, with the test cluster's settings."""
@@ -606,14 +609,7 @@ def test_the_head_fails_capture_goes_on_a_new_head_takes_over_and_shards_rebalan
             sequence_format="{JobId}/{Sequence}.jpg")).body.template_id
 
         def submit(i: int) -> str:
-            return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(
-                job_name=f"ft{i}", template_id=template,
-                stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(
-                    type="rtmp", url=origin.url(f"cl-{i % STREAMS}")),
-                snapshot_output=m.SubmitLiveSnapshotJobRequestSnapshotOutput(
-                    storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com",
-                    bucket="bucket-1"),
-            )).body.job_id
+            return submit_job(client, template, f"ft{i}", origin.url(f"cl-{i % STREAMS}"))
 
         jobs = {job_id: owner(job_id, names) for job_id in map(submit, range(12))}
         wait_until(lambda: len(pg.jobs_with_files()) == len(jobs), 60, "every job has a snapshot")

@@ -810,6 +810,7 @@ async def test_sql_store_an_attempt_that_may_wait_rides_with_the_next_record(
     try:
         e1 = event("j1", T0)
         await sql.create_job(job("j1"), [e1])
+        assert await sql.record_snapshot(snap("j1", T0), [])  # records are being written
         assert sql.sync_engine is not None
         begun: list[int] = []
         sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
@@ -842,11 +843,30 @@ async def test_sql_store_an_attempt_that_may_wait_commits_alone_after_the_wait(
     try:
         e1, e2 = event("j1", T0), event("j1", T0 + 1)
         await sql.create_job(job("j1"), [e1, e2])
+        assert await sql.record_snapshot(snap("j1", T0), [])
         pending = await asyncio.wait_for(sql.record_attempt(
             attempt(e1, T0 + 1), delivered=True, failed=False, next_attempt_ms=0,
             may_wait=True), 5)
         assert pending == [e2.id]
         assert [e.id for e in await sql.pending_events("j1")] == [e2.id]
+    finally:
+        await sql.close()
+
+
+async def test_sql_store_that_writes_no_records_does_not_hold_attempts_back(
+        tmp_path: Path) -> None:
+    # an API node whose capture (and file records) run in other processes: nothing would
+    # come to share the transaction with, so waiting would only hold the delivery's slot
+    sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+                               group_company_s=3600)
+    try:
+        events = [event("j1", T0 + n) for n in range(3)]
+        await sql.create_job(job("j1"), events)
+        for n, ev in enumerate(events):
+            pending = await asyncio.wait_for(sql.record_attempt(
+                attempt(ev, T0 + 10 + n), delivered=True, failed=False, next_attempt_ms=0,
+                may_wait=True), 30)
+            assert pending == [e.id for e in events[n + 1:]]
     finally:
         await sql.close()
 

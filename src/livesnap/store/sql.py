@@ -712,7 +712,9 @@ class _GroupCommit:
     attempt took one. A write that ``may_wait`` (an attempt whose job has nothing else to
     deliver, so no delivery waits on it) waits up to ``company_s`` for one that may not, and
     joins its transaction: the attempts ride with the next records (measured: one
-    transaction per capture instead of two at 20 streams).
+    transaction per capture instead of two at 20 streams). It waits only if such a write came
+    within the last ``company_s``: where records are rare or written by another process, a
+    wait would only hold the delivery's slot.
     """
 
     def __init__(
@@ -725,11 +727,13 @@ class _GroupCommit:
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
         self._company: asyncio.Future[None] | None = None  # the writer waits for one
+        self._last_eager = float("-inf")  # loop time of the last write that may not wait
 
     def submit(self, write: _Write) -> None:
         """Queue ``write``; its ``done`` future is answered once its group committed."""
         self._queue.append(write)
         if not _may_wait(write):
+            self._last_eager = asyncio.get_running_loop().time()
             self.hurry()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._run(), name="store-group-commit")
@@ -740,8 +744,12 @@ class _GroupCommit:
             self._company.set_result(None)
 
     async def _await_company(self) -> None:
-        """While every queued write may wait: until one that may not comes, or ``company_s``."""
+        """While every queued write may wait, and one that may not came within the last
+        ``company_s`` (so another is likely soon): until one comes, or ``company_s``. A store
+        that writes no file records (an API node whose capture runs elsewhere) never waits."""
         if not all(_may_wait(w) for w in self._queue):
+            return
+        if asyncio.get_running_loop().time() - self._last_eager > self.company_s:
             return
         self._company = company = _future()
         try:
