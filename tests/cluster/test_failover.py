@@ -113,11 +113,12 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
         address = env_file.split("LIVESNAP_RAY_ADDRESS=")[1].split()[0]
         assert address.startswith("127.0.0.1:")
 
-        # `ray status` has nothing to show until the autoscaler's first report, a few s in
+        # `ray status` has nothing to show until the autoscaler's first report, a few s in,
+        # and that report may come before the workers registered: wait for all three
         shown = wait_until(lambda: (s := staging("status", directory)).returncode == 0
-                           and "Active:" in s.stdout and s, 30, "ray status lists the nodes")
-        active = shown.stdout.split("Active:")[1].split("Pending:")[0]
-        assert len([line for line in active.splitlines() if "node_" in line]) == 3, shown.stdout
+                           and len(active_nodes(s.stdout)) == 3 and s, 60,
+                           "ray status lists the head and both workers")
+        assert len(active_nodes(shown.stdout)) == 3, shown.stdout
         assert "every listener on loopback" in shown.stdout
 
         token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{directory}/auth_token"}
@@ -185,6 +186,14 @@ def test_staging_script_starts_a_loopback_cluster_with_tokens_and_stops_only_it(
 
 
 NODE_ARGS = {"num_cpus": 1, "resources": {"shard": 10}, "object_store_memory": 80 << 20}
+
+
+def active_nodes(status: str) -> list[str]:
+    """The node lines under "Active:" in `ray status` output (none before its first report)."""
+    if "Active:" not in status:
+        return []
+    active = status.split("Active:")[1].split("Pending:")[0]
+    return [line for line in active.splitlines() if "node_" in line]
 
 
 def head_args(short: str) -> dict[str, object]:
