@@ -296,26 +296,33 @@ class RayEngine(RemoteEngine):
 
     async def _call(self, job_id: str, method: str, *args: Any) -> dict[str, Any]:
         name = owner(job_id, self._shards)
-        for attempt in (1, 2):
-            handle = await self._handle(name)
-            ref = getattr(handle, method).remote(job_id, *args, self._timeout_s)
-            try:
-                reply: dict[str, Any] = await asyncio.wait_for(
-                    asyncio.wrap_future(ref.future()), self._timeout_s + 2)
-            except ActorDiedError as exc:
-                # this instance is gone for good (a rebalance moved the shard, or cluster
-                # down/up): look the name up again, once
+        try:
+            reply = await self._ask(name, method, job_id, *args)
+        except ActorDiedError:
+            # this instance is gone for good (a rebalance moved the shard, or cluster
+            # down/up): look the name up again, once
+            reply = await self._ask(name, method, job_id, *args, last=True)
+        raise_reply(reply)
+        return reply
+
+    async def _ask(
+        self, name: str, method: str, job_id: str, *args: Any, last: bool = False
+    ) -> dict[str, Any]:
+        """One call to the shard's instance; ``ActorDiedError`` (unless ``last``) when that
+        instance is gone for good, ``ShardUnavailable`` for every other failure."""
+        handle = await self._handle(name)
+        ref = getattr(handle, method).remote(job_id, *args, self._timeout_s)
+        try:
+            reply: dict[str, Any] = await asyncio.wait_for(
+                asyncio.wrap_future(ref.future()), self._timeout_s + 2)
+        except (TimeoutError, GetTimeoutError, RayActorError, RayError) as exc:
+            if isinstance(exc, ActorDiedError):
                 self._handles.pop(name, None)
-                if attempt == 1:
-                    continue
-                raise ShardUnavailable(
-                    f"Capture shard {name} did not answer ({type(exc).__name__}).") from None
-            except (TimeoutError, GetTimeoutError, RayActorError, RayError) as exc:
-                raise ShardUnavailable(
-                    f"Capture shard {name} did not answer ({type(exc).__name__}).") from None
-            raise_reply(reply)
-            return reply
-        raise AssertionError("unreachable")
+                if not last:
+                    raise
+            raise ShardUnavailable(
+                f"Capture shard {name} did not answer ({type(exc).__name__}).") from None
+        return reply
 
     async def _command(self, method: str, job_id: str, *args: Any) -> dict[str, Any]:
         return await self._call(job_id, method, *args)
