@@ -124,7 +124,7 @@ STORAGE_TYPES = ("oss", "s3")
 _STORAGE_KEYS = frozenset({
     "storage_type", "endpoint", "bucket", "access_key_id", "access_key_id_env",
     "access_key_secret", "access_key_secret_env", "region", "endpoint_url", "path_style",
-    "accounts", "prefix",
+    "accounts", "prefix", "conditional_writes",
 })
 
 
@@ -148,10 +148,19 @@ class StorageCredential:
     # every account, keys as given; ``livesnap serve`` refuses that with several accounts.
     accounts: tuple[str, ...] | None = None
     prefix: str = ""  # before every object key; "{Account}" is the writing job's account
+    # If-Match writes of the overwrite object by cluster shards (None: on for s3, off for oss)
+    conditional_writes: bool | None = None
 
     def __repr__(self) -> str:
         return (f"StorageCredential({self.storage_type} {self.endpoint} bucket={self.bucket!r}, "
                 f"access_key_id={self.access_key_id!r}, access_key_secret='***')")
+
+    @property
+    def writes_conditionally(self) -> bool:
+        """Whether a cluster shard writes the overwrite object with ``If-Match``."""
+        if self.conditional_writes is not None:
+            return self.conditional_writes
+        return self.storage_type == "s3"
 
     @property
     def shared(self) -> bool:
@@ -231,6 +240,9 @@ def _storage_entry(entry: object, number: int, env: Mapping[str, str]) -> Storag
     path_style = entry.get("path_style")
     if path_style is not None and not isinstance(path_style, bool):
         raise ValueError(f"{where}: path_style must be true or false")
+    conditional = entry.get("conditional_writes")
+    if conditional is not None and not isinstance(conditional, bool):
+        raise ValueError(f"{where}: conditional_writes must be true or false")
     accounts = _accounts(entry.get("accounts"), where)
     return StorageCredential(
         storage_type=storage_type,
@@ -241,6 +253,7 @@ def _storage_entry(entry: object, number: int, env: Mapping[str, str]) -> Storag
         region=_optional_text(entry, "region", where),
         endpoint_url=endpoint_url,
         path_style=path_style,
+        conditional_writes=conditional,
         accounts=accounts,
         prefix=_prefix(entry.get("prefix"), accounts, where),
     )

@@ -20,8 +20,10 @@ message. Only ``livesnap.api`` turns these into ICE ``Code`` / ``Message`` / HTT
     │   └── FencedOut             a newer instance of this capture shard took over
     ├── ShardUnavailable          the job's capture shard (cluster mode) did not answer
     └── OutputError               object storage failed (``retryable`` is False)
-        └── OutputUnavailable     the store is unreachable or failing (``retryable``: a later
-                                  attempt may succeed, so the capture is spooled)
+        ├── OutputUnavailable     the store is unreachable or failing (``retryable``: a later
+        │                         attempt may succeed, so the capture is spooled)
+        ├── VersionConflict       a conditional write found the object changed
+        └── OutputFenced          a replaced shard instance's write, refused before the store
 """
 
 from __future__ import annotations
@@ -115,3 +117,11 @@ class OutputUnavailable(OutputError):
     """Object storage is unreachable."""
 
     retryable = True
+
+
+class VersionConflict(OutputError):
+    """The object changed since this writer last saw it; the conditional write was refused."""
+
+
+class OutputFenced(OutputError):
+    """A newer instance of this capture shard has taken over: this one may not write objects."""

@@ -10,7 +10,7 @@ from tests.support.seaweed import BUCKET, SECRET_KEY, SeaweedServer
 from tests.support.servers import free_port
 
 from livesnap.config import StorageCredential
-from livesnap.errors import OutputError, OutputUnavailable
+from livesnap.errors import OutputError, OutputUnavailable, VersionConflict
 from livesnap.outputs.base import ObjectMeta
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
 
@@ -84,3 +84,24 @@ async def test_an_unreachable_store_is_retryable():
         await sink.put("x.jpg", JPEG, meta=ObjectMeta())
     assert info.value.retryable
     assert "is unreachable (connection refused)" in info.value.message
+
+
+async def test_a_conditional_write_names_the_version_it_replaces(seaweed, prefix):
+    sink = sink_for(seaweed)
+    key = f"{prefix}/over.jpg"
+    assert await sink.version(key) is None
+    first = await sink.put_over(key, b"one", meta=ObjectMeta(), version=None)
+    assert first and await sink.version(key) == first
+    with pytest.raises(VersionConflict):  # None: only where there is no object yet
+        await sink.put_over(key, b"late create", meta=ObjectMeta(), version=None)
+    second = await sink.put_over(key, b"two", meta=ObjectMeta(cache_control="no-cache"),
+                                 version=first)
+    assert second != first
+    with pytest.raises(VersionConflict) as info:  # a writer still holding the first version
+        await sink.put_over(key, b"stale", meta=ObjectMeta(), version=first)
+    assert not info.value.retryable
+    data, attributes = await sink.read(key)
+    assert data == b"two" and attributes["Cache-Control"] == "no-cache"
+    await sink.delete(key)
+    with pytest.raises(VersionConflict):  # gone: no version matches
+        await sink.put_over(key, b"three", meta=ObjectMeta(), version=second)

@@ -14,6 +14,7 @@ from livesnap.errors import InvalidParameter, OutputError
 from livesnap.jobs.manager import JobManager
 from livesnap.jobs.models import JobSpec, StorageTarget, StorageType
 from livesnap.node.wiring import RouterRemover, storage_router
+from livesnap.outputs.fenced import FencedSink
 from livesnap.outputs.local import LocalSink
 from livesnap.outputs.objectstore import ObjectStoreSink, address_for, oss_region
 from livesnap.outputs.router import StorageRouter, find_credential
@@ -69,6 +70,7 @@ def test_json_list_inline_or_in_a_file(tmp_path):
     ({"access_key_secret": None}, "access_key_secret is required"),
     ({"acess_key_id": "typo"}, "unknown field(s) acess_key_id"),
     ({"path_style": "yes"}, "path_style must be true or false"),
+    ({"conditional_writes": 1}, "conditional_writes must be true or false"),
     ({"endpoint_url": "ftp://x"}, "endpoint_url must be an http:// or https:// URL"),
     ({"access_key_secret_env": "NOT_SET_ANYWHERE"}, "give access_key_secret or"),
 ])
@@ -173,6 +175,28 @@ async def test_configured_targets_go_to_the_object_store(tmp_path):
     assert isinstance(route.sink, ObjectStoreSink) and not route.fallback
     assert "https://bucket-1.oss-cn-shanghai.aliyuncs.com" in route.description
     assert "sk-very-secret" not in repr(route.sink) + route.description
+
+
+async def owner() -> None:
+    return None
+
+
+@pytest.mark.parametrize(("storage_type", "setting", "fenced"), [
+    ("s3", None, True), ("oss", None, False), ("oss", True, True), ("s3", False, False),
+])
+async def test_a_cluster_shard_writes_overwrite_objects_conditionally_where_the_entry_allows(
+    tmp_path, storage_type, setting, fenced
+):
+    entry = cred(storage_type=storage_type, conditional_writes=setting,
+                 endpoint=OSS if storage_type == "oss" else "http://127.0.0.1:9")
+    shard = router(tmp_path, credentials=[entry], confirm_owner=owner).route(
+        "acct", storage_type, entry.endpoint, "bucket-1")
+    assert isinstance(shard.sink, ObjectStoreSink)  # reads and deletes: the plain sink
+    writer = shard.uploads.sink  # type: ignore[attr-defined]
+    assert isinstance(writer, FencedSink) is fenced
+    single = router(tmp_path / "one", credentials=[entry]).route(  # no fence: plain writes
+        "acct", storage_type, entry.endpoint, "bucket-1")
+    assert isinstance(single.uploads.sink, ObjectStoreSink)  # type: ignore[attr-defined]
 
 
 async def test_the_store_request_timeouts_are_settings(tmp_path):

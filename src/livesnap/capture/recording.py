@@ -174,13 +174,14 @@ class Recorder:
                 content_type=image_type, metadata=meta)))
         if report.overwrite_key:
             objects.append(PendingObject(key=report.overwrite_key, meta=ObjectMeta(
-                content_type=image_type, cache_control="no-cache", metadata=meta)))
+                content_type=image_type, cache_control="no-cache", metadata=meta,
+                rewritten=True)))
             if self.job.image.latest_pointer:  # last: it may only name an object that exists
                 objects.append(PendingObject(
                     key=imaging.pointer_key(report.overwrite_key),
                     data=latest_pointer(self.job, report),
                     meta=ObjectMeta(content_type="application/json", cache_control="no-cache",
-                                    metadata=meta)))
+                                    metadata=meta, rewritten=True)))
         return tuple(objects)
 
     def _route(self) -> Route:

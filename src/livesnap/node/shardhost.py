@@ -108,7 +108,8 @@ class ShardHost:
         settings = self.settings
         server = settings.server
         router = storage_router(
-            settings, spool_dir=Path(server.data_dir) / "spool-shards" / self.name)
+            settings, spool_dir=Path(server.data_dir) / "spool-shards" / self.name,
+            confirm_owner=fenced.confirm_owner if self._fence else None)
         if self._metrics is not None:
             router.observe_uploads(self._metrics.upload)
         manager = job_manager(settings, store=fenced, clock=clock, router=router,

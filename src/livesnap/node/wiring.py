@@ -97,9 +97,12 @@ def _target(target: StorageTarget) -> tuple[str, str, str]:
     return target.storage_type.value, target.endpoint, target.bucket
 
 
-def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> StorageRouter:
+def storage_router(
+    settings: Settings, *, spool_dir: Path | None = None,
+    confirm_owner: Callable[[], Awaitable[None]] | None = None,
+) -> StorageRouter:
     """Local disk under ``<data>/storage``, configured buckets, the spool in ``<data>/spool``
-    (a capture shard has its own spool directory)."""
+    (a capture shard has its own spool directory, and ``confirm_owner``: its fence check)."""
     data_dir, storage = Path(settings.server.data_dir), settings.storage
     return StorageRouter(
         root=data_dir / "storage",
@@ -113,6 +116,7 @@ def storage_router(settings: Settings, *, spool_dir: Path | None = None) -> Stor
         ),
         timeouts=Timeouts(connect_s=storage.storage_connect_timeout_s,
                           request_s=storage.storage_request_timeout_s),
+        confirm_owner=confirm_owner,
     )
 
 

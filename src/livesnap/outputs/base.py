@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +19,10 @@ class ObjectMeta:
     content_type: str = "image/jpeg"
     cache_control: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # the key is written again by every capture of its job (the overwrite object and its
+    # latest pointer): where a stale writer may exist, it is written only over the version
+    # this writer last saw (``outputs.fenced``)
+    rewritten: bool = False
 
 
 class SnapshotSink(Protocol):
@@ -29,6 +33,20 @@ class SnapshotSink(Protocol):
 
     async def delete(self, key: str) -> None:
         """Delete ``key``; a missing object is not an error."""
+
+
+@runtime_checkable
+class ConditionalSink(SnapshotSink, Protocol):
+    """A sink that can write a key only over a given version of it (S3's ``If-Match``)."""
+
+    async def version(self, key: str) -> str | None:
+        """The key's current version (its ETag), or None if there is no such object."""
+
+    async def put_over(self, key: str, data: bytes, *, meta: ObjectMeta,
+                       version: str | None) -> str:
+        """Store ``data`` only if the key is at ``version`` (None: only if it does not exist);
+        the new version. ``VersionConflict`` if the key is elsewhere, ``OutputError`` as
+        :meth:`put` for other failures."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,18 +26,20 @@ from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import (
+    AlreadyExistsError,
     BaseError,
     PermissionDeniedError,
+    PreconditionError,
     UnauthenticatedError,
 )
 from obstore.store import S3Store
 
 from livesnap.config import StorageCredential
-from livesnap.errors import OutputError, OutputUnavailable
+from livesnap.errors import OutputError, OutputUnavailable, VersionConflict
 from livesnap.outputs.base import ObjectMeta
 
 if TYPE_CHECKING:
-    from obstore import Attributes
+    from obstore import Attributes, PutMode
     from obstore.store import ClientConfig, RetryConfig, S3Credential
 
 DEFAULT_REGION = "us-east-1"
@@ -189,6 +191,33 @@ class ObjectStoreSink:
                                     use_multipart=False)
         except Exception as exc:  # obstore raises its own tree and some builtins
             raise translate(exc, self.label, f"store {key}") from exc
+
+    async def version(self, key: str) -> str | None:
+        """The object's ETag (a HEAD request), None if there is none."""
+        try:
+            found = await obstore.head_async(self.store, key)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise translate(exc, self.label, f"look up {key}") from exc
+        if not found["e_tag"]:
+            raise OutputError(f"cannot write {key} conditionally: {self.label} gives objects no "
+                              "ETag; set conditional_writes = false for it")
+        return found["e_tag"]
+
+    async def put_over(self, key: str, data: bytes, *, meta: ObjectMeta,
+                       version: str | None) -> str:
+        """One PUT with ``If-Match: version`` (``If-None-Match: *`` for None); the new ETag."""
+        mode: PutMode = "create" if version is None else {"e_tag": version}
+        try:
+            result = await obstore.put_async(self.store, key, data, attributes=_attributes(meta),
+                                             use_multipart=False, mode=mode)
+        except (PreconditionError, AlreadyExistsError) as exc:
+            raise VersionConflict(f"{key} changed at {self.label} since it was last "
+                                  "seen") from exc
+        except Exception as exc:
+            raise translate(exc, self.label, f"store {key}") from exc
+        return result["e_tag"] or ""
 
     async def delete(self, key: str) -> None:
         try:

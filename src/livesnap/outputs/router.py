@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from livesnap.config import StorageCredential, normalize_endpoint
 from livesnap.errors import OutputError
-from livesnap.outputs.base import Route, SnapshotSink, SpooledCapture, Upload
+from livesnap.outputs.base import ConditionalSink, Route, SnapshotSink, SpooledCapture, Upload
+from livesnap.outputs.fenced import FencedSink
 from livesnap.outputs.local import LocalSink, safe_segment
 from livesnap.outputs.objectstore import ObjectStoreSink, Timeouts
 from livesnap.outputs.spool import (
@@ -77,8 +78,13 @@ class StorageRouter:
         timeouts: Timeouts | None = None,
         sink_factory: SinkFactory | None = None,
         observe_uploads: UploadObserver | None = None,
+        confirm_owner: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``confirm_owner``: a cluster shard's check that it still owns its jobs (raises
+        ``FencedOut``); given, its overwrite objects are written conditionally where the
+        storage entry allows (``outputs.fenced``)."""
         self.root = root
+        self._confirm_owner = confirm_owner
         self._observe = observe_uploads
         self.fallback = fallback
         self._credentials = tuple(credentials)
@@ -219,8 +225,13 @@ class StorageRouter:
         prefix = cred.key_prefix(account)
         if prefix:
             description += f", keys under {prefix}"
+        writer: SnapshotSink = sink
+        if self._confirm_owner is not None and cred.writes_conditionally and isinstance(
+                sink, ConditionalSink):
+            writer = FencedSink(sink, self._confirm_owner)
         return self._with_uploader(sink, description=description, key_prefix=prefix,
-                                   name=f"{storage_type}:{endpoint}/{bucket}", fallback=False)
+                                   name=f"{storage_type}:{endpoint}/{bucket}", fallback=False,
+                                   writer=writer)
 
     def _local_route(self, account: str, storage_type: str, endpoint: str, bucket: str) -> Route:
         directory = self.root / safe_segment(account) / safe_segment(endpoint) / safe_segment(
@@ -240,9 +251,12 @@ class StorageRouter:
                                    name=f"{storage_type}:{endpoint}/{bucket}", fallback=fallback)
 
     def _with_uploader(
-        self, sink: SnapshotSink, *, description: str, name: str, fallback: bool, key_prefix: str
+        self, sink: SnapshotSink, *, description: str, name: str, fallback: bool, key_prefix: str,
+        writer: SnapshotSink | None = None,
     ) -> Route:
-        uploader = TargetUploader(sink, spool=self.spool, name=name, observe=self._observe)
+        """The route to ``sink``; its uploads go through ``writer`` (default: the sink)."""
+        uploader = TargetUploader(writer or sink, spool=self.spool, name=name,
+                                  observe=self._observe)
         self._uploaders.append(uploader)
         return Route(sink=sink, uploads=uploader, description=description, fallback=fallback,
                      key_prefix=key_prefix)

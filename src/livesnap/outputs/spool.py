@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from livesnap.errors import LivesnapError, OutputError
+from livesnap.errors import LivesnapError, OutputError, OutputFenced
 from livesnap.outputs.base import ObjectMeta, PendingObject, SnapshotSink, SpooledCapture, Upload
 
 logger = logging.getLogger(__name__)
@@ -448,6 +448,8 @@ class TargetUploader:
             if exc.retryable and not entry.finished:
                 await self._delay(exc)
             else:
+                if isinstance(exc, OutputFenced):
+                    await self._remove_stored(entry)
                 await self.drop(entry, f"snapshot not stored: {exc.message}", failed=True)
         except Exception:  # a sink bug: never retry it in a tight loop
             logger.exception("sink raised", extra={"action": "upload_failed", "target": self.name})
@@ -464,6 +466,22 @@ class TargetUploader:
             if obj.key not in entry.stored_keys:  # a retry skips what is already stored
                 await self._timed_put(obj.key, data if obj.data is None else obj.data, obj.meta)
                 entry.stored_keys.add(obj.key)
+
+    async def _remove_stored(self, entry: _Entry) -> None:
+        """A replaced shard instance may not store this capture: the objects of it already
+        stored (its sequence object) go, as no record will own them."""
+        for obj in entry.upload.objects:
+            if obj.key in entry.stored_keys and not obj.meta.rewritten:
+                try:
+                    await self.sink.delete(obj.key)
+                except OutputError as exc:
+                    logger.warning("object of a refused capture not removed: %s", exc.message,
+                                   extra={"action": "fenced_object_left", "key": obj.key,
+                                          "job_id": entry.upload.job_id})
+                    continue
+                logger.info("object of a refused capture removed", extra={
+                    "action": "fenced_object_removed", "key": obj.key,
+                    "job_id": entry.upload.job_id})
 
     async def _timed_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
         """One object write, reported to ``observe`` (success or failure, with its duration)."""
@@ -592,6 +610,7 @@ def _description(entry: _Entry) -> dict[str, object]:
         "objects": [{
             "key": obj.key, "content_type": obj.meta.content_type,
             "cache_control": obj.meta.cache_control, "metadata": dict(obj.meta.metadata),
+            "rewritten": obj.meta.rewritten,
             "data": None if obj.data is None else base64.b64encode(obj.data).decode(),
         } for obj in upload.objects],
     }
@@ -607,7 +626,8 @@ def _read_leftover(path: Path) -> SpooledCapture | None:
             key=str(obj["key"]),
             meta=ObjectMeta(content_type=str(obj["content_type"]),
                             cache_control=obj["cache_control"],
-                            metadata={str(k): str(v) for k, v in obj["metadata"].items()}),
+                            metadata={str(k): str(v) for k, v in obj["metadata"].items()},
+                            rewritten=bool(obj.get("rewritten", False))),
             data=None if obj["data"] is None else base64.b64decode(obj["data"]),
         ) for obj in found["objects"])
         size = path.stat().st_size - len(head)

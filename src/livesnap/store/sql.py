@@ -313,6 +313,11 @@ class SqlStore:
                         threaded=self._threaded, write_lock=self._write_lock,
                         group_gap_s=self._group.gap_s, group_company_s=self._group.company_s)
 
+    async def confirm_owner(self) -> None:
+        """``FencedOut`` unless this view's fence is still current (a view without one: None)."""
+        if self._fence is not None:
+            await self._run("confirm_owner", lambda conn: None, write=True)
+
     def _check_fence(self, conn: Connection, fence: Fence) -> None:
         # FOR SHARE: take_epoch's UPDATE of the row waits for this transaction to end, so
         # no write of the old epoch can commit after a newer epoch was taken.
