@@ -6,9 +6,12 @@ One scenario, in order (docs/cluster.md): 20 jobs spread over 6 shards on 3 node
 killed hard and its jobs capture again on other nodes within 15 s; another node's raylet is
 frozen (SIGSTOP) past the detection time, its shards restart elsewhere and the stale
 instances, still running, stop themselves (no player left on the origin, no record written
-with their epoch); the raylet is resumed. Throughout, the API answers. At the end no job has
-a duplicate record, the ticks missed are at most those the shards reported, and no Ray
-process is left. Marked ``cluster``: the quick suite skips it (``-m "not cluster"``).
+with their epoch); the raylet is resumed. Throughout, the API answers, and no job's overwrite
+object (in a real S3 bucket, SeaweedFS) goes back in time. At the end no job has a duplicate
+record, every overwrite object holds at least its job's newest record, no sequence object is
+without a record, the ticks missed are at most those the shards reported, and no Ray process
+is left. (A stale instance writing late is rare here: its first refused record stops it. The
+late write itself is made to happen, and refused, in tests/integration/test_fenced_objects.py.) Marked ``cluster``: the quick suite skips it (``-m "not cluster"``).
 
 Before it, in this module so that the two never run Ray side by side (a file runs whole on one
 xdist worker): ``scripts/staging-cluster.sh`` starts a head and 2 workers, all on loopback
@@ -38,6 +41,7 @@ import psutil
 import pytest
 from alibabacloud_ice20201109 import models as m
 
+from tests.support.seaweed import BUCKET, SeaweedServer
 from tests.support.servers import REPO_ROOT, Publisher, RedisServer, RtmpOrigin
 from tests.support.service import LivesnapServer, core_client, core_request, ice_client
 from tests.support.waiting import wait_until
@@ -61,6 +65,7 @@ FAST_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
 RESUME_WITHIN_S = 15.0
+OVERWRITE = "{JobId}/latest.jpg"  # the failover test's jobs write it to a real S3 bucket
 
 
 def ray_pids() -> set[int]:
@@ -353,6 +358,13 @@ class PgReader:
     def jobs_with_files(self) -> set[str]:
         return {r[0] for r in self._rows("SELECT DISTINCT job_id FROM files")}
 
+    def newest_by_job(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self._rows(
+            "SELECT job_id, max(create_ms) FROM files GROUP BY job_id")}
+
+    def object_keys(self) -> set[str]:
+        return {r[0] for r in self._rows("SELECT object_key FROM files")}
+
     def newest_ms(self, job_id: str) -> int:
         rows = self._rows("SELECT max(create_ms) FROM files WHERE job_id = $1", job_id)
         return int(rows[0][0] or 0)
@@ -422,8 +434,67 @@ class ApiWatch:
         self._thread.join(10)
 
 
+class Bucket:
+    """The test's S3 bucket, read from the side: each job's overwrite object and its keys."""
+
+    def __init__(self, seaweed: SeaweedServer) -> None:
+        from livesnap.config import StorageCredential
+        from livesnap.outputs.objectstore import ObjectStoreSink
+        cred = StorageCredential(**seaweed.credential())
+        self.sink = ObjectStoreSink.for_target(cred, cred.endpoint, BUCKET)
+
+    def overwrite_ms(self, job_id: str) -> int | None:
+        """The capture time the job's overwrite object carries (None: not there yet)."""
+        from livesnap.errors import OutputError
+        try:
+            _, attributes = asyncio.run(self.sink.read(OVERWRITE.format(JobId=job_id)))
+        except OutputError:
+            return None
+        return int(attributes["capture-time-ms"])
+
+    def sequence_objects(self, older_than_s: float) -> set[str]:
+        """Every object but the overwrite objects, last written over ``older_than_s`` ago."""
+        import obstore
+        cutoff = time.time() - older_than_s
+        return {o["path"] for batch in obstore.list(self.sink.store) for o in batch
+                if not o["path"].endswith("/latest.jpg")
+                and o["last_modified"].timestamp() < cutoff}
+
+
+class OverwriteWatch:
+    """Reads every job's overwrite object in the background, again and again: the capture
+    time it carries may never go back (a replaced shard instance writing late)."""
+
+    def __init__(self, bucket: Bucket, jobs: list[str]) -> None:
+        self.bucket, self.jobs = bucket, jobs
+        self.rounds = 0
+        self.went_back: list[tuple[str, int, int]] = []
+        self._seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for job_id in self.jobs:
+                shown = self.bucket.overwrite_ms(job_id)
+                if shown is None:
+                    continue
+                if shown < self._seen.get(job_id, 0):
+                    self.went_back.append((job_id, self._seen[job_id], shown))
+                self._seen[job_id] = max(shown, self._seen.get(job_id, 0))
+            self.rounds += 1
+
+    def __enter__(self) -> OverwriteWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
-    ray_cluster, streams, postgres_url, tmp_path
+    ray_cluster, streams, postgres_url, seaweed, tmp_path
 ):
     cluster, workers, short = ray_cluster
     origin, _ = streams
@@ -436,9 +507,11 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
            "LIVESNAP_RAY_NAMESPACE": NAMESPACE, "LIVESNAP_SHARDS": str(SHARDS),
            "LIVESNAP_DATABASE_URL": postgres_url, "LIVESNAP_RW_TIMEOUT_S": "2",
            "LIVESNAP_RECONNECT_MAX_S": "2", "LIVESNAP_SHARD_RECONCILE_S": "1",
-           # one host: every node shares the data directory, so the local fallback is one place
-           "LIVESNAP_STORAGE_FALLBACK": "true", "LIVESNAP_REBALANCE_S": "0",
-           "RAY_TMPDIR": short, **RAY_ENV}
+           "LIVESNAP_STORAGE_CONFIG": json.dumps([seaweed.credential()]),
+           "LIVESNAP_REBALANCE_S": "0", "RAY_TMPDIR": short, **RAY_ENV}
+    s3_output = m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+        storage_type="s3", endpoint=seaweed.endpoint, bucket=BUCKET)
+    bucket = Bucket(seaweed)
     up = livesnap("cluster", "up", "--resource", "shard", env=env, data_dir=data_dir)
     assert up.returncode == 0, up.stderr
     assert up.stdout.count(" running ") == SHARDS, up.stdout
@@ -448,16 +521,18 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
 
         client = ice_client(server.endpoint)
         template = client.create_live_snapshot_template(m.CreateLiveSnapshotTemplateRequest(
-            template_name="cluster", time_interval=INTERVAL_S,
+            template_name="cluster", time_interval=INTERVAL_S, overwrite_format=OVERWRITE,
             sequence_format="{JobId}/{Sequence}.jpg")).body.template_id
         jobs = {}
         for i in range(JOBS):
-            job_id = submit_job(client, template, f"c{i}", origin.url(f"cl-{i % STREAMS}"))
+            job_id = submit_job(client, template, f"c{i}", origin.url(f"cl-{i % STREAMS}"),
+                                output=s3_output)
             jobs[job_id] = owner(job_id, names)
         pg = PgReader(postgres_url)
         wait_until(lambda: len(pg.jobs_with_files()) == JOBS, 60, "every job has a snapshot")
 
-        with ApiWatch(client, next(iter(jobs))) as watch:
+        with ApiWatch(client, next(iter(jobs))) as watch, OverwriteWatch(
+                bucket, list(jobs)) as pictures:
             # 1. a node dies: its shards restart elsewhere and their jobs capture again
             victim = next(w for w in workers if any(
                 r["node"] == w.node_id for r in before.values()))
@@ -511,7 +586,19 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
             time.sleep(INTERVAL_S + 1)
 
         assert watch.failures == [] and watch.calls > 20, (watch.calls, watch.failures[:5])
-        # 3. nothing recorded twice; the ticks missed are those the shards reported
+        # 3. no overwrite object went back in time, each holds at least its job's newest
+        # record (read first: an object is written before its record), and no object was
+        # left without a record (those of the last 5 s may still be on their way to one)
+        assert pictures.went_back == [] and pictures.rounds > 20, (
+            pictures.rounds, pictures.went_back[:5])
+        newest = pg.newest_by_job()
+        older = {j: (bucket.overwrite_ms(j), newest[j]) for j in jobs}
+        assert all(shown is not None and shown >= record for shown, record in older.values()
+                   ), older
+        objects = bucket.sequence_objects(older_than_s=5)
+        orphans = objects - pg.object_keys()
+        assert objects and orphans == set(), sorted(orphans)[:5]
+        # 4. nothing recorded twice; the ticks missed are those the shards reported
         shown = livesnap("cluster", "status", "--json", env=env)
         assert shown.returncode == 0, shown.stderr
         *status, last = [json.loads(line) for line in shown.stdout.splitlines()]
@@ -550,12 +637,14 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
     assert f"{len(states)} started job(s) wait for the next" in down.stdout
 
 
-def submit_job(client: object, template: str, name: str, url: str) -> str:
-    """Submit a job on ``url`` to the cluster's one OSS bucket; its id."""
+def submit_job(client: object, template: str, name: str, url: str, *,
+               output: m.SubmitLiveSnapshotJobRequestSnapshotOutput | None = None) -> str:
+    """Submit a job on ``url`` to ``output`` (default: an OSS bucket the local fallback
+    stands in for); its id."""
     return client.submit_live_snapshot_job(m.SubmitLiveSnapshotJobRequest(  # type: ignore[attr-defined]
         job_name=name, template_id=template,
         stream_input=m.SubmitLiveSnapshotJobRequestStreamInput(type="rtmp", url=url),
-        snapshot_output=m.SubmitLiveSnapshotJobRequestSnapshotOutput(
+        snapshot_output=output or m.SubmitLiveSnapshotJobRequestSnapshotOutput(
             storage_type="oss", endpoint="oss-cn-shanghai.aliyuncs.com", bucket="bucket-1"),
     )).body.job_id
 
