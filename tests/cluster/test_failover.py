@@ -452,12 +452,14 @@ class Bucket:
             return None
         return int(attributes["capture-time-ms"])
 
-    def sequence_objects(self, older_than_s: float) -> set[str]:
-        """Every object but the overwrite objects, last written over ``older_than_s`` ago."""
+    def sequence_objects(self, jobs: list[str], older_than_s: float) -> set[str]:
+        """The objects of ``jobs`` but their overwrite objects, last written over
+        ``older_than_s`` ago (the bucket is the test session's: other tests write to it)."""
         import obstore
         cutoff = time.time() - older_than_s
-        return {o["path"] for batch in obstore.list(self.sink.store) for o in batch
-                if not o["path"].endswith("/latest.jpg")
+        return {o["path"] for job_id in jobs
+                for batch in obstore.list(self.sink.store, prefix=f"{job_id}/") for o in batch
+                if o["path"] != OVERWRITE.format(JobId=job_id)
                 and o["last_modified"].timestamp() < cutoff}
 
 
@@ -595,7 +597,7 @@ def test_failover_moves_jobs_fences_the_stale_shard_and_loses_nothing(
         older = {j: (bucket.overwrite_ms(j), newest[j]) for j in jobs}
         assert all(shown is not None and shown >= record for shown, record in older.values()
                    ), older
-        objects = bucket.sequence_objects(older_than_s=5)
+        objects = bucket.sequence_objects(list(jobs), older_than_s=5)
         orphans = objects - pg.object_keys()
         assert objects and orphans == set(), sorted(orphans)[:5]
         # 4. nothing recorded twice; the ticks missed are those the shards reported
