@@ -58,3 +58,26 @@ async def test_a_directory_linked_outside_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="escapes"):
         await sink.put("link/x.jpg", b"x", meta=META)
     assert list(outside.iterdir()) == []
+
+
+async def test_a_second_object_of_the_same_picture_shares_its_file(tmp_path: Path) -> None:
+    sink = LocalSink(tmp_path)
+    await sink.put("snap/job/1.jpg", b"picture 1", meta=META)
+    await sink.put_same("snap/job.jpg", b"picture 1", meta=META, same_as="snap/job/1.jpg")
+    await sink.put("snap/job/2.jpg", b"picture 2", meta=META)
+    await sink.put_same("snap/job.jpg", b"picture 2", meta=META, same_as="snap/job/2.jpg")
+    latest, second = tmp_path / "snap/job.jpg", tmp_path / "snap/job/2.jpg"
+    assert latest.read_bytes() == b"picture 2" and latest.stat().st_ino == second.stat().st_ino
+    assert (tmp_path / "snap/job/1.jpg").read_bytes() == b"picture 1"  # untouched
+    await sink.delete("snap/job/2.jpg")  # a sequence object deleted: the latest stays
+    assert latest.read_bytes() == b"picture 2"
+    assert names_under(tmp_path / "snap") == ["1.jpg", "job", "job.jpg"]
+
+
+async def test_sharing_falls_back_to_writing_when_no_link_can_be_made(tmp_path: Path) -> None:
+    sink = LocalSink(tmp_path)
+    await sink.put_same("snap/job.jpg", b"bytes", meta=META, same_as="snap/job/gone.jpg")
+    assert (tmp_path / "snap/job.jpg").read_bytes() == b"bytes"
+    with pytest.raises(OutputError, match="escapes"):
+        await sink.put_same("snap/job.jpg", b"x", meta=META, same_as="../outside.jpg")
+    assert names_under(tmp_path, "*.part") == []

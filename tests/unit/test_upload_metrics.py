@@ -61,7 +61,10 @@ async def test_router_reports_every_local_write_to_the_metrics(tmp_path):
     await route.uploads.submit(jobs.upload("j", 1, ["snap/j/1.jpg", "snap/j.jpg"]))
     await route.uploads.submit(jobs.upload("j", 2, ["snap/j/2.jpg", "snap/j.jpg"]))
     await settle(lambda: jobs.stored == [1, 2], "two records")
-    assert (tmp_path / "storage" / "acct" / "disk" / "bucket" / "snap" / "j" / "2.jpg").exists()
+    stored = tmp_path / "storage" / "acct" / "disk" / "bucket" / "snap"
+    # the overwrite object is the newest sequence object's file under a second name
+    assert (stored / "j.jpg").stat().st_ino == (stored / "j" / "2.jpg").stat().st_ino
+    assert (stored / "j.jpg").read_bytes() == b"\xff\xd8jpeg"
     assert value(metrics, "livesnap_upload_seconds_count") == 4  # two objects per capture
     assert value(metrics, "livesnap_upload_failures_total") == 0
     await router.close(1)

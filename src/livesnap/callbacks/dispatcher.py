@@ -101,11 +101,15 @@ class _Refused(Exception):
     """The attempt was not made (bad URL, unresolvable or blocked host, no key)."""
 
 
+LITERAL_TARGETS_KEPT = 1024  # callback URLs with an IP address whose checked target is kept
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Target:
     urls: list[httpx.URL]  # the callback URL with its host replaced by each checked address
     host_header: str
     sni_hostname: str | None
+    literal: bool = False  # the URL's host is an IP address (nothing was resolved)
 
 
 class PoolResolver:
@@ -165,6 +169,8 @@ class CallbackDispatcher:
         if resolver is None:
             resolver = self._pool_resolver = PoolResolver()
         self._resolver = resolver
+        # targets of callback URLs whose host is an IP address: nothing in them can change
+        self._literal_targets: dict[str, _Target] = {}
         self._rand = rand
         self._inflight: dict[str, asyncio.Task[None]] = {}  # job id -> its delivery
         # Fairness: whose deliveries hold the slots, and the receivers that keep failing.
@@ -548,6 +554,19 @@ class CallbackDispatcher:
             raise _Refused(f"no callback key for the account: {exc}") from exc
 
     async def _target(self, raw_url: str) -> _Target:
+        """Where ``raw_url``'s POSTs go: its host's addresses, each checked against the blocked
+        networks (a name is resolved for each delivery; an IP address is checked once)."""
+        known = self._literal_targets.get(raw_url)
+        if known is not None:
+            return known
+        target = await self._checked_target(raw_url)
+        if target.literal:
+            if len(self._literal_targets) >= LITERAL_TARGETS_KEPT:
+                self._literal_targets.clear()
+            self._literal_targets[raw_url] = target
+        return target
+
+    async def _checked_target(self, raw_url: str) -> _Target:
         try:
             url = httpx.URL(raw_url)
         except httpx.InvalidURL as exc:
@@ -565,7 +584,8 @@ class CallbackDispatcher:
         if not pinned:
             raise _Refused(f"cannot connect to {url.host}: no usable address in {addresses}")
         sni = url.host if url.scheme == "https" else None
-        return _Target(urls=pinned, host_header=url.netloc.decode("ascii"), sni_hostname=sni)
+        return _Target(urls=pinned, host_header=url.netloc.decode("ascii"), sni_hostname=sni,
+                       literal=_plain_ip(url.host))
 
     async def _resolve(self, host: str) -> list[str]:
         if _plain_ip(host):  # nothing to look up (and no thread to wake for it)

@@ -6,6 +6,7 @@ milliseconds; ``{Sequence}`` = per-job counter from 1; ``{Date}`` = UTC ``YYYY-M
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -57,11 +58,22 @@ def check_sequence_format(fmt: str) -> None:
 
 def render_key(fmt: str, *, job_id: str, create_ms: int, sequence: int | None) -> str:
     """The object key for one capture."""
-    date = datetime.fromtimestamp(create_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    texts, names = _parts(fmt)
     values = {
         "JobId": job_id,
         "UnixTimestamp": str(create_ms),
         "Sequence": "" if sequence is None else str(sequence),
-        "Date": date,
     }
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], fmt)
+    if "Date" in names:
+        values["Date"] = datetime.fromtimestamp(create_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    out = [texts[0]]
+    for name, text in zip(names, texts[1:], strict=True):
+        out += (values[name], text)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parts(fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``fmt`` split once: the texts around its placeholders, and the placeholders' names."""
+    pieces = _PLACEHOLDER.split(fmt)  # text, name, text, name, ..., text
+    return tuple(pieces[0::2]), tuple(pieces[1::2])

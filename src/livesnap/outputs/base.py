@@ -49,6 +49,16 @@ class ConditionalSink(SnapshotSink, Protocol):
         :meth:`put` for other failures."""
 
 
+@runtime_checkable
+class SharingSink(SnapshotSink, Protocol):
+    """A sink that can store a second object with the same bytes without writing them again
+    (local disk: a hard link)."""
+
+    async def put_same(self, key: str, data: bytes, *, meta: ObjectMeta, same_as: str) -> None:
+        """Store ``data`` under ``key``, as :meth:`put`; ``same_as`` is an object this upload
+        stored with the same bytes, which the sink may share instead of writing them."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class PendingObject:
     """One object of a capture: its key, headers and bytes (None: the capture's picture)."""
