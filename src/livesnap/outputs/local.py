@@ -96,23 +96,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """``data`` into ``path`` whole or not at all: a temporary file beside it, renamed over
     it. Plain system calls: through ``tempfile`` and a file object a 96 KB picture cost twice
     as much CPU (110 against 55 µs, measured)."""
-    tmp = f"{path.parent}/.tmp-{os.getpid()}-{next(_part_names)}.part"
+    write_whole(str(path), f"{path.parent}/.tmp-{os.getpid()}-{next(_part_names)}.part",
+                (data,))
+
+
+def write_whole(path: str, partial: str, chunks: tuple[bytes, ...]) -> None:
+    """``chunks`` one after the other into ``partial`` (0600; its directory made only when
+    the open says it is missing), then renamed over ``path``; nothing left on failure. One
+    ``writev`` for the lot (the spool writes its description line and the picture so)."""
     try:
-        fd = os.open(tmp, _PART_FLAGS, 0o600)
-    except FileNotFoundError:  # the key's first object in its directory (or it was removed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, _PART_FLAGS, 0o600)
+        fd = os.open(partial, _PART_FLAGS, 0o600)
+    except FileNotFoundError:  # the first file in its directory (or it was removed)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(partial, _PART_FLAGS, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            total = sum(len(chunk) for chunk in chunks)
+            written = os.writev(fd, chunks)
+            if written < total:  # a short write: the rest, one write at a time
+                rest = memoryview(b"".join(chunks))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest):]
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(partial)
         raise
 
 
