@@ -471,14 +471,12 @@ class TargetUploader:
     async def _put_objects(self, entry: _Entry) -> None:
         data = await self._spool.read(entry)
         picture: str | None = None  # the first object of the capture's picture, once stored
-        sharing = self._sharing is not None
         for obj in entry.upload.objects:
             if obj.key not in entry.stored_keys:  # a retry skips what is already stored
                 if obj.data is not None:
                     await self._timed_put(obj.key, obj.data, obj.meta)
                 else:
-                    await self._timed_put(obj.key, data, obj.meta,
-                                          same_as=picture if sharing else None)
+                    await self._timed_put(obj.key, data, obj.meta, same_as=picture)
                 entry.stored_keys.add(obj.key)
             if obj.data is None and picture is None:
                 picture = obj.key
