@@ -570,12 +570,14 @@ async def test_the_manager_hands_over_the_events_it_writes():
 
 
 # lifecycle ---------------------------------------------------------------------------------
-async def until(predicate, seconds: float = 2.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
+async def until(predicate, seconds: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; a generous bound, as a loaded 2-core machine running
+    the suite in parallel is slow (it only makes a failing run wait longer)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_run_delivers_on_notify_and_stops_promptly():
