@@ -56,9 +56,11 @@ fi
 
 # The code's own checks before the tests, when the whole suite runs (no pytest arguments):
 # ruff's lint and mypy's strict typing of src/; a finding fails the run.
+# The whole suite also lists its 25 slowest tests, to see where its time goes.
 if [[ $# -eq 0 ]]; then
   .venv/bin/ruff check src tests bench || exit 1
   .venv/bin/mypy --strict src || exit 1
+  set -- --durations=25
 fi
 
 # Most tests wait on real time (live streams, timeouts, outages), not on the CPU: two workers
