@@ -786,9 +786,12 @@ def measure_livesnap(
     env: dict[str, str] | None = None, ready_timeout: float | None = None,
     idle_window: float = 3.0, callbacks: bool = True, variant: str = "default",
     interval: float = INTERVAL_S, template: dict[str, str] | None = None,
-    settle: float = 2.5, sample_players_s: float | None = None,
+    settle: float = 2.5, sample_players_s: float | None = None, ready_share: float = 1.0,
 ) -> Measurement:
     """N jobs through the real service; CPU/RSS of ``livesnap serve``; ticks and lag from records.
+
+    The window starts once ``ready_share`` of the jobs have delivered a capture (all, unless
+    an overloaded service is measured: ``--ready-share``).
 
     Without ``callbacks`` the jobs have no CallbackUrl (to see what delivering them costs);
     the lag is then only the session's own ``CaptureLag``. The jobs use the system template
@@ -840,7 +843,8 @@ def measure_livesnap(
                 return len(receiver.jobs_with_capture() & submitted.keys())
             return sum(1 for j in submitted if snapshot_count(server, j) > 0)
 
-        while started() < n:
+        need = max(1, math.ceil(n * ready_share))
+        while started() < need:
             if time.monotonic() > deadline or server.proc.poll() is not None:
                 have = started()
                 raise RuntimeError(
@@ -1063,7 +1067,7 @@ def scale_up(
             found = measure_livesnap(
                 streams, n, warmup=args.warmup, window=args.window, workdir=workdir,
                 env=variant_env, idle_window=1.0 if args.quick else 3.0,
-                callbacks=callbacks, variant=name)
+                callbacks=callbacks, variant=name, ready_share=args.ready_share)
             x = found.extra
             log(f"  livesnap {name:10s} N={n:3d} {found.cpu_s_per_stream_min:.3f} "
                 f"CPU-s/stream-min ({found.cores:.2f} cores), "
@@ -1541,6 +1545,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds before a window")
     parser.add_argument("--window", type=float, help="seconds measured")
     parser.add_argument("--clip-seconds", type=int, default=30, help="length of the looped clip")
+    parser.add_argument("--ready-share", type=float, default=1.0,
+                        help="start measuring once this share of the jobs delivered a capture "
+                             "(below 1 to measure an overloaded service)")
     parser.add_argument("--lag-limit-ms", type=float, default=1000.0,
                         help="lag p99 above this counts as saturated")
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
