@@ -9,13 +9,7 @@ import time
 
 import pytest
 
-from livesnap.capture.overload import (
-    LATE_CHECKS_TO_SHED,
-    MAX_SHARE,
-    ON_TIME_CHECKS_TO_EASE,
-    SHARE_UP,
-    LoopWatch,
-)
+from livesnap.capture.overload import LATE_CHECKS_TO_SHED, ON_TIME_CHECKS_TO_STOP, LoopWatch
 from livesnap.clock import SystemClock
 from livesnap.config import Settings
 from livesnap.node.wiring import capture_supervisor
@@ -33,53 +27,32 @@ class Failures:
         self.stages.append(stage)
 
 
-def always() -> float:
-    return 0.0  # the reader's draw: below any share, so a keyframe is skipped when shedding
-
-
 def test_shedding_starts_only_after_several_late_checks_in_a_row() -> None:
-    watch = LoopWatch(1.0, rand=always)
+    watch = LoopWatch(1.0)
     for _ in range(LATE_CHECKS_TO_SHED - 1):
         watch.observe(1.5)
     watch.observe(0.0)  # on time: the run of late checks starts again
     for _ in range(LATE_CHECKS_TO_SHED - 1):
         watch.observe(1.5)
-    assert watch.share == 0 and not watch.should_shed()
+    assert not watch.shedding and not watch.should_shed()
     watch.observe(1.0)
-    assert watch.share == SHARE_UP and watch.should_shed()
+    assert watch.shedding and watch.should_shed()
 
 
-def test_the_share_grows_while_late_up_to_its_cap_and_draws_decide() -> None:
-    draw = [0.5]
-    watch = LoopWatch(1.0, rand=lambda: draw[0])
-    shares = []
-    for _ in range(LATE_CHECKS_TO_SHED + 6):
-        watch.observe(2.0)
-        shares.append(watch.share)
-    assert shares[LATE_CHECKS_TO_SHED - 1:] == [0.2, 0.4, 0.6, 0.8, MAX_SHARE, MAX_SHARE,
-                                                 MAX_SHARE]
-    assert watch.should_shed()  # 0.5 < 0.9
-    draw[0] = MAX_SHARE  # a draw at or over the share: decoded (one in ten at the cap)
-    assert not watch.should_shed()
-    assert watch.shed_total == 1
-
-
-def test_the_share_eases_off_once_the_loop_is_on_time_again(caplog) -> None:
-    watch = LoopWatch(1.0, rand=always)
+def test_shedding_stops_once_the_loop_is_on_time_again(caplog) -> None:
+    watch = LoopWatch(1.0)
     caplog.set_level(logging.WARNING, "livesnap.capture.overload")
-    for _ in range(LATE_CHECKS_TO_SHED + 1):
+    for _ in range(LATE_CHECKS_TO_SHED):
         watch.observe(2.0)
-    assert watch.share == 0.4
-    watch.observe(0.5)  # better, not on time: nothing changes
-    watch.observe(0.1)  # the first on-time check
-    assert watch.share == 0.4
-    watch.observe(2.0)  # late again (after the run of late checks broke): no growth yet
-    assert watch.share == 0.4
-    shares = []
-    for _ in range(ON_TIME_CHECKS_TO_EASE + 3):
-        watch.observe(0.0)
-        shares.append(watch.share)
-    assert shares == [0.4, 0.3, 0.2, 0.1, 0.0]
+    assert watch.shedding
+    watch.observe(0.5)  # better, not on time: neither starts nor stops anything
+    watch.observe(0.1)
+    assert watch.shedding
+    watch.observe(2.0)  # late again: the on-time run starts over
+    for _ in range(ON_TIME_CHECKS_TO_STOP - 1):
+        watch.observe(0.1)
+    assert watch.shedding
+    watch.observe(0.0)
     assert not watch.shedding and not watch.should_shed()
     actions = [r.action for r in caplog.records]  # type: ignore[attr-defined]
     assert actions == ["capture.shedding", "capture.shedding_ended"]
@@ -87,7 +60,7 @@ def test_the_share_eases_off_once_the_loop_is_on_time_again(caplog) -> None:
 
 def test_skipped_decodes_are_counted_from_reader_threads_and_reported_on_the_loop() -> None:
     failures = Failures()
-    watch = LoopWatch(1.0, failures, rand=always)
+    watch = LoopWatch(1.0, failures)
     for _ in range(LATE_CHECKS_TO_SHED):
         watch.observe(3.0)
 
@@ -127,7 +100,7 @@ async def test_a_blocked_event_loop_starts_shedding_and_an_idle_one_ends_it() ->
         hold_the_loop(0.3)  # the watch's next wake-up comes this late
         await asyncio.sleep(0.01)  # the watch wakes (late) and sleeps again; hold it again
     assert watch.shedding
-    for _ in range(200):  # on time again: it eases off within a few checks
+    for _ in range(200):  # on time again: it ends within a few checks
         if not watch.shedding:
             break
         await asyncio.sleep(0.05)

@@ -4,12 +4,10 @@ One capture process saturates its core at a few hundred 1080p jobs: the stream r
 keyframe decodes (most of their CPU) then take the core, and the event loop that stores and
 records the pictures gets so little of it that nothing is recorded at all; an overloaded
 process did not slow down, it stopped (docs/performance.md). :class:`LoopWatch` measures how
-late the loop wakes from a short sleep. Once it has been late by ``late_s`` or more on
-several checks in a row, the readers skip a share of the keyframes their selectors choose
-(never one a user asked for): the share grows while the loop stays late, up to
-``MAX_SHARE``, and shrinks back to nothing once it is on time. A skipped keyframe's tick
-counts as missed; every job still gets some of its ticks, and the captures that are decoded
-get recorded.
+late the loop wakes from a short sleep. While it has been late by ``late_s`` or more on
+several checks in a row, the readers decode only the keyframes a user asked for (capture
+now): the ticks they skip are counted as missed, the captures they do decode get recorded,
+and the loop catches up. It stops shedding once the loop is on time again.
 """
 
 from __future__ import annotations
@@ -17,39 +15,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
-from collections.abc import Callable
 
 from livesnap.capture.metrics import CaptureMetrics, NoCaptureMetrics
 
 logger = logging.getLogger(__name__)
 
 CHECK_S = 0.25  # the watch's sleep; how late it wakes is the loop's delay
-LATE_CHECKS_TO_SHED = 3  # checks in a row at least ``late_s`` late before the share grows
-ON_TIME_CHECKS_TO_EASE = 2  # checks in a row under a quarter of ``late_s`` before it shrinks
-SHARE_UP = 0.2  # added to the share by each late check (after the first few)
-SHARE_DOWN = 0.1  # taken from it by each on-time check (after the first few)
-MAX_SHARE = 0.9  # at most this share is skipped: no job goes without captures
+LATE_CHECKS_TO_SHED = 3  # checks in a row at least ``late_s`` late before shedding starts
+ON_TIME_CHECKS_TO_STOP = 2  # checks in a row under a quarter of ``late_s`` to stop
 
 
 class LoopWatch:
-    """How late this process's event loop runs, and what share of decodes readers skip.
+    """How late this process's event loop runs, and whether readers shed decodes now.
 
-    ``share`` is read by reader threads (a plain float; a stale read affects one keyframe)
-    and written only by :meth:`observe` on the loop.
+    ``shedding`` is read by reader threads (a plain attribute; a stale read costs one
+    keyframe at most) and written only by :meth:`observe` on the loop.
     """
 
-    def __init__(
-        self, late_s: float, metrics: CaptureMetrics | None = None,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, late_s: float, metrics: CaptureMetrics | None = None) -> None:
         if late_s <= 0:
             raise ValueError("late_s must be positive")
         self.late_s = late_s
-        self.share = 0.0
+        self.shedding = False
         self._metrics = metrics or NoCaptureMetrics()
-        self._rand = rand
         self._late_in_row = 0
         self._on_time_in_row = 0
         self._lock = threading.Lock()  # reader threads count what they skip
@@ -58,15 +47,10 @@ class LoopWatch:
         self._episode_shed = 0
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def shedding(self) -> bool:
-        return self.share > 0
-
     # reader threads ----------------------------------------------------------------------
     def should_shed(self) -> bool:
         """For a reader about to decode a keyframe no user asked for: skip it? Counts it."""
-        share = self.share
-        if share <= 0 or self._rand() >= share:
+        if not self.shedding:
             return False
         with self._lock:
             self._shed += 1
@@ -74,31 +58,28 @@ class LoopWatch:
 
     # the loop ------------------------------------------------------------------------------
     def observe(self, late_s: float) -> None:
-        """One check found the loop ``late_s`` seconds late: update ``share``."""
+        """One check found the loop ``late_s`` seconds late: update ``shedding``."""
         self._report_shed()
-        was = self.share
         if late_s >= self.late_s:
             self._late_in_row += 1
             self._on_time_in_row = 0
-            if self._late_in_row >= LATE_CHECKS_TO_SHED:
-                self.share = min(MAX_SHARE, round(self.share + SHARE_UP, 2))
         elif late_s < self.late_s / 4:
             self._on_time_in_row += 1
             self._late_in_row = 0
-            if self._on_time_in_row >= ON_TIME_CHECKS_TO_EASE:
-                self.share = max(0.0, round(self.share - SHARE_DOWN, 2))
-        # neither late nor on time: the share and both runs stay as they are
-        if not was and self.share:
+        else:  # neither: keep the state and both runs as they are
+            return
+        if not self.shedding and self._late_in_row >= LATE_CHECKS_TO_SHED:
+            self.shedding = True
             self._episode_shed = 0
             logger.warning(
-                "capture overloaded: the event loop is %.1f s behind; a share of the keyframes "
-                "chosen for capture is not decoded (their ticks count as missed) until it "
-                "catches up", late_s,
+                "capture overloaded: the event loop is %.1f s behind; keyframes are not "
+                "decoded (their ticks count as missed) until it catches up", late_s,
                 extra={"action": "capture.shedding", "late_s": round(late_s, 2)})
-        elif was and not self.share:
+        elif self.shedding and self._on_time_in_row >= ON_TIME_CHECKS_TO_STOP:
+            self.shedding = False
             logger.warning(
-                "capture no longer overloaded: every chosen keyframe is decoded again "
-                "(%d skipped)", self._episode_shed,
+                "capture no longer overloaded: keyframes are decoded again (%d skipped)",
+                self._episode_shed,
                 extra={"action": "capture.shedding_ended", "skipped": self._episode_shed})
 
     @property
@@ -134,4 +115,4 @@ class LoopWatch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.share = 0.0
+        self.shedding = False

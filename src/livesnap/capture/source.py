@@ -187,8 +187,8 @@ class SourceOptions:
             them; "" = the system's bundle (``capture.tls.system_ca_bundle``).
         blocked_networks: where no URL an HLS playlist names may lead
             (``capture.fetch``; the stream URL itself is checked before the open).
-        shed: asked before decoding a keyframe only selectors chose; True skips it
-            (``capture.overload``). A capture a user asked for is always decoded.
+        shed: while it answers True, keyframes only the selector chose are not decoded
+            (``capture.overload``); a capture a user asked for always is.
     """
 
     rw_timeout_s: float = 5.0
@@ -206,7 +206,7 @@ class SourceOptions:
     resolve: address.Resolver = field(default=address.system_addresses, compare=False,
                                       repr=False)
     # asked before decoding a keyframe that no user asked for: True skips it (its tick is
-    # missed); the process's ``capture.overload.LoopWatch`` says so while it is overloaded
+    # missed); the process's ``capture.overload.LoopWatch`` while its event loop is far behind
     shed: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -46,8 +46,8 @@ class CaptureSupervisor:
         metrics: CaptureMetrics | None = None,
         shed_late_s: float = 0.0,
     ) -> None:
-        """``shed_late_s``: while this process's event loop runs this late, the readers skip a
-        share of the keyframes their selectors choose (``capture.overload``); 0: never."""
+        """``shed_late_s``: while this process's event loop runs this late, the readers decode
+        only the keyframes users asked for (``capture.overload``); 0: they never shed."""
         self._reports = reports
         self._sinks = sinks
         self._clock = clock
