@@ -33,7 +33,7 @@ def test_every_series_exists_at_zero_before_anything_happens():
         assert value(m, "livesnap_jobs", status=status) == 0
     for stream in ("offline", "connecting", "live", "reconnecting"):
         assert value(m, "livesnap_streams", stream_status=stream) == 0
-    for stage in ("decode", "store", "overload"):
+    for stage in ("decode", "store"):
         assert value(m, "livesnap_snapshot_failures_total", stage=stage) == 0
     assert value(m, "livesnap_build_info", version="0.1.0") == 1
 
