@@ -80,7 +80,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,19 +194,6 @@ class Measurement:
         data["cores"] = round(self.cores, 3)
         data["label"] = LABELS[self.contender]
         return data
-
-
-def overload_skipped(server: LivesnapServer) -> float | None:
-    """Keyframe decodes the service skipped since it started because a capture process was
-    overloaded (``/metrics``); None when the figure cannot be read."""
-    try:
-        text = httpx.get(f"http://{server.endpoint}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return None
-    for line in text.splitlines():
-        if line.startswith('livesnap_snapshot_failures_total{stage="overload"} '):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -877,7 +863,6 @@ def measure_livesnap(
                              if f.get("CaptureLag") is not None
                              and t0_ms <= f["CreateTimestamp"] <= t1_ms]
         alive = 1 if server.proc.poll() is None else 0
-        shed = overload_skipped(server) if alive else None
         # Wait (a little) for the callbacks of the window's last records.
         recorded = {(j, t) for j, stamps in creates.items() for t in stamps}
         deadline = time.monotonic() + (10 if callbacks else 0)
@@ -913,7 +898,6 @@ def measure_livesnap(
             "captures": captures,
             "expected_captures": round(n * span / interval, 1),
             "missed_ticks": missed,
-            "overload_skipped": shed,
             "lag_p50_ms": rounded(percentile(record_lags, 50)),
             "lag_p99_ms": rounded(percentile(record_lags, 99)),
             "lag_max_ms": rounded(percentile(record_lags, 100)),
@@ -1074,8 +1058,7 @@ def scale_up(
                 f"{found.rss_mib_per_stream:.1f} MiB/stream, captures "
                 f"{x['captures']}/{x['expected_captures']}, missed {x['missed_ticks']}, "
                 f"lag p50/p99 {x['lag_p50_ms']}/{x['lag_p99_ms']} ms "
-                f"(capture lag p99 {x['capture_lag_p99_ms']} ms), "
-                f"skipped as overloaded {x['overload_skipped']}")
+                f"(capture lag p99 {x['capture_lag_p99_ms']} ms)")
             if name == "default":
                 m = found
                 scaling.append(found)

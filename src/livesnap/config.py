@@ -472,9 +472,6 @@ class CaptureSettings(_Group):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # jobs in ConnectMode auto connect per tick from this TimeInterval on (docs/capture.md)
     per_tick_min_interval_s: float = Field(default=DEFAULT_PER_TICK_MIN_INTERVAL_S, gt=0)
-    # a capture process whose event loop runs this late on several checks in a row decodes
-    # only the keyframes users asked for until it catches up (capture.overload); 0 = never
-    shed_late_s: float = Field(default=1.0, ge=0)
 
     @field_validator("source_ca_file", mode="before")
     @classmethod

@@ -447,29 +447,6 @@ def test_request_capture_takes_the_next_keyframe_once(
     assert run.reader.stats.decoded == 1
 
 
-def test_an_overloaded_process_skips_chosen_keyframes_but_not_a_requested_capture(
-    live_url: str, run_reader: Callable[..., Run]
-) -> None:
-    shedding = threading.Event()
-    shedding.set()
-    options = dataclasses.replace(OPTIONS, shed=shedding.is_set)
-    run = run_reader(live_url, answer=True, options=options)
-
-    # every keyframe is chosen by the selector, none is decoded while the process sheds
-    assert wait_until(lambda: run.selector.calls >= 2, 2 * GOP_S + 5)
-    assert run.reader.stats.decoded == 0 and run.reader.stats.shed >= 2
-    assert not run.recorder.of(Captured) and not run.recorder.of(CaptureFailed)
-    # a capture a user asked for is decoded all the same
-    run.reader.request_capture()
-    assert run.recorder.wait_for(Captured, timeout=GOP_S + 3)
-    assert run.reader.stats.decoded == 1
-    # on time again: the chosen keyframes are captured
-    shedding.clear()
-    assert run.recorder.wait_for(Captured, count=3, timeout=2 * GOP_S + 3)
-    stats = run.reader.stats
-    assert stats.decoded >= 3 and stats.captured == stats.decoded
-
-
 def test_stop_ends_the_thread_with_one_last_disconnected(
     live_url: str, run_reader: Callable[..., Run]
 ) -> None:

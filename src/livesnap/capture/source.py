@@ -187,8 +187,6 @@ class SourceOptions:
             them; "" = the system's bundle (``capture.tls.system_ca_bundle``).
         blocked_networks: where no URL an HLS playlist names may lead
             (``capture.fetch``; the stream URL itself is checked before the open).
-        shed: while it answers True, keyframes only the selector chose are not decoded
-            (``capture.overload``); a capture a user asked for always is.
     """
 
     rw_timeout_s: float = 5.0
@@ -205,9 +203,6 @@ class SourceOptions:
     # how a reader resolves the stream's host name, once per connection (capture.address)
     resolve: address.Resolver = field(default=address.system_addresses, compare=False,
                                       repr=False)
-    # asked before decoding a keyframe that no user asked for: True skips it (its tick is
-    # missed); the process's ``capture.overload.LoopWatch`` while its event loop is far behind
-    shed: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rw_timeout_s <= 0:
@@ -397,7 +392,6 @@ class ReaderStats:
         captured: JPEGs emitted.
         failed: captures that failed.
         rejected: keyframes the quality gate rejected.
-        shed: keyframes chosen for a capture and not decoded, the process being overloaded.
     """
 
     packets: int = 0
@@ -406,7 +400,6 @@ class ReaderStats:
     captured: int = 0
     failed: int = 0
     rejected: int = 0
-    shed: int = 0
 
 
 class ReaderHandle(Protocol):
@@ -569,7 +562,6 @@ class StreamReader:
         self._captured = 0
         self._failed = 0
         self._rejected = 0
-        self._shed = 0
 
     @property
     def name(self) -> str:
@@ -591,7 +583,6 @@ class StreamReader:
             captured=self._captured,
             failed=self._failed,
             rejected=self._rejected,
-            shed=self._shed,
         )
 
     def start(self) -> None:
@@ -852,18 +843,9 @@ class StreamReader:
             if wanted or requested:
                 # A capture the user asked for is kept whatever the gate says.
                 wanting.append((tap, not requested))
-        if wanting and self._shedding(wanting):
-            wanting = [(tap, gated) for tap, gated in wanting if not gated]
-            self._shed += 1
         if wanting:
             self._capture(video, packet, extradata, arrival, wanting)
         return extradata
-
-    def _shedding(self, wanting: list[tuple[Tap, bool]]) -> bool:
-        """The process is overloaded: skip the selectors' captures of this keyframe (the
-        ticks count as missed at the next capture), not the ones a user asked for."""
-        shed = self._options.shed
-        return shed is not None and any(gated for _, gated in wanting) and shed()
 
     def _capture(
         self,

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from dataclasses import dataclass
 
 from livesnap.capture.metrics import CaptureMetrics
-from livesnap.capture.overload import LoopWatch
 from livesnap.capture.session import Session, SessionOptions
 from livesnap.capture.shared import StreamHub
 from livesnap.clock import Clock
@@ -44,17 +42,10 @@ class CaptureSupervisor:
         max_sessions: int = 500,
         probe_timeout_s: float = 10.0,
         metrics: CaptureMetrics | None = None,
-        shed_late_s: float = 0.0,
     ) -> None:
-        """``shed_late_s``: while this process's event loop runs this late, the readers decode
-        only the keyframes users asked for (``capture.overload``); 0: they never shed."""
         self._reports = reports
         self._sinks = sinks
         self._clock = clock
-        self.watch = LoopWatch(shed_late_s, metrics) if shed_late_s > 0 else None
-        if self.watch is not None:
-            options = dataclasses.replace(options, source=dataclasses.replace(
-                options.source, shed=self.watch.should_shed))
         self._options = options
         self._max = max_sessions
         self._probe_timeout_s = probe_timeout_s
@@ -94,8 +85,6 @@ class CaptureSupervisor:
         )
         task = asyncio.create_task(self._run(session), name=f"session-{job.id}")
         self._running[job.id] = _Running(session=session, task=task)
-        if self.watch is not None:
-            self.watch.start()
         if probe:
             await self._await_live(job, session)
 
@@ -142,8 +131,6 @@ class CaptureSupervisor:
         for entry in entries:
             entry.session.stop()
         await self._wait([e.task for e in entries], timeout_s)
-        if self.watch is not None:
-            await self.watch.stop()
 
     async def _wait(self, tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
         if not tasks:

@@ -37,7 +37,7 @@ from livesnap.jobs.models import DeliveryAttempt, JobStatus, OutboxEvent, Stream
 
 logger = logging.getLogger(__name__)
 
-FAILURE_STAGES = ("decode", "store", "overload")
+FAILURE_STAGES = ("decode", "store")
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -158,7 +158,6 @@ def capture_supervisor(
         max_sessions=settings.server.max_jobs_per_node,
         probe_timeout_s=settings.capture.probe_timeout_s,
         metrics=metrics,
-        shed_late_s=settings.capture.shed_late_s,
     )
 
 
