@@ -748,6 +748,9 @@ def create_template(
 # processes, LIVESNAP_ENGINE=process) to a core of its own, round robin over this process's
 # cores, with every thread (`taskset -a`); the API process and the streams stay unpinned.
 PIN_CAPTURE = "BENCH_PIN_CAPTURE"
+# BENCH_KEEP_LOG=DIR (in this process's environment): each livesnap run's server log is copied
+# to DIR/<jobs>-server.log before its data directory goes (what an overloaded run did).
+KEEP_LOG = "BENCH_KEEP_LOG"
 
 
 def pin_capture_processes(proc: psutil.Process) -> dict[str, int]:
@@ -765,6 +768,12 @@ def pin_capture_processes(proc: psutil.Process) -> dict[str, int]:
                        stdout=subprocess.DEVNULL)
         pinned[str(child.pid)] = core
     return pinned
+
+
+def keep_log(log: Path, n: int) -> None:
+    """Copy a run's server log where ``BENCH_KEEP_LOG`` says, if it says."""
+    if os.environ.get(KEEP_LOG):
+        shutil.copy(log, Path(os.environ[KEEP_LOG]) / f"{n}-server.log")
 
 
 def measure_livesnap(
@@ -872,6 +881,7 @@ def measure_livesnap(
                 break
             time.sleep(0.1)
         delivered = [(a, e) for a, e in receiver.captured() if e["JobId"] in submitted]
+    keep_log(server.log_path, n)
     shutil.rmtree(data_dir, ignore_errors=True)
     in_window = [(a, e) for a, e in delivered if t0_ms <= e["CreateTimestamp"] <= t1_ms]
     record_lags = [_epoch_ms(e["EventTime"]) - e["CreateTimestamp"] for _, e in in_window]

@@ -207,6 +207,32 @@ async def test_one_job_waits_for_its_slow_upload_while_others_go_on(tmp_path):
     await uploader.close(1)
 
 
+async def test_a_record_being_written_holds_its_job_but_no_store_slot(tmp_path):
+    # One slot. Job a's first record waits (a database under load): the store goes on with
+    # the other jobs' captures meanwhile, and a's second capture waits for that record.
+    sink, _spool, uploader, jobs = make(tmp_path, concurrency=1)
+    record = asyncio.Event()
+    first = jobs.upload("a", 1)
+
+    async def slow_record() -> None:
+        await record.wait()
+        await first.on_stored()
+
+    await uploader.submit(Upload(job_id="a", data=first.data, objects=first.objects,
+                                 on_stored=slow_record, on_trouble=first.on_trouble))
+    await uploader.submit(jobs.upload("a", 2))
+    for job in ("b", "c", "d"):
+        await uploader.submit(jobs.upload(job, 1))
+    await settle(lambda: len(jobs.stored) == 3, what="jobs b, c and d")
+    assert sorted(jobs.stored) == [("b", 1), ("c", 1), ("d", 1)]
+    assert uploader.in_flight == 0 and uploader.pending == 1  # a/2, not started
+    assert "a/2.jpg" not in sink.puts
+    record.set()
+    await settle(lambda: jobs.stored_of("a") == [1, 2], what="job a, in order")
+    assert jobs.missing_at_record == []
+    await uploader.close(1)
+
+
 async def test_a_failing_record_does_not_stop_the_queue(tmp_path, caplog):
     _sink, _spool, uploader, jobs = make(tmp_path)
     good = jobs.upload("a", 2)

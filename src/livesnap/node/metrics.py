@@ -144,7 +144,8 @@ class Metrics:
             "livesnap_storage_pending", "Captures waiting for the target, in flight included.",
             target, registry=r)
         self.storage_in_flight = Gauge(
-            "livesnap_storage_uploads_in_flight", "Uploads to the target running now.", target,
+            "livesnap_storage_uploads_in_flight",
+            "Uploads to the target writing objects now.", target,
             registry=r)
         self.storage_oldest = Gauge(
             "livesnap_storage_oldest_upload_seconds", "How long the oldest upload to the "

@@ -70,8 +70,8 @@ class SpoolLimits:
 
     max_bytes: int = 1024 * MIB  # spool directory, all targets together
     max_age_s: float = 86_400.0  # a spooled capture older than this is dropped
-    memory_entries: int = 16  # per target, while the store answers; more go to disk
-    concurrency: int = 4  # uploads in flight per target (never two of one job)
+    memory_entries: int = 64  # per target, while the store answers; more go to disk
+    concurrency: int = 32  # object writes in flight per target (never two of one job)
     retry_base_s: float = 1.0
     retry_max_s: float = 5.0  # one probe per target every 2.5-5 s while it is away
     slow_upload_s: float = SLOW_UPLOAD_S
@@ -273,7 +273,8 @@ class TargetUploader:
         self._rand = rand
         self._queue: deque[_Entry] = deque()
         self._busy_jobs: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # uploads, storing or recording
+        self._storing = 0  # of those, how many are still writing objects
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -290,8 +291,8 @@ class TargetUploader:
 
     @property
     def in_flight(self) -> int:
-        """Uploads running now."""
-        return len(self._tasks)
+        """Uploads writing objects now (not those whose record is being written)."""
+        return self._storing
 
     def oldest_in_flight_s(self) -> float:
         """Seconds the oldest upload running now has taken so far (0: none running)."""
@@ -313,7 +314,7 @@ class TargetUploader:
             return
         self._queue.append(entry)
         self._ensure_runner()
-        if self.outage is not None or self._in_memory() > self._limits.memory_entries:
+        if self.outage is not None or self._over_memory():
             await self._spill(entry)
         if self.outage is not None and not entry.finished:
             await _safely(upload.on_trouble(self.outage, False), "on_trouble", entry)
@@ -401,10 +402,12 @@ class TargetUploader:
             await self._spool.enforce_limits()
 
     def _may_start(self) -> bool:
+        """Only object writes count against ``concurrency``: an upload whose objects are
+        stored and whose record is being written holds no slot (it still holds its job)."""
         if self.outage is None:
-            return len(self._tasks) < self._limits.concurrency
+            return self._storing < self._limits.concurrency
         now = asyncio.get_running_loop().time()
-        return not self._tasks and now >= self._retry_at  # one probe at a time
+        return not self._storing and now >= self._retry_at  # one probe at a time
 
     def _next_entry(self) -> _Entry | None:
         """The oldest capture whose job has nothing in flight (keeps each job in order)."""
@@ -422,6 +425,7 @@ class TargetUploader:
 
     def _start(self, entry: _Entry) -> None:
         entry.started = time.monotonic()
+        self._storing += 1
         self._busy_jobs.add(entry.upload.job_id)
         task = asyncio.create_task(self._upload(entry), name=f"upload-{entry.seq}")
         self._tasks.add(task)
@@ -433,7 +437,7 @@ class TargetUploader:
     def _slow(self, entry: _Entry, upload: asyncio.Task[None]) -> None:
         """The upload has run ``slow_upload_s``: its job hears of it now, not only when the
         request times out (a store that accepts connections and answers nothing)."""
-        if upload.done() or entry.finished:
+        if upload.done() or entry.finished or entry.started is None:  # stored by now
             return
         message = (f"snapshot not stored yet: the store has not answered an upload for "
                    f"{self._limits.slow_upload_s:g} s ({self.name})")
@@ -450,22 +454,34 @@ class TargetUploader:
 
     # one upload ----------------------------------------------------------------------------
     async def _upload(self, entry: _Entry) -> None:
+        """Store the capture's objects, then have it recorded. The slot is given back as soon
+        as the objects are written: the record waits for the database, not for the store,
+        and while it waits other jobs' captures are stored (their records then share its
+        group commit). The job stays busy until its record is written, so its captures are
+        still stored and recorded in order."""
+        stored = False
         try:
-            await self._put_objects(entry)
-        except OutputError as exc:
-            if exc.retryable and not entry.finished:
-                await self._delay(exc)
-            else:
-                if isinstance(exc, OutputFenced):
-                    await self._remove_stored(entry)
-                await self.drop(entry, f"snapshot not stored: {exc.message}", failed=True)
-        except Exception:  # a sink bug: never retry it in a tight loop
-            logger.exception("sink raised", extra={"action": "upload_failed", "target": self.name})
-            await self.drop(entry, "snapshot not stored: internal error", failed=True)
-        else:
-            await self._stored(entry)
+            try:
+                await self._put_objects(entry)
+                stored = True
+            except OutputError as exc:
+                if exc.retryable and not entry.finished:
+                    await self._delay(exc)
+                else:
+                    if isinstance(exc, OutputFenced):
+                        await self._remove_stored(entry)
+                    await self.drop(entry, f"snapshot not stored: {exc.message}", failed=True)
+            except Exception:  # a sink bug: never retry it in a tight loop
+                logger.exception("sink raised", extra={"action": "upload_failed",
+                                                       "target": self.name})
+                await self.drop(entry, "snapshot not stored: internal error", failed=True)
+            finally:
+                entry.started = None
+                self._storing -= 1
+                self._wake.set()
+            if stored:
+                await self._stored(entry)
         finally:
-            entry.started = None
             self._busy_jobs.discard(entry.upload.job_id)
 
     async def _put_objects(self, entry: _Entry) -> None:
@@ -531,7 +547,7 @@ class TargetUploader:
         """A retryable failure: (enter the) outage, spool everything, retry after a backoff."""
         if self.outage is None:
             self._attempt = 1
-        elif len(self._tasks) <= 1:  # the lone probe failed (not its siblings at outage start)
+        elif self._storing <= 1:  # the lone probe failed (not its siblings at outage start)
             self._attempt += 1
         delay = self._limits.retry_delay(self._attempt, self._rand())
         self._retry_at = asyncio.get_running_loop().time() + delay
@@ -571,8 +587,12 @@ class TargetUploader:
                 return
         self._spool.unload(entry)
 
-    def _in_memory(self) -> int:
-        return sum(1 for entry in self._queue if entry.data is not None)
+    def _over_memory(self) -> bool:
+        """More captures than ``memory_entries`` hold their picture in memory (counted only
+        when the queue is that long: the common case costs nothing)."""
+        limit = self._limits.memory_entries
+        return (len(self._queue) > limit
+                and sum(1 for entry in self._queue if entry.data is not None) > limit)
 
 
 def _without_data(upload: Upload) -> Upload:
