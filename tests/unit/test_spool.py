@@ -233,6 +233,28 @@ async def test_a_record_being_written_holds_its_job_but_no_store_slot(tmp_path):
     await uploader.close(1)
 
 
+async def test_a_slow_record_is_not_blamed_on_the_store(tmp_path):
+    # The store answered at once; the record then waits past slow_upload_s (a busy
+    # database). The job is not told that the store has not answered.
+    sink, _spool, uploader, jobs = make(tmp_path, slow_upload_s=0.05)
+    record = asyncio.Event()
+    capture = jobs.upload("a", 1)
+
+    async def slow_record() -> None:
+        await record.wait()
+        await capture.on_stored()
+
+    await uploader.submit(Upload(job_id="a", data=capture.data, objects=capture.objects,
+                                 on_stored=slow_record, on_trouble=capture.on_trouble))
+    await settle(lambda: "a.jpg" in sink.puts, what="the objects")
+    await asyncio.sleep(0.2)  # four times slow_upload_s, the record still waiting
+    assert uploader.oldest_in_flight_s() == 0.0 and jobs.stored == []
+    record.set()
+    await settle(lambda: jobs.stored == [("a", 1)], what="the record")
+    assert jobs.trouble == []
+    await uploader.close(1)
+
+
 async def test_a_failing_record_does_not_stop_the_queue(tmp_path, caplog):
     _sink, _spool, uploader, jobs = make(tmp_path)
     good = jobs.upload("a", 2)
