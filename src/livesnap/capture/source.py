@@ -819,11 +819,15 @@ class StreamReader:
             # size), attached to this packet only. Keep it even if this keyframe
             # is not captured: every capture starts a fresh decoder from
             # `extradata`, and that is all it takes to follow the change.
-            extradata = bytes(packet.get_sidedata("new_extradata"))
-            logger.info(
-                "stream parameters changed",
-                extra={"action": "capture.new_extradata", **self._log_ids},
-            )
+            # Some origins send the same parameters again (nginx-rtmp, to a player it lets
+            # skip ahead): only a change is news.
+            fresh = bytes(packet.get_sidedata("new_extradata"))
+            if fresh != extradata:
+                extradata = fresh
+                logger.info(
+                    "stream parameters changed",
+                    extra={"action": "capture.new_extradata", **self._log_ids},
+                )
         # Packets buffered while probing are not filtered by the demuxer's
         # discard setting, so the first few may be non-key.
         if not packet.is_keyframe:
@@ -855,7 +859,20 @@ class StreamReader:
         arrival: float,
         wanting: list[tuple[Tap, bool]],
     ) -> None:
-        """Decode the keyframe once and render it for every tap that wants it."""
+        """Decode the keyframe once and render it for every tap that wants it (in one of the
+        process's render slots)."""
+        with RENDER_SLOTS:
+            if not self._stop.is_set():  # told to stop while it waited for a slot
+                self._render(video, packet, extradata, arrival, wanting)
+
+    def _render(
+        self,
+        video: VideoStream,
+        packet: Packet[VideoStream],
+        extradata: bytes | None,
+        arrival: float,
+        wanting: list[tuple[Tap, bool]],
+    ) -> None:
         try:
             frame = self._decode(video.codec_context.name, packet, extradata)
         except (av.error.FFmpegError, ValueError, _NoFrameError) as exc:
@@ -934,6 +951,48 @@ class StreamReader:
         # The frame (and with it the decoder's buffer pool) is released once the
         # callers have rendered it; only the encoded bytes leave the reader.
         return frames[-1]
+
+
+class RenderSlots:
+    """How many reader threads of this process decode and render a keyframe at once: as many
+    as the process may use cores (at least two). A reader that finds them taken waits.
+
+    Decoding and encoding release the GIL, but the Python around them needs it. With a slot
+    per reader, an overloaded node had hundreds of threads asking for the GIL at each keyframe,
+    and the event loop that stores and records every capture got it once in hundreds of
+    hand-offs: at 360 streams on one core it stopped for tens of seconds and recorded nothing.
+    More decodes at once than cores would not finish sooner anyway; fewer at once also hold
+    fewer decoders' frame buffers. Counted at the first capture (a process pinned to its cores
+    after it started gets its share).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
+        self.count = 0
+
+    def __enter__(self) -> None:
+        slots = self._slots
+        if slots is None:
+            with self._lock:
+                if self._slots is None:
+                    self.count = max(2, _usable_cores())
+                    self._slots = threading.BoundedSemaphore(self.count)
+                slots = self._slots
+        slots.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._slots is not None
+        self._slots.release()
+
+
+RENDER_SLOTS = RenderSlots()
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (all of the machine's where that is not known)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
