@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 
-from livesnap.logs import BackgroundStreamHandler, JsonFormatter, PlainFormatter
+from livesnap.logs import BackgroundStreamHandler, JsonFormatter
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:
@@ -35,12 +35,12 @@ class BlockingStream(io.StringIO):
 def test_lines_are_written_whole_in_order_and_flush_waits_for_them():
     stream = io.StringIO()
     handler = BackgroundStreamHandler(stream)
-    handler.setFormatter(PlainFormatter("%(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log = _logger(handler, "test.logwriter.order")
     for n in range(500):
-        log.info("line %d", n, extra={"action": "count"})
+        log.info("line %d", n)
     handler.flush()
-    assert stream.getvalue().splitlines() == [f"INFO line {n} action=count" for n in range(500)]
+    assert stream.getvalue().splitlines() == [f"INFO line {n}" for n in range(500)]
     handler.close()
 
 
@@ -64,7 +64,7 @@ def test_a_thread_that_logs_does_not_wait_for_a_blocked_stream():
     # The writer is stuck in a write; other threads keep logging and go on at once.
     stream = BlockingStream()
     handler = BackgroundStreamHandler(stream)
-    handler.setFormatter(PlainFormatter("%(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
     log = _logger(handler, "test.logwriter.blocked")
     log.info("first")
     assert stream.writing.wait(5), "the writer never started writing"
@@ -91,7 +91,7 @@ def test_a_broken_stream_is_reported_not_raised(capsys):
     stream = io.StringIO()
     stream.close()  # writes raise ValueError
     handler = BackgroundStreamHandler(stream)
-    handler.setFormatter(PlainFormatter("%(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
     log = _logger(handler, "test.logwriter.broken")
     log.info("lost")  # must not raise here, nor kill the writer
     handler.flush()
@@ -106,7 +106,7 @@ def test_a_forked_child_writes_its_own_lines(tmp_path):
     path = tmp_path / "log"
     with path.open("w") as stream:
         handler = BackgroundStreamHandler(stream)
-        handler.setFormatter(PlainFormatter("%(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))
         log = _logger(handler, "test.logwriter.fork")
         log.info("parent")
         handler.flush()
