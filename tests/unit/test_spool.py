@@ -86,6 +86,17 @@ def make(tmp_path, **limits):
     return sink, spool, TargetUploader(sink, spool=spool, name="t"), Jobs(sink)
 
 
+def recorded_after(upload: Upload, record: asyncio.Event) -> Upload:
+    """``upload`` whose record waits for ``record`` (a busy database)."""
+
+    async def slow_record() -> None:
+        await record.wait()
+        await upload.on_stored()
+
+    return Upload(job_id=upload.job_id, data=upload.data, objects=upload.objects,
+                  on_stored=slow_record, on_trouble=upload.on_trouble)
+
+
 def spool_files(spool: Spool) -> list[str]:
     return sorted(p.name for p in spool.directory.iterdir())
 
@@ -212,14 +223,7 @@ async def test_a_record_being_written_holds_its_job_but_no_store_slot(tmp_path):
     # the other jobs' captures meanwhile, and a's second capture waits for that record.
     sink, _spool, uploader, jobs = make(tmp_path, concurrency=1)
     record = asyncio.Event()
-    first = jobs.upload("a", 1)
-
-    async def slow_record() -> None:
-        await record.wait()
-        await first.on_stored()
-
-    await uploader.submit(Upload(job_id="a", data=first.data, objects=first.objects,
-                                 on_stored=slow_record, on_trouble=first.on_trouble))
+    await uploader.submit(recorded_after(jobs.upload("a", 1), record))
     await uploader.submit(jobs.upload("a", 2))
     for job in ("b", "c", "d"):
         await uploader.submit(jobs.upload(job, 1))
@@ -238,14 +242,7 @@ async def test_a_slow_record_is_not_blamed_on_the_store(tmp_path):
     # database). The job is not told that the store has not answered.
     sink, _spool, uploader, jobs = make(tmp_path, slow_upload_s=0.05)
     record = asyncio.Event()
-    capture = jobs.upload("a", 1)
-
-    async def slow_record() -> None:
-        await record.wait()
-        await capture.on_stored()
-
-    await uploader.submit(Upload(job_id="a", data=capture.data, objects=capture.objects,
-                                 on_stored=slow_record, on_trouble=capture.on_trouble))
+    await uploader.submit(recorded_after(jobs.upload("a", 1), record))
     await settle(lambda: "a.jpg" in sink.puts, what="the objects")
     await asyncio.sleep(0.2)  # four times slow_upload_s, the record still waiting
     assert uploader.oldest_in_flight_s() == 0.0 and jobs.stored == []

@@ -815,19 +815,7 @@ class StreamReader:
                 for tap in self._taps:
                     tap.send(connected)
         if packet.has_sidedata("new_extradata"):
-            # New SPS/PPS (e.g. the publisher restarted its encoder with another
-            # size), attached to this packet only. Keep it even if this keyframe
-            # is not captured: every capture starts a fresh decoder from
-            # `extradata`, and that is all it takes to follow the change.
-            # Some origins send the same parameters again (nginx-rtmp, to a player it lets
-            # skip ahead): only a change is news.
-            fresh = bytes(packet.get_sidedata("new_extradata"))
-            if fresh != extradata:
-                extradata = fresh
-                logger.info(
-                    "stream parameters changed",
-                    extra={"action": "capture.new_extradata", **self._log_ids},
-                )
+            extradata = self._new_extradata(packet, extradata)
         # Packets buffered while probing are not filtered by the demuxer's
         # discard setting, so the first few may be non-key.
         if not packet.is_keyframe:
@@ -848,8 +836,23 @@ class StreamReader:
                 # A capture the user asked for is kept whatever the gate says.
                 wanting.append((tap, not requested))
         if wanting:
-            self._capture(video, packet, extradata, arrival, wanting)
+            with RENDER_SLOTS:  # one of the process's slots (see RenderSlots)
+                if not self._stop.is_set():  # told to stop while it waited for a slot
+                    self._capture(video, packet, extradata, arrival, wanting)
         return extradata
+
+    def _new_extradata(self, packet: Packet[VideoStream], extradata: bytes | None
+                       ) -> bytes | None:
+        """New SPS/PPS (e.g. the publisher restarted its encoder with another size), attached
+        to this packet only. Kept even if this keyframe is not captured: every capture starts
+        a fresh decoder from ``extradata``, and that is all it takes to follow the change.
+        nginx-rtmp sends the same parameters again to a reader that fell behind: only a
+        change is news."""
+        fresh = bytes(packet.get_sidedata("new_extradata"))
+        if fresh != extradata:
+            logger.info("stream parameters changed",
+                        extra={"action": "capture.new_extradata", **self._log_ids})
+        return fresh
 
     def _capture(
         self,
@@ -859,20 +862,7 @@ class StreamReader:
         arrival: float,
         wanting: list[tuple[Tap, bool]],
     ) -> None:
-        """Decode the keyframe once and render it for every tap that wants it (in one of the
-        process's render slots)."""
-        with RENDER_SLOTS:
-            if not self._stop.is_set():  # told to stop while it waited for a slot
-                self._render(video, packet, extradata, arrival, wanting)
-
-    def _render(
-        self,
-        video: VideoStream,
-        packet: Packet[VideoStream],
-        extradata: bytes | None,
-        arrival: float,
-        wanting: list[tuple[Tap, bool]],
-    ) -> None:
+        """Decode the keyframe once and render it for every tap that wants it."""
         try:
             frame = self._decode(video.codec_context.name, packet, extradata)
         except (av.error.FFmpegError, ValueError, _NoFrameError) as exc:
