@@ -134,7 +134,8 @@ def setup_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     replaced, root.handlers[:] = root.handlers[:], [handler]
     for old in replaced:
-        old.close()
+        if isinstance(old, BackgroundStreamHandler):  # ours: its writer thread stops
+            old.close()
     root.setLevel(level.upper())
     # Alembic announces every plugin at INFO on each start; only its warnings matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import types
 
@@ -15,6 +16,20 @@ from typer.testing import CliRunner
 from livesnap import cli
 from livesnap.cluster.nodes import node_rows, plan_rebalance
 from livesnap.errors import RebalanceRefused
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """The CLI sets up logging on the runner's stderr, which the runner closes: the root
+    logger's handlers go back to what they were, so later tests do not log into it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    added = [h for h in root.handlers if h not in handlers]
+    root.handlers[:], root.level = handlers, level
+    for handler in added:
+        handler.close()
+
 
 HEAD, WORKER, GONE, NEW = ("a1" * 28, "b2" * 28, "c3" * 28, "d4" * 28)
 # what ray.nodes() gives (Ray 2.60), trimmed to the fields that matter plus a few that do not
