@@ -63,6 +63,13 @@ class KeyRing:
         return f"KeyRing({sorted(self._keys)!r})"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's where the system
+    does not say)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 def parse_access_keys(text: str) -> list[AccessKey]:
     """``id:secret:account,…``; ``ValueError`` with a one-line reason on bad input."""
     keys: list[AccessKey] = []
@@ -497,7 +504,7 @@ class CaptureSettings(_Group):
     @property
     def capture_process_count(self) -> int:
         """How many capture processes ``capture_processes`` asks for (0: one per core)."""
-        return self.capture_processes or max(1, len(os.sched_getaffinity(0)))
+        return self.capture_processes or usable_cores()
 
 
 class CallbackSettings(_Group):

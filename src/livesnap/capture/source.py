@@ -62,6 +62,7 @@ from livesnap.capture import tls as tls_module
 from livesnap.capture.encode import EncodedImage
 from livesnap.capture.fetch import CheckedFetcher, is_hls_url
 from livesnap.capture.render import Rendered, Renderer
+from livesnap.config import usable_cores
 from livesnap.jobs import urls
 from livesnap.jobs.models import ImageOptions, Verdict
 
@@ -966,7 +967,7 @@ class RenderSlots:
         if slots is None:
             with self._lock:
                 if self._slots is None:
-                    self.count = max(2, _usable_cores())
+                    self.count = max(2, usable_cores())
                     self._slots = threading.BoundedSemaphore(self.count)
                 slots = self._slots
         slots.acquire()
@@ -977,12 +978,6 @@ class RenderSlots:
 
 
 RENDER_SLOTS = RenderSlots()
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (all of the machine's where that is not known)."""
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH,
