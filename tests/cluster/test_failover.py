@@ -712,6 +712,13 @@ def test_the_head_fails_capture_goes_on_a_new_head_takes_over_and_shards_rebalan
             return submit_job(client, template, f"ft{i}", origin.url(f"cl-{i % STREAMS}"))
 
         jobs = {job_id: owner(job_id, names) for job_id in map(submit, range(12))}
+        # Job ids are random: about once in 130 runs none of the 12 hashes to the head's two
+        # shards. More jobs until both sides have one (the test needs both).
+        for extra in range(100, 124):
+            if {*jobs.values()} & on_head and {*jobs.values()} - on_head:
+                break
+            job_id = submit(extra)
+            jobs[job_id] = owner(job_id, names)
         wait_until(lambda: len(pg.jobs_with_files()) == len(jobs), 60, "every job has a snapshot")
         head_jobs = [j for j, s in jobs.items() if s in on_head]
         other_jobs = [j for j, s in jobs.items() if s not in on_head]
