@@ -504,19 +504,17 @@ def job_urls(streams: Streams, n: int) -> list[str]:
     return [streams.urls[i % len(streams.urls)] for i in range(n)]
 
 
-def measure_baselines(
-    streams: Streams, contenders: dict[str, int], *, warmup: float, window: float,
-    workdir: Path, ready_timeout: float = 40.0, interval: float = INTERVAL_S,
-    ready_when: str = "output", sample_players_s: float | None = None,
-) -> list[Measurement]:
-    """Run the given baselines ({contender: N}) side by side and measure each one's processes.
+@contextlib.contextmanager
+def running_baselines(
+    streams: Streams, contenders: dict[str, int], *, workdir: Path, ready_timeout: float = 40.0,
+    interval: float = INTERVAL_S, ready_when: str = "output",
+) -> Iterator[list[ProcessGroup]]:
+    """Start the given baselines ({contender: N}), wait until each one runs, stop them after.
 
-    Each baseline's CPU is its own processes' CPU, so running several together only adds
-    noise; the full mode runs them one at a time. The window starts ``warmup`` seconds after
-    every process is running: for ``ready_when="output"`` when each ffmpeg wrote its first
-    picture (the floor and the capture path say ``ready``); for ``"playing"`` when the origin
-    lists one more player per process (ffmpeg's ``fps=1/I`` writes its first picture only
-    after about 1.5 I, too long to wait for at long intervals).
+    For ``ready_when="output"`` a baseline runs once each ffmpeg wrote its first picture (the
+    floor and the capture path say ``ready``); for ``"playing"`` once the origin lists one more
+    player per process (ffmpeg's ``fps=1/I`` writes its first picture only after about 1.5 I,
+    too long to wait for at long intervals).
     """
     groups: list[ProcessGroup] = []
     try:
@@ -539,28 +537,47 @@ def measure_baselines(
                 raise RuntimeError(f"baselines not running after {ready_timeout:.0f} s: {late}"
                                    f"{f' (exited: {exited})' if exited else ''}")
             time.sleep(0.2)
-        time.sleep(warmup)
-        ps = {g.contender: g.psutil_procs() for g in groups}
-        figures = Window(streams, lambda: ps, sample_players_s=sample_players_s).run(window)
-        span = figures.window_s
-        results = []
-        for group in groups:
-            alive = sum(1 for p in group.procs if p.poll() is None)
-            rss = rss_bytes(ps[group.contender])
-            n = group.streams
-            results.append(Measurement(
-                contender=group.contender, streams=n, window_s=span,
-                cpu_s=figures.cpu_s[group.contender],
-                rss_mib_per_stream=rss / n / MIB,
-                origin_cores=figures.origin_cores, publishers_cores=figures.publishers_cores,
-                processes_alive=alive,
-                extra={"measured_alongside": [g.contender for g in groups if g is not group],
-                       "interval_s": interval, "origin": figures.origin},
-            ))
-        return results
+        yield groups
     finally:
         for group in groups:
             stop_all(group.procs)
+
+
+def baseline_measurement(
+    group: ProcessGroup, figures: WindowFigures, rss: int, alongside: list[str],
+    interval: float,
+) -> Measurement:
+    """One baseline's figures from a window in which it ran (``alongside`` the others)."""
+    return Measurement(
+        contender=group.contender, streams=group.streams, window_s=figures.window_s,
+        cpu_s=figures.cpu_s[group.contender],
+        rss_mib_per_stream=rss / group.streams / MIB,
+        origin_cores=figures.origin_cores, publishers_cores=figures.publishers_cores,
+        processes_alive=sum(1 for p in group.procs if p.poll() is None),
+        extra={"measured_alongside": alongside, "interval_s": interval,
+               "origin": figures.origin},
+    )
+
+
+def measure_baselines(
+    streams: Streams, contenders: dict[str, int], *, warmup: float, window: float,
+    workdir: Path, ready_timeout: float = 40.0, interval: float = INTERVAL_S,
+    ready_when: str = "output", sample_players_s: float | None = None,
+) -> list[Measurement]:
+    """Run the given baselines ({contender: N}) side by side and measure each one's processes.
+
+    Each baseline's CPU is its own processes' CPU, so running several together only adds
+    noise; the full mode runs them one at a time. The window starts ``warmup`` seconds after
+    every process is running (:func:`running_baselines`).
+    """
+    with running_baselines(streams, contenders, workdir=workdir, ready_timeout=ready_timeout,
+                           interval=interval, ready_when=ready_when) as groups:
+        time.sleep(warmup)
+        ps = {g.contender: g.psutil_procs() for g in groups}
+        figures = Window(streams, lambda: ps, sample_players_s=sample_players_s).run(window)
+        return [baseline_measurement(group, figures, rss_bytes(ps[group.contender]),
+                                     [g.contender for g in groups if g is not group], interval)
+                for group in groups]
 
 
 # -- livesnap ---------------------------------------------------------------------------------
@@ -782,11 +799,16 @@ def measure_livesnap(
     idle_window: float = 3.0, callbacks: bool = True, variant: str = "default",
     interval: float = INTERVAL_S, template: dict[str, str] | None = None,
     settle: float = 2.5, sample_players_s: float | None = None, ready_share: float = 1.0,
+    alongside: Sequence[str] = (),
 ) -> Measurement:
     """N jobs through the real service; CPU/RSS of ``livesnap serve``; ticks and lag from records.
 
     The window starts once ``ready_share`` of the jobs have delivered a capture (all, unless
     an overloaded service is measured: ``--ready-share``).
+
+    The baselines named in ``alongside`` (N processes' worth each, on the same URLs) run through
+    the same window, so livesnap's ratio to them is not blurred by the machine's drift between
+    windows (``--alongside``); their figures are in ``extra["alongside"]``.
 
     Without ``callbacks`` the jobs have no CallbackUrl (to see what delivering them costs);
     the lag is then only the session's own ``CaptureLag``. The jobs use the system template
@@ -805,7 +827,8 @@ def measure_livesnap(
         "LIVESNAP_RATE_LIMIT_RPS": "0",  # submitting hundreds of jobs is not what is measured
         **{k: v for k, v in (env or {}).items() if k != PIN_CAPTURE},
     }
-    with CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:
+    with running_baselines(streams, dict.fromkeys(alongside, n), workdir=workdir) as side, \
+            CallbackReceiver() as receiver, LivesnapServer(data_dir, env=server_env) as server:
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
         time.sleep(settle)  # the fresh service (and a capture process) settles before its idle size
@@ -848,9 +871,13 @@ def measure_livesnap(
                     + server.log()[-3000:])
             time.sleep(0.2 if callbacks else 1.0)
         time.sleep(warmup)
-        figures = Window(streams, lambda: [proc], sample_players_s=sample_players_s).run(window)
+        side_ps = {g.contender: g.psutil_procs() for g in side}
+        figures = Window(streams, lambda: {"": [proc], **side_ps},
+                         sample_players_s=sample_players_s).run(window)
         cpu_s, span, w0, w1 = figures.cpu_s[""], figures.window_s, figures.wall_start, \
             figures.wall_end
+        side_figures = [baseline_measurement(g, figures, rss_bytes(side_ps[g.contender]),
+                                             ["livesnap"], interval) for g in side]
         rss = rss_bytes([proc])
         threads = proc.num_threads()
         job_detail: dict[str, Any] = {}
@@ -928,6 +955,12 @@ def measure_livesnap(
             "pinned_cpus": pinned,
             **tick_figures(creates, t0_ms, t1_ms, interval_ms),
             "origin": figures.origin,
+            "alongside": {
+                b.contender: {
+                    "cpu_s_per_stream_min": round(b.cpu_s_per_stream_min, 4),
+                    "processes_alive": b.processes_alive,
+                    "livesnap_over_it": ratio(cpu_s / span * 60 / n, b.cpu_s_per_stream_min),
+                } for b in side_figures},
         },
     )
 
@@ -1030,7 +1063,8 @@ def summarize(
             {"streams": m.streams, "cpu_s_per_stream_min": round(m.cpu_s_per_stream_min, 4),
              "cores": round(m.cores, 3), "rss_mib_per_stream": round(m.rss_mib_per_stream, 2),
              **{k: m.extra[k] for k in ("missed_ticks", "captures", "expected_captures",
-                                        "lag_p50_ms", "lag_p99_ms", "capture_lag_p99_ms")}}
+                                        "lag_p50_ms", "lag_p99_ms", "capture_lag_p99_ms",
+                                        "alongside")}}
             for m in scaling
         ],
         "variants": [
@@ -1040,7 +1074,8 @@ def summarize(
              "over_default": ratio(v.cpu_s_per_stream_min, next(
                  (m.cpu_s_per_stream_min for m in scaling if m.streams == v.streams), None)),
              **{k: v.extra[k] for k in ("missed_ticks", "lag_p50_ms", "lag_p99_ms",
-                                        "capture_lag_p99_ms", "env", "callbacks")}}
+                                        "capture_lag_p99_ms", "env", "callbacks",
+                                        "alongside")}}
             for v in variants or []
         ],
         "measurements": [m.as_dict() for m in [*baselines, *scaling, *(variants or [])]],
@@ -1061,7 +1096,8 @@ def scale_up(
             found = measure_livesnap(
                 streams, n, warmup=args.warmup, window=args.window, workdir=workdir,
                 env=variant_env, idle_window=1.0 if args.quick else 3.0,
-                callbacks=callbacks, variant=name, ready_share=args.ready_share)
+                callbacks=callbacks, variant=name, ready_share=args.ready_share,
+                alongside=args.alongside)
             x = found.extra
             log(f"  livesnap {name:10s} N={n:3d} {found.cpu_s_per_stream_min:.3f} "
                 f"CPU-s/stream-min ({found.cores:.2f} cores), "
@@ -1069,6 +1105,9 @@ def scale_up(
                 f"{x['captures']}/{x['expected_captures']}, missed {x['missed_ticks']}, "
                 f"lag p50/p99 {x['lag_p50_ms']}/{x['lag_p99_ms']} ms "
                 f"(capture lag p99 {x['capture_lag_p99_ms']} ms)")
+            for side, figures in x["alongside"].items():
+                log(f"    alongside: {side} {figures['cpu_s_per_stream_min']:.3f} "
+                    f"CPU-s/stream-min, livesnap {figures['livesnap_over_it']}x it")
             if name == "default":
                 m = found
                 scaling.append(found)
@@ -1524,6 +1563,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, str], bool]:
     return name, pairs, callbacks
 
 
+def parse_alongside(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in CONTENDERS[1:]]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"not a baseline: {', '.join(unknown)} (one of {', '.join(CONTENDERS[1:])})")
+    return names
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -1554,6 +1602,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also measure livesnap with this environment at each N, right "
                              "after the default (repeatable); callbacks=off submits the jobs "
                              "without a CallbackUrl")
+    parser.add_argument("--alongside", type=parse_alongside, default=[],
+                        metavar="CONTENDER,...",
+                        help="run these baselines (N processes' worth, on the same streams) "
+                             "through each livesnap window too: a ratio free of the drift "
+                             "between windows (e.g. capture_path)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png|FILE.svg",
                         help="write CPU per stream and lag p99 against N as a chart (SVG; "
                              "for FILE.png also the PNG, drawn by headless Chromium)")
