@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
-from livesnap import __version__
+from livesnap import __version__, eventloop
 from livesnap.commands import register as register_client_commands
 from livesnap.commands.output import Column, list_table, stdout_console
 from livesnap.config import (
@@ -139,7 +139,7 @@ def serve(
 
         tune_malloc()  # before any reader thread exists (docs/performance.md)
     try:
-        asyncio.run(run(settings, keys))
+        eventloop.run(run(settings, keys), settings.server.event_loop)
     except StoreError as exc:  # e.g. an unreachable database at start: one line, not a trace
         raise _fail(f"database: {exc.message}") from None
     except ClusterMismatch as exc:

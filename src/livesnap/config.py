@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livesnap.eventloop import EventLoopChoice, uvloop_available
 from livesnap.jobs.connect import DEFAULT_PER_TICK_MIN_INTERVAL_S
 from livesnap.jobs.urls import DEFAULT_BLOCKED_NETWORKS, Network, parse_networks
 
@@ -384,6 +385,8 @@ class ServerSettings(_Group):
     tls_key: Path | None = None
     # publish hooks: the token origins send to /hooks/streams (docs/capture.md); unset = off
     hook_token: SecretStr | None = None
+    # the asyncio event loop: uvloop where installed (auto), or the standard library's
+    event_loop: EventLoopChoice = "auto"
 
     @field_validator("blocked_networks")
     @classmethod
@@ -397,6 +400,13 @@ class ServerSettings(_Group):
         if value is not None and len(value.get_secret_value()) < MIN_HOOK_TOKEN:
             raise ValueError(f"must be at least {MIN_HOOK_TOKEN} characters (it is all that "
                              "guards /hooks/streams)")
+        return value
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop_installed(cls, value: EventLoopChoice) -> EventLoopChoice:
+        if value == "uvloop" and not uvloop_available():
+            raise ValueError("uvloop is not installed (pip install uvloop); use auto or asyncio")
         return value
 
     @field_validator("tls_cert", "tls_key", mode="before")

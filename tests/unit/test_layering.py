@@ -20,7 +20,8 @@ ALLOWED = {
     "errors": set(),
     "clock": set(),
     "logs": set(),
-    "config": {"jobs.urls", "jobs.connect"},
+    "eventloop": set(),  # which asyncio loop a process runs (uvloop or the standard one)
+    "config": {"jobs.urls", "jobs.connect", "eventloop"},
     "console": {"jobs", "config", "errors"},  # pages over JobManager; never store/ or capture/
     "client": set(),  # the SDK-free API client stands alone
     "commands": {"client"},  # CLI commands speak to a server only through the client
@@ -31,10 +32,10 @@ ALLOWED = {
     # the edge: one node put together (composition, hosting, HTTP server, metrics); never the
     # command line or the API client
     "node": {"api", "callbacks", "capture", "clock", "cluster", "config", "console", "errors",
-             "jobs", "logs", "outputs", "shards", "store"},
+             "eventloop", "jobs", "logs", "outputs", "shards", "store"},
     # the command line: starts a node, or speaks to one through the client's commands
-    "cli": {"capture", "cluster", "commands", "config", "errors", "logs", "node", "shards",
-            "store"},
+    "cli": {"capture", "cluster", "commands", "config", "errors", "eventloop", "logs", "node",
+            "shards", "store"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 
+from livesnap import eventloop
 from livesnap.api.app import ApiDeps, BodyLimits, create_app
 from livesnap.api.hooks import hook_routes
 from livesnap.api.ratelimit import KeyRateLimiter, RateLimit
@@ -315,8 +316,9 @@ async def serve(settings: Settings, keys: KeyRing) -> None:
             loop.add_signal_handler(sig, _request_exit, server, sig)
         host, port = settings.server.host, settings.server.port
         url = f"{settings.server.scheme}://{host}:{port}"
-        logger.info("listening on %s", url, extra={"action": "serve", "host": host,
-                                                   "port": port, "url": url})
+        loop_name = eventloop.running_loop_name()
+        logger.info("listening on %s (event loop: %s)", url, loop_name, extra={
+            "action": "serve", "host": host, "port": port, "url": url, "event_loop": loop_name})
         try:
             await server.serve()
         finally:

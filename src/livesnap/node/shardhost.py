@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from prometheus_client.metrics_core import Metric
 
+from livesnap import eventloop
 from livesnap.callbacks.dispatcher import CallbackDispatcher
 from livesnap.clock import SystemClock
 from livesnap.config import Settings
@@ -90,7 +91,7 @@ class ShardHost:
         server = self.settings.server
         setup_logging(level=server.log_level, json_lines=server.log_json)
         try:
-            asyncio.run(self._serve())
+            eventloop.run(self._serve(), server.event_loop)
         except Exception:
             logger.exception("shard crashed", extra={"action": "shard_crash", "shard": self.name})
 
