@@ -920,7 +920,7 @@ def measure_livesnap(
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 1)
 
-    return Measurement(
+    measured = Measurement(
         contender="livesnap", streams=n, window_s=span, cpu_s=cpu_s,
         rss_mib_per_stream=(rss - idle_rss) / n / MIB,
         origin_cores=figures.origin_cores, publishers_cores=figures.publishers_cores,
@@ -955,14 +955,15 @@ def measure_livesnap(
             "pinned_cpus": pinned,
             **tick_figures(creates, t0_ms, t1_ms, interval_ms),
             "origin": figures.origin,
-            "alongside": {
-                b.contender: {
-                    "cpu_s_per_stream_min": round(b.cpu_s_per_stream_min, 4),
-                    "processes_alive": b.processes_alive,
-                    "livesnap_over_it": ratio(cpu_s / span * 60 / n, b.cpu_s_per_stream_min),
-                } for b in side_figures},
         },
     )
+    measured.extra["alongside"] = {
+        b.contender: {
+            "cpu_s_per_stream_min": round(b.cpu_s_per_stream_min, 4),
+            "processes_alive": b.processes_alive,
+            "livesnap_over_it": ratio(measured.cpu_s_per_stream_min, b.cpu_s_per_stream_min),
+        } for b in side_figures}
+    return measured
 
 
 # -- the run ----------------------------------------------------------------------------------
