@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event as sa_event
 
 from livesnap.errors import JobLimitExceeded, JobNotFound, StoreError
 from livesnap.jobs.models import (
@@ -768,13 +767,12 @@ async def test_sql_store_commits_concurrent_records_together(tmp_path: Path) -> 
     sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     try:
         await sql.create_job(job("j1"))
-        assert sql.sync_engine is not None  # SQLite transactions run on the sync engine
-        begun: list[int] = []
-        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        before = sql.group_transactions
         results = await asyncio.gather(
             *(sql.record_snapshot(snap("j1", T0 + n), [event("j1", T0 + n)]) for n in range(50)))
         assert results == [True] * 50
-        assert 1 <= len(begun) <= 5  # one transaction per group, not one per capture
+        # one transaction per group, not one per capture
+        assert 1 <= sql.group_transactions - before <= 5
         loaded = await sql.load_job("j1")
         assert loaded is not None and loaded.snapshot_count == 50
     finally:
@@ -786,11 +784,9 @@ async def test_sql_store_writes_that_come_soon_after_a_group_join_the_next_one(
     sql = await open_sql_store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", group_gap_s=1.0)
     try:
         await sql.create_job(job("j1"), [event("j1", T0 + n) for n in range(5)])
-        assert sql.sync_engine is not None
-        begun: list[int] = []
-        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        before = sql.group_transactions
         assert await sql.record_snapshot(snap("j1", T0), [])  # the writer was idle: alone
-        assert len(begun) == 1
+        assert sql.group_transactions - before == 1
         # right after it, one at a time as the loop hands them in: they wait for the gap
         # and share one transaction
         writes = []
@@ -798,7 +794,7 @@ async def test_sql_store_writes_that_come_soon_after_a_group_join_the_next_one(
             writes.append(asyncio.ensure_future(sql.record_snapshot(snap("j1", T0 + n), [])))
             await asyncio.sleep(0)
         assert await asyncio.gather(*writes) == [True] * 4
-        assert len(begun) == 2
+        assert sql.group_transactions - before == 2
     finally:
         await sql.close()
 
@@ -811,17 +807,16 @@ async def test_sql_store_an_attempt_that_may_wait_rides_with_the_next_record(
         e1 = event("j1", T0)
         await sql.create_job(job("j1"), [e1])
         assert await sql.record_snapshot(snap("j1", T0), [])  # records are being written
-        assert sql.sync_engine is not None
-        begun: list[int] = []
-        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        before = sql.group_transactions
         delivered: dict[str, Any] = {"delivered": True, "failed": False, "next_attempt_ms": 0}
         waiting = asyncio.ensure_future(
             sql.record_attempt(attempt(e1, T0 + 1), may_wait=True, **delivered))
         await asyncio.sleep(0.3)
-        assert not waiting.done() and begun == []  # held back: nothing to share with yet
+        # held back: nothing to share with yet
+        assert not waiting.done() and sql.group_transactions == before
         assert await sql.record_snapshot(snap("j1", T0 + 2), [])
         assert await waiting == []
-        assert len(begun) == 1  # the record and the attempt: one transaction
+        assert sql.group_transactions - before == 1  # the record and the attempt: one
         assert [a.event_id for a in await sql.delivery_log("j1", limit=5)] == [e1.id]
         # commit_soon lets a held-back attempt go alone
         e2 = event("j2", T0 + 3)
@@ -969,15 +964,14 @@ async def test_a_locked_database_fails_a_group_once_not_write_by_write(tmp_path:
     holder = sqlite3.connect(path)
     try:
         await sql.create_job(job("j1"))
-        begun: list[int] = []
-        assert sql.sync_engine is not None
-        sa_event.listen(sql.sync_engine, "begin", lambda _conn: begun.append(1))
+        before = sql.group_transactions
         holder.execute("BEGIN EXCLUSIVE")  # another process holding the database
         results = await asyncio.gather(
             *(sql.record_snapshot(snap("j1", T0 + n)) for n in range(10)),
             return_exceptions=True)
         assert all(isinstance(r, StoreError) for r in results), results
-        assert len(begun) <= 2  # one group (at most two), not 10 more transactions
+        # one group (at most two), not 10 more transactions
+        assert 1 <= sql.group_transactions - before <= 2
         holder.rollback()
         assert await sql.record_snapshot(snap("j1", T0))  # and it writes again at once
     finally:
@@ -1004,3 +998,90 @@ def thread_names() -> set[str]:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             names.add((task / "comm").read_text().strip())
     return names
+
+
+# SQLite's group commits on the sqlite3 driver (store/direct.py) ---------------------------
+GROUP_ROWS = {
+    "files": "SELECT job_id, account, create_ms, object_key, is_overlay, overwrite_key, "
+             "sequence, width, height, size, stream_time_ms, lag_ms, quality, skipped_frames "
+             "FROM files",
+    "events": "SELECT id, job_id, type, data, created_ms, attempts, next_attempt_ms, "
+              "delivered_ms, failed, last_error FROM outbox_events",
+    "attempts": "SELECT event_id, job_id, at_ms, status_code, latency_ms, error "
+                "FROM delivery_attempts",
+    "jobs": "SELECT id, snapshot_count, last_snapshot_ms, missed_ticks FROM jobs",
+}
+
+
+async def group_commit_story(sql: SqlStore) -> list[Any]:
+    """Records and attempts in shared groups, with a duplicate capture, missed ticks, every
+    attempt outcome and one attempt of an unknown event; what each caller got back."""
+    first = [event("j1", T0 + n, id=f"e1-{n}") for n in range(3)]
+    await sql.create_job(job("j1"), first)
+    await sql.create_job(job("j2"))
+    delivered: dict[str, Any] = {"delivered": True, "failed": False, "next_attempt_ms": 0}
+    writes = [
+        sql.record_snapshot(snap("j1", T0 + 10, quality=Verdict.OK, lag_ms=40),
+                            [event("j1", T0 + 10, id="e1-10")], missed_ticks=2),
+        sql.record_snapshot(snap("j1", T0 + 10), [event("j1", T0 + 10, id="e1-dup")]),
+        sql.record_snapshot(snap("j2", T0 + 5, is_overlay=True, sequence=None), []),
+        sql.record_attempt(attempt(first[0], T0 + 20), **delivered),
+        sql.record_attempt(attempt(first[1], T0 + 21, "HTTP 500"), delivered=False,
+                           failed=False, next_attempt_ms=T0 + 90),
+        sql.record_attempt(attempt(first[2], T0 + 22, "gave up"), delivered=False,
+                           failed=True, next_attempt_ms=0, may_wait=True),
+        sql.record_attempt(attempt(event("j1", id="nobody"), T0), **delivered),
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    later = await asyncio.gather(
+        sql.record_snapshot(snap("j2", T0 + 1), [event("j2", T0 + 1, id="e2-1")]),  # older
+        sql.record_snapshot(snap("j1", T0 + 10), []))  # recorded before
+    whole = await asyncio.gather(  # one group that commits whole
+        sql.record_attempt(attempt(event("j1", id="e1-10"), T0 + 30), **delivered),
+        sql.record_attempt(attempt(first[1], T0 + 31, "gave up"), delivered=False,
+                           failed=True, next_attempt_ms=0, may_wait=True),
+        sql.record_snapshot(snap("j1", T0 + 40), [event("j1", T0 + 40, id="e1-40")]))
+    return [type(r).__name__ if isinstance(r, BaseException) else r
+            for r in (*results, *later, *whole)]
+
+
+async def test_sqlite_group_commits_on_the_driver_match_sqlalchemy(tmp_path: Path) -> None:
+    answers, contents = {}, {}
+    for direct in (True, False):
+        path = tmp_path / f"direct-{direct}.db"
+        sql = await open_sql_store(f"sqlite:///{path}", direct_writes=direct)
+        try:
+            answers[direct] = await group_commit_story(sql)
+            assert sql.group_transactions >= 2
+        finally:
+            await sql.close()
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            contents[direct] = {name: sorted(db.execute(query).fetchall())
+                                for name, query in GROUP_ROWS.items()}
+    assert answers[True] == answers[False]
+    # the unknown event split the group: each write went alone, in order
+    assert answers[True] == [True, False, True, ["e1-1", "e1-2", "e1-10"],
+                             ["e1-1", "e1-2", "e1-10"], ["e1-1", "e1-10"], "StoreError",
+                             True, False, [], [], True]
+    assert contents[True] == contents[False]
+    jobs_rows = dict((row[0], row[1:]) for row in contents[True]["jobs"])
+    assert jobs_rows == {"j1": (2, T0 + 40, 2), "j2": (2, T0 + 5, 0)}
+    assert len(contents[True]["files"]) == 4 and len(contents[True]["attempts"]) == 5
+
+
+async def test_sqlite_group_commit_rolls_back_a_failed_group_whole(tmp_path: Path) -> None:
+    # a write that breaks a constraint: its group rolls back, then each write goes alone
+    path = tmp_path / "store.db"
+    sql = await open_sql_store(f"sqlite:///{path}", group_gap_s=0.5)
+    try:
+        await sql.create_job(job("j1"))
+        results = await asyncio.gather(
+            sql.record_snapshot(snap("j1", T0), [event("j1", T0, id="once")]),
+            sql.record_snapshot(snap("j1", T0 + 1), [event("j1", T0 + 1, id="once")]),
+            return_exceptions=True)
+        assert results[0] is True and isinstance(results[1], StoreError)
+        loaded = await sql.load_job("j1")
+        assert loaded is not None and loaded.snapshot_count == 1
+        assert [f.create_ms for f in await sql.get_files("j1", [T0, T0 + 1])] == [T0]
+    finally:
+        await sql.close()

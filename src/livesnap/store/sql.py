@@ -3,9 +3,11 @@
 Every method is one transaction (``SqlStore._run``: SQLite's in a worker thread with the
 standard ``sqlite3`` driver, PostgreSQL's on the async engine), except the two writes made many
 times a second, ``record_snapshot`` and ``record_attempt``: they are group-committed (see
-``_GroupCommit``). Write transactions start with their write statement, so that on SQLite the
-write lock is taken first (a read-then-write transaction could fail with SQLITE_BUSY instead
-of waiting out ``busy_timeout``). Database errors leave this module only as ``StoreError``.
+``_GroupCommit``; on a SQLite file their transactions skip SQLAlchemy and run on the
+``sqlite3`` driver itself, see ``_DirectWriter``). Write transactions start with their write
+statement, so that on SQLite the write lock is taken first (a read-then-write transaction could
+fail with SQLITE_BUSY instead of waiting out ``busy_timeout``). Database errors leave this
+module only as ``StoreError``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +70,7 @@ from livesnap.jobs.models import (
 )
 from livesnap.jobs.ports import PENDING_LIMIT
 from livesnap.store import rows
+from livesnap.store.direct import DirectInsert, DirectStatement, DirectWriter
 from livesnap.store.migrate import migrate as apply_migrations
 from livesnap.store.tables import (
     cluster_settings,
@@ -159,6 +163,7 @@ class _ThreadedSqlite:
         self.engine = engine
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livesnap-sqlite",
                                         initializer=_name_os_thread)
+        self.writer = DirectWriter(engine)  # the group commit's own connection
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -174,6 +179,7 @@ class _ThreadedSqlite:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.writer.close()
         self.engine.dispose()
 
 
@@ -207,6 +213,7 @@ class SqlStore:
         write_lock: asyncio.Lock | None = None,
         group_gap_s: float = GROUP_GAP_S,
         group_company_s: float = COMPANY_WAIT_S,
+        direct_writes: bool = True,
     ) -> None:
         self._engine = engine
         self._fence = fence
@@ -220,6 +227,11 @@ class SqlStore:
             write_lock = asyncio.Lock()
         self._write_lock = write_lock
         self._group = _GroupCommit(self, group_gap_s, group_company_s)
+        # SQLite file, no fence: the group commits run on the sqlite3 driver itself
+        # (direct_writes=False keeps them on SQLAlchemy: to compare the two)
+        direct = direct_writes and threaded is not None and fence is None
+        self._direct = threaded.writer if direct and threaded is not None else None
+        self.group_transactions = 0  # begun, committed or not (tests, diagnostics)
         # the file records' idempotent insert (the key is the files table's unique index)
         self._insert_files = self._dialect_insert(files).on_conflict_do_nothing(
             index_elements=["job_id", "create_ms"]).returning(files.c.job_id, files.c.create_ms)
@@ -335,19 +347,19 @@ class SqlStore:
     ) -> _T:
         """``body`` in one transaction; database errors become ``StoreError`` naming ``op``."""
         fence = self._fence if write else None
-        serialize = self._write_lock if write and self._write_lock else contextlib.nullcontext()
-        try:
-            async with serialize:
+        with _store_errors(op):
+            async with self._serialized(write):
                 if self._threaded is not None:
                     threaded = self._threaded
                     return await threaded.run(
                         lambda: self._in_tx_sync(threaded.engine, body, fence))
                 async with self._engine.begin() as conn:
                     return await conn.run_sync(self._in_tx, body, fence)
-        except IntegrityError as exc:
-            raise StoreError(f"{op}: duplicate id or unknown reference") from exc
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"{op}: the database failed ({type(exc).__name__})") from exc
+
+    def _serialized(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        if write and self._write_lock is not None:
+            return self._write_lock
+        return contextlib.nullcontext()
 
     def _in_tx_sync(
         self, engine: Engine, body: Callable[[Connection], _T], fence: Fence | None
@@ -620,15 +632,28 @@ class SqlStore:
         attempts = [w for w in group if isinstance(w, _AttemptWrite)]
         op = "record_snapshot" if snapshots else "record_attempt"
 
+        # In both ways, attempts first: the events the group's records add are not in their
+        # answer (this process offers those to its dispatcher once the group commits; the
+        # dispatcher would otherwise take them for events written elsewhere).
         def body(conn: Connection) -> tuple[dict[int, bool], dict[str, list[str]]]:
-            # attempts first: the events the group's records add are not in their answer
-            # (this process offers those to its dispatcher once the group commits; the
-            # dispatcher would otherwise take them for events written elsewhere)
             pending = _write_attempts(conn, attempts) if attempts else {}
             recorded = self._write_snapshots(conn, snapshots) if snapshots else {}
             return recorded, pending
 
-        recorded, pending = await self._run(op, body, write=True)
+        self.group_transactions += 1
+        if self._direct is None or self._threaded is None:
+            recorded, pending = await self._run(op, body, write=True)
+        else:
+            writer, threaded = self._direct, self._threaded
+
+            def direct() -> tuple[dict[int, bool], dict[str, list[str]]]:
+                with writer.transaction() as cursor:
+                    pending = _direct_attempts(cursor, attempts) if attempts else {}
+                    return _direct_snapshots(cursor, snapshots) if snapshots else {}, pending
+
+            with _store_errors(op):
+                async with self._serialized(True):
+                    recorded, pending = await threaded.run(direct)
         return [recorded.get(id(w)) if isinstance(w, _SnapshotWrite)
                 else pending.get(w.attempt.job_id, []) for w in group]
 
@@ -651,9 +676,7 @@ class SqlStore:
             inserted.discard(key)
         new = [w for w in writes if recorded[id(w)]]
         if new:
-            counts = [{"b_job": w.file.job_id, "b_ms": w.file.create_ms,
-                       "b_missed": max(0, w.missed_ticks)} for w in new]
-            conn.execute(_COUNT_SNAPSHOT, counts)
+            conn.execute(_COUNT_SNAPSHOT, _snapshot_counts(new))
             _insert_events(conn, [e for w in new for e in w.events])
         return recorded
 
@@ -793,7 +816,7 @@ class _GroupCommit:
             for w in group:
                 _settle(w, exc)
         except StoreError as exc:
-            if len(group) == 1 or not isinstance(exc.__cause__, IntegrityError):
+            if len(group) == 1 or not isinstance(exc.__cause__, _INTEGRITY_ERRORS):
                 # the database itself failed (locked, gone, full): each write alone would
                 # fail the same way, after as long a wait
                 for w in group:
@@ -828,16 +851,68 @@ def _settle(write: _Write, outcome: object) -> None:
 def _write_attempts(conn: Connection, writes: Sequence[_AttemptWrite]) -> dict[str, list[str]]:
     """Log the attempts, update their events; per job, its events still pending after them."""
     conn.execute(_INSERT_ATTEMPTS, [rows.attempt_values(w.attempt) for w in writes])
-    changes = [{
+    conn.execute(_RECORD_ATTEMPT, _attempt_changes(writes))
+    jobs = dict.fromkeys(w.attempt.job_id for w in writes)
+    return {job: list(conn.scalars(_PENDING_OF_JOB, {"b_job": job})) for job in jobs}
+
+
+def _attempt_changes(writes: Sequence[_AttemptWrite]) -> list[dict[str, Any]]:
+    """``_RECORD_ATTEMPT``'s parameters for each attempt."""
+    return [{
         "b_id": w.attempt.event_id,
         "b_failed": w.failed,
         "b_next": w.next_attempt_ms,
         "b_error": w.attempt.error,
         "b_delivered": w.attempt.at_ms if w.delivered else None,
     } for w in writes]
-    conn.execute(_RECORD_ATTEMPT, changes)
+
+
+def _snapshot_counts(writes: Sequence[_SnapshotWrite]) -> list[dict[str, Any]]:
+    """``_COUNT_SNAPSHOT``'s parameters for each new record."""
+    return [{"b_job": w.file.job_id, "b_ms": w.file.create_ms,
+             "b_missed": max(0, w.missed_ticks)} for w in writes]
+
+
+# the group commit's transactions on the sqlite3 driver (store/direct.py): the same statements
+# and the same answers as _write_attempts and SqlStore._write_snapshots
+def _direct_attempts(
+    cursor: sqlite3.Cursor, writes: Sequence[_AttemptWrite]
+) -> dict[str, list[str]]:
+    _DIRECT_INSERT_ATTEMPTS.execute_many(cursor, [rows.attempt_values(w.attempt) for w in writes])
+    record = _DIRECT_RECORD_ATTEMPT
+    cursor.executemany(record.sql, [record.bind(row) for row in _attempt_changes(writes)])
     jobs = dict.fromkeys(w.attempt.job_id for w in writes)
-    return {job: list(conn.scalars(_PENDING_OF_JOB, {"b_job": job})) for job in jobs}
+    pending = _DIRECT_PENDING_OF_JOB
+    return {job: [row[0] for row in cursor.execute(pending.sql, pending.bind({"b_job": job}))]
+            for job in jobs}
+
+
+def _direct_snapshots(cursor: sqlite3.Cursor, writes: Sequence[_SnapshotWrite]) -> dict[int, bool]:
+    """Insert the files not recorded before (a capture twice in a group: the first one is the
+    record); count them and queue their events."""
+    recorded: dict[int, bool] = {}
+    for w in writes:
+        values = rows.file_values(w.file)
+        insert_file = _DIRECT_INSERT_FILE.of(values)
+        recorded[id(w)] = cursor.execute(insert_file.sql, insert_file.bind(values)).rowcount == 1
+    new = [w for w in writes if recorded[id(w)]]
+    if new:
+        count = _DIRECT_COUNT_SNAPSHOT
+        cursor.executemany(count.sql, [count.bind(row) for row in _snapshot_counts(new)])
+        _DIRECT_INSERT_EVENTS.execute_many(
+            cursor, [rows.event_values(e) for w in new for e in w.events])
+    return recorded
+
+
+@contextlib.contextmanager
+def _store_errors(op: str) -> Iterator[None]:
+    """Database errors, through SQLAlchemy or straight from sqlite3, as ``StoreError``."""
+    try:
+        yield
+    except _INTEGRITY_ERRORS as exc:
+        raise StoreError(f"{op}: duplicate id or unknown reference") from exc
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        raise StoreError(f"{op}: the database failed ({type(exc).__name__})") from exc
 
 
 # query pieces ----------------------------------------------------------------------------
@@ -1004,6 +1079,16 @@ _PENDING_OF_JOB = (_undelivered().with_only_columns(outbox_events.c.id)
                    .limit(PENDING_LIMIT + 1))
 
 
+_INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError)
+_DIRECT_INSERT_FILE = DirectInsert(
+    sqlite_insert(files).on_conflict_do_nothing(index_elements=["job_id", "create_ms"]))
+_DIRECT_INSERT_ATTEMPTS = DirectInsert(_INSERT_ATTEMPTS)
+_DIRECT_INSERT_EVENTS = DirectInsert(_INSERT_EVENTS)
+_DIRECT_COUNT_SNAPSHOT = DirectStatement(_COUNT_SNAPSHOT)
+_DIRECT_RECORD_ATTEMPT = DirectStatement(_RECORD_ATTEMPT)
+_DIRECT_PENDING_OF_JOB = DirectStatement(_PENDING_OF_JOB)
+
+
 def _insert_events(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     if events:
         conn.execute(_INSERT_EVENTS, [rows.event_values(e) for e in events])
@@ -1065,10 +1150,11 @@ def _threaded_sqlite(engine: AsyncEngine) -> _ThreadedSqlite | None:
 
 async def open_sql_store(
     url: str, *, migrate: bool = True, group_gap_s: float = GROUP_GAP_S,
-    group_company_s: float = COMPANY_WAIT_S,
+    group_company_s: float = COMPANY_WAIT_S, direct_writes: bool = True,
 ) -> SqlStore:
     """Connect, bring the schema up to date (unless ``migrate=False``) and return the store
-    (``group_gap_s``, ``group_company_s``: see ``_GroupCommit``)."""
+    (``group_gap_s``, ``group_company_s``: see ``_GroupCommit``; ``direct_writes=False``
+    runs a SQLite file's group commits through SQLAlchemy too, see ``store/direct.py``)."""
     engine = create_store_engine(url)
     if migrate:
         try:
@@ -1077,4 +1163,4 @@ async def open_sql_store(
             await engine.dispose()
             raise
     return SqlStore(engine, threaded=_threaded_sqlite(engine), group_gap_s=group_gap_s,
-                    group_company_s=group_company_s)
+                    group_company_s=group_company_s, direct_writes=direct_writes)
