@@ -266,9 +266,15 @@ class Connection:
 
     async def _next_event(self) -> Item:
         """The reader's next event; while none comes, watch the keyframes of a live stream."""
+        queue = self._queue
         while True:
+            if not queue.empty():
+                return queue.get_nowait()
+            # asyncio.timeout, not wait_for: wait_for runs the get as a task of its own, two
+            # more loop turns for every event
             try:
-                return await asyncio.wait_for(self._queue.get(), self._w.keyframe_check_s)
+                async with asyncio.timeout(self._w.keyframe_check_s):
+                    return await queue.get()
             except TimeoutError:
                 await self._check_keyframes()
 

@@ -421,7 +421,8 @@ class TargetUploader:
         if self.outage is not None:
             timeout = max(0.0, self._retry_at - asyncio.get_running_loop().time())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own
+                await self._wake.wait()
 
     def _start(self, entry: _Entry) -> None:
         entry.started = time.monotonic()
