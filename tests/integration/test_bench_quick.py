@@ -6,7 +6,6 @@ harness, not the speed: no assertion here compares CPU figures with each other o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,10 +14,10 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import psutil
 import pytest
+from tests.support.benches import load_bench
 from tests.support.servers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -32,16 +31,6 @@ KEYS = (
 )  # fmt: skip
 
 
-def load_bench(name: str = "streams") -> ModuleType:
-    path = REPO_ROOT / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
-
-
 def finite_positive(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
@@ -50,7 +39,7 @@ def finite_positive(value: object) -> bool:
 def test_harness_measures_every_contender(tmp_path: Path) -> None:
     for tool in ("nginx", "ffmpeg"):  # scripts/test.sh installs them: missing is a failure
         assert shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists(), f"{tool} is missing"
-    bench = load_bench()
+    bench = load_bench("streams")
     args = bench.parse_args(["--quick", "--resolution", "720p", "--distinct", "1",
                              "--streams", "1", "--baseline-streams", "1",
                              "--warmup", "1", "--window", "6"])  # fmt: skip
@@ -119,7 +108,7 @@ def test_snapshot_path_bench_quick_mode() -> None:
 
 
 def test_pinning_puts_each_capture_process_on_a_core_of_its_own() -> None:
-    streams = load_bench()
+    streams = load_bench("streams")
     parent = subprocess.Popen(  # a stand-in for `livesnap serve` with two capture processes
         [sys.executable, "-c", "import subprocess, sys, time\n"
          "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"

@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import av
 import pytest
-from tests.integration.test_bench_quick import finite_positive, load_bench
+from tests.integration.test_bench_quick import finite_positive
+from tests.support.benches import load_bench
 from tests.support.fixtures import ClipFactory, PublisherFactory
 from tests.support.servers import (
     CLIP_SIZES,
@@ -179,7 +180,7 @@ def test_servers_stop_and_leave_nothing_behind(clip_720p: Path) -> None:
 def test_bench_interval_sweep_quick_mode(capsys) -> None:
     """bench/streams.py --intervals: one row per (interval, contender, mode), CPU figures, ratios,
     and the origin's new-connection count (checked against a player opened here)."""
-    bench = load_bench()
+    bench = load_bench("streams")
     argv = ["--intervals", "5", "--modes", "persistent,per-tick", "--quick", "--json",
             "--resolution", "720p", "--distinct", "1", "--streams", "1",
             "--clip-seconds", "10", "--warmup", "0", "--window", "6.5"]  # fmt: skip

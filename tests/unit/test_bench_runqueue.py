@@ -6,26 +6,17 @@ so the parser is checked too; recording real ones needs perf and root (the bench
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tests.support.benches import load_bench
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CAPTURE, API = 100, 200  # process ids
 
 
 @pytest.fixture(scope="module")
 def runqueue() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_runqueue",
-                                                  REPO_ROOT / "bench" / "runqueue.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("runqueue")
 
 
 def waking(cpu: int, t: float, comm: str, tid: int, by: tuple[str, int, int]) -> str:

@@ -3,24 +3,15 @@ one transaction per capture, and the run reports each way's CPU and their ratio.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benches import load_bench
 
 
 def test_quick_run_compares_both_ways_on_the_same_writes(
         capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_store_writes",
-                                                  REPO_ROOT / "bench" / "store_writes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_bench("store_writes")
     assert module.main(["--quick", "--json", "--jobs", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same_rows"] == dict.fromkeys(module.TABLES, True)
