@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -218,16 +219,26 @@ def _cluster_settings(**overrides: object) -> Settings:
     return settings
 
 
-def _connect(settings: Settings) -> None:
-    try:
-        from livesnap.cluster.rayengine import connect
-    except ImportError as exc:
-        raise _fail(f"Ray is not installed ({exc.name}): pip install 'livesnap[ray]'") from None
-    try:
-        connect(settings.cluster.ray_address, settings.cluster.ray_namespace,
-                settings.cluster.ray_temp_dir)
-    except (ConnectionError, RuntimeError) as exc:
-        raise _fail(f"cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
+@contextlib.contextmanager
+def _joined(settings: Settings) -> Iterator[TextIO]:
+    """Join the Ray cluster for one command; yields the stream the command's output goes to.
+
+    Ray's driver prints the cluster's error messages (a raylet that died, a worker that
+    crashed) on ``sys.stdout``, from a thread of its own, at any moment. A command's stdout is
+    its output (``cluster status --json`` is read line by line), so while the command runs,
+    ``sys.stdout`` is its stderr and the output goes to the stream stdout was."""
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            from livesnap.cluster.rayengine import connect
+        except ImportError as exc:
+            raise _fail(f"Ray is not installed ({exc.name}): pip install 'livesnap[ray]'") from None
+        try:
+            connect(settings.cluster.ray_address, settings.cluster.ray_namespace,
+                    settings.cluster.ray_temp_dir)
+        except (ConnectionError, RuntimeError) as exc:
+            raise _fail(f"cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
+        yield out
 
 
 @cluster_app.command("up")
@@ -246,20 +257,20 @@ def cluster_up(
                                  database_url=database_url, data_dir=data_dir,
                                  shard_resource=resource)
     _migrate(settings, cluster=True)
-    _connect(settings)
-    from livesnap.cluster.rayengine import cluster_status, launch_shards
-    from livesnap.node.shardhost import ShardHost
-    from livesnap.shards.assign import shard_names
+    with _joined(settings) as out:
+        from livesnap.cluster.rayengine import cluster_status, launch_shards
+        from livesnap.node.shardhost import ShardHost
+        from livesnap.shards.assign import shard_names
 
-    names = shard_names(settings.cluster.shards)
-    launch_shards(ShardHost, settings, names, resource=settings.cluster.shard_resource)
-    deadline = time.monotonic() + wait
-    while True:
-        rows = cluster_status(names, settings.cluster.ray_namespace)
-        if all(r["state"] == "running" for r in rows) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    _print_status(rows)
+        names = shard_names(settings.cluster.shards)
+        launch_shards(ShardHost, settings, names, resource=settings.cluster.shard_resource)
+        deadline = time.monotonic() + wait
+        while True:
+            rows = cluster_status(names, settings.cluster.ray_namespace)
+            if all(r["state"] == "running" for r in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        _print_status(rows, out)
     if not all(r["state"] == "running" for r in rows):
         raise _fail("not every shard is running yet (see the table)")
 
@@ -279,22 +290,24 @@ def cluster_status_cmd(
     or dead, free resources, the shards on each)."""
     settings = _settings(shards=shards, ray_address=ray_address, shard_resource=resource)
     setup_logging(level="WARNING", json_lines=settings.server.log_json)
-    _connect(settings)
-    from livesnap.cluster.rayengine import cluster_status, gcs_storage, node_status
-    from livesnap.shards.assign import shard_names
+    with _joined(settings) as out:
+        from livesnap.cluster.rayengine import cluster_status, gcs_storage, node_status
+        from livesnap.shards.assign import shard_names
 
-    rows = cluster_status(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
-    nodes = node_status(rows, settings.cluster.shard_resource or "shard")
-    storage = gcs_storage()
-    if as_json:
-        for row in rows:
-            typer.echo(json.dumps(row, default=str))
-        typer.echo(json.dumps({"nodes": nodes, "gcs_storage": storage}, default=str))
-    else:
-        _print_status(rows)
-        typer.echo()
-        stdout_console().print(node_table(nodes))
-        typer.echo(gcs_line(storage))
+        rows = cluster_status(shard_names(settings.cluster.shards),
+                              settings.cluster.ray_namespace)
+        nodes = node_status(rows, settings.cluster.shard_resource or "shard")
+        storage = gcs_storage()
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row, default=str), file=out)
+            typer.echo(json.dumps({"nodes": nodes, "gcs_storage": storage}, default=str),
+                       file=out)
+        else:
+            _print_status(rows, out)
+            typer.echo(file=out)
+            stdout_console(out).print(node_table(nodes))
+            typer.echo(gcs_line(storage), file=out)
 
 
 def gcs_line(storage: str) -> str:
@@ -323,21 +336,23 @@ def cluster_rebalance(
     shards/nodes), one shard at a time: its jobs pause for a tick or two while it moves."""
     settings = _settings(shards=shards, ray_address=ray_address, shard_resource=resource)
     setup_logging(level="WARNING", json_lines=settings.server.log_json)
-    _connect(settings)
-    from livesnap.cluster.rayengine import rebalance
-    from livesnap.node.shardhost import ShardHost
-    from livesnap.shards.assign import shard_names
+    with _joined(settings) as out:
+        from livesnap.cluster.rayengine import rebalance
+        from livesnap.node.shardhost import ShardHost
+        from livesnap.shards.assign import shard_names
 
-    try:
-        moves = rebalance(ShardHost, shard_names(settings.cluster.shards),
-                          settings.cluster.ray_namespace, resource=settings.cluster.shard_resource,
-                          dry_run=dry_run, report=lambda line: typer.echo(f"livesnap: {line}"))
-    except RebalanceRefused as exc:
-        raise _fail(str(exc)) from None
-    if not moves:
-        typer.echo("livesnap: every node holds a fair share already; nothing to move")
-    elif not dry_run:
-        typer.echo(f"livesnap: moved {len(moves)} shard(s)")
+        try:
+            moves = rebalance(
+                ShardHost, shard_names(settings.cluster.shards), settings.cluster.ray_namespace,
+                resource=settings.cluster.shard_resource, dry_run=dry_run,
+                report=lambda line: typer.echo(f"livesnap: {line}", file=out))
+        except RebalanceRefused as exc:
+            raise _fail(str(exc)) from None
+        if not moves:
+            typer.echo("livesnap: every node holds a fair share already; nothing to move",
+                       file=out)
+        elif not dry_run:
+            typer.echo(f"livesnap: moved {len(moves)} shard(s)", file=out)
 
 
 @cluster_app.command("down")
@@ -348,16 +363,17 @@ def cluster_down(
     """Stop every shard's streams and remove the shard actors (jobs stay as they are)."""
     settings = _settings(shards=shards, ray_address=ray_address)
     setup_logging(level="WARNING", json_lines=settings.server.log_json)
-    _connect(settings)
-    from livesnap.cluster.rayengine import remove_shards
-    from livesnap.shards.assign import shard_names
+    with _joined(settings) as out:
+        from livesnap.cluster.rayengine import remove_shards
+        from livesnap.shards.assign import shard_names
 
-    removed = remove_shards(shard_names(settings.cluster.shards), settings.cluster.ray_namespace)
-    typer.echo(f"livesnap: removed {len(removed)} shard(s)")
-    marked = _mark_started_jobs(settings, CLUSTER_DOWN_NOTE) if removed else 0
-    if marked:
-        typer.echo(f"livesnap: {marked} started job(s) wait for the next 'livesnap cluster up' "
-                   "(their LastError says so)")
+        removed = remove_shards(shard_names(settings.cluster.shards),
+                                settings.cluster.ray_namespace)
+        typer.echo(f"livesnap: removed {len(removed)} shard(s)", file=out)
+        marked = _mark_started_jobs(settings, CLUSTER_DOWN_NOTE) if removed else 0
+        if marked:
+            typer.echo(f"livesnap: {marked} started job(s) wait for the next 'livesnap cluster "
+                       "up' (their LastError says so)", file=out)
 
 
 CLUSTER_DOWN_NOTE = ("capture shards removed by 'livesnap cluster down': the job captures again "
@@ -376,16 +392,16 @@ def _mark_started_jobs(settings: Settings, note: str) -> int:
         failing="shards removed, but the jobs could not be marked")
 
 
-def _print_status(rows: list[dict[str, object]]) -> None:
+def _print_status(rows: list[dict[str, object]], out: TextIO) -> None:
     now = time.time()
     typer.echo(f"{'SHARD':<10} {'STATE':<12} {'NODE':<16} {'PID':>7} {'EPOCH':>5} "
-               f"{'JOBS':>5} {'MISSED':>6} {'LAG_S':>6}")
+               f"{'JOBS':>5} {'MISSED':>6} {'LAG_S':>6}", file=out)
     for r in rows:
         last = r.get("last_reconcile_at")
         lag = f"{now - float(last):.1f}" if isinstance(last, int | float) else "-"
         typer.echo(f"{r['name']!s:<10} {r['state']!s:<12} {r.get('node_address', '')!s:<16} "
                    f"{r.get('pid', '')!s:>7} {r.get('epoch', '')!s:>5} {r.get('jobs', '')!s:>5} "
-                   f"{r.get('missed_ticks', '')!s:>6} {lag:>6}")
+                   f"{r.get('missed_ticks', '')!s:>6} {lag:>6}", file=out)
 
 
 def node_table(nodes: Sequence[Mapping[str, Any]]) -> Table:

@@ -132,6 +132,25 @@ def test_status_json_keeps_a_line_per_shard_and_adds_one_nodes_line(fake_ray) ->
         (GONE, False, [])]
 
 
+def test_ray_printing_on_stdout_goes_to_stderr_and_the_json_stays_whole(fake_ray) -> None:
+    # Ray's driver prints the cluster's error messages (a raylet that died: the head was
+    # replaced while the command joined) on sys.stdout, whenever they come
+    def status(names, namespace):
+        print("(raylet) Raylet is terminated. Termination is unexpected.")
+        return [dict(r) for r in SHARD_ROWS]
+
+    fake_ray.cluster_status = status
+    done = CliRunner().invoke(cli.app, ["cluster", "status", "--json"])
+    assert done.exit_code == 0, done.output
+    *shards, last = [json.loads(line) for line in done.stdout.splitlines()]
+    assert shards == SHARD_ROWS and "nodes" in last
+    assert "Raylet is terminated" in done.stderr
+    table = CliRunner().invoke(cli.app, ["cluster", "status"])
+    assert table.exit_code == 0, table.output
+    assert "Raylet" not in table.stdout and "Ray nodes" in table.stdout
+    assert "Raylet is terminated" in table.stderr
+
+
 def test_status_prints_the_shard_table_then_the_node_table(fake_ray) -> None:
     done = CliRunner().invoke(cli.app, ["cluster", "status", "--resource", "shard"])
     assert done.exit_code == 0, done.output

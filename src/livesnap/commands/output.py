@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -95,8 +95,9 @@ def page_caption(body: Mapping[str, Any], noun: str) -> str:
     return f"page {body.get('PageNo', 1)} of {pages}, {total} {noun}"
 
 
-def stdout_console() -> Console:
-    return Console(soft_wrap=False)
+def stdout_console(file: TextIO | None = None) -> Console:
+    """A console on stdout, or on ``file`` (the stream stdout was, where it is redirected)."""
+    return Console(file=file, soft_wrap=False)
 
 
 def stderr_console() -> Console:
