@@ -39,6 +39,9 @@ class DirectStatement:
         merged = self._own | dict(values)
         return tuple([merged[name] for name in self._names])
 
+    def execute_many(self, cursor: sqlite3.Cursor, rows: Sequence[Mapping[str, Any]]) -> None:
+        cursor.executemany(self.sql, [self.bind(row) for row in rows])
+
 
 class DirectInsert:
     """An INSERT compiled for the columns each row names (once per set of columns)."""
@@ -56,8 +59,7 @@ class DirectInsert:
 
     def execute_many(self, cursor: sqlite3.Cursor, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
-            stmt = self.of(rows[0])
-            cursor.executemany(stmt.sql, [stmt.bind(row) for row in rows])
+            self.of(rows[0]).execute_many(cursor, rows)
 
 
 class DirectWriter:
@@ -68,7 +70,6 @@ class DirectWriter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._db: sqlite3.Connection | None = None
-        self._pooled: Any = None  # the pool's wrapper of it, which closes it
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -77,9 +78,9 @@ class DirectWriter:
             if not isinstance(db, sqlite3.Connection):
                 pooled.close()
                 raise TypeError("the direct writer needs the sqlite3 driver")
-            pooled.detach()
+            pooled.detach()  # the pool forgets it; close() closes it
             db.isolation_level = None  # BEGIN and COMMIT are said here, nothing implicit
-            self._db, self._pooled = db, pooled
+            self._db = db
         return self._db
 
     @contextmanager
@@ -102,4 +103,4 @@ class DirectWriter:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-            self._db = self._pooled = None
+            self._db = None

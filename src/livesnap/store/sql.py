@@ -4,7 +4,7 @@ Every method is one transaction (``SqlStore._run``: SQLite's in a worker thread 
 standard ``sqlite3`` driver, PostgreSQL's on the async engine), except the two writes made many
 times a second, ``record_snapshot`` and ``record_attempt``: they are group-committed (see
 ``_GroupCommit``; on a SQLite file their transactions skip SQLAlchemy and run on the
-``sqlite3`` driver itself, see ``_DirectWriter``). Write transactions start with their write
+``sqlite3`` driver itself, see ``store/direct.py``). Write transactions start with their write
 statement, so that on SQLite the write lock is taken first (a read-then-write transaction could
 fail with SQLITE_BUSY instead of waiting out ``busy_timeout``). Database errors leave this
 module only as ``StoreError``.
@@ -227,14 +227,13 @@ class SqlStore:
             write_lock = asyncio.Lock()
         self._write_lock = write_lock
         self._group = _GroupCommit(self, group_gap_s, group_company_s)
-        # SQLite file, no fence: the group commits run on the sqlite3 driver itself
-        # (direct_writes=False keeps them on SQLAlchemy: to compare the two)
-        direct = direct_writes and threaded is not None and fence is None
-        self._direct = threaded.writer if direct and threaded is not None else None
+        # a SQLite file, no fence: the group commits run on its direct writer, on the sqlite3
+        # driver itself (direct_writes=False keeps them on SQLAlchemy: to compare the two)
+        self._direct = threaded if direct_writes and fence is None else None
         self.group_transactions = 0  # begun, committed or not (tests, diagnostics)
-        # the file records' idempotent insert (the key is the files table's unique index)
-        self._insert_files = self._dialect_insert(files).on_conflict_do_nothing(
-            index_elements=["job_id", "create_ms"]).returning(files.c.job_id, files.c.create_ms)
+        # answers which records it inserted (RETURNING), so a group learns which were new
+        self._insert_files = _files_if_new(self._dialect_insert(files)).returning(
+            files.c.job_id, files.c.create_ms)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -641,13 +640,12 @@ class SqlStore:
             return recorded, pending
 
         self.group_transactions += 1
-        if self._direct is None or self._threaded is None:
+        threaded = self._direct
+        if threaded is None:
             recorded, pending = await self._run(op, body, write=True)
         else:
-            writer, threaded = self._direct, self._threaded
-
             def direct() -> tuple[dict[int, bool], dict[str, list[str]]]:
-                with writer.transaction() as cursor:
+                with threaded.writer.transaction() as cursor:
                     pending = _direct_attempts(cursor, attempts) if attempts else {}
                     return _direct_snapshots(cursor, snapshots) if snapshots else {}, pending
 
@@ -879,8 +877,7 @@ def _direct_attempts(
     cursor: sqlite3.Cursor, writes: Sequence[_AttemptWrite]
 ) -> dict[str, list[str]]:
     _DIRECT_INSERT_ATTEMPTS.execute_many(cursor, [rows.attempt_values(w.attempt) for w in writes])
-    record = _DIRECT_RECORD_ATTEMPT
-    cursor.executemany(record.sql, [record.bind(row) for row in _attempt_changes(writes)])
+    _DIRECT_RECORD_ATTEMPT.execute_many(cursor, _attempt_changes(writes))
     jobs = dict.fromkeys(w.attempt.job_id for w in writes)
     pending = _DIRECT_PENDING_OF_JOB
     return {job: [row[0] for row in cursor.execute(pending.sql, pending.bind({"b_job": job}))]
@@ -897,8 +894,7 @@ def _direct_snapshots(cursor: sqlite3.Cursor, writes: Sequence[_SnapshotWrite]) 
         recorded[id(w)] = cursor.execute(insert_file.sql, insert_file.bind(values)).rowcount == 1
     new = [w for w in writes if recorded[id(w)]]
     if new:
-        count = _DIRECT_COUNT_SNAPSHOT
-        cursor.executemany(count.sql, [count.bind(row) for row in _snapshot_counts(new)])
+        _DIRECT_COUNT_SNAPSHOT.execute_many(cursor, _snapshot_counts(new))
         _DIRECT_INSERT_EVENTS.execute_many(
             cursor, [rows.event_values(e) for w in new for e in w.events])
     return recorded
@@ -1079,9 +1075,13 @@ _PENDING_OF_JOB = (_undelivered().with_only_columns(outbox_events.c.id)
                    .limit(PENDING_LIMIT + 1))
 
 
+def _files_if_new(dialect_insert: Any) -> Any:
+    """A file record's idempotent insert (the key is the files table's unique index)."""
+    return dialect_insert.on_conflict_do_nothing(index_elements=["job_id", "create_ms"])
+
+
 _INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError)
-_DIRECT_INSERT_FILE = DirectInsert(
-    sqlite_insert(files).on_conflict_do_nothing(index_elements=["job_id", "create_ms"]))
+_DIRECT_INSERT_FILE = DirectInsert(_files_if_new(sqlite_insert(files)))
 _DIRECT_INSERT_ATTEMPTS = DirectInsert(_INSERT_ATTEMPTS)
 _DIRECT_INSERT_EVENTS = DirectInsert(_INSERT_EVENTS)
 _DIRECT_COUNT_SNAPSHOT = DirectStatement(_COUNT_SNAPSHOT)
